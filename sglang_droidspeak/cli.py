@@ -1,0 +1,40 @@
+"""The ``droidspeak`` command. Subcommands import their module lazily.
+
+    droidspeak demo                 the main job: one shared context, model A then model B
+    droidspeak profile ...          offline profiler -> profiles/<sender>__<receiver>.yaml
+    droidspeak family [--...]       build (or show) the embedded micro model family
+    droidspeak quality ...          the quality study table and plot (docs/)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module with add_arguments(parser) and run(args) -> int, help)
+SUBCOMMANDS = {
+    "demo": ("sglang_droidspeak.demo", "CPU demo on the embedded micro family"),
+    "profile": ("sglang_droidspeak.profiler.cli", "profile a sender -> receiver pair"),
+    "family": ("sglang_droidspeak.family.cli", "build or show the micro model family"),
+    "quality": ("sglang_droidspeak.profiler.quality_study", "quality study: table and plot"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="droidspeak", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text)
+        importlib.import_module(module).add_arguments(sub_parser)
+        sub_parser.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

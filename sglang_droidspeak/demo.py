@@ -1,0 +1,130 @@
+"""``droidspeak demo``: the main job, on CPU, with the embedded micro model family.
+
+    droidspeak demo
+
+Model A (the sender, ``tester``) prefills one long shared context; model B (the
+receiver, ``libwriter``) then needs the same context and answers a code-completion
+query after it, three ways: its own full prefill, full reuse of A's KV, and DroidSpeak
+with the plan chosen from A -> B's profile (plus a CacheBlend-style baseline at the same
+compute). It prints prefill time, recomputed layer-tokens, and quality, for that
+context and averaged over a few more held-out examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from sglang_droidspeak.config_cli import add_dataclass_arguments, dataclass_from_args
+from sglang_droidspeak.plan import ModelRef, Profile, ProfileError, find_profile
+from sglang_droidspeak.profiler.evaluate import PairEvaluator, cacheblend_tokens
+from sglang_droidspeak.profiler.loading import LoadedModel, default_work_dir, load_model
+from sglang_droidspeak.profiler.store import ResultStore
+from sglang_droidspeak.profiler.systems import RECEIVER, SENDER, System, cacheblend_system, plan_system
+from sglang_droidspeak.tasks import build_task
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    sender: str = "tester"
+    receiver: str = "libwriter"
+    profiles_dir: str = "profiles"
+    dataset: str = "lcc"
+    split: str = "lib_heldout"
+    context_len: int = 1024
+    query_len: int = 32
+    num_examples: int = 16
+    seed: int = 1  # profiles are made on seed 0: the demo's examples are not the profiled ones
+    max_quality_drop: float = 0.02
+    timing_repeats: int = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataclass_arguments(parser, DemoConfig, {"max_quality_drop": "largest allowed drop when choosing the plan"})
+
+
+def load_or_build_profile(config: DemoConfig, sender: LoadedModel, receiver: LoadedModel) -> tuple[Profile, str]:
+    refs = ModelRef(sender.name, sender.fingerprint), ModelRef(receiver.name, receiver.fingerprint)
+    try:
+        profile = find_profile(config.profiles_dir, *refs)
+        if profile is not None:
+            return profile, f"loaded from {config.profiles_dir}/"
+        why = "no committed profile for this pair"
+    except ProfileError as e:
+        why = f"committed profile unusable ({e})"
+    from sglang_droidspeak.profiler.runner import ProfileConfig, run_profile
+
+    out_dir = default_work_dir() / "demo-profiles"
+    quick = ProfileConfig(sender.name if sender.name == config.sender else str(sender.path),
+                          receiver.name if receiver.name == config.receiver else str(receiver.path),
+                          dataset=config.dataset, split=config.split, num_examples=8, granularity=2,
+                          out_dir=str(out_dir), plots=False)
+    return run_profile(quick).profile, f"built a quick profile in {out_dir} ({why})"
+
+
+def choose_system(profile: Profile, max_quality_drop: float) -> System:
+    point = profile.cheapest_within(max_quality_drop) or profile.frontier[-1]
+    return plan_system(point.plan)
+
+
+def _timed_prefix(evaluator: PairEvaluator, system: System, context: torch.Tensor, sender_cache, repeats: int):
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        evaluator.prefix_kv(system, context, sender_cache)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def run(args: argparse.Namespace) -> int:
+    config = dataclass_from_args(DemoConfig, args)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    sender, receiver = load_model(config.sender), load_model(config.receiver)
+    profile, source = load_or_build_profile(config, sender, receiver)
+    chosen = choose_system(profile, config.max_quality_drop)
+    num_layers = receiver.model.num_layers
+    budget = chosen.plan.num_recomputed_layers
+    systems = [RECEIVER, plan_system(chosen.plan.full_reuse(num_layers)), chosen]
+    if 0 < budget < num_layers and cacheblend_tokens(receiver.model, budget, config.context_len) is not None:
+        systems.append(cacheblend_system(budget))
+    systems.append(SENDER)
+    examples = build_task(config.dataset, receiver.tokenizer, split=config.split, num_examples=config.num_examples,
+                          context_len=config.context_len, query_len=config.query_len, seed=config.seed)
+    evaluator = PairEvaluator(sender.model, receiver.model, receiver.tokenizer, config.dataset, examples)
+
+    print(f"models: A={sender.name} -> B={receiver.name} ({num_layers} layers); profile {source}")
+    print(f"plan: recompute {chosen.plan} ({budget}/{num_layers} layers), the cheapest within "
+          f"{config.max_quality_drop} {profile.metric} of B's own prefill on the profile set")
+    context = torch.tensor(examples[0].context_ids)
+    start = time.perf_counter()
+    sender_cache = sender.model.prefill(context, e_layers=chosen.plan.e_layers())
+    print(f"A prefilled the shared context ({len(context)} tokens) in {1e3 * (time.perf_counter() - start):.1f} ms\n")
+
+    header = {**asdict(config), "sender_weights": sender.weights_digest, "receiver_weights": receiver.weights_digest}
+    run_id = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:12]
+    store = ResultStore(default_work_dir() / f"demo-{run_id}.jsonl", header)
+    evaluator.run(systems, store, progress=True)
+    print(_table(config, evaluator, systems, store, context, sender_cache, num_layers))
+    return 0
+
+
+def _table(config, evaluator, systems, store, context, sender_cache, num_layers) -> str:
+    names = {"receiver": "B full prefill", "sender": "A alone (no B)"}
+    first = {s.key: store.get(s.key, 0) for s in systems}
+    rows = [f"{'system':<26}{'prefill ms':>11}{'recomputed':>12}{'answer == B':>12}{'agree':>8}"
+            f"{'edit_sim':>9}   {'mean edit_sim':>13}{'mean agree':>11}  (n={len(evaluator.examples)})"]
+    for s in systems:
+        ms = 1e3 * _timed_prefix(evaluator, s, context, sender_cache, config.timing_repeats) if s.kind != "sender" else 0.0
+        rec = first[s.key]
+        same = rec.answer == first["receiver"].answer
+        label = names.get(s.kind, s.key.replace("plan:reuse-all", "full reuse").replace("plan:", "DroidSpeak "))
+        rows.append(f"{label:<26}{ms:>11.1f}{s.recompute_fraction(num_layers):>11.0%} {str(same):>12}"
+                    f"{rec.metrics['agreement']:>8.2f}{rec.metrics['edit_sim']:>9.3f}   "
+                    f"{store.mean(s.key, 'edit_sim'):>13.3f}{store.mean(s.key, 'agreement'):>11.3f}")
+    return "\n".join(rows)

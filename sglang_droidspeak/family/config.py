@@ -1,0 +1,95 @@
+"""FamilyConfig: every knob of the micro family build, and the hash that names its cache.
+
+The defaults are sized for the hard budget of about five minutes on a 2-core CPU
+(tokenizer, tokenizing, base, two fine-tunes, evaluation). Tokens per optimizer step are
+``batch_size * seq_len`` in every phase; the base's first phase packs them into shorter
+``short_seq_len`` windows, its last ``base_long_steps`` steps and both fine-tunes train at
+``seq_len`` so the models work at the 512-1024-token contexts the project evaluates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import asdict, dataclass
+
+# Bump when the build changes in a way that changes the weights for the same config.
+BUILD_FORMAT_VERSION = 1
+
+EOS_TOKEN = "<|endoftext|>"
+BASE = "base"
+TESTER = "tester"
+LIBWRITER = "libwriter"
+MODEL_NAMES = (BASE, TESTER, LIBWRITER)
+# model name -> corpus split it is trained on (fine-tunes start from the base)
+TRAIN_SPLITS = {BASE: "base", TESTER: "test", LIBWRITER: "lib"}
+EVAL_SPLITS = ("lib_heldout", "test_heldout")
+
+
+@dataclass(frozen=True)
+class FamilyConfig:
+    """Architecture, data and schedule of the micro family; same config -> same weights.
+
+    ``max_train_files`` (None = all) caps the files per training split, for tiny test
+    builds. ``num_threads`` is part of the config because float reductions, hence the
+    weights, depend on it.
+    """
+
+    seed: int = 0
+    vocab_size: int = 2048
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 8
+    num_attention_heads: int = 2
+    num_key_value_heads: int = 1
+    max_position_embeddings: int = 2048
+    rope_theta: float = 10000.0
+    seq_len: int = 1024
+    short_seq_len: int = 256
+    batch_size: int = 4
+    base_steps: int = 200
+    base_long_steps: int = 40
+    finetune_steps: int = 60
+    lr: float = 3e-3
+    finetune_lr: float = 1e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    tokenizer_train_chars: int = 4_000_000
+    max_train_files: int | None = None
+    eval_windows: int = 16
+    num_threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.num_key_value_heads >= self.num_attention_heads:
+            raise ValueError("the family uses GQA: num_key_value_heads < num_attention_heads")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be a multiple of num_attention_heads")
+        if self.seq_len % self.short_seq_len or self.seq_len > self.max_position_embeddings:
+            raise ValueError("need short_seq_len | seq_len <= max_position_embeddings")
+        if not 0 <= self.base_long_steps <= self.base_steps:
+            raise ValueError("base_long_steps must be within [0, base_steps]")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def python_version() -> str:
+    return ".".join(map(str, sys.version_info[:3]))
+
+
+def config_hash(config: FamilyConfig) -> str:
+    """Short stable hash of the config, the Python version (the corpus) and the format."""
+    payload = {"config": config.to_dict(), "python": python_version(),
+               "format": BUILD_FORMAT_VERSION}
+    text = json.dumps(payload, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

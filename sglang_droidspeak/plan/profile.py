@@ -1,0 +1,95 @@
+"""Profile files: the offline-profiled layer plans for one sender -> receiver pair.
+
+A profile is YAML (``profiles/<sender>__<receiver>.yaml``)::
+
+    format_version: 1
+    sender:   {name: tester,    fingerprint: {...}}   # identity.ModelFingerprint fields
+    receiver: {name: libwriter, fingerprint: {...}}
+    num_layers: 8
+    dataset: lcc                 # task name (sglang_droidspeak.tasks)
+    metric: edit_sim
+    granularity: 1               # group bounds are multiples of this (except num_layers)
+    created: '2026-11-28T04:00:00+00:00'
+    tool_version: 0.1.0
+    receiver_quality: 0.61       # the receiver's own full prefill
+    full_reuse_quality: 0.40     # reuse every layer of the sender
+    sensitivity: [...]           # optional: quality drop when only layer l is reused
+    frontier:                    # Pareto frontier, by num_recomputed_layers ascending
+      - {groups: [[0, 2]], num_recomputed_layers: 2, quality: 0.55, quality_drop: 0.06}
+
+``quality_drop`` is ``receiver_quality - quality`` (absolute, in metric units).
+Loading (``profile_io``) validates every field and names the file and field on error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from sglang_droidspeak.identity import ModelFingerprint
+from sglang_droidspeak.plan.layer_plan import LayerPlan
+
+FORMAT_VERSION = 1
+
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    fingerprint: ModelFingerprint
+
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    plan: LayerPlan
+    quality: float
+    quality_drop: float
+
+    @property
+    def num_recomputed_layers(self) -> int:
+        return self.plan.num_recomputed_layers
+
+
+@dataclass(frozen=True)
+class Profile:
+    sender: ModelRef
+    receiver: ModelRef
+    num_layers: int
+    dataset: str
+    metric: str
+    receiver_quality: float
+    full_reuse_quality: float
+    frontier: tuple[FrontierPoint, ...]
+    granularity: int = 1
+    sensitivity: tuple[float, ...] | None = None
+    created: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    tool_version: str = ""
+
+    def cheapest_within(self, max_quality_drop: float) -> FrontierPoint | None:
+        """The fewest-layer frontier point whose drop is at most ``max_quality_drop``."""
+        ok = [p for p in self.frontier if p.quality_drop <= max_quality_drop]
+        return min(ok, key=lambda p: p.num_recomputed_layers) if ok else None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "sender": {"name": self.sender.name, "fingerprint": self.sender.fingerprint.to_dict()},
+            "receiver": {"name": self.receiver.name, "fingerprint": self.receiver.fingerprint.to_dict()},
+            "num_layers": self.num_layers,
+            "dataset": self.dataset,
+            "metric": self.metric,
+            "granularity": self.granularity,
+            "created": self.created,
+            "tool_version": self.tool_version,
+            "receiver_quality": self.receiver_quality,
+            "full_reuse_quality": self.full_reuse_quality,
+        }
+        if self.sensitivity is not None:
+            data["sensitivity"] = list(self.sensitivity)
+        data["frontier"] = [
+            {"groups": p.plan.to_list(), "num_recomputed_layers": p.num_recomputed_layers,
+             "quality": p.quality, "quality_drop": p.quality_drop}
+            for p in self.frontier
+        ]
+        return data

@@ -1,0 +1,38 @@
+"""``droidspeak profile``: options come from ProfileConfig's fields and defaults."""
+
+from __future__ import annotations
+
+import argparse
+
+from sglang_droidspeak.config_cli import add_dataclass_arguments, dataclass_from_args
+from sglang_droidspeak.profiler.runner import ProfileConfig
+
+HELP = {
+    "sender": "sender model: HF directory or micro-family name (base, tester, libwriter)",
+    "receiver": "receiver model: HF directory or micro-family name",
+    "dataset": "task to score on (lcc, nextlines)",
+    "split": "corpus split the examples come from",
+    "granularity": "group bounds on multiples of this (1 or 2)",
+    "metric": "metric the frontier is built on; empty = the task's primary metric",
+    "work_dir": "where per-example scores are kept for resuming",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataclass_arguments(parser, ProfileConfig, HELP)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sglang_droidspeak.profiler.runner import run_profile
+
+    result = run_profile(dataclass_from_args(ProfileConfig, args))
+    profile = result.profile
+    print(f"profile written: {result.path}")
+    for plot in result.plots:
+        print(f"plot written:    {plot}")
+    print(f"receiver full prefill {profile.metric} = {profile.receiver_quality:.4f}, "
+          f"full reuse = {profile.full_reuse_quality:.4f}")
+    print(f"{'groups':<16}{'layers':>7}{'quality':>10}{'drop':>9}")
+    for point in profile.frontier:
+        print(f"{str(point.plan):<16}{point.num_recomputed_layers:>7}{point.quality:>10.4f}{point.quality_drop:>9.4f}")
+    return 0

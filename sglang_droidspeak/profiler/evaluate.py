@@ -1,0 +1,114 @@
+"""Score systems over task examples for one sender -> receiver pair (reference engine).
+
+Per example the sender prefills the context once (capturing E at every layer a system
+needs); then each system builds the receiver's prefix KV, greedily answers the query,
+and is scored with the task's metrics plus ``agreement``: the teacher-forced top-1
+agreement of its next-token predictions with the receiver's own full-prefill answer
+(1.0 for the receiver itself; smoother than the task metric on few examples).
+Scores go to a ResultStore, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from sglang_droidspeak.profiler.store import Record, ResultStore
+from sglang_droidspeak.profiler.systems import System
+from sglang_droidspeak.reference import (
+    PrefixKV, ReferenceModel, SenderCache, cacheblend_receiver_cache, cacheblend_tokens_for_cost, kv_projection_fraction,
+)
+from sglang_droidspeak.tasks import TASKS, TaskExample, decode_answer, score_prediction
+
+
+class PairEvaluator:
+    """Scores ``systems`` for receiver ``receiver`` reusing sender ``sender``'s context KV."""
+
+    def __init__(self, sender: ReferenceModel, receiver: ReferenceModel, tokenizer: Any, task: str,
+                 examples: Sequence[TaskExample], max_new_tokens: int | None = None):
+        if sender.num_layers != receiver.num_layers:
+            raise ValueError(f"layer counts differ: sender {sender.num_layers}, receiver {receiver.num_layers}")
+        self.sender, self.receiver, self.tokenizer = sender, receiver, tokenizer
+        self.spec, self.examples = TASKS[task], list(examples)
+        self.num_layers = receiver.num_layers
+        self.max_new_tokens = self.spec.max_new_tokens if max_new_tokens is None else max_new_tokens
+
+    def run(self, systems: Iterable[System], store: ResultStore, progress: bool = True) -> None:
+        systems = list(systems)
+        e_layers = sorted({l for s in systems if s.plan is not None for l in s.plan.e_layers()})
+        todo = [i for i in range(len(self.examples)) if any((s.key, i) not in store for s in systems)]
+        bar = tqdm(total=len(todo) * len(systems), disable=not progress, desc="scoring", unit="run")
+        for i in todo:
+            example = self.examples[i]
+            context = torch.tensor(example.context_ids)
+            sender_cache = self.sender.prefill(context, e_layers=e_layers)
+            reference = self._receiver_reference(i, store, context)
+            for system in systems:
+                if (system.key, i) not in store:
+                    store.add(self._score(system, i, example, context, sender_cache, reference))
+                bar.update()
+        bar.close()
+
+    def _receiver_reference(self, i: int, store: ResultStore, context: torch.Tensor) -> list[int]:
+        """The receiver's own full-prefill answer ids for example i (computed once)."""
+        example = self.examples[i]
+        prefix = self.receiver.prefill(context).kv
+        answer_ids = self._generate(self.receiver, prefix, example)
+        return answer_ids
+
+    def _score(self, system: System, i: int, example: TaskExample, context: torch.Tensor,
+               sender_cache: SenderCache, reference: list[int]) -> Record:
+        model = self.sender if system.kind == "sender" else self.receiver
+        prefix = self.prefix_kv(system, context, sender_cache)
+        answer_ids = self._generate(model, prefix, example)
+        answer = decode_answer(self.tokenizer, answer_ids, self.spec.name)
+        metrics = score_prediction(self.spec.name, answer, example)
+        metrics["agreement"] = self._agreement(model, prefix, example, reference)
+        return Record(system.key, i, metrics, answer)
+
+    def prefix_kv(self, system: System, context: torch.Tensor, sender_cache: SenderCache) -> PrefixKV:
+        if system.kind == "sender":
+            return sender_cache.kv
+        if system.kind == "receiver":
+            return self.receiver.prefill(context).kv
+        if system.kind == "plan":
+            return self.receiver.build_receiver_cache(sender_cache, system.plan, context)
+        num_tokens = cacheblend_tokens(self.receiver, system.cacheblend_layers, len(context))
+        if num_tokens is None:
+            raise ValueError(f"{system.key}: the budget does not cover CacheBlend's selection pass")
+        return cacheblend_receiver_cache(self.receiver, sender_cache, context, num_tokens, keep_selection_kv=True)
+
+    def _generate(self, model: ReferenceModel, prefix: PrefixKV, example: TaskExample) -> list[int]:
+        query = torch.tensor(example.query_ids)
+        return model.generate(prefix, query, self.max_new_tokens, stop_token_ids=self._stop_ids())
+
+    def _stop_ids(self) -> tuple[int, ...]:
+        if not hasattr(self, "_stop_cache"):
+            self._stop_cache = stop_token_ids(self.tokenizer, self.spec)
+        return self._stop_cache
+
+    def _agreement(self, model: ReferenceModel, prefix: PrefixKV, example: TaskExample,
+                   reference: list[int]) -> float:
+        if not reference:
+            return 1.0
+        suffix = torch.tensor(list(example.query_ids) + reference[:-1])
+        logits = model.extend(prefix, suffix).logits[-len(reference):]  # [len(reference), vocab]
+        return (logits.argmax(-1) == torch.tensor(reference)).float().mean().item()
+
+
+def stop_token_ids(tokenizer: Any, spec: Any) -> tuple[int, ...]:
+    """Token ids after which the answer is complete: eos, plus newline tokens for 1-line tasks."""
+    ids = {tokenizer.eos_token_id} if getattr(tokenizer, "eos_token_id", None) is not None else set()
+    if spec.num_lines == 1:
+        ids |= {i for i in range(len(tokenizer)) if "\n" in tokenizer.decode([i])}
+    return tuple(sorted(ids))
+
+
+def cacheblend_tokens(receiver: ReferenceModel, num_layers_budget: int, context_len: int) -> int | None:
+    """Tokens CacheBlend (its own vLLM mode: selection layers kept) may recompute for the
+    compute of ``num_layers_budget`` full layers, its selection pass included; None when
+    even the selection pass does not fit the budget."""
+    return cacheblend_tokens_for_cost(num_layers_budget * context_len, receiver.num_layers, context_len,
+                                      keep_selection_kv=True, kv_fraction=kv_projection_fraction(receiver.config))

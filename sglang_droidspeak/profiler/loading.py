@@ -1,0 +1,65 @@
+"""Load a model for the reference engine: a HF directory, or a micro-family name."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from sglang_droidspeak.identity import ModelFingerprint, fingerprint_model_dir
+from sglang_droidspeak.reference import ReferenceModel
+
+
+class LoadedModel(NamedTuple):
+    name: str
+    path: Path
+    model: ReferenceModel
+    tokenizer: Any
+    fingerprint: ModelFingerprint
+    weights_digest: str
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("DROIDSPEAK_CACHE", Path.home() / ".cache" / "sglang_droidspeak"))
+
+
+def default_work_dir() -> Path:
+    return cache_root() / "profiler"
+
+
+def resolve_model_path(name_or_path: str) -> Path:
+    """A directory as given, else a micro-family model name (building the family if needed)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    from sglang_droidspeak.family import Family, ensure_family
+
+    family = ensure_family()
+    if name_or_path not in family.names:
+        raise FileNotFoundError(
+            f"{name_or_path!r} is neither a model directory nor a micro-family model ({', '.join(family.names)})")
+    return family.model_path(name_or_path)
+
+
+def weights_digest(path: Path) -> str:
+    """sha256 of the safetensors files (identifies the exact weights a profile was made on)."""
+    digest = hashlib.sha256()
+    for file in sorted(path.glob("*.safetensors")):
+        with file.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def load_model(name_or_path: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    fingerprint = fingerprint_model_dir(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    name = path.name if Path(name_or_path).is_dir() else name_or_path
+    return LoadedModel(name, path, ReferenceModel(model), tokenizer, fingerprint, weights_digest(path))

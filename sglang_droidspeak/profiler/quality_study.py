@@ -1,0 +1,104 @@
+"""``droidspeak quality``: the quality study for one pair, on examples the profile never saw.
+
+    droidspeak quality --sender tester --receiver libwriter --dataset lcc
+
+Rows: the receiver's full prefill, the sender alone, full reuse, DroidSpeak at every
+frontier point of the committed profile, and a CacheBlend-style baseline at each of
+those compute budgets. Writes ``docs/results/quality-<pair>-<dataset>.json`` (raw),
+``docs/quality-<pair>-<dataset>.md`` (table) and ``docs/quality-<pair>-<dataset>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sglang_droidspeak.config_cli import add_dataclass_arguments, dataclass_from_args
+from sglang_droidspeak.plan import ModelRef, find_profile
+from sglang_droidspeak.profiler.evaluate import PairEvaluator, cacheblend_tokens
+from sglang_droidspeak.profiler.loading import default_work_dir, load_model
+from sglang_droidspeak.profiler.store import ResultStore
+from sglang_droidspeak.reference import ReferenceModel
+from sglang_droidspeak.profiler.systems import RECEIVER, SENDER, System, cacheblend_system, plan_system
+from sglang_droidspeak.tasks import TASKS, build_task
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    sender: str = "tester"
+    receiver: str = "libwriter"
+    dataset: str = "lcc"
+    split: str = "lib_heldout"
+    num_examples: int = 32
+    context_len: int = 768
+    query_len: int = 32
+    seed: int = 1
+    profiles_dir: str = "profiles"
+    docs_dir: str = "docs"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataclass_arguments(parser, QualityConfig)
+
+
+def study_systems(profile, receiver: ReferenceModel, context_len: int) -> list[System]:
+    """Reference rows, DroidSpeak's frontier, and CacheBlend at each budget it fits in."""
+    systems = [RECEIVER, SENDER] + [plan_system(p.plan) for p in profile.frontier]
+    budgets = sorted({p.num_recomputed_layers for p in profile.frontier} - {0, receiver.num_layers})
+    return systems + [cacheblend_system(k) for k in budgets if cacheblend_tokens(receiver, k, context_len) is not None]
+
+
+def run(args: argparse.Namespace) -> int:
+    config = dataclass_from_args(QualityConfig, args)
+    sender, receiver = load_model(config.sender), load_model(config.receiver)
+    profile = find_profile(config.profiles_dir, ModelRef(sender.name, sender.fingerprint),
+                           ModelRef(receiver.name, receiver.fingerprint))
+    if profile is None:
+        raise SystemExit(f"no profile for {sender.name} -> {receiver.name} in {config.profiles_dir}; "
+                         f"run droidspeak profile first")
+    num_layers = receiver.model.num_layers
+    examples = build_task(config.dataset, receiver.tokenizer, split=config.split, num_examples=config.num_examples,
+                          context_len=config.context_len, query_len=config.query_len, seed=config.seed)
+    systems = study_systems(profile, receiver.model, config.context_len)
+    header = {**asdict(config), "sender_weights": sender.weights_digest, "receiver_weights": receiver.weights_digest,
+              "profile_created": profile.created}
+    stem = f"quality-{sender.name}__{receiver.name}-{config.dataset}"
+    store = ResultStore(default_work_dir() / f"{stem}-seed{config.seed}.jsonl", header)
+    PairEvaluator(sender.model, receiver.model, receiver.tokenizer, config.dataset, examples).run(systems, store)
+
+    metrics = [*TASKS[config.dataset].metrics, "agreement"]
+    rows = [{"system": s.key, "recompute_fraction": s.recompute_fraction(num_layers),
+             **{m: store.mean(s.key, m) for m in metrics}} for s in systems]
+    result = {"config": header, "num_examples": len(examples), "profile_metric": profile.metric,
+              "date": dt.date.today().isoformat(), "machine": f"CPU {platform.machine()}, {platform.python_version()}",
+              "command": "droidspeak quality " + " ".join(sys.argv[2:]), "rows": rows}
+    docs = Path(config.docs_dir)
+    (docs / "results").mkdir(parents=True, exist_ok=True)
+    (docs / "results" / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (docs / f"{stem}.md").write_text(markdown_table(result, metrics))
+    from sglang_droidspeak.profiler.plots import plot_quality_vs_compute
+
+    plot_quality_vs_compute(rows, TASKS[config.dataset].primary_metric, f"{sender.name} -> {receiver.name}",
+                            docs / f"{stem}.png")
+    print(markdown_table(result, metrics))
+    return 0
+
+
+LABELS = {"receiver": "receiver full prefill", "sender": "sender alone", "plan:reuse-all": "full reuse"}
+
+
+def markdown_table(result: dict, metrics: list[str]) -> str:
+    lines = [f"Examples: {result['num_examples']} ({result['config']['dataset']}, {result['config']['split']}, "
+             f"seed {result['config']['seed']}); {result['machine']}; {result['date']}; `{result['command']}`", "",
+             "| system | recompute | " + " | ".join(metrics) + " |", "|---|---:|" + "---:|" * len(metrics)]
+    for row in result["rows"]:
+        label = LABELS.get(row["system"], row["system"].replace("plan:", "DroidSpeak ").replace(
+            "cacheblend:", "CacheBlend-style, budget of k layers = "))
+        values = " | ".join(f"{row[m]:.3f}" for m in metrics)
+        lines.append(f"| {label} | {row['recompute_fraction']:.0%} | {values} |")
+    return "\n".join(lines) + "\n"

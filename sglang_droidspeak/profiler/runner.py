@@ -1,0 +1,98 @@
+"""The offline profiler: score candidate plans for a pair and write its profile YAML.
+
+    droidspeak profile --sender tester --receiver libwriter --dataset lcc --granularity 1
+
+Model arguments are Hugging Face directories, or names of the embedded micro family
+(built on first use). Scores are kept in a JSONL work file, so a run that is stopped
+resumes where it left off when started again with the same settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from sglang_droidspeak import __version__
+from sglang_droidspeak.identity import check_compatible
+from sglang_droidspeak.plan import FrontierPoint, LayerPlan, ModelRef, Profile, profile_filename, save_profile
+from sglang_droidspeak.profiler.evaluate import PairEvaluator
+from sglang_droidspeak.profiler.loading import LoadedModel, default_work_dir, load_model
+from sglang_droidspeak.profiler.search import (
+    ScoredPlan, candidate_plans, contiguous_plans, pareto_frontier, sensitivity_drops,
+)
+from sglang_droidspeak.profiler.store import ResultStore
+from sglang_droidspeak.profiler.systems import RECEIVER, SENDER, plan_system
+from sglang_droidspeak.tasks import TASKS, build_task
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    sender: str
+    receiver: str
+    dataset: str = "lcc"
+    split: str = "lib_heldout"
+    num_examples: int = 32
+    context_len: int = 768
+    query_len: int = 32
+    granularity: int = 1
+    metric: str = ""  # "" = the task's primary metric; or "agreement"
+    seed: int = 0
+    max_new_tokens: int = 0  # 0 = the task's own limit
+    out_dir: str = "profiles"
+    work_dir: str = ""  # "" = ~/.cache/sglang_droidspeak/profiler
+    plots: bool = True
+    progress: bool = True
+
+
+class ProfileRun(NamedTuple):
+    profile: Profile
+    path: Path
+    plots: tuple[Path, ...]
+    scores: dict[LayerPlan, float]
+
+
+def _run_header(config: ProfileConfig, sender: LoadedModel, receiver: LoadedModel) -> dict:
+    keep = {k: v for k, v in asdict(config).items() if k not in ("out_dir", "work_dir", "plots", "progress", "metric")}
+    return {**keep, "sender_weights": sender.weights_digest, "receiver_weights": receiver.weights_digest}
+
+
+def run_profile(config: ProfileConfig) -> ProfileRun:
+    sender, receiver = load_model(config.sender), load_model(config.receiver)
+    check_compatible(sender.fingerprint, receiver.fingerprint, sender.name, receiver.name)
+    spec = TASKS[config.dataset]
+    metric = config.metric or spec.primary_metric
+    examples = build_task(config.dataset, receiver.tokenizer, split=config.split, num_examples=config.num_examples,
+                          context_len=config.context_len, query_len=config.query_len, seed=config.seed)
+    header = _run_header(config, sender, receiver)
+    run_id = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:12]
+    work_dir = Path(config.work_dir) if config.work_dir else default_work_dir()
+    store = ResultStore(work_dir / f"{sender.name}__{receiver.name}-{config.dataset}-{run_id}.jsonl", header)
+
+    num_layers = receiver.model.num_layers
+    plans = candidate_plans(num_layers, config.granularity)
+    evaluator = PairEvaluator(sender.model, receiver.model, receiver.tokenizer, config.dataset, examples,
+                              max_new_tokens=config.max_new_tokens or None)
+    evaluator.run([RECEIVER, SENDER] + [plan_system(p) for p in plans], store, progress=config.progress)
+
+    scores = {p: store.mean(plan_system(p).key, metric) for p in plans}
+    receiver_quality = store.mean(RECEIVER.key, metric)
+    on_grid = [LayerPlan.full_reuse(num_layers)] + contiguous_plans(num_layers, config.granularity)
+    frontier = pareto_frontier(ScoredPlan(p, scores[p]) for p in on_grid)
+    profile = Profile(
+        sender=ModelRef(sender.name, sender.fingerprint), receiver=ModelRef(receiver.name, receiver.fingerprint),
+        num_layers=num_layers, dataset=config.dataset, metric=metric, receiver_quality=receiver_quality,
+        full_reuse_quality=scores[LayerPlan.full_reuse(num_layers)],
+        frontier=tuple(FrontierPoint(s.plan, s.quality, receiver_quality - s.quality) for s in frontier),
+        granularity=config.granularity, sensitivity=tuple(sensitivity_drops(scores, num_layers)),
+        tool_version=__version__,
+    )
+    path = save_profile(profile, Path(config.out_dir) / profile_filename(sender.name, receiver.name))
+    plots: tuple[Path, ...] = ()
+    if config.plots:
+        from sglang_droidspeak.profiler.plots import write_profile_plots
+
+        plots = write_profile_plots(profile, scores, path.with_suffix(""))
+    return ProfileRun(profile, path, plots, scores)

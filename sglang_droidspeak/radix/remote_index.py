@@ -1,0 +1,151 @@
+"""What the peers hold: an index of REMOTE prefixes, apart from the device radix tree.
+
+A remote prefix has no local KV slots, so it is kept out of SGLang's tree entirely:
+the tree's evictable/protected counters, its eviction heap and its lock counts never
+see it, and SGLang's idle leak check (available + evictable + protected == total)
+holds by construction. This index only answers "which sender holds the longest prefix
+of these tokens", per (sender, base extra_key), and forgets sequences on withdrawal.
+
+Entries are hints: a sender may have evicted them already. The transfer that follows a
+hit must treat a miss on the sender as an ordinary fallback to full prefill.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterable, NamedTuple, Optional, Sequence
+
+
+class RemoteMatch(NamedTuple):
+    sender: str
+    peer: str  # where to fetch from ("" when unknown)
+    prefix_len: int
+
+
+class _Node:
+    __slots__ = ("edge", "children", "num_holders", "num_ending")
+
+    def __init__(self, edge: tuple[int, ...], num_holders: int = 0, num_ending: int = 0):
+        self.edge = edge  # tokens on the edge from the parent into this node
+        self.children: dict[int, _Node] = {}
+        self.num_holders = num_holders  # advertised sequences through this node
+        self.num_ending = num_ending  # advertised sequences ending exactly here
+
+
+def _common_len(edge: Sequence[int], tokens: Sequence[int], start: int) -> int:
+    limit = min(len(edge), len(tokens) - start)
+    n = 0
+    while n < limit and edge[n] == tokens[start + n]:
+        n += 1
+    return n
+
+
+class RemotePrefixIndex:
+    """Token-sequence prefixes advertised by senders; thread-safe; no device state."""
+
+    def __init__(self) -> None:
+        self._roots: dict[tuple[str, Optional[str]], _Node] = {}
+        self._peers: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def advertise(
+        self, sender: str, token_ids: Iterable[int], peer: str = "", base: Optional[str] = None
+    ) -> None:
+        """Record that ``sender`` holds KV for ``token_ids`` (under extra_key ``base``)."""
+        tokens = tuple(token_ids)
+        if not tokens:
+            return
+        with self._lock:
+            if peer:
+                self._peers[sender] = peer
+            node = self._roots.setdefault((sender, base), _Node(()))
+            node.num_holders += 1
+            pos = 0
+            while pos < len(tokens):
+                child = node.children.get(tokens[pos])
+                if child is None:
+                    child = _Node(tokens[pos:])
+                    node.children[tokens[pos]] = child
+                common = _common_len(child.edge, tokens, pos)
+                if common < len(child.edge):
+                    child = self._split(node, child, common)
+                child.num_holders += 1
+                node, pos = child, pos + common
+            node.num_ending += 1
+
+    def withdraw(self, sender: str, token_ids: Iterable[int], base: Optional[str] = None) -> bool:
+        """Forget one advertisement of exactly ``token_ids``; False if there was none."""
+        tokens = tuple(token_ids)
+        with self._lock:
+            root = self._roots.get((sender, base))
+            path = self._exact_path(root, tokens) if root is not None and tokens else None
+            if path is None or path[-1].num_ending == 0:
+                return False
+            path[-1].num_ending -= 1
+            for parent, child in zip(path, path[1:]):
+                child.num_holders -= 1
+                if child.num_holders == 0:
+                    del parent.children[child.edge[0]]
+                    break
+            root.num_holders -= 1
+            if root.num_holders == 0:
+                del self._roots[(sender, base)]
+            return True
+
+    def forget_sender(self, sender: str) -> None:
+        with self._lock:
+            for key in [k for k in self._roots if k[0] == sender]:
+                del self._roots[key]
+            self._peers.pop(sender, None)
+
+    def senders(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(sorted({sender for sender, _ in self._roots}))
+
+    def longest_match(
+        self, token_ids: Sequence[int], base: Optional[str] = None, exclude: Iterable[str] = ()
+    ) -> Optional[RemoteMatch]:
+        """The sender holding the longest prefix of ``token_ids`` (ties: smallest name)."""
+        excluded = set(exclude)
+        best: Optional[RemoteMatch] = None
+        with self._lock:
+            for (sender, root_base), root in sorted(self._roots.items(), key=lambda kv: kv[0][0]):
+                if root_base != base or sender in excluded:
+                    continue
+                matched = self._match_len(root, token_ids)
+                if matched > 0 and (best is None or matched > best.prefix_len):
+                    best = RemoteMatch(sender, self._peers.get(sender, ""), matched)
+        return best
+
+    @staticmethod
+    def _split(parent: _Node, child: _Node, at: int) -> _Node:
+        mid = _Node(child.edge[:at], num_holders=child.num_holders)
+        child.edge = child.edge[at:]
+        mid.children[child.edge[0]] = child
+        parent.children[mid.edge[0]] = mid
+        return mid
+
+    @staticmethod
+    def _exact_path(root: _Node, tokens: tuple[int, ...]) -> Optional[list[_Node]]:
+        path, node, pos = [root], root, 0
+        while pos < len(tokens):
+            child = node.children.get(tokens[pos])
+            if child is None or _common_len(child.edge, tokens, pos) != len(child.edge):
+                return None
+            path.append(child)
+            node, pos = child, pos + len(child.edge)
+        return path
+
+    @staticmethod
+    def _match_len(root: _Node, tokens: Sequence[int]) -> int:
+        node, pos = root, 0
+        while pos < len(tokens):
+            child = node.children.get(tokens[pos])
+            if child is None:
+                break
+            common = _common_len(child.edge, tokens, pos)
+            pos += common
+            if common < len(child.edge):
+                break
+            node = child
+        return pos

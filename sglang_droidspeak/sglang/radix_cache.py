@@ -1,0 +1,188 @@
+"""DroidSpeakRadixCache: SGLang's RadixCache with model-tagged prefixes.
+
+- NATIVE and DERIVED prefixes are ordinary tree nodes (they hold local KV slots); a
+  node's tag is decoded from its key's ``extra_key`` namespace (``radix.namespace``),
+  so SGLang's locking, eviction and evictable/protected counters are untouched.
+- REMOTE prefixes live in a separate ``RemotePrefixIndex``: they never become tree
+  nodes, never yield device indices and never enter the counters, so SGLang's idle
+  leak check (available + evictable + protected == total) holds by construction.
+
+``match_prefix`` returns SGLang's MatchResult for the request's own namespace,
+unchanged. When the call carries the request (``MatchPrefixParams.req``, as
+``Req.init_next_round_input`` does), the longest foreign prefix beyond it is stored on
+``req.droidspeak_foreign_hit`` (a ``ForeignHit`` or None); ``match_prefix_split``
+returns both parts explicitly.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, NamedTuple, Optional
+
+from sglang.srt.mem_cache.base_prefix_cache import InsertParams, InsertResult, MatchPrefixParams, MatchResult
+from sglang.srt.mem_cache.cache_init_params import CacheInitParams
+from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey, TreeNode
+
+from sglang_droidspeak.plan.layer_plan import LayerPlan
+from sglang_droidspeak.radix.hits import ForeignHit
+from sglang_droidspeak.radix.namespace import decode_namespace, encode_namespace, is_tagged_namespace
+from sglang_droidspeak.radix.remote_index import RemotePrefixIndex
+from sglang_droidspeak.radix.tags import KVOrigin, ModelTag, exportable_to, reusable_by
+from sglang_droidspeak.sglang.settings import PlanLookup
+
+FOREIGN_HIT_ATTR = "droidspeak_foreign_hit"
+
+
+class TaggedMatch(NamedTuple):
+    native: MatchResult  # SGLang's match in the key's own namespace
+    foreign: Optional[ForeignHit]  # longest DERIVED/REMOTE prefix beyond it, if any
+
+
+class ExportMatch(NamedTuple):
+    tag: ModelTag  # provenance of the exported KV
+    match: MatchResult  # local slots of the exportable prefix (not locked)
+
+
+class DroidSpeakRadixCache(RadixCache):
+    """A RadixCache whose prefixes carry a ModelTag (see the module docstring)."""
+
+    def __init__(
+        self,
+        params: CacheInitParams,
+        model: str,
+        plan_lookup: Optional[PlanLookup] = None,
+        *,
+        remote_index: Optional[RemotePrefixIndex] = None,
+        allow_derived_export: bool = False,
+        min_foreign_tokens: int = 1,
+    ):
+        ModelTag.native(model)  # validates the name
+        self.model = model
+        self.plan_lookup: PlanLookup = plan_lookup or (lambda sender, receiver: None)
+        self.remote_index = remote_index if remote_index is not None else RemotePrefixIndex()
+        self.allow_derived_export = allow_derived_export
+        self.min_foreign_tokens = max(1, min_foreign_tokens)
+        self._derived_namespaces: dict[Optional[str], set[str]] = {}  # base -> namespaces
+        super().__init__(params)
+
+    # ---- tags and namespaces ----
+
+    def tag_of(self, node: TreeNode) -> ModelTag:
+        return decode_namespace(node.key.extra_key, self.model).tag
+
+    def derived_namespace(self, sender: str, plan: LayerPlan | str, base: Optional[str] = None) -> str:
+        """The ``extra_key`` under which this model's KV derived from ``sender`` lives."""
+        tag = ModelTag.derived(self.model, sender, str(plan))
+        namespace = encode_namespace(tag, base)
+        self._derived_namespaces.setdefault(base, set()).add(namespace)
+        return namespace
+
+    def advertise_remote(
+        self, sender: str, token_ids: Iterable[int], peer: str = "", base: Optional[str] = None
+    ) -> None:
+        """Record that peer model ``sender`` holds KV for ``token_ids``."""
+        if sender == self.model:
+            raise ValueError(f"{sender!r} is this server's own model, not a remote sender")
+        self.remote_index.advertise(sender, token_ids, peer=peer, base=base)
+
+    # ---- RadixCache overrides ----
+
+    def reset(self) -> None:
+        super().reset()
+        self._derived_namespaces.clear()
+
+    def insert(self, params: InsertParams) -> InsertResult:
+        extra_key = params.key.extra_key if params.key is not None else None
+        if is_tagged_namespace(extra_key):
+            base = decode_namespace(extra_key, self.model).base
+            self._derived_namespaces.setdefault(base, set()).add(extra_key)
+        return super().insert(params)
+
+    def match_prefix(self, params: MatchPrefixParams) -> MatchResult:
+        native = super().match_prefix(params)
+        if params.req is not None:
+            hit = self._foreign_hit(params.key, len(native.device_indices))
+            setattr(params.req, FOREIGN_HIT_ATTR, hit)
+        return native
+
+    # ---- DroidSpeak queries ----
+
+    def match_prefix_split(self, params: MatchPrefixParams) -> TaggedMatch:
+        native = super().match_prefix(params)
+        return TaggedMatch(native, self._foreign_hit(params.key, len(native.device_indices)))
+
+    def match_for_export(
+        self, token_ids, peer_model: str, base: Optional[str] = None
+    ) -> Optional[ExportMatch]:
+        """The longest local prefix this server may send to ``peer_model`` (None: nothing)."""
+        candidates = [ModelTag.native(self.model)]
+        for namespace in sorted(self._derived_namespaces.get(base, ())):
+            candidates.append(decode_namespace(namespace, self.model).tag)
+        best: Optional[ExportMatch] = None
+        for tag in candidates:
+            if peer_model == self.model or not exportable_to(tag, peer_model, self.allow_derived_export):
+                continue
+            key = RadixKey(token_ids, encode_namespace(tag, base))
+            match = super().match_prefix(MatchPrefixParams(key=key))
+            if len(match.device_indices) and (best is None or len(match.device_indices) > len(best.match.device_indices)):
+                best = ExportMatch(tag, match)
+        return best
+
+    # ---- internals ----
+
+    def _foreign_hit(self, key: RadixKey, native_len: int) -> Optional[ForeignHit]:
+        if self.disable or self.is_eagle or key.is_bigram:
+            return None
+        base, tag = decode_namespace(key.extra_key, self.model)
+        if tag.origin is not KVOrigin.NATIVE:
+            return None  # the request already lives in a derived namespace
+        tokens = key.page_aligned(self.page_size).raw_token_ids()
+        floor = native_len + self.min_foreign_tokens
+        derived_ns, derived_len = self._longest_derived(tokens, base)
+        remote = self.remote_index.longest_match(tokens, base=base, exclude=(self.model,))
+        remote_len = self._floor_page(remote.prefix_len) if remote is not None else 0
+        remote_plan = self.plan_lookup(remote.sender, self.model) if remote is not None else None
+        if derived_ns is not None and derived_len >= floor and (derived_len >= remote_len or remote_plan is None):
+            return self._derived_hit(tokens, derived_ns, native_len)
+        if remote_plan is not None and remote_len >= floor:
+            return ForeignHit(ModelTag.remote(remote.sender), remote_len, native_len, remote_plan, peer=remote.peer)
+        return None
+
+    def _longest_derived(self, tokens, base: Optional[str]) -> tuple[Optional[str], int]:
+        best_ns, best_len = None, 0
+        for namespace in sorted(self._derived_namespaces.get(base, ())):
+            if not reusable_by(decode_namespace(namespace, self.model).tag, self.model):
+                continue
+            matched = self._peek_len(RadixKey(tokens, namespace))
+            if matched > best_len:
+                best_ns, best_len = namespace, matched
+        return best_ns, best_len
+
+    def _derived_hit(self, tokens, namespace: str, native_len: int) -> ForeignHit:
+        match = super().match_prefix(MatchPrefixParams(key=RadixKey(tokens, namespace)))
+        tag = decode_namespace(namespace, self.model).tag
+        return ForeignHit(
+            tag,
+            len(match.device_indices),
+            native_len,
+            plan=self.plan_lookup(tag.origin_sender, self.model),
+            namespace=namespace,
+            device_indices=match.device_indices,
+            last_node=match.last_device_node,
+        )
+
+    def _peek_len(self, key: RadixKey) -> int:
+        """Matched length of ``key`` without splitting nodes or touching access times."""
+        node, matched = self.root_node, 0
+        while len(key) > 0:
+            child = node.children.get(key.child_key(self.page_size))
+            if child is None or child.evicted:
+                break
+            step = child.key.match(key, page_size=self.page_size)
+            matched += step
+            if step < len(child.key):
+                break
+            node, key = child, key[step:]
+        return matched
+
+    def _floor_page(self, num_tokens: int) -> int:
+        return num_tokens // self.page_size * self.page_size
