@@ -13,8 +13,6 @@ context and averaged over a few more held-out examples.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -107,8 +105,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"A prefilled the shared context ({len(context)} tokens) in {1e3 * (time.perf_counter() - start):.1f} ms\n")
 
     header = {**asdict(config), "sender_weights": sender.weights_digest, "receiver_weights": receiver.weights_digest}
-    run_id = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:12]
-    store = ResultStore(default_work_dir() / f"demo-{run_id}.jsonl", header)
+    store = ResultStore.for_run(default_work_dir(), "demo", header)
     evaluator.run(systems, store, progress=True)
     print(_table(config, evaluator, systems, store, context, sender_cache, num_layers))
     return 0

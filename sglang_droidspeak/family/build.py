@@ -8,8 +8,8 @@
 
 The base trains on the ``base`` split; ``tester`` and ``libwriter`` are copies of the
 base fine-tuned on ``test`` and ``lib``. Every model is evaluated on ``lib_heldout`` and
-``test_heldout`` at ``seq_len``-token windows, and on windows of its own training data
-(the train-vs-held-out gap).
+``test_heldout`` at ``seq_len``-token windows, and on its own training split: windows it
+trained on and files it never read (the generalisation gap).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from sglang_droidspeak.family.evaluate import evaluate
 from sglang_droidspeak.family.manifest import write_manifest
 from sglang_droidspeak.family.tokenizer import eos_id, save_hf_tokenizer, train_tokenizer
 from sglang_droidspeak.family.train import (
-    Schedule, TrainPhase, deterministic_torch, make_model, train_model,
+    Schedule, TrainPhase, TrainResult, deterministic_torch, make_model, train_model,
 )
 
 EVAL_SEED = 0  # held-out windows do not depend on the family seed
@@ -44,12 +44,17 @@ EVAL_SEED = 0  # held-out windows do not depend on the family seed
 
 @dataclass(frozen=True)
 class Streams:
-    """Token streams per corpus split (training splits and the held-out splits)."""
+    """Token streams per corpus split (training and held-out splits), and ``unseen``:
+    per training split, a stream of its files that training never reads."""
 
     by_split: dict[str, data.TokenStream]
+    unseen: dict[str, data.TokenStream]
 
-    def windows(self, split: str, window_len: int) -> torch.Tensor:
-        return data.windows(self.by_split[split].token_ids, window_len)
+    def eval_windows(self, split: str, config: FamilyConfig,
+                     unseen: bool = False) -> torch.Tensor:
+        """``config.eval_windows`` windows of ``seq_len`` spread over the whole stream."""
+        stream = (self.unseen if unseen else self.by_split)[split]
+        return data.spread_windows(stream.token_ids, config.seq_len, config.eval_windows)
 
 
 def _train_tokenizer(config: FamilyConfig, corpus: CorpusSplit) -> Tokenizer:
@@ -61,24 +66,27 @@ def _train_tokenizer(config: FamilyConfig, corpus: CorpusSplit) -> Tokenizer:
 def _tokenize(config: FamilyConfig, corpus: CorpusSplit, tokenizer: Tokenizer) -> Streams:
     """Only as many tokens per split as its training steps (or evaluation) consume."""
     eos = eos_id(tokenizer)
+    eval_tokens = max(config.eval_stream_tokens, config.seq_len)
     need = {BASE: config.base_steps, "test": config.finetune_steps,
             "lib": config.finetune_steps}
-    streams = {}
+    streams, unseen = {}, {}
     for split, num_steps in need.items():
-        files = data.shuffled_files(corpus, split, config.seed, config.max_train_files)
-        streams[split] = data.token_stream(corpus, files, tokenizer, eos,
-                                           num_steps * config.tokens_per_step)
+        files = data.shuffled_files(corpus, split, config.seed)
+        streams[split] = data.token_stream(corpus, files[: config.max_train_files], tokenizer,
+                                           eos, num_steps * config.tokens_per_step)
+        unseen[split] = data.token_stream(corpus, files[streams[split].num_files:], tokenizer,
+                                          eos, eval_tokens)
     for split in EVAL_SPLITS:
         files = data.shuffled_files(corpus, split, EVAL_SEED)
-        streams[split] = data.token_stream(corpus, files, tokenizer, eos,
-                                           config.eval_windows * config.seq_len + 1)
-    return Streams(streams)
+        streams[split] = data.token_stream(corpus, files, tokenizer, eos, eval_tokens)
+    return Streams(streams, unseen)
 
 
-def _base_phases(config: FamilyConfig, stream: data.TokenStream) -> list[TrainPhase]:
-    """Short windows first, the last ``base_long_steps`` at ``seq_len``; disjoint tokens."""
-    short_steps = config.base_steps - config.base_long_steps
-    cut = stream.num_tokens * short_steps // max(1, config.base_steps)
+def _phases(config: FamilyConfig, stream: data.TokenStream, num_steps: int,
+            num_long_steps: int) -> list[TrainPhase]:
+    """Short windows first, the last ``num_long_steps`` at ``seq_len``; disjoint tokens."""
+    short_steps = num_steps - num_long_steps
+    cut = stream.num_tokens * short_steps // max(1, num_steps)
     short_ids, long_ids = stream.token_ids[:cut], stream.token_ids[cut:]
     if short_ids.numel() < config.short_seq_len:
         short_ids = stream.token_ids
@@ -87,23 +95,22 @@ def _base_phases(config: FamilyConfig, stream: data.TokenStream) -> list[TrainPh
     short_batch = config.tokens_per_step // config.short_seq_len
     return [
         TrainPhase(data.windows(short_ids, config.short_seq_len), short_batch, short_steps),
-        TrainPhase(data.windows(long_ids, config.seq_len), config.batch_size,
-                   config.base_long_steps),
+        TrainPhase(data.windows(long_ids, config.seq_len), config.batch_size, num_long_steps),
     ]
 
 
 def _evaluate_all(config: FamilyConfig, models: dict[str, LlamaForCausalLM],
                   streams: Streams) -> dict[str, dict[str, float]]:
-    """Held-out perplexity of every model, plus its loss on its own training windows."""
+    """Per model: held-out perplexities, and on its own training split both tokens it
+    trained on (``train_seen``) and files it never read (``train_unseen``)."""
     results: dict[str, dict[str, float]] = {}
     for name, model in models.items():
-        row = {}
-        for split in EVAL_SPLITS:
-            row[split] = evaluate(model, streams.windows(split, config.seq_len),
-                                  config.batch_size).perplexity
-        own = streams.windows(TRAIN_SPLITS[name], config.seq_len)[: config.eval_windows]
-        row["train_windows"] = evaluate(model, own, config.batch_size).perplexity
-        results[name] = row
+        split = TRAIN_SPLITS[name]
+        windows = {held_out: streams.eval_windows(held_out, config) for held_out in EVAL_SPLITS}
+        windows["train_seen"] = streams.eval_windows(split, config)
+        windows["train_unseen"] = streams.eval_windows(split, config, unseen=True)
+        results[name] = {key: evaluate(model, batch, config.batch_size).perplexity
+                         for key, batch in windows.items()}
     return results
 
 
@@ -113,41 +120,82 @@ def _save_model(model: LlamaForCausalLM, tokenizer: Tokenizer, config: FamilyCon
     save_hf_tokenizer(tokenizer, config.max_position_embeddings, out_dir)
 
 
+@dataclass(frozen=True)
+class TrainedModels:
+    """The family's models (same order as MODEL_NAMES) and how each one trained."""
+
+    models: dict[str, LlamaForCausalLM]
+    results: dict[str, TrainResult]
+
+
+def _train_models(config: FamilyConfig, tokenizer: Tokenizer, streams: Streams,
+                  progress: bool) -> TrainedModels:
+    """The base from the seed, then each fine-tune from a copy of the base."""
+    base = make_model(config, tokenizer.get_vocab_size(), eos_id(tokenizer))
+    base_schedule = Schedule(config.lr, config.warmup_steps, config.weight_decay,
+                             config.grad_clip)
+    results = {BASE: train_model(
+        base, _phases(config, streams.by_split[BASE], config.base_steps,
+                      config.base_long_steps),
+        base_schedule, seed=config.seed, desc=BASE, progress=progress)}
+    models = {BASE: base}
+    finetune_schedule = Schedule(config.finetune_lr,
+                                 min(config.warmup_steps, config.finetune_steps // 10 + 1),
+                                 config.weight_decay, config.grad_clip)
+    for offset, name in enumerate(MODEL_NAMES[1:], start=1):
+        models[name] = copy.deepcopy(base)
+        phases = _phases(config, streams.by_split[TRAIN_SPLITS[name]],
+                         config.finetune_steps, config.finetune_long_steps)
+        results[name] = train_model(models[name], phases, finetune_schedule,
+                                    seed=config.seed + offset, desc=name, progress=progress)
+    return TrainedModels(models, results)
+
+
 def build_family(config: FamilyConfig, out_dir: Path, progress: bool = True) -> dict:
     """Build every model of the family into ``out_dir`` (created); return the manifest."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
+    clock = _Clock()
     with deterministic_torch(config.num_threads):
         corpus = split_corpus()
         tokenizer = _train_tokenizer(config, corpus)
-        seconds["tokenizer"] = time.perf_counter() - start
+        clock.lap("tokenizer")
         streams = _tokenize(config, corpus, tokenizer)
-        seconds["tokenize"] = time.perf_counter() - start - seconds["tokenizer"]
-        vocab_size = tokenizer.get_vocab_size()
-        base = make_model(config, vocab_size, eos_id(tokenizer))
-        train = {BASE: train_model(
-            base, _base_phases(config, streams.by_split[BASE]),
-            Schedule(config.lr, config.warmup_steps, config.weight_decay, config.grad_clip),
-            seed=config.seed, desc=BASE, progress=progress)}
-        models = {BASE: base}
-        finetune = Schedule(config.finetune_lr, min(config.warmup_steps,
-                                                    config.finetune_steps // 10 + 1),
-                            config.weight_decay, config.grad_clip)
-        for offset, name in enumerate(MODEL_NAMES[1:], start=1):
-            models[name] = copy.deepcopy(base)
-            phase = TrainPhase(streams.windows(TRAIN_SPLITS[name], config.seq_len),
-                               config.batch_size, config.finetune_steps)
-            train[name] = train_model(models[name], [phase], finetune,
-                                      seed=config.seed + offset, desc=name, progress=progress)
-        eval_start = time.perf_counter()
-        perplexity = _evaluate_all(config, models, streams)
-        seconds["eval"] = time.perf_counter() - eval_start
-    for name, model in models.items():
+        clock.lap("tokenize")
+        trained = _train_models(config, tokenizer, streams, progress)
+        clock.lap("train")
+        perplexity = _evaluate_all(config, trained.models, streams)
+        clock.lap("eval")
+    for name, model in trained.models.items():
         _save_model(model, tokenizer, config, out_dir / name)
-    seconds["total"] = time.perf_counter() - start
-    manifest = {
+    clock.lap("save")
+    manifest = _manifest(config, tokenizer, corpus, streams, trained, perplexity)
+    manifest["seconds"] = clock.seconds()
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
+class _Clock:
+    """Wall seconds per build stage, and in total."""
+
+    def __init__(self) -> None:
+        self._start = self._last = time.perf_counter()
+        self._laps: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self._laps[stage], self._last = now - self._last, now
+
+    def seconds(self) -> dict[str, float]:
+        total = time.perf_counter() - self._start
+        return {k: round(v, 2) for k, v in {**self._laps, "total": total}.items()}
+
+
+def _manifest(config: FamilyConfig, tokenizer: Tokenizer, corpus: CorpusSplit,
+              streams: Streams, trained: TrainedModels,
+              perplexity: dict[str, dict[str, float]]) -> dict:
+    vocab_size = tokenizer.get_vocab_size()
+    return {
         "format_version": BUILD_FORMAT_VERSION,
         "config": config.to_dict(),
         "seed": config.seed,
@@ -156,7 +204,7 @@ def build_family(config: FamilyConfig, out_dir: Path, progress: bool = True) -> 
                      "tokenizers": tokenizers.__version__},
         "names": list(MODEL_NAMES),
         "vocab_size": vocab_size,
-        "num_params": sum(p.numel() for p in base.parameters()),
+        "num_params": sum(p.numel() for p in trained.models[BASE].parameters()),
         "tokenizer_sha256": hashlib.sha256(tokenizer.to_str().encode()).hexdigest(),
         "corpus": _corpus_sizes(corpus, streams),
         "models": {name: {"parent": None if name == BASE else BASE,
@@ -164,17 +212,19 @@ def build_family(config: FamilyConfig, out_dir: Path, progress: bool = True) -> 
                           "steps": result.num_steps,
                           "train_seconds": round(result.seconds, 2),
                           "final_train_loss": round(result.final_loss, 4)}
-                   for name, result in train.items()},
-        "eval": {"seq_len": config.seq_len, "windows": config.eval_windows},
+                   for name, result in trained.results.items()},
+        "eval": {"seq_len": config.seq_len, "windows": config.eval_windows,
+                 "windows_are": "evenly spread over each stream (up to eval_stream_tokens "
+                                "tokens of the split's files in a fixed shuffled order)",
+                 "train_seen": "windows of the model's own training stream",
+                 "train_unseen": "windows of other files of its training split"},
         "perplexity": {**perplexity, "uniform": vocab_size},
-        "seconds": {k: round(v, 2) for k, v in seconds.items()},
     }
-    write_manifest(out_dir, manifest)
-    return manifest
 
 
 def _corpus_sizes(corpus: CorpusSplit, streams: Streams) -> dict[str, dict[str, int]]:
-    """Per split: files in the split, files tokenized and their tokens."""
-    return {split: {"files": len(corpus.files(split)), "files_used": stream.num_files,
-                    "tokens_used": stream.num_tokens}
+    """Per split: its files and bytes, and the files tokenized and their tokens."""
+    return {split: {"files": len(corpus.files(split)),
+                    "bytes": sum((corpus.root / f).stat().st_size for f in corpus.files(split)),
+                    "files_used": stream.num_files, "tokens_used": stream.num_tokens}
             for split, stream in streams.by_split.items()}

@@ -74,7 +74,8 @@ def temp_dirs(final_dir: Path) -> list[Path]:
 def ensure_family(config: FamilyConfig | None = None, cache_dir: Path | None = None,
                   progress: bool = True) -> Family:
     """The cached family for ``config`` (default config), built first if missing."""
-    final_dir = family_dir(config or FamilyConfig(), cache_dir)
+    config = config or FamilyConfig()
+    final_dir = family_dir(config, cache_dir)
     if has_manifest(final_dir):
         return Family.load(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -83,9 +84,10 @@ def ensure_family(config: FamilyConfig | None = None, cache_dir: Path | None = N
             return Family.load(final_dir)
         for stale in temp_dirs(final_dir) + [final_dir]:
             shutil.rmtree(stale, ignore_errors=True)
-        temp_dir = final_dir.with_name(f"{final_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        temp_name = f"{final_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        temp_dir = final_dir.with_name(temp_name)
         try:
-            build_family(config or FamilyConfig(), temp_dir, progress=progress)
+            build_family(config, temp_dir, progress=progress)
             os.rename(temp_dir, final_dir)
         finally:
             shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,10 +1,13 @@
 """FamilyConfig: every knob of the micro family build, and the hash that names its cache.
 
-The defaults are sized for the hard budget of about five minutes on a 2-core CPU
-(tokenizer, tokenizing, base, two fine-tunes, evaluation). Tokens per optimizer step are
-``batch_size * seq_len`` in every phase; the base's first phase packs them into shorter
-``short_seq_len`` windows, its last ``base_long_steps`` steps and both fine-tunes train at
-``seq_len`` so the models work at the 512-1024-token contexts the project evaluates.
+The defaults fit the hard budget of about five minutes on a 2-core CPU (tokenizer,
+tokenizing, base, two fine-tunes, evaluation). Every optimizer step sees
+``batch_size * seq_len`` tokens. Each model first trains on ``short_seq_len`` windows
+(``batch_size * seq_len // short_seq_len`` of them per step; attention there is cheap)
+and then its last ``base_long_steps`` / ``finetune_long_steps`` steps on ``seq_len``
+windows, so that it works at the 512-1024-token contexts the project evaluates.
+Small batches, many steps: at this budget the models are step-starved, and a 1024-token
+step costs the same per token as a 4096-token one on CPU.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 
+from sglang_droidspeak.family.corpus import SPLIT_VERSION
+
 # Bump when the build changes in a way that changes the weights for the same config.
-BUILD_FORMAT_VERSION = 1
+BUILD_FORMAT_VERSION = 3
 
 EOS_TOKEN = "<|endoftext|>"
 BASE = "base"
@@ -32,8 +37,9 @@ class FamilyConfig:
     """Architecture, data and schedule of the micro family; same config -> same weights.
 
     ``max_train_files`` (None = all) caps the files per training split, for tiny test
-    builds. ``num_threads`` is part of the config because float reductions, hence the
-    weights, depend on it.
+    builds. Evaluation windows are spread over the first ``eval_stream_tokens`` tokens
+    of each split (many files, not the first few). ``num_threads`` is part of the config
+    because float reductions, hence the weights, depend on it.
     """
 
     seed: int = 0
@@ -45,12 +51,14 @@ class FamilyConfig:
     num_key_value_heads: int = 1
     max_position_embeddings: int = 2048
     rope_theta: float = 10000.0
+    tie_word_embeddings: bool = True
     seq_len: int = 1024
     short_seq_len: int = 256
-    batch_size: int = 4
-    base_steps: int = 200
-    base_long_steps: int = 40
-    finetune_steps: int = 60
+    batch_size: int = 1
+    base_steps: int = 1000
+    base_long_steps: int = 100
+    finetune_steps: int = 200
+    finetune_long_steps: int = 100
     lr: float = 3e-3
     finetune_lr: float = 1e-3
     warmup_steps: int = 20
@@ -58,7 +66,8 @@ class FamilyConfig:
     grad_clip: float = 1.0
     tokenizer_train_chars: int = 4_000_000
     max_train_files: int | None = None
-    eval_windows: int = 16
+    eval_windows: int = 24
+    eval_stream_tokens: int = 160_000
     num_threads: int = 2
 
     def __post_init__(self) -> None:
@@ -70,6 +79,8 @@ class FamilyConfig:
             raise ValueError("need short_seq_len | seq_len <= max_position_embeddings")
         if not 0 <= self.base_long_steps <= self.base_steps:
             raise ValueError("base_long_steps must be within [0, base_steps]")
+        if not 0 <= self.finetune_long_steps <= self.finetune_steps:
+            raise ValueError("finetune_long_steps must be within [0, finetune_steps]")
 
     @property
     def tokens_per_step(self) -> int:
@@ -90,6 +101,6 @@ def python_version() -> str:
 def config_hash(config: FamilyConfig) -> str:
     """Short stable hash of the config, the Python version (the corpus) and the format."""
     payload = {"config": config.to_dict(), "python": python_version(),
-               "format": BUILD_FORMAT_VERSION}
+               "format": BUILD_FORMAT_VERSION, "split": SPLIT_VERSION}
     text = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

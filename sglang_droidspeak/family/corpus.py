@@ -4,12 +4,13 @@ Every machine that runs Python has them, so nothing is downloaded. Files are ass
 to splits by a stable hash of their path relative to the stdlib root, so the split is
 the same on every machine with the same Python version.
 
-    split      source files                               used for
-    ---------  -----------------------------------------  --------------------------------
-    base       60% of library files + 30% of test files   base model pre-training
-    lib        the other library files                    fine-tune B ("library writer")
-    test       the other test files                       fine-tune A ("test writer")
-    *_heldout  10% of lib / test, never trained on        evaluation sets (tasks/)
+    split         share of files                  used for
+    ------------  ------------------------------  -------------------------------
+    base          60% of library, 30% of tests    base model pre-training
+    lib           30% of library files            fine-tune B ("libwriter")
+    test          63% of test files               fine-tune A ("tester")
+    lib_heldout   10% of library files            evaluation (tasks/), never trained on
+    test_heldout  7% of test files                evaluation (tasks/), never trained on
 
 A file is a test file when a path component is ``test``/``tests`` or its name starts
 with ``test_``. ``site-packages`` and non-UTF-8 files are skipped.
@@ -24,6 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SPLITS = ("base", "lib", "test", "lib_heldout", "test_heldout")
+# Bump when the assignment of files to splits changes (it is part of the family's cache key).
+SPLIT_VERSION = 2
+# (base upper bound, heldout upper bound) of the hash bucket, for library / test files
+_LIB_BOUNDS, _TEST_BOUNDS = (0.6, 0.7), (0.3, 0.37)
 
 
 @dataclass(frozen=True)
@@ -79,9 +84,10 @@ def split_corpus(root: Path | None = None, min_bytes: int = 512) -> CorpusSplit:
         if "site-packages" in rel or path.stat().st_size < min_bytes or not _readable(path):
             continue
         u, is_test = _bucket(rel), _is_test(rel)
-        if u < (0.3 if is_test else 0.6):
+        base_end, heldout_end = _TEST_BOUNDS if is_test else _LIB_BOUNDS
+        if u < base_end:
             buckets["base"].append(rel)
-        elif u < (0.37 if is_test else 0.64):
+        elif u < heldout_end:
             buckets["test_heldout" if is_test else "lib_heldout"].append(rel)
         else:
             buckets["test" if is_test else "lib"].append(rel)

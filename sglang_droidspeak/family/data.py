@@ -75,6 +75,16 @@ def windows(token_ids: torch.Tensor, window_len: int) -> torch.Tensor:
     return token_ids[: num_windows * window_len].view(num_windows, window_len)
 
 
+def spread_windows(token_ids: torch.Tensor, window_len: int,
+                   num_windows: int) -> torch.Tensor:
+    """``num_windows`` windows [num_windows, window_len] at evenly spaced starts over the
+    whole stream (so they sample many files, not the first few)."""
+    if token_ids.numel() < window_len:
+        raise ValueError(f"stream of {token_ids.numel()} tokens < one window of {window_len}")
+    starts = torch.linspace(0, token_ids.numel() - window_len, num_windows).long()
+    return torch.stack([token_ids[start:start + window_len] for start in starts.tolist()])
+
+
 def batches(all_windows: torch.Tensor, batch_size: int, num_steps: int,
             seed: int) -> Iterator[torch.Tensor]:
     """``num_steps`` batches [batch_size, window_len] over seeded window permutations."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 MANIFEST_NAME = "family.json"
@@ -22,13 +23,14 @@ def has_manifest(family_root: Path) -> bool:
 
 
 def perplexity_table(manifest: dict) -> str:
-    """Held-out and own-training-window perplexity per model, as aligned text."""
-    columns = ["lib_heldout", "test_heldout", "train_windows"]
-    header = f"{'model':<10}" + "".join(f"{c:>14}" for c in columns) + f"{'train_loss':>12}"
+    """Perplexity per model: held-out splits, own split seen/unseen, last training steps."""
+    columns = ["lib_heldout", "test_heldout", "train_seen", "train_unseen"]
+    header = f"{'model':<10}" + "".join(f"{c:>14}" for c in columns) + f"{'train_steps':>13}"
     lines = [header, "-" * len(header)]
     perplexity = manifest["perplexity"]
     for name in manifest["names"]:
         row = "".join(f"{perplexity[name][c]:>14.2f}" for c in columns)
-        lines.append(f"{name:<10}{row}{manifest['models'][name]['final_train_loss']:>12.3f}")
+        last_steps = math.exp(manifest["models"][name]["final_train_loss"])
+        lines.append(f"{name:<10}{row}{last_steps:>13.2f}")
     lines.append(f"{'uniform':<10}{perplexity['uniform']:>14}")
     return "\n".join(lines)

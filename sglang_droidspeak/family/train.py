@@ -83,7 +83,7 @@ def deterministic_torch(num_threads: int) -> Iterator[None]:
 
 
 def make_model(config: FamilyConfig, vocab_size: int, eos_id: int) -> LlamaForCausalLM:
-    """A freshly initialised float32 Llama (GQA, RoPE, tied embeddings) from the seed."""
+    """A freshly initialised float32 Llama (GQA, RoPE) from the seed."""
     llama_config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=config.hidden_size,
@@ -94,7 +94,7 @@ def make_model(config: FamilyConfig, vocab_size: int, eos_id: int) -> LlamaForCa
         head_dim=config.head_dim,
         max_position_embeddings=config.max_position_embeddings,
         rope_theta=config.rope_theta,
-        tie_word_embeddings=True,
+        tie_word_embeddings=config.tie_word_embeddings,
         bos_token_id=eos_id,
         eos_token_id=eos_id,
         pad_token_id=eos_id,

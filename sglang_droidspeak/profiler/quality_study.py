@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     header = {**asdict(config), "sender_weights": sender.weights_digest, "receiver_weights": receiver.weights_digest,
               "profile_created": profile.created}
     stem = f"quality-{sender.name}__{receiver.name}-{config.dataset}"
-    store = ResultStore(default_work_dir() / f"{stem}-seed{config.seed}.jsonl", header)
+    store = ResultStore.for_run(default_work_dir(), stem, header)
     PairEvaluator(sender.model, receiver.model, receiver.tokenizer, config.dataset, examples).run(systems, store)
 
     metrics = [*TASKS[config.dataset].metrics, "agreement"]

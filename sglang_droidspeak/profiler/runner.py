@@ -9,8 +9,6 @@ resumes where it left off when started again with the same settings.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -67,9 +65,8 @@ def run_profile(config: ProfileConfig) -> ProfileRun:
     examples = build_task(config.dataset, receiver.tokenizer, split=config.split, num_examples=config.num_examples,
                           context_len=config.context_len, query_len=config.query_len, seed=config.seed)
     header = _run_header(config, sender, receiver)
-    run_id = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:12]
-    work_dir = Path(config.work_dir) if config.work_dir else default_work_dir()
-    store = ResultStore(work_dir / f"{sender.name}__{receiver.name}-{config.dataset}-{run_id}.jsonl", header)
+    work_dir = config.work_dir or default_work_dir()
+    store = ResultStore.for_run(work_dir, f"{sender.name}__{receiver.name}-{config.dataset}", header)
 
     num_layers = receiver.model.num_layers
     plans = candidate_plans(num_layers, config.granularity)

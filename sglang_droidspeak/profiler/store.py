@@ -7,6 +7,7 @@ line (the process killed mid-write) is dropped on load.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -50,6 +51,12 @@ class ResultStore:
         lines = [json.dumps(self.header)] + [json.dumps(r._asdict()) for r in self._records.values()]
         tmp.write_text("\n".join(lines) + "\n")
         tmp.replace(self.path)
+
+    @classmethod
+    def for_run(cls, work_dir: str | Path, stem: str, run_header: dict[str, Any]) -> "ResultStore":
+        """The store of this exact run: ``<work_dir>/<stem>-<hash of the header>.jsonl``."""
+        run_id = hashlib.sha256(json.dumps(run_header, sort_keys=True).encode()).hexdigest()[:12]
+        return cls(Path(work_dir) / f"{stem}-{run_id}.jsonl", run_header)
 
     def add(self, record: Record) -> None:
         self._records[(record.system, record.example)] = record

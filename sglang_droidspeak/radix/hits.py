@@ -37,7 +37,9 @@ class ForeignHit:
         if self.tag.origin is KVOrigin.NATIVE:
             raise ValueError("a foreign hit cannot be NATIVE")
         if not 0 <= self.native_len < self.prefix_len:
-            raise ValueError(f"need 0 <= native_len < prefix_len, got {self.native_len}, {self.prefix_len}")
+            raise ValueError(
+                f"need 0 <= native_len < prefix_len, got {self.native_len}, {self.prefix_len}"
+            )
         if self.tag.origin is KVOrigin.REMOTE and (self.plan is None or self.device_indices is not None):
             raise ValueError("a REMOTE hit needs a plan and has no device indices")
         if self.tag.origin is KVOrigin.DERIVED and self.namespace is None:

@@ -45,7 +45,9 @@ def build_droidspeak_cache(
         if getattr(ctx, flag, False)
     ]
     if unsupported:
-        raise ValueError(f"--radix-cache-backend {BACKEND_NAME} supports plain MHA models only; got {unsupported}")
+        raise ValueError(
+            f"--radix-cache-backend {BACKEND_NAME} supports plain MHA models only; got {unsupported}"
+        )
     settings = settings or load_settings()
     model = settings.model or _served_model_name(ctx)
     cache = DroidSpeakRadixCache(

@@ -18,14 +18,19 @@ from __future__ import annotations
 
 from typing import Iterable, NamedTuple, Optional
 
-from sglang.srt.mem_cache.base_prefix_cache import InsertParams, InsertResult, MatchPrefixParams, MatchResult
+from sglang.srt.mem_cache.base_prefix_cache import (
+    InsertParams,
+    InsertResult,
+    MatchPrefixParams,
+    MatchResult,
+)
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey, TreeNode
 
 from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.radix.hits import ForeignHit
 from sglang_droidspeak.radix.namespace import decode_namespace, encode_namespace, is_tagged_namespace
-from sglang_droidspeak.radix.remote_index import RemotePrefixIndex
+from sglang_droidspeak.radix.remote_index import RemoteMatch, RemotePrefixIndex
 from sglang_droidspeak.radix.tags import KVOrigin, ModelTag, exportable_to, reusable_by
 from sglang_droidspeak.sglang.settings import PlanLookup
 
@@ -113,19 +118,25 @@ class DroidSpeakRadixCache(RadixCache):
     def match_for_export(
         self, token_ids, peer_model: str, base: Optional[str] = None
     ) -> Optional[ExportMatch]:
-        """The longest local prefix this server may send to ``peer_model`` (None: nothing)."""
-        candidates = [ModelTag.native(self.model)]
-        for namespace in sorted(self._derived_namespaces.get(base, ())):
-            candidates.append(decode_namespace(namespace, self.model).tag)
+        """The longest local prefix this server may send to ``peer_model`` (None: nothing).
+
+        ``token_ids`` has the type the tree's keys have (``array("q")`` in SGLang 0.5.17).
+        """
+        if peer_model == self.model:
+            return None
+        tags = [ModelTag.native(self.model)] + [
+            decode_namespace(namespace, self.model).tag
+            for namespace in sorted(self._derived_namespaces.get(base, ()))
+        ]
         best: Optional[ExportMatch] = None
-        for tag in candidates:
-            if peer_model == self.model or not exportable_to(tag, peer_model, self.allow_derived_export):
+        for tag in tags:
+            if not exportable_to(tag, peer_model, self.allow_derived_export):
                 continue
             key = RadixKey(token_ids, encode_namespace(tag, base))
             match = super().match_prefix(MatchPrefixParams(key=key))
-            if len(match.device_indices) and (best is None or len(match.device_indices) > len(best.match.device_indices)):
+            if best is None or len(match.device_indices) > len(best.match.device_indices):
                 best = ExportMatch(tag, match)
-        return best
+        return best if best is not None and len(best.match.device_indices) else None
 
     # ---- internals ----
 
@@ -138,14 +149,28 @@ class DroidSpeakRadixCache(RadixCache):
         tokens = key.page_aligned(self.page_size).raw_token_ids()
         floor = native_len + self.min_foreign_tokens
         derived_ns, derived_len = self._longest_derived(tokens, base)
-        remote = self.remote_index.longest_match(tokens, base=base, exclude=(self.model,))
+        remote, remote_plan = self._longest_planned_remote(tokens, base)
         remote_len = self._floor_page(remote.prefix_len) if remote is not None else 0
-        remote_plan = self.plan_lookup(remote.sender, self.model) if remote is not None else None
-        if derived_ns is not None and derived_len >= floor and (derived_len >= remote_len or remote_plan is None):
+        if derived_ns is not None and derived_len >= max(floor, remote_len):
             return self._derived_hit(tokens, derived_ns, native_len)
-        if remote_plan is not None and remote_len >= floor:
-            return ForeignHit(ModelTag.remote(remote.sender), remote_len, native_len, remote_plan, peer=remote.peer)
+        if remote_len >= floor:
+            tag = ModelTag.remote(remote.sender)
+            return ForeignHit(tag, remote_len, native_len, remote_plan, peer=remote.peer)
         return None
+
+    def _longest_planned_remote(
+        self, tokens, base: Optional[str]
+    ) -> tuple[Optional[RemoteMatch], Optional[LayerPlan]]:
+        """The longest remote prefix whose sender has a plan for this model."""
+        excluded = {self.model}
+        while True:
+            remote = self.remote_index.longest_match(tokens, base=base, exclude=excluded)
+            if remote is None:
+                return None, None
+            plan = self.plan_lookup(remote.sender, self.model)
+            if plan is not None:
+                return remote, plan
+            excluded.add(remote.sender)
 
     def _longest_derived(self, tokens, base: Optional[str]) -> tuple[Optional[str], int]:
         best_ns, best_len = None, 0

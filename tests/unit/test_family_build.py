@@ -19,8 +19,9 @@ TINY = FamilyConfig(
     vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
     num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
     seq_len=64, short_seq_len=32, batch_size=2, base_steps=6, base_long_steps=2,
-    finetune_steps=4, lr=1e-2, finetune_lr=1e-2, warmup_steps=1,
-    tokenizer_train_chars=20_000, max_train_files=3, eval_windows=2, num_threads=1,
+    finetune_steps=4, finetune_long_steps=2, lr=1e-2, finetune_lr=1e-2, warmup_steps=1,
+    tokenizer_train_chars=20_000, max_train_files=3, eval_windows=2, eval_stream_tokens=2000,
+    num_threads=1,
 )
 HF_FILES = ("config.json", "model.safetensors", "generation_config.json",
             "tokenizer.json", "tokenizer_config.json")
@@ -69,13 +70,13 @@ def test_manifest_perplexities_finite_and_below_uniform(built):
     uniform = manifest["perplexity"]["uniform"]
     assert uniform == manifest["vocab_size"] <= TINY.vocab_size
     for name in MODEL_NAMES:
-        for split in ("lib_heldout", "test_heldout", "train_windows"):
+        for split in ("lib_heldout", "test_heldout", "train_seen", "train_unseen"):
             value = manifest["perplexity"][name][split]
             assert math.isfinite(value) and 1 < value < uniform, (name, split, value)
         steps = TINY.base_steps if name == "base" else TINY.finetune_steps
         assert manifest["models"][name]["steps"] == steps
     assert manifest["corpus"]["base"]["files_used"] <= TINY.max_train_files
-    assert manifest["corpus"]["lib_heldout"]["tokens_used"] >= TINY.eval_windows * TINY.seq_len
+    assert manifest["corpus"]["lib_heldout"]["tokens_used"] >= TINY.eval_stream_tokens
 
 
 def test_loads_with_auto_classes(built):
@@ -86,7 +87,8 @@ def test_loads_with_auto_classes(built):
     ids = tokenizer(text)["input_ids"]
     assert tokenizer.decode(ids) == text
     assert tokenizer.eos_token == tokenizer.bos_token == EOS_TOKEN
-    assert tokenizer.eos_token_id == model.config.eos_token_id == model.generation_config.eos_token_id
+    assert tokenizer.eos_token_id == model.config.eos_token_id
+    assert model.generation_config.eos_token_id == tokenizer.eos_token_id
     config = json.loads((model_dir / "tokenizer_config.json").read_text())
     assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
     assert model.config.num_key_value_heads < model.config.num_attention_heads

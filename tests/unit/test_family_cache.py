@@ -37,7 +37,7 @@ def test_family_dir_hash_follows_config(tmp_path, monkeypatch):
     assert family_dir(CONFIG, tmp_path) == tmp_path / f"family-{config_hash(CONFIG)}"
     assert config_hash(CONFIG) == config_hash(FamilyConfig(seed=7))
     assert config_hash(CONFIG) != config_hash(FamilyConfig(seed=8))
-    assert config_hash(CONFIG) != config_hash(FamilyConfig(seed=7, finetune_steps=61))
+    assert config_hash(CONFIG) != config_hash(FamilyConfig(seed=7, finetune_steps=201))
     monkeypatch.setenv("DROIDSPEAK_CACHE", str(tmp_path / "env"))
     assert family_dir(CONFIG).parent == tmp_path / "env"
 

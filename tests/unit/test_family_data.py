@@ -7,7 +7,7 @@ import torch
 
 from sglang_droidspeak.family.config import FamilyConfig
 from sglang_droidspeak.family.corpus import split_corpus
-from sglang_droidspeak.family.data import batches, shuffled_files, windows
+from sglang_droidspeak.family.data import batches, shuffled_files, spread_windows, windows
 from sglang_droidspeak.family.train import Schedule
 
 
@@ -16,6 +16,14 @@ def test_windows_are_disjoint_and_drop_the_tail():
     assert windows(token_ids, 3).tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     with pytest.raises(ValueError):
         windows(token_ids, 11)
+
+
+def test_spread_windows_span_the_whole_stream():
+    token_ids = torch.arange(100)
+    spread = spread_windows(token_ids, 10, 4)  # starts 0, 30, 60, 90
+    assert spread[:, 0].tolist() == [0, 30, 60, 90] and spread[-1, -1].item() == 99
+    with pytest.raises(ValueError):
+        spread_windows(token_ids, 101, 1)
 
 
 def test_batches_are_seeded_and_cover_each_epoch():
@@ -48,4 +56,4 @@ def test_config_rejects_non_gqa_and_bad_phases():
         FamilyConfig(num_attention_heads=2, num_key_value_heads=2)
     with pytest.raises(ValueError):
         FamilyConfig(base_steps=10, base_long_steps=11)
-    assert FamilyConfig().head_dim == 64 and FamilyConfig().tokens_per_step == 4096
+    assert FamilyConfig().head_dim == 64 and FamilyConfig().tokens_per_step == 1024
