@@ -13,7 +13,7 @@ HELP = {
     "dataset": "task to score on (lcc, nextlines)",
     "split": "corpus split the examples come from",
     "granularity": "group bounds on multiples of this (1 or 2)",
-    "metric": "metric the frontier is built on; empty = the task's primary metric",
+    "metric": "metric the frontier is built on (target_acc, agreement, or a task metric; empty = the task's primary)",
     "work_dir": "where per-example scores are kept for resuming",
 }
 

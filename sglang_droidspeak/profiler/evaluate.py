@@ -2,9 +2,13 @@
 
 Per example the sender prefills the context once (capturing E at every layer a system
 needs); then each system builds the receiver's prefix KV, greedily answers the query,
-and is scored with the task's metrics plus ``agreement``: the teacher-forced top-1
-agreement of its next-token predictions with the receiver's own full-prefill answer
-(1.0 for the receiver itself; smoother than the task metric on few examples).
+and is scored with the task's metrics plus three teacher-forced ones, smoother than
+the task metric on few examples and weak models:
+
+    agreement    top-1 agreement with the receiver's own full-prefill answer (1.0 for it)
+    target_acc   top-1 accuracy on the file's true continuation (higher is better)
+    target_nll   mean NLL of that continuation, nats/token (lower is better)
+
 Scores go to a ResultStore, so an interrupted run resumes where it stopped.
 """
 
@@ -65,7 +69,8 @@ class PairEvaluator:
         answer_ids = self._generate(model, prefix, example)
         answer = decode_answer(self.tokenizer, answer_ids, self.spec.name)
         metrics = score_prediction(self.spec.name, answer, example)
-        metrics["agreement"] = self._agreement(model, prefix, example, reference)
+        metrics["agreement"] = _top1_match(model, prefix, example.query_ids, reference)
+        metrics.update(_true_continuation_scores(model, prefix, example))
         return Record(system.key, i, metrics, answer)
 
     def prefix_kv(self, system: System, context: torch.Tensor, sender_cache: SenderCache) -> PrefixKV:
@@ -89,13 +94,24 @@ class PairEvaluator:
             self._stop_cache = stop_token_ids(self.tokenizer, self.spec)
         return self._stop_cache
 
-    def _agreement(self, model: ReferenceModel, prefix: PrefixKV, example: TaskExample,
-                   reference: list[int]) -> float:
-        if not reference:
-            return 1.0
-        suffix = torch.tensor(list(example.query_ids) + reference[:-1])
-        logits = model.extend(prefix, suffix).logits[-len(reference):]  # [len(reference), vocab]
-        return (logits.argmax(-1) == torch.tensor(reference)).float().mean().item()
+
+def _top1_match(model: ReferenceModel, prefix: PrefixKV, query_ids: Sequence[int], answer: Sequence[int]) -> float:
+    """Share of ``answer`` tokens that are the model's greedy choice, teacher-forced."""
+    if not answer:
+        return 1.0
+    logits = model.extend(prefix, torch.tensor([*query_ids, *answer[:-1]])).logits[-len(answer):]  # [m, vocab]
+    return (logits.argmax(-1) == torch.tensor(answer)).float().mean().item()
+
+
+def _true_continuation_scores(model: ReferenceModel, prefix: PrefixKV, example: TaskExample) -> dict[str, float]:
+    """Teacher-forced top-1 accuracy and mean NLL (nats/token) of the file's true continuation."""
+    truth = list(example.continuation_ids)
+    if not truth:
+        return {}
+    logits = model.extend(prefix, torch.tensor([*example.query_ids, *truth[:-1]])).logits[-len(truth):]
+    target = torch.tensor(truth)
+    nll = torch.nn.functional.cross_entropy(logits.float(), target).item()
+    return {"target_acc": (logits.argmax(-1) == target).float().mean().item(), "target_nll": nll}
 
 
 def stop_token_ids(tokenizer: Any, spec: Any) -> tuple[int, ...]:

@@ -36,7 +36,11 @@ class ProfileConfig:
     context_len: int = 768
     query_len: int = 32
     granularity: int = 1
-    metric: str = ""  # "" = the task's primary metric; or "agreement"
+    # agreement: teacher-forced top-1 agreement with the receiver's own full-prefill answer,
+    # i.e. how faithfully the plan reproduces the receiver. The micro family is too weak
+    # for edit similarity or true-continuation accuracy to separate plans (docs/QUALITY.md).
+    # "" = the task's primary metric.
+    metric: str = "agreement"
     seed: int = 0
     max_new_tokens: int = 0  # 0 = the task's own limit
     out_dir: str = "profiles"

@@ -13,6 +13,9 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
+# Bump when what a record's metrics hold changes: older work files then start afresh.
+RECORD_FORMAT = 2
+
 
 class Record(NamedTuple):
     system: str
@@ -24,7 +27,7 @@ class Record(NamedTuple):
 class ResultStore:
     def __init__(self, path: str | Path, run_header: dict[str, Any]):
         self.path = Path(path)
-        self.header = {"run": run_header}
+        self.header = {"run": run_header, "format": RECORD_FORMAT}
         self._records: dict[tuple[str, int], Record] = {}
         self._load()
 

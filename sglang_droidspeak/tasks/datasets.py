@@ -47,7 +47,9 @@ class TaskSpec:
 class TaskExample:
     """One prompt: feed ``context_ids + query_ids`` (never re-tokenize), score against
     ``target``. ``prefix_chars``: the prompt ends at ``source_text[:prefix_chars]``;
-    ``target_line``: 1-based line number of the (first) target line."""
+    ``target_line``: 1-based line number of the (first) target line.
+    ``continuation_ids``: the whole-file tokens right after the prompt that cover the
+    target lines (for teacher-forced scoring of the true answer)."""
 
     task: str
     source: str
@@ -56,6 +58,7 @@ class TaskExample:
     target: str
     target_line: int
     prefix_chars: int
+    continuation_ids: tuple[int, ...] = ()
 
     @property
     def prompt_ids(self) -> tuple[int, ...]:
@@ -155,7 +158,22 @@ def _make_example(
         target="\n".join(target_lines),
         target_line=site.line_index + 1,
         prefix_chars=len(prefix),
+        continuation_ids=_continuation(scanned, end, site.prefix_bytes, scanned.text[len(prefix):], spec.num_lines),
     )
+
+
+def _continuation(scanned: code_tasks.ScannedFile, start: int, start_byte: int, rest: str, num_lines: int) -> tuple[int, ...]:
+    """Tokens from ``start`` until the end of the ``num_lines``-th non-empty line of ``rest``."""
+    seen, end_byte = 0, start_byte
+    for line in rest.splitlines(keepends=True):
+        end_byte += len(line.encode("utf-8"))
+        seen += bool(line.strip())
+        if seen == num_lines:
+            break
+    stop = start
+    while stop < len(scanned.ids) and scanned.byte_ends[stop - 1 if stop else 0] < end_byte:
+        stop += 1
+    return scanned.ids[start:stop]
 
 
 def normalize_lines(text: str) -> str:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sglang_droidspeak.profiler.store import Record, ResultStore
+from sglang_droidspeak.profiler.store import RECORD_FORMAT, Record, ResultStore
 
 
 def test_resume_and_torn_tail(tmp_path):
@@ -26,6 +26,6 @@ def test_other_run_is_moved_aside(tmp_path):
     fresh = ResultStore(path, {"seed": 1})
     assert len(fresh) == 0
     stale = tmp_path / "run.stale.jsonl"
-    assert json.loads(stale.read_text().splitlines()[0]) == {"run": {"seed": 0}}
+    assert json.loads(stale.read_text().splitlines()[0]) == {"run": {"seed": 0}, "format": RECORD_FORMAT}
     with pytest.raises(KeyError, match="receiver"):
         fresh.mean("receiver", "m")

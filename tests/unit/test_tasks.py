@@ -158,3 +158,15 @@ def test_score_prediction(lcc_small) -> None:
     assert set(scores) == set(TASKS["nextlines"].metrics)
     assert scores["rouge_l"] == pytest.approx(10 / 11, abs=1e-12)  # v = f ( x ) return v w = 2|3
     assert scores["token_f1"] == pytest.approx(5 / 6, abs=1e-12)  # v fx return v w 2|3
+
+
+def test_continuation_covers_the_target_lines(tok, corpus, lcc_small) -> None:
+    nextlines = build_task("nextlines", tok, num_examples=4, seed=3, corpus=corpus, **SMALL)
+    for example in lcc_small + nextlines:
+        text = corpus.read(example.source)
+        covered = tok.decode(list(example.continuation_ids))
+        assert text[example.prefix_chars:].startswith(covered)
+        lines = [line.strip() for line in covered.split("\n") if line.strip()]
+        assert "\n".join(lines[: len(example.target.split("\n"))]) == example.target
+        assert "\n" in tok.decode(list(example.continuation_ids[-1:]))  # it runs to the line's end
+        assert tok.decode(list(example.continuation_ids[:-1])).count("\n") < covered.count("\n")  # and no further
