@@ -71,21 +71,19 @@ def write_profile_plots(profile: Profile, scores: Mapping[LayerPlan, float], ste
     )
 
 
-def plot_quality_vs_compute(rows: list[dict], metric: str, title: str, path: Path) -> Path:
-    """DroidSpeak's frontier and the CacheBlend-style baseline against recompute fraction."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for prefix, style, label in (("plan:", "o-", "DroidSpeak (layer groups)"),
-                                 ("cacheblend:", "s--", "CacheBlend-style (tokens)")):
-        points = sorted((r["recompute_fraction"], r[metric]) for r in rows if r["system"].startswith(prefix))
-        if prefix == "cacheblend:":  # the same end points as DroidSpeak: reuse-all and full prefill
-            points = sorted(points + [(r["recompute_fraction"], r[metric]) for r in rows
-                                      if r["system"] in ("plan:reuse-all", "receiver")])
-        if points:
-            ax.plot(*zip(*points), style, label=label)
-    for system, color, label in (("receiver", "tab:green", "receiver full prefill"),
-                                 ("sender", "tab:gray", "sender alone")):
-        value = next(r[metric] for r in rows if r["system"] == system)
-        ax.axhline(value, ls=":", color=color, label=label)
-    ax.set(xlabel="recompute fraction of the prefix (layer-tokens)", ylabel=metric, title=title)
-    ax.legend(fontsize=8)
+def plot_quality_vs_compute(rows: list[dict], metrics: list[str], title: str, path: Path) -> Path:
+    """DroidSpeak's frontier and the CacheBlend-style baseline against recompute fraction,
+    one panel per metric."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4))
+    ends = [r for r in rows if r["system"] in ("plan:reuse-all", "receiver")]  # shared by both curves
+    for ax, metric in zip(axes, metrics):
+        for prefix, style, label in (("plan:", "o-", "DroidSpeak (layer groups)"),
+                                     ("cacheblend:", "s--", "CacheBlend-style (tokens)")):
+            chosen = [r for r in rows if r["system"].startswith(prefix)] + (ends if prefix == "cacheblend:" else [])
+            ax.plot(*zip(*sorted((r["recompute_fraction"], r[metric]) for r in chosen)), style, label=label)
+        for system, color, label in (("receiver", "tab:green", "receiver full prefill"),
+                                     ("sender", "tab:gray", "sender alone")):
+            ax.axhline(next(r[metric] for r in rows if r["system"] == system), ls=":", color=color, label=label)
+        ax.set(xlabel="recompute fraction of the prefix (layer-tokens)", ylabel=metric, title=f"{title}: {metric}")
+    axes[0].legend(fontsize=8)
     return _save(fig, path)

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     store = ResultStore.for_run(default_work_dir(), stem, header)
     PairEvaluator(sender.model, receiver.model, receiver.tokenizer, config.dataset, examples).run(systems, store)
 
-    metrics = [*TASKS[config.dataset].metrics, "agreement"]
+    metrics = [*TASKS[config.dataset].metrics, "agreement", "target_acc", "target_nll"]
     rows = [{"system": s.key, "recompute_fraction": s.recompute_fraction(num_layers),
              **{m: store.mean(s.key, m) for m in metrics}} for s in systems]
     result = {"config": header, "num_examples": len(examples), "profile_metric": profile.metric,
@@ -83,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
     (docs / f"{stem}.md").write_text(markdown_table(result, metrics))
     from sglang_droidspeak.profiler.plots import plot_quality_vs_compute
 
-    plot_quality_vs_compute(rows, TASKS[config.dataset].primary_metric, f"{sender.name} -> {receiver.name}",
-                            docs / f"{stem}.png")
+    plot_quality_vs_compute(rows, [profile.metric, "target_nll", TASKS[config.dataset].primary_metric],
+                            f"{sender.name} -> {receiver.name}", docs / f"{stem}.png")
     print(markdown_table(result, metrics))
     return 0
 
