@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 

@@ -38,6 +38,7 @@ class PairEvaluator:
         self.spec, self.examples = TASKS[task], list(examples)
         self.num_layers = receiver.num_layers
         self.max_new_tokens = self.spec.max_new_tokens if max_new_tokens is None else max_new_tokens
+        self.stop_ids = stop_token_ids(tokenizer, self.spec)
 
     def run(self, systems: Iterable[System], store: ResultStore, progress: bool = True) -> None:
         systems = list(systems)
@@ -48,24 +49,17 @@ class PairEvaluator:
             example = self.examples[i]
             context = torch.tensor(example.context_ids)
             sender_cache = self.sender.prefill(context, e_layers=e_layers)
-            reference = self._receiver_reference(i, store, context)
+            receiver_kv = self.receiver.prefill(context).kv
+            reference = self._generate(self.receiver, receiver_kv, example)  # the receiver's own answer
             for system in systems:
                 if (system.key, i) not in store:
-                    store.add(self._score(system, i, example, context, sender_cache, reference))
+                    prefix = self.prefix_kv(system, context, sender_cache, receiver_kv)
+                    store.add(self._score(system, i, example, prefix, reference))
                 bar.update()
         bar.close()
 
-    def _receiver_reference(self, i: int, store: ResultStore, context: torch.Tensor) -> list[int]:
-        """The receiver's own full-prefill answer ids for example i (computed once)."""
-        example = self.examples[i]
-        prefix = self.receiver.prefill(context).kv
-        answer_ids = self._generate(self.receiver, prefix, example)
-        return answer_ids
-
-    def _score(self, system: System, i: int, example: TaskExample, context: torch.Tensor,
-               sender_cache: SenderCache, reference: list[int]) -> Record:
+    def _score(self, system: System, i: int, example: TaskExample, prefix: PrefixKV, reference: list[int]) -> Record:
         model = self.sender if system.kind == "sender" else self.receiver
-        prefix = self.prefix_kv(system, context, sender_cache)
         answer_ids = self._generate(model, prefix, example)
         answer = decode_answer(self.tokenizer, answer_ids, self.spec.name)
         metrics = score_prediction(self.spec.name, answer, example)
@@ -73,11 +67,13 @@ class PairEvaluator:
         metrics.update(_true_continuation_scores(model, prefix, example))
         return Record(system.key, i, metrics, answer)
 
-    def prefix_kv(self, system: System, context: torch.Tensor, sender_cache: SenderCache) -> PrefixKV:
+    def prefix_kv(self, system: System, context: torch.Tensor, sender_cache: SenderCache,
+                  receiver_kv: PrefixKV | None = None) -> PrefixKV:
+        """The prefix KV ``system`` answers from (``receiver_kv``: the receiver's own, if known)."""
         if system.kind == "sender":
             return sender_cache.kv
         if system.kind == "receiver":
-            return self.receiver.prefill(context).kv
+            return receiver_kv if receiver_kv is not None else self.receiver.prefill(context).kv
         if system.kind == "plan":
             return self.receiver.build_receiver_cache(sender_cache, system.plan, context)
         num_tokens = cacheblend_tokens(self.receiver, system.cacheblend_layers, len(context))
@@ -87,12 +83,7 @@ class PairEvaluator:
 
     def _generate(self, model: ReferenceModel, prefix: PrefixKV, example: TaskExample) -> list[int]:
         query = torch.tensor(example.query_ids)
-        return model.generate(prefix, query, self.max_new_tokens, stop_token_ids=self._stop_ids())
-
-    def _stop_ids(self) -> tuple[int, ...]:
-        if not hasattr(self, "_stop_cache"):
-            self._stop_cache = stop_token_ids(self.tokenizer, self.spec)
-        return self._stop_cache
+        return model.generate(prefix, query, self.max_new_tokens, stop_token_ids=self.stop_ids)
 
 
 def _top1_match(model: ReferenceModel, prefix: PrefixKV, query_ids: Sequence[int], answer: Sequence[int]) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,12 +21,11 @@ class LoadedModel(NamedTuple):
     weights_digest: str
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("DROIDSPEAK_CACHE", Path.home() / ".cache" / "sglang_droidspeak"))
-
-
 def default_work_dir() -> Path:
-    return cache_root() / "profiler"
+    """Where the profiler, the demo and the quality study keep their resumable scores."""
+    from sglang_droidspeak.family import default_cache_dir
+
+    return default_cache_dir() / "profiler"
 
 
 def resolve_model_path(name_or_path: str) -> Path:
@@ -35,7 +33,7 @@ def resolve_model_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.is_dir():
         return path
-    from sglang_droidspeak.family import Family, ensure_family
+    from sglang_droidspeak.family import ensure_family
 
     family = ensure_family()
     if name_or_path not in family.names:

@@ -7,10 +7,8 @@ every plan exactly the receiver's own answers; a perturbed receiver must not.
 
 from __future__ import annotations
 
-import json
 
 import pytest
-import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
