@@ -1,0 +1,18 @@
+"""Transfer of a cached prefix's KV / E cache between servers: typed, authenticated wire."""
+
+from sglang_droidspeak.transfer.frames import (
+    DTYPES,
+    ERROR_CODES,
+    FetchDone,
+    FetchError,
+    FetchRequest,
+    LayerChunk,
+    Message,
+    WireError,
+)
+from sglang_droidspeak.transfer.wire import WireLimits, decode, encode
+
+__all__ = [
+    "DTYPES", "ERROR_CODES", "FetchDone", "FetchError", "FetchRequest", "LayerChunk",
+    "Message", "WireError", "WireLimits", "decode", "encode",
+]

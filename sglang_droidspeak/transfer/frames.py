@@ -1,0 +1,180 @@
+"""Typed transfer messages: what one server sends another to move a cached prefix's KV / E.
+
+A receiver asks with ``FetchRequest``; the sender answers with ``LayerChunk``s (one tensor
+slice each: K or V of a reused layer, or E entering a recomputed group) and then exactly one
+``FetchDone`` or ``FetchError``. Every message validates itself on construction, so a
+message that exists is well-formed; anything else raises ``WireError``.
+
+    kind            fields (all ints are in [0, 2**63))
+    fetch_request   request_id, sender_model, receiver_model, fingerprint: str,
+                    token_ids, reused_layers, e_layers: tuple[int, ...] (layers strictly
+                    ascending), deadline_ms: int
+    layer_chunk     request_id: str, what: "k"|"v"|"e", layer, token_start: int,
+                    dtype: str (DTYPES), shape: tuple[int, ...] (shape[0] = tokens),
+                    data: bytes (raw little-endian elements, len = prod(shape) * itemsize)
+    fetch_done      request_id: str, num_chunks: int
+    fetch_error     request_id: str, code: str (ERROR_CODES), message: str
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import ClassVar, Union
+
+import torch
+
+
+class WireError(ValueError):
+    """A message that is malformed, oversized, unauthenticated or of an unknown kind."""
+
+
+INT_LIMIT = 1 << 63
+CHUNK_WHATS = ("k", "v", "e")
+ERROR_CODES = ("evicted", "fingerprint_mismatch", "busy", "bad_request", "timeout", "internal")
+DTYPES: dict[str, torch.dtype] = {
+    name: getattr(torch, name)
+    for name in ("float16", "bfloat16", "float32", "float8_e4m3fn")
+    if hasattr(torch, name)
+}
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int and 0 <= value < INT_LIMIT
+
+
+def _check_field(cls_name: str, name: str, annotation: str, value: object) -> None:
+    if annotation == "str":
+        ok = type(value) is str
+    elif annotation == "int":
+        ok = _is_int(value)
+    elif annotation == "bytes":
+        ok = type(value) is bytes
+    elif annotation == "tuple[int, ...]":
+        ok = type(value) is tuple and all(_is_int(v) for v in value)
+    else:  # pragma: no cover - a schema typo, not an input error
+        raise TypeError(f"{cls_name}.{name}: unsupported annotation {annotation}")
+    if not ok:
+        want = {"int": "int in [0, 2**63)", "tuple[int, ...]": "tuple of ints in [0, 2**63)"}
+        raise WireError(f"{cls_name}.{name} must be {want.get(annotation, annotation)}, "
+                        f"got {type(value).__name__}")
+
+
+def _check_ascending(cls_name: str, name: str, layers: tuple[int, ...]) -> None:
+    if any(a >= b for a, b in zip(layers, layers[1:])):
+        raise WireError(f"{cls_name}.{name} must be strictly ascending, got {layers[:16]}")
+
+
+class _Message:
+    """Base: checks every dataclass field against its annotation, then ``_check``."""
+
+    KIND: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+    HAS_PAYLOAD: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            _check_field(type(self).__name__, f.name, str(f.type), getattr(self, f.name))
+        self._check()
+
+    def _check(self) -> None:
+        pass
+
+    @property
+    def kind(self) -> str:
+        return self.KIND
+
+
+@dataclass(frozen=True)
+class FetchRequest(_Message):
+    """Receiver -> sender: stream the KV of ``reused_layers`` and E of ``e_layers`` for
+    the prefix ``token_ids``, computed by ``sender_model`` (identity ``fingerprint``)."""
+
+    KIND: ClassVar[str] = "fetch_request"
+    request_id: str
+    sender_model: str
+    receiver_model: str
+    fingerprint: str
+    token_ids: tuple[int, ...]
+    reused_layers: tuple[int, ...]
+    e_layers: tuple[int, ...]
+    deadline_ms: int
+
+    def _check(self) -> None:
+        _check_ascending("FetchRequest", "reused_layers", self.reused_layers)
+        _check_ascending("FetchRequest", "e_layers", self.e_layers)
+
+
+@dataclass(frozen=True)
+class LayerChunk(_Message):
+    """Sender -> receiver: one tensor slice, tokens [token_start, token_start + shape[0]).
+
+    K/V chunks are ``[num_tokens, num_kv_heads, head_dim]``, E chunks ``[num_tokens,
+    hidden_size]``; ``data`` holds the raw little-endian elements (never pickled).
+    """
+
+    KIND: ClassVar[str] = "layer_chunk"
+    HAS_PAYLOAD: ClassVar[bool] = True
+    request_id: str
+    what: str
+    layer: int
+    token_start: int
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes = field(repr=False)
+
+    def _check(self) -> None:
+        if self.what not in CHUNK_WHATS:
+            raise WireError(f"LayerChunk.what must be one of {CHUNK_WHATS}, got {self.what!r}")
+        if self.dtype not in DTYPES:
+            raise WireError(f"LayerChunk.dtype {self.dtype!r} not in whitelist {tuple(DTYPES)}")
+        if len(self.shape) == 0:
+            raise WireError("LayerChunk.shape must have rank >= 1 (shape[0] = tokens)")
+        expected_len = math.prod(self.shape) * DTYPES[self.dtype].itemsize
+        if len(self.data) != expected_len:
+            raise WireError(f"LayerChunk payload is {len(self.data)} bytes, shape "
+                            f"{self.shape} of {self.dtype} needs {expected_len}")
+
+    @classmethod
+    def from_tensor(cls, request_id: str, what: str, layer: int, token_start: int,
+                    tensor: torch.Tensor) -> "LayerChunk":
+        dtype_name = str(tensor.dtype).removeprefix("torch.")
+        if dtype_name not in DTYPES:
+            raise WireError(f"LayerChunk.dtype {dtype_name!r} not in whitelist {tuple(DTYPES)}")
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)  # [numel]
+        data = flat.view(torch.uint8).numpy().tobytes()  # [numel * itemsize]; bf16/fp8 too
+        return cls(request_id, what, layer, token_start, dtype_name, tuple(tensor.shape), data)
+
+    def to_tensor(self, device: str | torch.device = "cpu") -> torch.Tensor:
+        dtype = DTYPES[self.dtype]
+        if not self.data:
+            return torch.empty(self.shape, dtype=dtype, device=device)
+        raw = torch.frombuffer(bytearray(self.data), dtype=torch.uint8)  # [nbytes], own copy
+        return raw.view(dtype).reshape(self.shape).to(device)  # shape
+
+
+@dataclass(frozen=True)
+class FetchDone(_Message):
+    """Sender -> receiver: the request finished after ``num_chunks`` LayerChunks."""
+
+    KIND: ClassVar[str] = "fetch_done"
+    request_id: str
+    num_chunks: int
+
+
+@dataclass(frozen=True)
+class FetchError(_Message):
+    """Sender -> receiver: the request failed; ``code`` is one of ERROR_CODES."""
+
+    KIND: ClassVar[str] = "fetch_error"
+    request_id: str
+    code: str
+    message: str
+
+    def _check(self) -> None:
+        if self.code not in ERROR_CODES:
+            raise WireError(f"FetchError.code must be one of {ERROR_CODES}, got {self.code!r}")
+
+
+Message = Union[FetchRequest, LayerChunk, FetchDone, FetchError]
+MESSAGE_TYPES: dict[str, type] = {c.KIND: c for c in (FetchRequest, LayerChunk, FetchDone, FetchError)}

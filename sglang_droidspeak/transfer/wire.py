@@ -1,0 +1,174 @@
+"""Encode / decode transfer messages as authenticated frames (a ZMQ multipart message).
+
+A message is one or two frames: ``[header]`` or, for LayerChunk, ``[header, payload]``.
+The header is a msgpack map (keys in this order; never pickled):
+
+    key           type        meaning
+    v             int         message format version (the class's VERSION)
+    kind          str         fetch_request | layer_chunk | fetch_done | fetch_error
+    <fields>      per kind    the dataclass fields except ``data`` (see frames.py)
+    payload_len   int         len(payload frame); 0 and no frame for payload-less kinds
+    mac           bin(32)     HMAC-SHA256(secret, msgpack(header without mac) || payload)
+
+``decode`` checks, in order: frame count / types / sizes (cheap, before anything is
+parsed), msgpack well-formedness under ``WireLimits``, kind and version, the MAC, the exact
+field set, field types, limits, and payload length == prod(shape) * itemsize. Every
+failure raises ``WireError``; nothing else escapes for malformed input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, fields
+from typing import Any, Sequence
+
+import msgpack
+
+from sglang_droidspeak.transfer.frames import (
+    MESSAGE_TYPES, FetchRequest, LayerChunk, Message, WireError)
+
+MAC_LEN = 32
+MIN_SECRET_LEN = 16
+ENVELOPE_KEYS = ("v", "kind", "payload_len", "mac")
+
+
+@dataclass(frozen=True)
+class WireLimits:
+    """Upper bounds a decoder enforces on untrusted input (sizes in bytes)."""
+
+    max_frame_bytes: int = 512 << 20  # header + payload together
+    max_header_bytes: int = 16 << 20  # 1M token ids of <= 9 bytes each fit
+    max_tokens: int = 1 << 20  # len(token_ids); token_start + shape[0] for chunks
+    max_rank: int = 4
+    max_dim: int = 1 << 24
+    max_layers: int = 4096  # layer indices and lengths of layer lists
+    max_str_len: int = 4096
+
+
+def _check_secret(secret: bytes) -> None:
+    if type(secret) is not bytes or len(secret) < MIN_SECRET_LEN:
+        raise WireError(f"secret must be bytes of length >= {MIN_SECRET_LEN}")
+
+
+def _mac(secret: bytes, header_body: bytes, payload: bytes | memoryview) -> bytes:
+    mac = hmac.new(secret, header_body, hashlib.sha256)
+    mac.update(payload)
+    return mac.digest()
+
+
+def _message_fields(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls) if f.name != "data")
+
+
+def encode(msg: Message, secret: bytes) -> list[bytes]:
+    """Frames for ``msg``: ``[header]`` or ``[header, payload]`` (LayerChunk)."""
+    _check_secret(secret)
+    if type(msg) not in MESSAGE_TYPES.values():
+        raise WireError(f"cannot encode {type(msg).__name__}: not a transfer message")
+    payload = msg.data if msg.HAS_PAYLOAD else b""
+    header: dict[str, Any] = {"v": msg.VERSION, "kind": msg.KIND}
+    header.update({name: getattr(msg, name) for name in _message_fields(type(msg))})
+    header["payload_len"] = len(payload)
+    header["mac"] = _mac(secret, msgpack.packb(header, use_bin_type=True), payload)
+    header_frame = msgpack.packb(header, use_bin_type=True)
+    return [header_frame, payload] if msg.HAS_PAYLOAD else [header_frame]
+
+
+def _frame_views(frames: Sequence[Any], limits: WireLimits) -> list[memoryview]:
+    if not isinstance(frames, (list, tuple)) or not 1 <= len(frames) <= 2:
+        raise WireError("expected a list of 1 or 2 frames")
+    if not all(isinstance(f, (bytes, bytearray, memoryview)) for f in frames):
+        raise WireError("frames must be bytes-like")
+    try:
+        views = [memoryview(f).cast("B") for f in frames]
+    except TypeError as exc:  # a non-contiguous memoryview
+        raise WireError(f"frames must be contiguous buffers: {exc}") from None
+    if views[0].nbytes > limits.max_header_bytes:
+        raise WireError(f"header frame is {views[0].nbytes} bytes > {limits.max_header_bytes}")
+    if sum(v.nbytes for v in views) > limits.max_frame_bytes:
+        raise WireError(f"message exceeds max_frame_bytes {limits.max_frame_bytes}")
+    return views
+
+
+def _unpack_header(header_frame: memoryview, limits: WireLimits) -> dict[str, Any]:
+    array_len = max(limits.max_tokens, limits.max_layers, limits.max_rank)
+    try:
+        header = msgpack.unpackb(
+            header_frame, raw=False, strict_map_key=True, use_list=True,
+            max_str_len=limits.max_str_len, max_bin_len=MAC_LEN, max_array_len=array_len,
+            max_map_len=32, max_ext_len=0)
+    except Exception as exc:  # msgpack raises many types for malformed input
+        raise WireError(f"header is not well-formed msgpack: {type(exc).__name__}: {exc}") from None
+    if type(header) is not dict:
+        raise WireError(f"header must be a msgpack map, got {type(header).__name__}")
+    missing = [k for k in ENVELOPE_KEYS if k not in header]
+    if missing:
+        raise WireError(f"header lacks envelope keys {missing}")
+    return header
+
+
+def _authenticate(header: dict[str, Any], payload: memoryview, secret: bytes) -> None:
+    body = {k: v for k, v in header.items() if k != "mac"}
+    mac = header["mac"]
+    if type(mac) is not bytes or len(mac) != MAC_LEN:
+        raise WireError("authentication failed: mac must be 32 bytes")
+    try:
+        header_body = msgpack.packb(body, use_bin_type=True)
+    except Exception as exc:
+        raise WireError(f"header cannot be re-encoded: {exc}") from None
+    if not hmac.compare_digest(mac, _mac(secret, header_body, payload)):
+        raise WireError("authentication failed: MAC mismatch (wrong secret or altered frames)")
+
+
+def _check_shape(shape: object, limits: WireLimits) -> None:
+    """Bound rank and dims before LayerChunk computes prod(shape) (no bigint blow-up)."""
+    if type(shape) is tuple and (len(shape) > limits.max_rank or any(
+            type(d) is int and d > limits.max_dim for d in shape)):
+        raise WireError(f"LayerChunk.shape {shape[:8]} exceeds rank {limits.max_rank} "
+                        f"or dim {limits.max_dim}")
+
+
+def _check_limits(msg: Message, limits: WireLimits) -> None:
+    if isinstance(msg, LayerChunk):
+        if msg.layer >= limits.max_layers or msg.token_start + msg.shape[0] > limits.max_tokens:
+            raise WireError(f"LayerChunk layer {msg.layer} / tokens [{msg.token_start}, "
+                            f"{msg.token_start + msg.shape[0]}) out of range")
+    elif isinstance(msg, FetchRequest):
+        if len(msg.token_ids) > limits.max_tokens:
+            raise WireError(f"{len(msg.token_ids)} token_ids > max_tokens {limits.max_tokens}")
+        for name in ("reused_layers", "e_layers"):
+            layers = getattr(msg, name)
+            if len(layers) > limits.max_layers or any(l >= limits.max_layers for l in layers):
+                raise WireError(f"FetchRequest.{name} exceeds max_layers {limits.max_layers}")
+
+
+def decode(frames: Sequence[Any], secret: bytes, limits: WireLimits = WireLimits()) -> Message:
+    """The message in ``frames``; raises WireError for anything malformed or unauthentic."""
+    _check_secret(secret)
+    views = _frame_views(frames, limits)
+    header = _unpack_header(views[0], limits)
+    kind, version = header["kind"], header["v"]
+    cls = MESSAGE_TYPES.get(kind) if type(kind) is str else None
+    if cls is None:
+        raise WireError(f"unknown message kind {kind!r}")
+    if type(version) is not int or version != cls.VERSION:
+        raise WireError(f"unsupported version {version!r} for {kind} (expected {cls.VERSION})")
+    payload = views[1] if len(views) == 2 else memoryview(b"")
+    _authenticate(header, payload, secret)
+    if len(views) != (2 if cls.HAS_PAYLOAD else 1):
+        raise WireError(f"{kind} needs {2 if cls.HAS_PAYLOAD else 1} frames, got {len(views)}")
+    if header["payload_len"] != payload.nbytes or type(header["payload_len"]) is not int:
+        raise WireError(f"declared payload_len {header['payload_len']!r} != {payload.nbytes} bytes")
+    names = _message_fields(cls)
+    extra = [k for k in header if k not in names and k not in ENVELOPE_KEYS]
+    missing = [k for k in names if k not in header]
+    if extra or missing:
+        raise WireError(f"{kind} fields: extra {extra}, missing {missing}")
+    values = {k: tuple(header[k]) if type(header[k]) is list else header[k] for k in names}
+    _check_shape(values.get("shape"), limits)
+    if cls.HAS_PAYLOAD:
+        values["data"] = payload.tobytes()
+    msg = cls(**values)  # validates types, enums, and payload length == prod(shape) * itemsize
+    _check_limits(msg, limits)
+    return msg
