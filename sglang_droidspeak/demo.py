@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from sglang_droidspeak.config_cli import add_dataclass_arguments, dataclass_from_args
 from sglang_droidspeak.plan import ModelRef, Profile, ProfileError, find_profile
 from sglang_droidspeak.profiler.evaluate import PairEvaluator, cacheblend_tokens
-from sglang_droidspeak.profiler.loading import LoadedModel, default_work_dir, load_model
+from sglang_droidspeak.profiler.loading import LoadedModel, default_work_dir, load_model, run_header
 from sglang_droidspeak.profiler.store import ResultStore
 from sglang_droidspeak.profiler.systems import RECEIVER, SENDER, System, cacheblend_system, plan_system
 from sglang_droidspeak.tasks import build_task
@@ -103,8 +103,7 @@ def run(args: argparse.Namespace) -> int:
     sender_cache = sender.model.prefill(context, e_layers=chosen.plan.e_layers())
     print(f"A prefilled the shared context ({len(context)} tokens) in {1e3 * (time.perf_counter() - start):.1f} ms\n")
 
-    header = {**asdict(config), "sender_weights": sender.weights_digest, "receiver_weights": receiver.weights_digest}
-    store = ResultStore.for_run(default_work_dir(), "demo", header)
+    store = ResultStore.for_run(default_work_dir(), "demo", run_header(config, sender, receiver))
     evaluator.run(systems, store, progress=True)
     print(_table(config, evaluator, systems, store, context, sender_cache, num_layers))
     return 0

@@ -86,20 +86,26 @@ class PairEvaluator:
         return model.generate(prefix, query, self.max_new_tokens, stop_token_ids=self.stop_ids)
 
 
+def _teacher_forced_logits(model: ReferenceModel, prefix: PrefixKV, query_ids: Sequence[int],
+                           tokens: Sequence[int]) -> torch.Tensor:
+    """Logits predicting each of ``tokens`` after prefix + query, fed the true tokens: [m, vocab]."""
+    return model.extend(prefix, torch.tensor([*query_ids, *tokens[:-1]])).logits[-len(tokens):]
+
+
 def _top1_match(model: ReferenceModel, prefix: PrefixKV, query_ids: Sequence[int], answer: Sequence[int]) -> float:
     """Share of ``answer`` tokens that are the model's greedy choice, teacher-forced."""
     if not answer:
         return 1.0
-    logits = model.extend(prefix, torch.tensor([*query_ids, *answer[:-1]])).logits[-len(answer):]  # [m, vocab]
+    logits = _teacher_forced_logits(model, prefix, query_ids, answer)
     return (logits.argmax(-1) == torch.tensor(answer)).float().mean().item()
 
 
 def _true_continuation_scores(model: ReferenceModel, prefix: PrefixKV, example: TaskExample) -> dict[str, float]:
     """Teacher-forced top-1 accuracy and mean NLL (nats/token) of the file's true continuation."""
-    truth = list(example.continuation_ids)
+    truth = example.continuation_ids
     if not truth:
         return {}
-    logits = model.extend(prefix, torch.tensor([*example.query_ids, *truth[:-1]])).logits[-len(truth):]
+    logits = _teacher_forced_logits(model, prefix, example.query_ids, truth)
     target = torch.tensor(truth)
     nll = torch.nn.functional.cross_entropy(logits.float(), target).item()
     return {"target_acc": (logits.argmax(-1) == target).float().mean().item(), "target_nll": nll}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -61,3 +62,11 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: torch.dtype = torc
     tokenizer = AutoTokenizer.from_pretrained(path)
     name = path.name if Path(name_or_path).is_dir() else name_or_path
     return LoadedModel(name, path, ReferenceModel(model), tokenizer, fingerprint, weights_digest(path))
+
+
+def run_header(config: Any, sender: LoadedModel, receiver: LoadedModel, exclude: tuple[str, ...] = (),
+               **extra: Any) -> dict[str, Any]:
+    """What identifies a scoring run: the config's fields (less ``exclude``, which do not
+    change scores), the exact weights of both models, and ``extra``."""
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in exclude}
+    return {**fields, "sender_weights": sender.weights_digest, "receiver_weights": receiver.weights_digest, **extra}

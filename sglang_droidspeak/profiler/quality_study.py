@@ -15,13 +15,13 @@ import datetime as dt
 import json
 import platform
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from sglang_droidspeak.config_cli import add_dataclass_arguments, dataclass_from_args
 from sglang_droidspeak.plan import ModelRef, find_profile
 from sglang_droidspeak.profiler.evaluate import PairEvaluator, cacheblend_tokens
-from sglang_droidspeak.profiler.loading import default_work_dir, load_model
+from sglang_droidspeak.profiler.loading import default_work_dir, load_model, run_header
 from sglang_droidspeak.profiler.store import ResultStore
 from sglang_droidspeak.reference import ReferenceModel
 from sglang_droidspeak.profiler.systems import RECEIVER, SENDER, System, cacheblend_system, plan_system
@@ -65,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
     examples = build_task(config.dataset, receiver.tokenizer, split=config.split, num_examples=config.num_examples,
                           context_len=config.context_len, query_len=config.query_len, seed=config.seed)
     systems = study_systems(profile, receiver.model, config.context_len)
-    header = {**asdict(config), "sender_weights": sender.weights_digest, "receiver_weights": receiver.weights_digest,
-              "profile_created": profile.created}
+    header = run_header(config, sender, receiver, profile_created=profile.created)
     stem = f"quality-{sender.name}__{receiver.name}-{config.dataset}"
     store = ResultStore.for_run(default_work_dir(), stem, header)
     PairEvaluator(sender.model, receiver.model, receiver.tokenizer, config.dataset, examples).run(systems, store)

@@ -9,7 +9,7 @@ resumes where it left off when started again with the same settings.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,7 +17,7 @@ from sglang_droidspeak import __version__
 from sglang_droidspeak.identity import check_compatible
 from sglang_droidspeak.plan import FrontierPoint, LayerPlan, ModelRef, Profile, profile_filename, save_profile
 from sglang_droidspeak.profiler.evaluate import PairEvaluator
-from sglang_droidspeak.profiler.loading import LoadedModel, default_work_dir, load_model
+from sglang_droidspeak.profiler.loading import default_work_dir, load_model, run_header
 from sglang_droidspeak.profiler.search import (
     ScoredPlan, candidate_plans, contiguous_plans, pareto_frontier, sensitivity_drops,
 )
@@ -56,11 +56,6 @@ class ProfileRun(NamedTuple):
     scores: dict[LayerPlan, float]
 
 
-def _run_header(config: ProfileConfig, sender: LoadedModel, receiver: LoadedModel) -> dict:
-    keep = {k: v for k, v in asdict(config).items() if k not in ("out_dir", "work_dir", "plots", "progress", "metric")}
-    return {**keep, "sender_weights": sender.weights_digest, "receiver_weights": receiver.weights_digest}
-
-
 def run_profile(config: ProfileConfig) -> ProfileRun:
     sender, receiver = load_model(config.sender), load_model(config.receiver)
     check_compatible(sender.fingerprint, receiver.fingerprint, sender.name, receiver.name)
@@ -68,7 +63,7 @@ def run_profile(config: ProfileConfig) -> ProfileRun:
     metric = config.metric or spec.primary_metric
     examples = build_task(config.dataset, receiver.tokenizer, split=config.split, num_examples=config.num_examples,
                           context_len=config.context_len, query_len=config.query_len, seed=config.seed)
-    header = _run_header(config, sender, receiver)
+    header = run_header(config, sender, receiver, exclude=("out_dir", "work_dir", "plots", "progress", "metric"))
     work_dir = config.work_dir or default_work_dir()
     store = ResultStore.for_run(work_dir, f"{sender.name}__{receiver.name}-{config.dataset}", header)
 

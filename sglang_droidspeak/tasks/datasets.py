@@ -19,6 +19,7 @@ with equal arguments nextlines' first target line is lcc's target.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import random
 from dataclasses import dataclass
@@ -163,17 +164,15 @@ def _make_example(
 
 
 def _continuation(scanned: code_tasks.ScannedFile, start: int, start_byte: int, rest: str, num_lines: int) -> tuple[int, ...]:
-    """Tokens from ``start`` until the end of the ``num_lines``-th non-empty line of ``rest``."""
+    """Tokens from ``start`` through the one that ends the ``num_lines``-th non-empty line of ``rest``."""
     seen, end_byte = 0, start_byte
     for line in rest.splitlines(keepends=True):
         end_byte += len(line.encode("utf-8"))
         seen += bool(line.strip())
         if seen == num_lines:
             break
-    stop = start
-    while stop < len(scanned.ids) and scanned.byte_ends[stop - 1 if stop else 0] < end_byte:
-        stop += 1
-    return scanned.ids[start:stop]
+    stop = bisect.bisect_left(scanned.byte_ends, end_byte, lo=start) + 1  # first token ending at/after it
+    return scanned.ids[start:min(stop, len(scanned.ids))]
 
 
 def normalize_lines(text: str) -> str:
