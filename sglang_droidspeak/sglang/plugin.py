@@ -1,12 +1,18 @@
 """SGLang plugin entry point (group ``sglang.srt.plugins``, name ``droidspeak``).
 
 SGLang calls ``load()`` in every process (launcher, scheduler, workers). It registers
-the radix-cache backend ``droidspeak``; select it with
-``SGLANG_PLUGINS=droidspeak ... --radix-cache-backend droidspeak``. Settings come from
-the YAML file named by ``$DROIDSPEAK_CONFIG`` (``sglang.settings``).
+the radix-cache backend ``droidspeak`` (select it with
+``SGLANG_PLUGINS=droidspeak ... --radix-cache-backend droidspeak``) and, when the
+settings (``$DROIDSPEAK_CONFIG``, see ``sglang.settings``) make this server a sender or
+a receiver, two hooks:
 
-Import-safe: importing this module imports nothing from SGLang; ``load()`` and the
-factory import it lazily.
+    hook      target                                               why
+    AFTER     managers.scheduler.Scheduler.process_input_requests  answer fetches each loop
+
+A server with neither role gets no hooks at all, only the tagged tree. E is computed on
+demand by the sender at export time (see ``sglang.exporter``), so no hook runs inside
+the model's forward.
+Import-safe: importing this module imports nothing from SGLang.
 """
 
 from __future__ import annotations
@@ -20,15 +26,35 @@ if TYPE_CHECKING:
     from sglang_droidspeak.sglang.radix_cache import DroidSpeakRadixCache
 
 BACKEND_NAME = "droidspeak"
+TICK_TARGET = "sglang.srt.managers.scheduler.Scheduler.process_input_requests"
 logger = logging.getLogger(__name__)
 
 
 def load() -> None:
-    """Register the ``droidspeak`` radix-cache backend (idempotent)."""
+    """Register the ``droidspeak`` radix-cache backend and the hooks its roles need (idempotent)."""
     from sglang.srt.mem_cache.registry import get_radix_cache_factory, register_radix_cache_backend
 
     if get_radix_cache_factory(BACKEND_NAME) is None:
         register_radix_cache_backend(BACKEND_NAME, build_droidspeak_cache)
+        register_hooks(load_settings())
+
+
+def register_hooks(settings: DroidSpeakSettings) -> list[str]:
+    """Register the hooks for this server's roles; returns the targets hooked."""
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    targets = []
+    if settings.export_bind or settings.peers:
+        HookRegistry.register(TICK_TARGET, scheduler_tick_hook, HookType.AFTER)
+        targets.append(TICK_TARGET)
+    return targets
+
+
+def scheduler_tick_hook(result: Any, scheduler: Any, *args: Any, **kwargs: Any) -> Any:
+    runtime = getattr(getattr(scheduler, "tree_cache", None), "runtime", None)
+    if runtime is not None:
+        runtime.on_scheduler_tick(scheduler)
+    return result
 
 
 def build_droidspeak_cache(
@@ -38,6 +64,7 @@ def build_droidspeak_cache(
 ) -> "DroidSpeakRadixCache":
     """Factory for ``register_radix_cache_backend``: ``ctx`` is a TreeCacheBuildContext."""
     from sglang_droidspeak.sglang.radix_cache import DroidSpeakRadixCache
+    from sglang_droidspeak.sglang.runtime_factory import build_runtime, num_model_layers
 
     unsupported = [
         flag
@@ -56,8 +83,11 @@ def build_droidspeak_cache(
         plan_lookup=plan_lookup or settings.plan_lookup(),
         allow_derived_export=settings.allow_derived_export,
         min_foreign_tokens=settings.min_foreign_tokens,
+        num_layers=num_model_layers(ctx),
+        runtime=build_runtime(ctx, settings, model),
     )
-    logger.info("droidspeak radix cache for model %r (%d inline plans)", model, len(settings.plans))
+    logger.info("droidspeak radix cache for model %r (%d inline plans, runtime %s)", model,
+                len(settings.plans), "on" if cache.runtime is not None else "off")
     return cache
 
 

@@ -16,7 +16,9 @@ returns both parts explicitly.
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple, Optional
+import dataclasses
+import logging
+from typing import Any, Iterable, NamedTuple, Optional
 
 from sglang.srt.mem_cache.base_prefix_cache import (
     InsertParams,
@@ -32,9 +34,12 @@ from sglang_droidspeak.radix.hits import ForeignHit
 from sglang_droidspeak.radix.namespace import decode_namespace, encode_namespace, is_tagged_namespace
 from sglang_droidspeak.radix.remote_index import RemoteMatch, RemotePrefixIndex
 from sglang_droidspeak.radix.tags import KVOrigin, ModelTag, exportable_to, reusable_by
+from sglang_droidspeak.sglang.request_plan import OFF, request_plan_choice
 from sglang_droidspeak.sglang.settings import PlanLookup
 
 FOREIGN_HIT_ATTR = "droidspeak_foreign_hit"
+FELL_BACK_ATTR = "droidspeak_fell_back"  # set once an import failed: no second attempt
+logger = logging.getLogger(__name__)
 
 
 class TaggedMatch(NamedTuple):
@@ -59,6 +64,8 @@ class DroidSpeakRadixCache(RadixCache):
         remote_index: Optional[RemotePrefixIndex] = None,
         allow_derived_export: bool = False,
         min_foreign_tokens: int = 1,
+        num_layers: Optional[int] = None,
+        runtime: Any = None,
     ):
         ModelTag.native(model)  # validates the name
         self.model = model
@@ -66,8 +73,12 @@ class DroidSpeakRadixCache(RadixCache):
         self.remote_index = remote_index if remote_index is not None else RemotePrefixIndex()
         self.allow_derived_export = allow_derived_export
         self.min_foreign_tokens = max(1, min_foreign_tokens)
+        self.num_layers = num_layers  # of the served model; per-request plans need it
+        self.runtime = runtime  # DroidSpeakRuntime: fetch, export, announce (None: tree only)
         self._derived_namespaces: dict[Optional[str], set[str]] = {}  # base -> namespaces
         super().__init__(params)
+        if runtime is not None:
+            runtime.attach(self)
 
     # ---- tags and namespaces ----
 
@@ -100,20 +111,47 @@ class DroidSpeakRadixCache(RadixCache):
         if is_tagged_namespace(extra_key):
             base = decode_namespace(extra_key, self.model).base
             self._derived_namespaces.setdefault(base, set()).add(extra_key)
-        return super().insert(params)
+            return super().insert(params)
+        result = super().insert(params)
+        if self.runtime is not None and params.key is not None:
+            self.runtime.announce(params.key.raw_token_ids(), extra_key)
+        return result
 
     def match_prefix(self, params: MatchPrefixParams) -> MatchResult:
+        """SGLang's match; with a request, also find, import and adopt a foreign prefix.
+
+        A DERIVED hit is adopted at once; a REMOTE hit is imported by the runtime first
+        (on failure the native match is returned and the request prefills normally).
+        Adopting sets ``req.extra_key`` to the derived namespace, so SGLang's own
+        locking and ``cache_*_req`` inserts apply to the derived subtree.
+        """
         native = super().match_prefix(params)
-        if params.req is not None:
-            hit = self._foreign_hit(params.key, len(native.device_indices))
-            setattr(params.req, FOREIGN_HIT_ATTR, hit)
-        return native
+        req = params.req
+        if req is None:
+            return native
+        choice = OFF if getattr(req, FELL_BACK_ATTR, False) else request_plan_choice(req, self.num_layers)
+        hit = None if choice is OFF else self._foreign_hit(params.key, len(native.device_indices), choice)
+        setattr(req, FOREIGN_HIT_ATTR, hit)
+        if hit is None or self.runtime is None:
+            return native
+        namespace = hit.namespace
+        if hit.tag.origin is KVOrigin.REMOTE:
+            base = decode_namespace(params.key.extra_key, self.model).base
+            namespace = self.runtime.materialize(self, hit, params.key.raw_token_ids(), base, getattr(req, "rid", "?"))
+        if namespace is None:
+            setattr(req, FELL_BACK_ATTR, True)  # prefill normally; never retry per scheduling pass
+            return native
+        if hit.tag.origin is KVOrigin.DERIVED:
+            self.runtime.metrics.record_hit("derived", hit.prefix_len, 0)
+        req.extra_key = namespace
+        key = RadixKey(params.key.token_ids, namespace, limit=params.key.limit, is_bigram=params.key.is_bigram)
+        return super().match_prefix(dataclasses.replace(params, key=key))
 
     # ---- DroidSpeak queries ----
 
-    def match_prefix_split(self, params: MatchPrefixParams) -> TaggedMatch:
+    def match_prefix_split(self, params: MatchPrefixParams, plan: Optional[LayerPlan] = None) -> TaggedMatch:
         native = super().match_prefix(params)
-        return TaggedMatch(native, self._foreign_hit(params.key, len(native.device_indices)))
+        return TaggedMatch(native, self._foreign_hit(params.key, len(native.device_indices), plan))
 
     def match_for_export(
         self, token_ids, peer_model: str, base: Optional[str] = None
@@ -140,16 +178,21 @@ class DroidSpeakRadixCache(RadixCache):
 
     # ---- internals ----
 
-    def _foreign_hit(self, key: RadixKey, native_len: int) -> Optional[ForeignHit]:
+    def _foreign_hit(
+        self, key: RadixKey, native_len: int, plan: Optional[LayerPlan] = None
+    ) -> Optional[ForeignHit]:
+        """The longest foreign prefix beyond ``native_len``; ``plan`` forces that plan."""
         if self.disable or self.is_eagle or key.is_bigram:
             return None
+        if not self._derived_namespaces and not self.remote_index.senders():
+            return None  # nothing foreign anywhere: the common path costs two lookups
         base, tag = decode_namespace(key.extra_key, self.model)
         if tag.origin is not KVOrigin.NATIVE:
             return None  # the request already lives in a derived namespace
         tokens = key.page_aligned(self.page_size).raw_token_ids()
         floor = native_len + self.min_foreign_tokens
-        derived_ns, derived_len = self._longest_derived(tokens, base)
-        remote, remote_plan = self._longest_planned_remote(tokens, base)
+        derived_ns, derived_len = self._longest_derived(tokens, base, plan)
+        remote, remote_plan = self._longest_planned_remote(tokens, base, plan)
         remote_len = self._floor_page(remote.prefix_len) if remote is not None else 0
         if derived_ns is not None and derived_len >= max(floor, remote_len):
             return self._derived_hit(tokens, derived_ns, native_len)
@@ -159,23 +202,28 @@ class DroidSpeakRadixCache(RadixCache):
         return None
 
     def _longest_planned_remote(
-        self, tokens, base: Optional[str]
+        self, tokens, base: Optional[str], forced: Optional[LayerPlan] = None
     ) -> tuple[Optional[RemoteMatch], Optional[LayerPlan]]:
-        """The longest remote prefix whose sender has a plan for this model."""
+        """The longest remote prefix whose sender has a plan for this model (or ``forced``)."""
         excluded = {self.model}
         while True:
             remote = self.remote_index.longest_match(tokens, base=base, exclude=excluded)
             if remote is None:
                 return None, None
-            plan = self.plan_lookup(remote.sender, self.model)
+            plan = forced or self.plan_lookup(remote.sender, self.model)
             if plan is not None:
                 return remote, plan
+            if self.runtime is not None:
+                self.runtime.note_no_plan(remote.sender)
             excluded.add(remote.sender)
 
-    def _longest_derived(self, tokens, base: Optional[str]) -> tuple[Optional[str], int]:
+    def _longest_derived(
+        self, tokens, base: Optional[str], plan: Optional[LayerPlan] = None
+    ) -> tuple[Optional[str], int]:
         best_ns, best_len = None, 0
         for namespace in sorted(self._derived_namespaces.get(base, ())):
-            if not reusable_by(decode_namespace(namespace, self.model).tag, self.model):
+            tag = decode_namespace(namespace, self.model).tag
+            if not reusable_by(tag, self.model) or (plan is not None and tag.plan != str(plan)):
                 continue
             matched = self._peek_len(RadixKey(tokens, namespace))
             if matched > best_len:

@@ -8,11 +8,12 @@ from sglang_droidspeak.transfer.frames import (
     FetchRequest,
     LayerChunk,
     Message,
+    PrefixAnnounce,
     WireError,
 )
 from sglang_droidspeak.transfer.wire import WireLimits, decode, encode
 
 __all__ = [
     "DTYPES", "ERROR_CODES", "FetchDone", "FetchError", "FetchRequest", "LayerChunk",
-    "Message", "WireError", "WireLimits", "decode", "encode",
+    "Message", "PrefixAnnounce", "WireError", "WireLimits", "decode", "encode",
 ]

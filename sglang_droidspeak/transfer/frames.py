@@ -14,6 +14,12 @@ message that exists is well-formed; anything else raises ``WireError``.
                     data: bytes (raw little-endian elements, len = prod(shape) * itemsize)
     fetch_done      request_id: str, num_chunks: int
     fetch_error     request_id: str, code: str (ERROR_CODES), message: str
+    prefix_announce sender_model, fingerprint, base: str ("" = no extra_key namespace),
+                    token_ids: tuple[int, ...] (non-empty), fetch_endpoint: str,
+                    stored: int (1 = sender now holds the prefix, 0 = it evicted it)
+
+``PrefixAnnounce`` is not part of a fetch: a server publishes it (directory.py) so peers
+can index which prefixes it holds.
 """
 
 from __future__ import annotations
@@ -176,5 +182,29 @@ class FetchError(_Message):
             raise WireError(f"FetchError.code must be one of {ERROR_CODES}, got {self.code!r}")
 
 
-Message = Union[FetchRequest, LayerChunk, FetchDone, FetchError]
-MESSAGE_TYPES: dict[str, type] = {c.KIND: c for c in (FetchRequest, LayerChunk, FetchDone, FetchError)}
+@dataclass(frozen=True)
+class PrefixAnnounce(_Message):
+    """Sender -> every peer: ``sender_model`` (identity ``fingerprint``) now holds
+    (``stored=1``) or has evicted (``stored=0``) the KV of ``token_ids`` under extra_key
+    ``base`` ("" = none); fetch it with a FetchRequest to ``fetch_endpoint``."""
+
+    KIND: ClassVar[str] = "prefix_announce"
+    sender_model: str
+    fingerprint: str
+    base: str
+    token_ids: tuple[int, ...]
+    fetch_endpoint: str
+    stored: int
+
+    def _check(self) -> None:
+        if not self.sender_model:
+            raise WireError("PrefixAnnounce.sender_model must be non-empty")
+        if not self.token_ids:
+            raise WireError("PrefixAnnounce.token_ids must be non-empty")
+        if self.stored not in (0, 1):
+            raise WireError(f"PrefixAnnounce.stored must be 0 or 1, got {self.stored}")
+
+
+Message = Union[FetchRequest, LayerChunk, FetchDone, FetchError, PrefixAnnounce]
+MESSAGE_TYPES: dict[str, type] = {
+    c.KIND: c for c in (FetchRequest, LayerChunk, FetchDone, FetchError, PrefixAnnounce)}

@@ -5,7 +5,8 @@ The header is a msgpack map (keys in this order; never pickled):
 
     key           type        meaning
     v             int         message format version (the class's VERSION)
-    kind          str         fetch_request | layer_chunk | fetch_done | fetch_error
+    kind          str         fetch_request | layer_chunk | fetch_done | fetch_error |
+                              prefix_announce
     <fields>      per kind    the dataclass fields except ``data`` (see frames.py)
     payload_len   int         len(payload frame); 0 and no frame for payload-less kinds
     mac           bin(32)     HMAC-SHA256(secret, msgpack(header without mac) || payload)
@@ -26,7 +27,7 @@ from typing import Any, Sequence
 import msgpack
 
 from sglang_droidspeak.transfer.frames import (
-    MESSAGE_TYPES, FetchRequest, LayerChunk, Message, WireError)
+    MESSAGE_TYPES, FetchRequest, LayerChunk, Message, PrefixAnnounce, WireError)
 
 MAC_LEN = 32
 MIN_SECRET_LEN = 16
@@ -134,9 +135,10 @@ def _check_limits(msg: Message, limits: WireLimits) -> None:
         if msg.layer >= limits.max_layers or msg.token_start + msg.shape[0] > limits.max_tokens:
             raise WireError(f"LayerChunk layer {msg.layer} / tokens [{msg.token_start}, "
                             f"{msg.token_start + msg.shape[0]}) out of range")
-    elif isinstance(msg, FetchRequest):
+    elif isinstance(msg, (FetchRequest, PrefixAnnounce)):
         if len(msg.token_ids) > limits.max_tokens:
             raise WireError(f"{len(msg.token_ids)} token_ids > max_tokens {limits.max_tokens}")
+    if isinstance(msg, FetchRequest):
         for name in ("reused_layers", "e_layers"):
             layers = getattr(msg, name)
             if len(layers) > limits.max_layers or any(l >= limits.max_layers for l in layers):

@@ -234,3 +234,13 @@ def test_never_pickles(monkeypatch):
     for msg in MESSAGES:
         assert decode(encode(msg, SECRET), SECRET) == msg
     assert torch.equal(decode(encode(CHUNK, SECRET), SECRET).to_tensor(), KV)
+
+
+def test_announce_token_count_is_bounded_by_the_decoder():
+    from sglang_droidspeak.transfer.frames import PrefixAnnounce
+
+    msg = PrefixAnnounce("a", "fp", "", tuple(range(10)), "tcp://h:1", 1)
+    frames = encode(msg, SECRET)
+    assert decode(frames, SECRET, WireLimits(max_tokens=10)) == msg
+    with pytest.raises(WireError, match="max_tokens"):
+        decode(frames, SECRET, WireLimits(max_tokens=9))

@@ -1,0 +1,74 @@
+"""Sender side: answer a FetchRequest from the local tree, KV pool and E pool.
+
+Runs on the scheduler thread (``FetchServer.poll`` from the scheduler-loop hook), so
+the tree is never touched concurrently and the exported slots cannot be evicted while
+they are read. Only the exact requested prefix is served, from NATIVE KV (derived KV
+only when ``allow_derived_export``); anything else is a FetchError and the receiver
+falls back to its own prefill.
+
+    order of the stream        E of each requested layer, then K and V of each reused
+                               layer, each cut into blocks of at most ``block_tokens``
+
+E comes from ``compute_e`` rather than from a store filled during prefill: a capture
+hook inside the decoder layer produced wrong rows on the GPU under SGLang's default
+breakable prefill CUDA graphs (2026-11-28, docs/results/gpu-integration-2026-11-28.md),
+so the sender recomputes layers [0, s) for the prefix when a receiver asks for E_s.
+"""
+
+from __future__ import annotations
+
+from array import array
+from typing import Any, Callable, Iterator, Optional
+
+from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, LayerChunk, Message
+
+BLOCK_TOKENS = 4096
+
+
+EComputer = Callable[[list, tuple], dict]  # (token_ids, layers) -> {layer: [n, hidden]}
+
+
+def _check(request: FetchRequest, model: str, fingerprint: str, num_layers: int) -> Optional[FetchError]:
+    rid = request.request_id
+    if request.fingerprint != fingerprint:
+        return FetchError(rid, "fingerprint_mismatch", f"{model} has fingerprint {fingerprint[:16]}")
+    if request.sender_model != model:
+        return FetchError(rid, "bad_request", f"this server serves {model!r}, not {request.sender_model!r}")
+    layers = request.reused_layers + request.e_layers
+    if any(layer >= num_layers for layer in layers):
+        return FetchError(rid, "bad_request", f"layer out of range [0, {num_layers})")
+    return None
+
+
+def export_messages(request: FetchRequest, *, model: str, fingerprint: str, tree: Any,
+                    kv_pool: Any, compute_e: Optional[EComputer], num_layers: int,
+                    block_tokens: int = BLOCK_TOKENS) -> Iterator[Message]:
+    """The answer to ``request``: LayerChunks then FetchDone, or a single FetchError.
+
+    E is computed on demand by ``compute_e`` (this model's layers [0, s) over the prefix,
+    from its own embeddings; no KV is written), not read from a capture pool.
+    """
+    error = _check(request, model, fingerprint, num_layers)
+    if error is not None:
+        yield error
+        return
+    rid, num_tokens = request.request_id, len(request.token_ids)
+    match = tree.match_for_export(array("q", request.token_ids), request.receiver_model)
+    if match is None or len(match.match.device_indices) < num_tokens:
+        have = 0 if match is None else len(match.match.device_indices)
+        yield FetchError(rid, "evicted", f"holds {have} of {num_tokens} prefix tokens")
+        return
+    slots = match.match.device_indices[:num_tokens]  # [num_tokens]
+    num_chunks = 0
+    e = compute_e(list(request.token_ids), request.e_layers) if request.e_layers else {}
+    for layer in request.e_layers:
+        for start in range(0, num_tokens, block_tokens):
+            yield LayerChunk.from_tensor(rid, "e", layer, start, e[layer][start:start + block_tokens])
+            num_chunks += 1
+    for layer in request.reused_layers:
+        for start in range(0, num_tokens, block_tokens):
+            block = slots[start:start + block_tokens].to(kv_pool.device)
+            yield LayerChunk.from_tensor(rid, "k", layer, start, kv_pool.get_key_buffer(layer)[block])
+            yield LayerChunk.from_tensor(rid, "v", layer, start, kv_pool.get_value_buffer(layer)[block])
+            num_chunks += 2
+    yield FetchDone(rid, num_chunks)

@@ -1,0 +1,193 @@
+"""Per-scheduler-process DroidSpeak state: sockets, E pool, metrics, fetch and export.
+
+One ``DroidSpeakRuntime`` lives next to the tree cache in each scheduler process:
+
+    role       socket (settings field)       runs on
+    sender     FetchServer   (export_bind)   scheduler thread, from the loop hook
+    sender     Announcer     (announce_bind) scheduler thread, on native inserts
+    receiver   FetchClient   (peers[].fetch) scheduler thread, inside match_prefix
+    receiver   DirectoryListener (peers[].announce)  its own thread -> RemotePrefixIndex
+
+Every receiver-side failure is a fallback: the request prefills normally, a warning is
+logged and ``fallbacks_total{reason}`` counts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Optional
+
+import torch
+
+from sglang_droidspeak.plan.layer_plan import LayerPlan
+from sglang_droidspeak.radix.hits import ForeignHit
+from sglang_droidspeak.sglang.exporter import export_messages
+from sglang_droidspeak.sglang.importer import ImportFailed, ModelParts, import_prefix
+from sglang_droidspeak.sglang.recompute import recompute_group
+from sglang_droidspeak.sglang.settings import DroidSpeakSettings
+from sglang_droidspeak.transfer.directory import Announcer, DirectoryListener
+from sglang_droidspeak.transfer.fetch import FetchClient, FetchFailed, FetchServer
+from sglang_droidspeak.transfer.frames import PrefixAnnounce
+
+logger = logging.getLogger(__name__)
+PEER_BACKOFF_S = 10.0  # after a timeout or protocol error, skip that peer for this long
+BACKOFF_REASONS = ("timeout", "protocol", "internal")
+
+
+class DroidSpeakRuntime:
+    def __init__(self, settings: DroidSpeakSettings, model: str, fingerprint: str, parts: ModelParts,
+                 num_layers: int, metrics: Any, secret: Optional[bytes]):
+        self.settings, self.model, self.fingerprint = settings, model, fingerprint
+        self.parts, self.num_layers, self.metrics = parts, num_layers, metrics
+        self.peers = {peer.model: peer for peer in settings.peers}
+        needs_secret = bool(settings.export_bind or settings.announce_bind or self.peers)
+        if needs_secret and secret is None:
+            raise ValueError(f"droidspeak: export_bind/announce_bind/peers need a shared secret in "
+                             f"${settings.secret_env}")
+        self.export_server = FetchServer(settings.export_bind, secret) if settings.export_bind else None
+        self.announcer = Announcer(settings.announce_bind, secret) if settings.announce_bind else None
+        self.client = FetchClient(secret) if self.peers else None
+        self.listener = None
+        self.tree: Any = None
+        self.scheduler: Any = None
+        self._warned: set[str] = set()
+        self._backoff_until: dict[str, float] = {}  # sender -> monotonic time
+        if self.peers:
+            endpoints = [peer.announce for peer in self.peers.values()]
+            self.listener = DirectoryListener(endpoints, secret, self._on_announce)
+
+    def attach(self, tree: Any) -> None:
+        self.tree = tree
+
+    # ---- scheduler loop ----
+
+    def on_scheduler_tick(self, scheduler: Any) -> None:
+        """Called after every ``Scheduler.process_input_requests``: answer queued fetches."""
+        if self.scheduler is None:
+            self.scheduler = scheduler
+            sleeper = getattr(scheduler, "idle_sleeper", None)
+            if sleeper is not None and self.export_server is not None:
+                import zmq
+
+                sleeper.poller.register(self.export_server.socket, zmq.POLLIN)  # wake on fetches
+        self.poll_exports()
+
+    def poll_exports(self) -> None:
+        if self.export_server is not None and self.tree is not None:
+            self.export_server.poll(self._export)
+
+    def _export(self, request):
+        self.metrics.record_export()
+        for msg in export_messages(request, model=self.model, fingerprint=self.fingerprint, tree=self.tree,
+                                   kv_pool=self.parts.kv_pool, compute_e=self.compute_e,
+                                   num_layers=self.num_layers):
+            self.metrics.record_bytes("out", len(getattr(msg, "data", b"")))
+            yield msg
+
+    def compute_e(self, token_ids: list, layers: tuple) -> dict:
+        """E entering each of ``layers`` for the prefix, by this model's own layers (no KV writes)."""
+        device = self.parts.device
+        ids = torch.tensor(token_ids, dtype=torch.int64, device=device)  # [n]
+        positions = torch.arange(len(token_ids), dtype=torch.int64, device=device)  # [n]
+        trace: dict = {}
+        last = max(layers)
+        with torch.no_grad():
+            e_last = recompute_group(self.parts.layers, 0, last, self.parts.embed(ids), positions, None, None, trace)
+        trace[last] = e_last
+        return {layer: trace[layer] for layer in layers}
+
+    # ---- directory ----
+
+    def announce(self, token_ids, base: Optional[str]) -> None:
+        if self.announcer is None or len(token_ids) == 0:
+            return
+        msg = PrefixAnnounce(self.model, self.fingerprint, base or "", tuple(int(t) for t in token_ids),
+                             self.settings.export_bind or "", 1)
+        self.announcer.publish(msg)
+
+    def _on_announce(self, msg: PrefixAnnounce) -> None:
+        peer = self.peers.get(msg.sender_model)
+        if peer is None or self.tree is None:
+            return
+        if msg.fingerprint != self.fingerprint:
+            self._warn_once(f"incompatible:{msg.sender_model}", "droidspeak: peer %r has a different model "
+                            "fingerprint; never sharing KV with it", msg.sender_model)
+            self.metrics.record_fallback("incompatible")
+            return
+        base = msg.base or None
+        if msg.stored:
+            self.tree.remote_index.advertise(msg.sender_model, msg.token_ids, peer=peer.fetch, base=base)
+        else:
+            self.tree.remote_index.withdraw(msg.sender_model, msg.token_ids, base=base)
+
+    # ---- receiver ----
+
+    def materialize(self, tree: Any, hit: ForeignHit, token_ids, base: Optional[str], rid: str) -> Optional[str]:
+        """Import a REMOTE hit as derived KV; the namespace to adopt, or None (fallback)."""
+        plan: LayerPlan = hit.plan
+        if plan.num_layers != self.num_layers:
+            return self._fallback("bad_plan", rid, f"plan for {plan.num_layers} layers, model has {self.num_layers}")
+        if self.client is None or hit.sender not in self.peers:
+            return self._fallback("no_peer", rid, f"no configured peer serves {hit.sender!r}")
+        if time.monotonic() < self._backoff_until.get(hit.sender, 0.0):
+            return self._fallback("peer_backoff", rid, f"{hit.sender!r} failed recently")
+        namespace = tree.derived_namespace(hit.sender, plan, base)
+        self._order_after_forward()
+        start = time.perf_counter()
+        try:
+            result = import_prefix(
+                self.parts, tree, self._fetcher(self.peers[hit.sender].fetch), sender=hit.sender,
+                receiver=self.model, fingerprint=self.fingerprint, token_ids=list(token_ids[:hit.prefix_len]),
+                plan=plan, namespace=namespace)
+        except (ImportFailed, FetchFailed) as exc:
+            reason = getattr(exc, "reason", getattr(exc, "code", "internal"))
+            if reason in BACKOFF_REASONS:
+                self._backoff_until[hit.sender] = time.monotonic() + PEER_BACKOFF_S
+            return self._fallback(reason, rid, str(exc))
+        except Exception as exc:  # noqa: BLE001 - never lose the request over our bug
+            logger.exception("droidspeak: import failed")
+            return self._fallback("internal", rid, repr(exc))
+        self._order_after_forward()  # our writes are complete before anything reads them
+        self.metrics.observe_fetch_seconds(time.perf_counter() - start)
+        self.metrics.record_hit("remote", result.num_tokens, result.num_recomputed_layers)
+        self.metrics.record_bytes("in", result.num_bytes_in)
+        logger.info("droidspeak: rid=%s reused %d tokens from %s with plan %s (%.1f ms)", rid,
+                    result.num_tokens, hit.sender, plan, 1e3 * (time.perf_counter() - start))
+        return namespace
+
+    def _fetcher(self, endpoint: str):
+        timeout = self.settings.fetch_timeout_s
+        return lambda request, on_chunk: self.client.fetch(endpoint, request, on_chunk, timeout,
+                                                           idle=self.poll_exports)
+
+    def _order_after_forward(self) -> None:
+        """Overlap scheduler: let every forward in flight finish before we write slots.
+
+        A whole-device sync, deliberately coarse for now: it costs one wait per foreign
+        hit and rules out any ordering hazard with freed-and-reused slots.
+        """
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def note_no_plan(self, sender: str) -> None:
+        """A peer holds the prefix but no plan/profile covers (sender -> us): once per sender."""
+        if f"no_plan:{sender}" not in self._warned:
+            self.metrics.record_fallback("no_plan")
+        self._warn_once(f"no_plan:{sender}", "droidspeak: no plan or profile for %r -> %r; its prefixes "
+                        "are prefilled normally", sender, self.model)
+
+    def _fallback(self, reason: str, rid: str, message: str) -> None:
+        self.metrics.record_fallback(reason)
+        logger.warning("droidspeak: rid=%s falls back to normal prefill (%s): %s", rid, reason, message)
+        return None
+
+    def _warn_once(self, key: str, fmt: str, *args) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(fmt, *args)
+
+    def close(self) -> None:
+        for part in (self.export_server, self.announcer, self.client, self.listener):
+            if part is not None:
+                part.close()

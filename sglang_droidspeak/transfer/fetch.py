@@ -1,0 +1,157 @@
+"""The fetch exchange over ZMQ: one request, a stream of chunks, one terminal message.
+
+    receiver (DEALER)                         sender (ROUTER)
+    FetchRequest            ------------->    FetchServer.poll(handler)
+                            <-------------    LayerChunk * n   (E first, then K/V by layer)
+                            <-------------    FetchDone(n) | FetchError(code)
+
+Every frame is ``wire.encode``d (HMAC over header and payload); anything that does not
+decode is dropped by the server and ends the client's fetch with ``FetchFailed``. The
+server side never blocks: ``poll`` drains what is queued and returns, so it can run on
+SGLang's scheduler thread between batches. No SGLang imports.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Iterable, Optional
+
+import zmq
+
+from sglang_droidspeak.transfer import wire
+from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, LayerChunk, Message, WireError
+
+logger = logging.getLogger(__name__)
+Handler = Callable[[FetchRequest], Iterable[Message]]
+
+
+class FetchFailed(RuntimeError):
+    """The fetch ended without FetchDone; ``code`` is a FetchError code or 'timeout'/'protocol'."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class FetchServer:
+    """A ROUTER socket answering FetchRequests with the messages ``handler`` yields."""
+
+    def __init__(self, bind: str, secret: bytes, context: Optional[zmq.Context] = None,
+                 limits: wire.WireLimits = wire.WireLimits()):
+        self.secret, self.limits = secret, limits
+        self.socket = (context or zmq.Context.instance()).socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind(bind)
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.num_served = self.num_dropped = 0
+
+    def poll(self, handler: Handler, max_requests: int = 16) -> int:
+        """Answer up to ``max_requests`` queued requests without blocking; returns how many."""
+        served = 0
+        while served < max_requests:
+            try:
+                identity, *frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            request = self._decode(frames)
+            if request is not None:
+                self._answer(identity.bytes, request, handler)
+                served += 1
+        return served
+
+    def _decode(self, frames) -> Optional[FetchRequest]:
+        try:
+            msg = wire.decode([f.buffer for f in frames], self.secret, self.limits)
+        except WireError as exc:
+            self.num_dropped += 1
+            logger.warning("droidspeak: dropped a bad fetch frame: %s", exc)
+            return None
+        if not isinstance(msg, FetchRequest):
+            self.num_dropped += 1
+            logger.warning("droidspeak: dropped an unexpected %s on the fetch socket", msg.kind)
+            return None
+        return msg
+
+    def _answer(self, identity: bytes, request: FetchRequest, handler: Handler) -> None:
+        try:
+            for msg in handler(request):
+                self.socket.send_multipart([identity, *wire.encode(msg, self.secret)], copy=False)
+            self.num_served += 1
+        except Exception as exc:  # the handler's bug must not kill the scheduler
+            logger.exception("droidspeak: fetch handler failed")
+            error = FetchError(request.request_id, "internal", str(exc)[:200])
+            self.socket.send_multipart([identity, *wire.encode(error, self.secret)])
+
+    def close(self) -> None:
+        self.socket.close(0)
+
+
+class FetchClient:
+    """Fetches from sender endpoints; one DEALER per endpoint, reused across fetches."""
+
+    def __init__(self, secret: bytes, context: Optional[zmq.Context] = None,
+                 limits: wire.WireLimits = wire.WireLimits()):
+        self.secret, self.limits = secret, limits
+        self.context = context or zmq.Context.instance()
+        self._sockets: dict[str, zmq.Socket] = {}
+
+    def fetch(self, endpoint: str, request: FetchRequest, on_chunk: Callable[[LayerChunk], None],
+              timeout_s: float, idle: Optional[Callable[[], None]] = None) -> FetchDone:
+        """Send ``request``, pass each chunk to ``on_chunk``; raise FetchFailed unless done.
+
+        ``idle`` runs every few ms while waiting (e.g. to answer our own peers' fetches,
+        so two servers fetching from each other do not deadlock until the timeout).
+        """
+        socket = self._socket(endpoint)
+        socket.send_multipart(wire.encode(request, self.secret))
+        deadline, num_chunks = time.monotonic() + timeout_s, 0
+        while True:
+            msg = self._recv(socket, deadline, idle)
+            if msg is None:
+                self._drop_socket(endpoint)  # late replies must not leak into the next fetch
+                raise FetchFailed("timeout", f"no answer from {endpoint} within {timeout_s:.3g} s")
+            if getattr(msg, "request_id", None) != request.request_id:
+                continue  # a late answer to an earlier, abandoned request
+            if isinstance(msg, LayerChunk):
+                on_chunk(msg)
+                num_chunks += 1
+            elif isinstance(msg, FetchError):
+                raise FetchFailed(msg.code, msg.message)
+            elif isinstance(msg, FetchDone):
+                if msg.num_chunks != num_chunks:
+                    raise FetchFailed("protocol", f"{num_chunks} chunks arrived, sender says {msg.num_chunks}")
+                return msg
+            else:
+                raise FetchFailed("protocol", f"unexpected {msg.kind}")
+
+    def _recv(self, socket: zmq.Socket, deadline: float, idle) -> Optional[Message]:
+        while True:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                return None
+            if socket.poll(min(left_ms, 5 if idle else left_ms), zmq.POLLIN):
+                frames = socket.recv_multipart(copy=False)
+                try:
+                    return wire.decode([f.buffer for f in frames], self.secret, self.limits)
+                except WireError as exc:
+                    raise FetchFailed("protocol", f"bad frame: {exc}") from exc
+            if idle is not None:
+                idle()
+
+    def _socket(self, endpoint: str) -> zmq.Socket:
+        if endpoint not in self._sockets:
+            socket = self.context.socket(zmq.DEALER)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.connect(endpoint)
+            self._sockets[endpoint] = socket
+        return self._sockets[endpoint]
+
+    def _drop_socket(self, endpoint: str) -> None:
+        socket = self._sockets.pop(endpoint, None)
+        if socket is not None:
+            socket.close(0)
+
+    def close(self) -> None:
+        for endpoint in list(self._sockets):
+            self._drop_socket(endpoint)

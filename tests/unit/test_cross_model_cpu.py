@@ -1,0 +1,332 @@
+"""Sender -> receiver on the CPU: real SGLang pools, allocators and radix trees, real ZMQ.
+
+What runs for real: two DroidSpeakRadixCache trees over SGLang's MHATokenToKVPool and
+TokenToKVPoolAllocator, two DroidSpeakRuntimes with their FetchServer / FetchClient /
+Announcer / DirectoryListener on 127.0.0.1, the importer, the exporter and the
+recompute loop. What stands in: SGLang's scheduler and GPU forward (they need a GPU).
+The sender's prefill is the reference engine's, written into the sender's pool as
+SGLang's forward would; a thread polls the sender's fetch socket as the scheduler
+loop hook does; the receiver's layers are HF layers behind tests/unit/hf_as_sglang.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from array import array
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sglang_droidspeak.sglang.cpu_import import SGLangImportOrderError, prepare_cpu_sglang
+
+try:
+    prepare_cpu_sglang()
+except SGLangImportOrderError as exc:
+    pytest.skip(str(exc), allow_module_level=True)
+pytest.importorskip("sglang.srt.mem_cache.radix_cache")
+
+from sglang.srt.mem_cache.allocator import TokenToKVPoolAllocator  # noqa: E402
+from sglang.srt.mem_cache.base_prefix_cache import InsertParams, MatchPrefixParams  # noqa: E402
+from sglang.srt.mem_cache.cache_init_params import CacheInitParams  # noqa: E402
+from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool, ReqToTokenPool  # noqa: E402
+from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
+
+from hf_as_sglang import sglang_shaped_layers  # noqa: E402
+from sglang_droidspeak.plan.layer_plan import LayerPlan  # noqa: E402
+from sglang_droidspeak.reference import ReferenceModel  # noqa: E402
+from sglang_droidspeak.reference.tiny import perturbed_copy, tiny_model  # noqa: E402
+from sglang_droidspeak.sglang.importer import ModelParts  # noqa: E402
+from sglang_droidspeak.sglang.metrics import NullMetrics  # noqa: E402
+from sglang_droidspeak.sglang.radix_cache import FELL_BACK_ATTR, DroidSpeakRadixCache  # noqa: E402
+from sglang_droidspeak.sglang.runtime import DroidSpeakRuntime  # noqa: E402
+from sglang_droidspeak.sglang.request_plan import parse_plan_choice  # noqa: E402
+from sglang_droidspeak.sglang.settings import parse_settings  # noqa: E402
+
+POOL_SIZE, NUM_LAYERS, HIDDEN = 384, 4, 64
+SECRET = b"k" * 32
+CONTEXT = list(range(20, 52))  # 32 tokens
+SUFFIX = [3, 4, 5]
+
+
+class Side(SimpleNamespace):
+    """One server's CPU stand-in: pool, allocator, tree, runtime."""
+
+
+class CountingMetrics(NullMetrics):
+    def __init__(self):
+        self.fallbacks, self.hits = [], []
+
+    def record_fallback(self, reason):
+        self.fallbacks.append(reason)
+
+    def record_hit(self, origin, num_tokens, num_recomputed_layers):
+        self.hits.append((origin, num_tokens, num_recomputed_layers))
+
+
+def make_side(name, model, settings, fingerprint="fp"):
+    kv_pool = MHATokenToKVPool(size=POOL_SIZE, page_size=1, dtype=torch.float32, head_num=2, head_dim=16,
+                               layer_num=NUM_LAYERS, device="cpu", enable_memory_saver=False)
+    allocator = TokenToKVPoolAllocator(POOL_SIZE, torch.float32, "cpu", kv_pool, need_sort=False)
+    req_pool = ReqToTokenPool(size=4, max_context_len=128, device="cpu", enable_memory_saver=False)
+    parts = ModelParts(sglang_shaped_layers(model), model.model.embed_tokens, kv_pool, allocator,
+                       HIDDEN, torch.float32, torch.device("cpu"))
+    metrics = CountingMetrics()
+    settings = parse_settings({"model": name, **settings})
+    runtime = DroidSpeakRuntime(settings, name, fingerprint, parts, NUM_LAYERS, metrics, SECRET)
+    tree = DroidSpeakRadixCache(CacheInitParams(False, req_pool, allocator, 1), model=name,
+                                plan_lookup=settings.plan_lookup(), min_foreign_tokens=8,
+                                num_layers=NUM_LAYERS, runtime=runtime)
+    return Side(name=name, model=model, pool=kv_pool, allocator=allocator, tree=tree, runtime=runtime,
+                metrics=metrics)
+
+
+def sender_prefill(side, tokens):
+    """What the sender's SGLang forward leaves behind: K/V in slots, a native node."""
+    cache = ReferenceModel(side.model).prefill(torch.tensor(tokens), e_layers=range(NUM_LAYERS))
+    slots = side.allocator.alloc(len(tokens))
+    for layer in range(NUM_LAYERS):
+        side.pool.get_key_buffer(layer)[slots] = cache.kv.k[layer].transpose(0, 1)
+        side.pool.get_value_buffer(layer)[slots] = cache.kv.v[layer].transpose(0, 1)
+    side.tree.insert(InsertParams(key=RadixKey(array("q", tokens)), value=slots))  # announces
+    return cache
+
+
+def wait_for(predicate, what, timeout=5.0, poke=None):
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        if poke:
+            poke()
+        time.sleep(0.02)
+
+
+class Polling:
+    """The sender's scheduler loop, reduced to its fetch-answering hook."""
+
+    def __init__(self, side):
+        self.stop, self.side = threading.Event(), side
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            self.side.runtime.poll_exports()
+            self.stop.wait(0.002)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+
+
+def request(tokens, plan=None):
+    params = {} if plan is None else {"droidspeak_plan": plan}
+    return SimpleNamespace(rid="req", extra_key=None, sampling_params=SimpleNamespace(custom_params=params),
+                           origin_input_ids=array("q", tokens), output_ids=array("q"))
+
+
+def leak_free(side, held=0):
+    """SGLang's idle check: free + evictable + protected (+ held by running requests) == pool."""
+    return side.allocator.available_size() + side.tree.evictable_size() + side.tree.protected_size() + held == POOL_SIZE
+
+
+@pytest.fixture
+def pair(request):
+    torch.manual_seed(0)
+    sender_model = tiny_model("llama", seed=7, num_layers=NUM_LAYERS, hidden_size=HIDDEN, num_heads=4,
+                              num_kv_heads=2, vocab_size=128)
+    receiver_model = sender_model if request.param == "same" else perturbed_copy(sender_model, 0.2, seed=1)
+    a = make_side("coder-a", sender_model, {"export_bind": "tcp://127.0.0.1:*", "announce_bind": "tcp://127.0.0.1:*"})
+    fetch, announce = a.runtime.export_server.endpoint, a.runtime.announcer.endpoint
+    b = make_side("coder-b", receiver_model, {"peers": [{"model": "coder-a", "fetch": fetch, "announce": announce}],
+                                              "fetch_timeout_s": 1.0,
+                                              "plans": [{"sender": "coder-a", "receiver": "coder-b",
+                                                         "num_layers": NUM_LAYERS, "groups": [[1, 3]]}]})
+    polling = Polling(a)
+    yield a, b
+    polling.close()
+    for side in (a, b):
+        side.runtime.close()
+
+
+def announce_and_wait(a, b, tokens):
+    cache = sender_prefill(a, tokens)
+    held = lambda: b.tree.remote_index.longest_match(tokens)  # noqa: E731
+    wait_for(lambda: held() is not None and held().prefix_len == len(tokens), "the announcement",
+             poke=lambda: a.runtime.announce(tokens, None))
+    return cache
+
+
+@pytest.mark.parametrize("pair", ["same", "different"], indirect=True)
+@pytest.mark.parametrize("plan", [None, "0:4", "2:3", "reuse", "0:1,3:4"])
+def test_receiver_kv_is_reused_and_recomputed_per_plan(pair, plan):
+    a, b = pair
+    cache = announce_and_wait(a, b, CONTEXT)
+    req = request(CONTEXT + SUFFIX, plan)
+    match = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+    assert len(match.device_indices) == len(CONTEXT) and b.metrics.fallbacks == []
+    layer_plan = LayerPlan(NUM_LAYERS, ((1, 3),)) if plan is None else None
+    if layer_plan is None:
+        from sglang_droidspeak.sglang.request_plan import parse_plan_choice
+        layer_plan = parse_plan_choice(plan, NUM_LAYERS)
+    assert b.tree.tag_of(match.last_device_node).plan == str(layer_plan) and req.extra_key is not None
+    expected = ReferenceModel(b.model).build_receiver_cache(cache, layer_plan, torch.tensor(CONTEXT))
+    for layer in range(NUM_LAYERS):
+        got = b.pool.get_key_buffer(layer)[match.device_indices]  # [T, Hkv, D]
+        torch.testing.assert_close(got, expected.k[layer].transpose(0, 1), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(b.pool.get_value_buffer(layer)[match.device_indices],
+                                   expected.v[layer].transpose(0, 1), atol=1e-5, rtol=1e-5)
+    assert b.metrics.hits == [("remote", len(CONTEXT), layer_plan.num_recomputed_layers)]
+    assert leak_free(b) and leak_free(a)
+    # a second request adopts the derived prefix without another fetch
+    req2 = request(CONTEXT + [9], plan)
+    again = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req2.origin_input_ids), req=req2))
+    assert again.device_indices.tolist() == match.device_indices.tolist()
+    assert [h[0] for h in b.metrics.hits] == ["remote", "derived"]
+
+
+@pytest.mark.parametrize("pair", ["same"], indirect=True)
+def test_same_weights_full_recompute_equals_own_prefill(pair):
+    a, b = pair
+    announce_and_wait(a, b, CONTEXT)
+    req = request(CONTEXT + SUFFIX, "0:4")
+    match = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+    own = ReferenceModel(b.model).prefill(torch.tensor(CONTEXT)).kv
+    for layer in range(NUM_LAYERS):
+        torch.testing.assert_close(b.pool.get_key_buffer(layer)[match.device_indices],
+                                   own.k[layer].transpose(0, 1), atol=1e-5, rtol=1e-5)
+
+
+def fallback_case(a, b, reason, tokens=CONTEXT, held=0):
+    req = request(tokens + SUFFIX)
+    available = b.allocator.available_size()
+    match = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+    assert len(match.device_indices) == 0 and req.extra_key is None
+    assert getattr(req, FELL_BACK_ATTR) is True and b.metrics.fallbacks[-1] == reason
+    assert b.allocator.available_size() == available and leak_free(b, held)
+    # the flag stops a second attempt for the same request (the scheduler matches often)
+    n = len(b.metrics.fallbacks)
+    b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+    assert len(b.metrics.fallbacks) == n
+
+
+@pytest.mark.parametrize("pair", ["same"], indirect=True)
+def test_fingerprint_mismatch_at_the_sender_falls_back(pair):
+    a, b = pair
+    announce_and_wait(a, b, CONTEXT)
+    a.runtime.fingerprint = "other"  # the exporter checks the requester's claim against its own
+    fallback_case(a, b, "fingerprint_mismatch")
+
+
+@pytest.mark.parametrize("pair", ["same"], indirect=True)
+def test_incompatible_announcements_are_ignored(pair):
+    a, b = pair
+    a.runtime.fingerprint = "other"
+    sender_prefill(a, CONTEXT)
+    wait_for(lambda: "incompatible" in b.metrics.fallbacks, "the rejected announcement",
+             poke=lambda: a.runtime.announce(CONTEXT, None))
+    assert b.tree.remote_index.longest_match(CONTEXT) is None
+
+
+@pytest.mark.parametrize("pair", ["same"], indirect=True)
+def test_evicted_prefix_falls_back(pair):
+    a, b = pair
+    announce_and_wait(a, b, CONTEXT)
+    from sglang.srt.mem_cache.base_prefix_cache import EvictParams
+    a.tree.evict(EvictParams(num_tokens=POOL_SIZE))
+    fallback_case(a, b, "evicted")
+
+
+@pytest.mark.parametrize("pair", ["same"], indirect=True)
+def test_silent_sender_times_out_then_backs_off(pair):
+    a, b = pair
+    announce_and_wait(a, b, CONTEXT)
+    a.runtime.export_server.poll = lambda handler, max_requests=16: 0  # alive, answers nothing
+    start = time.time()
+    fallback_case(a, b, "timeout")
+    assert 0.9 < time.time() - start < 3.0
+    fallback_case(a, b, "peer_backoff")  # no second 1 s stall for the next request
+
+
+@pytest.mark.parametrize("pair", ["same"], indirect=True)
+def test_receiver_without_free_slots_falls_back(pair):
+    a, b = pair
+    announce_and_wait(a, b, CONTEXT)
+    held = b.allocator.alloc(POOL_SIZE - 8)  # running requests hold the pool
+    fallback_case(a, b, "no_memory", held=len(held))
+    b.allocator.free(held)
+
+
+@pytest.mark.parametrize("pair", ["same"], indirect=True)
+def test_off_and_malformed_plans_never_fetch(pair):
+    a, b = pair
+    announce_and_wait(a, b, CONTEXT)
+    for plan in ("off", "9:12"):
+        req = request(CONTEXT + SUFFIX, plan)
+        match = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+        assert len(match.device_indices) == 0 and req.extra_key is None
+    assert b.metrics.hits == [] and a.runtime.export_server.num_served == 0
+
+
+@pytest.mark.parametrize("pair", ["same", "different"], indirect=True)
+def test_second_context_in_the_same_derived_namespace(pair):
+    """Two contexts sharing a 10-token head, imported one after the other under one plan."""
+    a, b = pair
+    other = CONTEXT[:10] + [t + 40 for t in CONTEXT[10:]]
+    for tokens in (CONTEXT, other):
+        cache = announce_and_wait(a, b, tokens)
+        req = request(tokens + SUFFIX, "0:4")
+        match = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+        assert len(match.device_indices) == len(tokens)
+        expected = ReferenceModel(b.model).build_receiver_cache(cache, LayerPlan(NUM_LAYERS, ((0, 4),)),
+                                                                 torch.tensor(tokens))
+        for layer in range(NUM_LAYERS):
+            torch.testing.assert_close(b.pool.get_key_buffer(layer)[match.device_indices],
+                                       expected.k[layer].transpose(0, 1), atol=1e-5, rtol=1e-5)
+        assert leak_free(b)
+
+
+def run_request(side, tokens, plan, req_pool, num_out=2):
+    """SGLang's request lifecycle on the tree: match (+import), lock, allocate the rest,
+    write req_to_token, 'decode' num_out tokens, then cache_finished_req."""
+    req = request(tokens, plan)
+    req.req_pool_idx, req.output_ids, req.priority = None, array("q"), 0
+    req.inflight_middle_chunks, req.kv_committed_len = 0, 0
+    match = side.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids, req.extra_key), req=req))
+    side.tree.inc_lock_ref(match.last_device_node)
+    req.last_node, req.prefix_indices, req.cache_protected_len = (
+        match.last_device_node, match.device_indices, len(match.device_indices))
+    req_pool.alloc([req])
+    total = len(tokens) + num_out
+    if side.allocator.available_size() < total:
+        from sglang.srt.mem_cache.base_prefix_cache import EvictParams
+        side.tree.evict(EvictParams(num_tokens=total))  # what the scheduler does first
+    new_slots = side.allocator.alloc(total - len(match.device_indices))
+    req_pool.write((req.req_pool_idx, slice(0, total)), torch.cat([match.device_indices, new_slots]).to(torch.int32))
+    req.output_ids = array("q", [1] * num_out)
+    side.tree.cache_finished_req(req, kv_len_to_handle=total - 1)
+    side.allocator.free(new_slots[-1:])  # the last token's KV is never computed
+    req_pool.free(req)
+    return match
+
+
+@pytest.mark.parametrize("pair", ["same"], indirect=True)
+def test_gpu_check_sequence_keeps_every_derived_prefix_exact(pair):
+    """The order scripts/gpu/integration.py uses: per context, every plan, then a native run."""
+    a, b = pair
+    req_pool = b.tree.req_to_token_pool
+    heads = [CONTEXT, [t + 40 for t in CONTEXT], CONTEXT[:5] + [t + 60 for t in CONTEXT[5:]]]
+    for tokens in heads:
+        cache = announce_and_wait(a, b, tokens)
+        for plan in ("0:4", "0:2", "2:3", "reuse", "0:1,3:4"):
+            match = run_request(b, tokens + SUFFIX, plan, req_pool)
+            layer_plan = parse_plan_choice(plan, NUM_LAYERS)
+            expected = ReferenceModel(b.model).build_receiver_cache(cache, layer_plan, torch.tensor(tokens))
+            assert len(match.device_indices) == len(tokens), plan
+            for layer in range(NUM_LAYERS):
+                torch.testing.assert_close(b.pool.get_key_buffer(layer)[match.device_indices],
+                                           expected.k[layer].transpose(0, 1), atol=1e-5, rtol=1e-5)
+        run_request(b, tokens + SUFFIX, "off", req_pool)
+    assert leak_free(b)

@@ -1,0 +1,147 @@
+"""FetchServer / FetchClient over real ZMQ sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+import zmq
+
+from sglang_droidspeak.transfer import wire
+from sglang_droidspeak.transfer.fetch import FetchClient, FetchFailed, FetchServer
+from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, LayerChunk
+
+SECRET = b"s" * 32
+
+
+def request(rid="r1", tokens=(1, 2, 3)):
+    return FetchRequest(rid, "a", "b", "fp", tuple(tokens), (1, 2), (1,), 0)
+
+
+def chunks_for(req):
+    e = torch.arange(6, dtype=torch.float32).view(3, 2)
+    yield LayerChunk.from_tensor(req.request_id, "e", 1, 0, e)
+    yield LayerChunk.from_tensor(req.request_id, "k", 1, 0, e + 1)
+    yield FetchDone(req.request_id, 2)
+
+
+class Serving:
+    """Polls a FetchServer on a thread until closed (stands in for the scheduler loop)."""
+
+    def __init__(self, handler, secret=SECRET):
+        self.server = FetchServer("tcp://127.0.0.1:*", secret)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, args=(handler,), daemon=True)
+        self.thread.start()
+
+    def _loop(self, handler):
+        while not self.stop.is_set():
+            self.server.poll(handler)
+            self.stop.wait(0.002)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+        self.server.close()
+
+
+@pytest.fixture
+def client():
+    c = FetchClient(SECRET)
+    yield c
+    c.close()
+
+
+def test_roundtrip_delivers_chunks_in_order(client):
+    serving = Serving(chunks_for)
+    try:
+        got = []
+        done = client.fetch(serving.server.endpoint, request(), got.append, timeout_s=5)
+        assert done == FetchDone("r1", 2)
+        assert [(c.what, c.layer) for c in got] == [("e", 1), ("k", 1)]
+        assert got[1].to_tensor().tolist() == [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
+        assert serving.server.num_served == 1
+    finally:
+        serving.close()
+
+
+def test_sender_error_is_raised_with_its_code(client):
+    serving = Serving(lambda req: [FetchError(req.request_id, "evicted", "gone")])
+    try:
+        with pytest.raises(FetchFailed) as info:
+            client.fetch(serving.server.endpoint, request(), lambda c: None, timeout_s=5)
+        assert info.value.code == "evicted"
+    finally:
+        serving.close()
+
+
+def test_handler_exception_becomes_internal_error(client):
+    def broken(req):
+        yield LayerChunk.from_tensor(req.request_id, "e", 1, 0, torch.zeros(3, 2))
+        raise RuntimeError("boom")
+
+    serving = Serving(broken)
+    try:
+        with pytest.raises(FetchFailed) as info:
+            client.fetch(serving.server.endpoint, request(), lambda c: None, timeout_s=5)
+        assert info.value.code == "internal" and "boom" in str(info.value)
+    finally:
+        serving.close()
+
+
+def test_chunk_count_mismatch_is_a_protocol_error(client):
+    serving = Serving(lambda req: [FetchDone(req.request_id, 3)])
+    try:
+        with pytest.raises(FetchFailed) as info:
+            client.fetch(serving.server.endpoint, request(), lambda c: None, timeout_s=5)
+        assert info.value.code == "protocol"
+    finally:
+        serving.close()
+
+
+def test_silent_peer_times_out_and_idle_runs(client):
+    server = FetchServer("tcp://127.0.0.1:*", SECRET)  # never polled
+    ticks = []
+    try:
+        with pytest.raises(FetchFailed) as info:
+            client.fetch(server.endpoint, request(), lambda c: None, timeout_s=0.2, idle=lambda: ticks.append(1))
+        assert info.value.code == "timeout"
+        assert len(ticks) >= 5  # idle ran while waiting
+    finally:
+        server.close()
+
+
+def test_unauthenticated_request_gets_nothing_and_server_survives(client):
+    serving = Serving(chunks_for)
+    try:
+        intruder = FetchClient(b"x" * 32)
+        with pytest.raises(FetchFailed) as info:
+            intruder.fetch(serving.server.endpoint, request("evil"), lambda c: None, timeout_s=0.3)
+        assert info.value.code == "timeout"
+        intruder.close()
+        raw = zmq.Context.instance().socket(zmq.DEALER)
+        raw.connect(serving.server.endpoint)
+        raw.send_multipart([b"\x00garbage", b"more"])
+        deadline = time.time() + 5
+        while serving.server.num_dropped < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        raw.close(0)
+        done = client.fetch(serving.server.endpoint, request("ok"), lambda c: None, timeout_s=5)
+        assert done.request_id == "ok"
+        assert serving.server.num_dropped == 2 and serving.server.num_served == 1
+    finally:
+        serving.close()
+
+
+def test_late_answer_to_an_abandoned_request_is_ignored(client):
+    serving = Serving(chunks_for)
+    try:
+        socket = client._socket(serving.server.endpoint)
+        socket.send_multipart(wire.encode(request("old"), SECRET))  # answer arrives unread
+        got = []
+        done = client.fetch(serving.server.endpoint, request("new"), got.append, timeout_s=5)
+        assert done.request_id == "new" and {c.request_id for c in got} == {"new"}
+    finally:
+        serving.close()
