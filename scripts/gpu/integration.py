@@ -29,21 +29,17 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
-import signal
 import subprocess
 import sys
-import threading
-import urllib.request
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from servers import Server, metric_lines, metric_sum, wait_healthy  # noqa: E402
+from checks import check_exactness, check_fallbacks, check_quality  # noqa: E402
+from servers import Server, metric_lines, wait_healthy  # noqa: E402
 
 MODELS = Path(".cache/gpu-models")
-PLANS = ["0:8", "0:2", "2:5", "7:8", "reuse", "0:1,4:6"]
 COMMON = ("--dtype", "bfloat16", "--mem-fraction-static", "0.8", "--log-level", "info")
 
 
@@ -83,168 +79,6 @@ def start_servers(out: Path) -> dict[str, Server]:
             "model": "libwriter", "profiles_dir": "profiles", "max_quality_drop": 0.06, "min_foreign_tokens": 16,
             "peers": [peer("tester", 5621), peer("lw-a", 5601)]}),
     }
-
-
-def greedy(server: Server, ids: list[int], plan: str | None = None, n: int = 16, start: int | None = None) -> dict:
-    """Greedy output; with ``start``, also the teacher-forced logprobs of ids[start:]."""
-    params = {"max_new_tokens": n, "temperature": 0}
-    if plan is not None:
-        params["custom_params"] = {"droidspeak_plan": plan}
-    body = {"input_ids": ids, "sampling_params": params, "return_logprob": True}
-    if start is not None:
-        body["logprob_start_len"] = start
-    r = server.generate(body)
-    meta = r["meta_info"]
-    return {"ids": r["output_ids"], "cached": meta.get("cached_tokens"),
-            "logprobs": [lp[0] for lp in meta["output_token_logprobs"]],
-            "input_logprobs": [lp[0] for lp in meta.get("input_token_logprobs") or [] if lp[0] is not None]}
-
-
-def prefill_on(server: Server, ids: list[int]) -> None:
-    server.generate({"input_ids": ids, "sampling_params": {"max_new_tokens": 1, "temperature": 0}})
-    time.sleep(0.5)  # the announcement crosses PUB/SUB
-
-
-def stock_runs(stock: Server, ctx: list, suffix: list) -> tuple[dict, dict]:
-    """Stock SGLang on ctx + suffix: cold, and with ctx prefilled alone first (as lw-a does)."""
-    flush(stock)
-    cold = greedy(stock, ctx + suffix, start=len(ctx))
-    flush(stock)
-    prefill_on(stock, ctx)
-    return cold, greedy(stock, ctx + suffix, start=len(ctx))
-
-
-def flush(server: Server) -> None:
-    urllib.request.urlopen(urllib.request.Request(server.url + "/flush_cache", b"", method="POST"), timeout=60).read()
-    time.sleep(0.2)
-
-
-def max_diff(a: dict, b: dict, key: str = "logprobs") -> float:
-    return max((abs(x - y) for x, y in zip(a[key], b[key])), default=float("nan"))
-
-
-def first_divergence(a: dict, b: dict) -> int:
-    """Index of the first differing greedy token (len if none)."""
-    return next((i for i, (x, y) in enumerate(zip(a["ids"], b["ids"])) if x != y), len(a["ids"]))
-
-
-TF_TOLERANCE = 0.1  # nats: teacher-forced logprob gap allowed for recomputed (non-bitwise) KV
-
-
-def exactness_row(i: int, plan: str, got: dict, cached: dict, cold: dict) -> dict:
-    return {"prompt": i, "plan": plan, "cached": got["cached"],
-            "same_ids": got["ids"] == cached["ids"], "same_ids_as_cold": got["ids"] == cold["ids"],
-            "first_divergence": first_divergence(got, cached),
-            "max_tf_logprob_diff": max_diff(got, cached, "input_logprobs"),
-            "max_tf_logprob_diff_cold": max_diff(got, cold, "input_logprobs"),
-            "max_logprob_diff": max_diff(got, cached)}
-
-
-def check_exactness(s: dict, prompts: list[tuple[list, list]]) -> dict:
-    """bf16 on CUDA (sgl_kernel's rmsnorm has no fp32 kernel). Bitwise equality is only
-    possible where the same kernels computed the KV: full reuse of a same-weights sender
-    must equal stock-with-the-context-cached bitwise. Recomputed layers run other kernels
-    (SDPA, unpadded GEMMs), so their check is the teacher-forced logprob gap over the
-    suffix (no free-running divergence) within TF_TOLERANCE, next to stock's own
-    cold-vs-cached gap; greedy-token equality is reported too."""
-    rows = []
-    for i, (ctx, suffix) in enumerate(prompts):
-        cold, cached = stock_runs(s["stock"], ctx, suffix)
-        rows.append(exactness_row(i, "stock cold", cold, cached, cold))
-        prefill_on(s["lw-a"], ctx)
-        for plan in PLANS + ["off"]:
-            rows.append(exactness_row(i, plan, greedy(s["lw-b"], ctx + suffix, plan, start=len(ctx)), cached, cold))
-    plan_rows = [r for r in rows if r["plan"] in PLANS]
-    reuse_bitwise = all(r["max_logprob_diff"] == 0.0 and r["max_tf_logprob_diff"] == 0.0
-                        for r in plan_rows if r["plan"] == "reuse")
-    reused = all(r["cached"] >= len(prompts[r["prompt"]][0]) - 1 for r in plan_rows)
-    within = all(r["max_tf_logprob_diff"] <= TF_TOLERANCE for r in plan_rows)
-    return {"ok": reuse_bitwise and reused and within, "reuse_bitwise": reuse_bitwise, "all_reused": reused,
-            "teacher_forced_within_tolerance": within, "tolerance_nats": TF_TOLERANCE,
-            "greedy_same_tokens": sum(r["same_ids"] or r["same_ids_as_cold"] for r in plan_rows),
-            "num_plan_rows": len(plan_rows), "rows": rows}
-
-
-def continuation_top1(server: Server, ex: dict, plan: str) -> tuple[list[int], int]:
-    head = ex["context_ids"] + ex["query_ids"]
-    r = server.generate({"input_ids": head + ex["continuation_ids"], "return_logprob": True,
-                         "logprob_start_len": len(head), "top_logprobs_num": 1,
-                         "sampling_params": {"max_new_tokens": 1, "temperature": 0,
-                                             "custom_params": {"droidspeak_plan": plan}}})
-    tops = r["meta_info"]["input_top_logprobs"]  # entry j predicts token len(head) + j
-    return [t[0][1] if t else -1 for t in tops[: len(ex["continuation_ids"])]], r["meta_info"].get("cached_tokens")
-
-
-def check_quality(s: dict, quality: dict) -> dict:
-    sums = {k: {"agreement": 0.0, "target_acc": 0.0} for k in ("receiver", "full_reuse", "plan")}
-    ref = {k: {"agreement": 0.0, "target_acc": 0.0} for k in sums}
-    cached = []
-    for ex in quality["examples"]:
-        prefill_on(s["tester"], ex["context_ids"])
-        truth, preds = ex["continuation_ids"], {}
-        # cross-model runs first: a native run would leave the whole prompt in the native tree
-        for key, plan in (("plan", "auto"), ("full_reuse", "reuse"), ("receiver", "off")):
-            preds[key], c = continuation_top1(s["libwriter"], ex, plan)
-            if key == "plan":
-                cached.append(c)
-        own = preds["receiver"]
-        for key, pred in preds.items():
-            sums[key]["agreement"] += sum(a == b for a, b in zip(pred, own)) / len(truth)
-            sums[key]["target_acc"] += sum(a == b for a, b in zip(pred, truth)) / len(truth)
-            for m in ("agreement", "target_acc"):
-                ref[key][m] += ex["reference"][key][m]
-    n = len(quality["examples"])
-    table = {k: {m: {"sglang": sums[k][m] / n, "reference": ref[k][m] / n} for m in sums[k]} for k in sums}
-    worst = max(abs(v["sglang"] - v["reference"]) for row in table.values() for v in row.values())
-    return {"ok": worst <= 0.03 and all(c >= len(e["context_ids"]) - 1 for c, e in zip(cached, quality["examples"])),
-            "plan": quality["plan_str"], "num_examples": n, "max_abs_diff": worst, "table": table,
-            "cached_tokens": cached}
-
-
-def check_fallbacks(s: dict, prompts: list) -> dict:
-    rows = {}
-    ctx, suffix = prompts[0]
-    ctx = [t % 2000 + 7 for t in reversed(ctx)]  # fresh contexts, unseen by every tree
-    prefill_on(s["odd"], ctx)
-    rows["incompatible"] = greedy(s["lw-b"], ctx + suffix)["ids"] == greedy(s["stock"], ctx + suffix)["ids"]
-    ctx2 = [t % 1999 + 11 for t in ctx]
-    prefill_on(s["lw-a"], ctx2)
-    rows["no_profile"] = greedy(s["libwriter"], ctx2 + suffix)["ids"] == greedy(s["stock"], ctx2 + suffix)["ids"]
-    ctx3 = [t % 1998 + 13 for t in ctx]
-    prefill_on(s["lw-a"], ctx3)
-    s["lw-a"].signal_all(signal.SIGSTOP)  # the whole process group: the scheduler answers fetches
-    start = time.time()
-    try:
-        got = greedy(s["lw-b"], ctx3 + suffix, "0:2")
-    finally:
-        s["lw-a"].signal_all(signal.SIGCONT)
-    rows["silent_peer"] = got["ids"] == greedy(s["stock"], ctx3 + suffix)["ids"]
-    rows["silent_peer_latency_s"] = round(time.time() - start, 2)
-    rows["memory"] = check_memory_pressure(s, suffix)
-    text = s["lw-b"].metrics()
-    rows["fallback_counts"] = {r: metric_sum(text, "sglang:droidspeak_fallbacks_total", reason=r)
-                               for r in ("incompatible", "timeout", "peer_backoff", "no_memory", "no_plan")}
-    return rows
-
-
-def check_memory_pressure(s: dict, suffix: list) -> dict:
-    """lw-b has 4096 KV slots; three long native requests hold most of them (its tree is
-    flushed first, so nothing is evictable) while a 900-token foreign prefix arrives."""
-    flush(s["lw-b"])
-    rng = random.Random(0)
-    ctx = [rng.randrange(3, 2000) for _ in range(900)]
-    prefill_on(s["lw-a"], ctx)
-    hogs = [[rng.randrange(3, 2000) for _ in range(1100)] for _ in range(3)]
-    body = lambda ids: {"input_ids": ids, "sampling_params": {"max_new_tokens": 900, "temperature": 0,  # noqa: E731
-                                                               "ignore_eos": True}}
-    threads = [threading.Thread(target=s["lw-b"].generate, args=(body(h),)) for h in hogs]
-    for t in threads:
-        t.start()
-    time.sleep(0.5)
-    got = greedy(s["lw-b"], ctx + suffix, "0:2")
-    for t in threads:
-        t.join()
-    return {"same_ids": got["ids"] == greedy(s["stock"], ctx + suffix)["ids"], "cached": got["cached"]}
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-import torch
 
 from sglang_droidspeak.identity.fingerprint import fingerprint_model_dir
 from sglang_droidspeak.sglang.importer import ModelParts

@@ -1,0 +1,148 @@
+"""Prefill latency model: predicted TTFT of a request that reuses a prefix under a LayerPlan.
+
+Terms (n = prefix_len, m = suffix_len, L = num_layers, k = plan.num_recomputed_layers,
+r = L - k reused layers, e = len(plan.e_layers()), i.e. groups with start > 0):
+
+    term             formula                                        unit
+    compute_prefix   ms_per_layer_token * k * n                     ms
+    compute_suffix   ms_per_layer_token * L * m                     ms
+    compute_ms       compute_prefix + compute_suffix                ms
+    transfer_bytes   (r * kv_bytes_per_layer_token
+                      + e * e_bytes_per_token) * n                  bytes
+    transfer_ms      transfer_bytes / (link_gbps * 1e9 / 8) * 1e3   ms  (link_gbps: gigaBITs/s)
+    total_ms         pipelined:     ms_fixed + max(compute_prefix, transfer_ms) + compute_suffix
+                     not pipelined: ms_fixed + compute_ms + transfer_ms
+
+A full prefill (no reuse) costs ms_fixed + ms_per_layer_token * L * (n + m).
+``fit`` calibrates the two compute constants from measured (layer_tokens, ms) samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, NamedTuple
+
+from sglang_droidspeak.plan.layer_plan import LayerPlan
+
+_BYTES_PER_MS_PER_GBPS = 1e9 / 8 / 1e3  # one gigabit/s moves 125000 bytes per ms
+_NUMBER_FIELDS = ("ms_per_layer_token", "ms_fixed", "kv_bytes_per_layer_token", "e_bytes_per_token", "link_gbps")
+
+
+class LatencyModelError(ValueError):
+    """Bad latency-model constants or samples; the message names the field."""
+
+
+class LatencyEstimate(NamedTuple):
+    compute_ms: float
+    transfer_ms: float
+    total_ms: float
+
+
+def _check_number(name: str, value: Any, positive: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LatencyModelError(f"field '{name}' must be a number, got {value!r}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise LatencyModelError(f"field '{name}' must be finite, got {value!r}")
+    if positive and value <= 0:
+        raise LatencyModelError(f"field '{name}' must be > 0, got {value!r}")
+    if not positive and value < 0:
+        raise LatencyModelError(f"field '{name}' must be >= 0, got {value!r}")
+
+
+def fit_line(samples: Iterable[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares (slope, intercept) of ms = slope * layer_tokens + intercept.
+
+    If the unconstrained intercept is negative the best fit with intercept >= 0 is returned
+    (a line through the origin). Raises LatencyModelError for fewer than two distinct
+    layer_tokens values or a slope <= 0.
+    """
+    pts = [(float(x), float(y)) for x, y in samples]
+    if len({x for x, _ in pts}) < 2:
+        raise LatencyModelError(f"field 'samples' needs at least two distinct layer_tokens, got {pts!r}")
+    n = len(pts)
+    xm, ym = sum(x for x, _ in pts) / n, sum(y for _, y in pts) / n
+    sxx = sum((x - xm) ** 2 for x, _ in pts)
+    slope = sum((x - xm) * (y - ym) for x, y in pts) / sxx
+    intercept = ym - slope * xm
+    if intercept < 0:
+        slope, intercept = sum(x * y for x, y in pts) / sum(x * x for x, _ in pts), 0.0
+    if slope <= 0:
+        raise LatencyModelError(f"field 'samples' give ms_per_layer_token={slope!r}; expected > 0")
+    return slope, intercept
+
+
+@dataclass(frozen=True)
+class PrefillLatencyModel:
+    """Measured constants of one receiver on one data plane (see the module table)."""
+
+    ms_per_layer_token: float
+    ms_fixed: float
+    kv_bytes_per_layer_token: float
+    e_bytes_per_token: float
+    link_gbps: float
+    pipelined: bool = True
+
+    def __post_init__(self) -> None:
+        for name in _NUMBER_FIELDS:
+            _check_number(name, getattr(self, name), positive=name == "link_gbps")
+        if not isinstance(self.pipelined, bool):
+            raise LatencyModelError(f"field 'pipelined' must be a bool, got {self.pipelined!r}")
+
+    def transfer_ms(self, plan: LayerPlan, prefix_len: int) -> float:
+        """Time to move the reused layers' KV and the needed E caches of ``prefix_len`` tokens."""
+        per_token = (len(plan.reused_layers()) * self.kv_bytes_per_layer_token
+                     + len(plan.e_layers()) * self.e_bytes_per_token)
+        return per_token * prefix_len / (self.link_gbps * _BYTES_PER_MS_PER_GBPS)
+
+    def predict(self, plan: LayerPlan, prefix_len: int, suffix_len: int, num_layers: int) -> LatencyEstimate:
+        """TTFT of reusing ``prefix_len`` tokens under ``plan`` and prefilling ``suffix_len`` new ones."""
+        _check_request(prefix_len, suffix_len, num_layers)
+        if plan.num_layers != num_layers:
+            raise LatencyModelError(f"field 'num_layers' is {num_layers} but the plan has {plan.num_layers}")
+        prefix = self.ms_per_layer_token * plan.num_recomputed_layers * prefix_len
+        suffix = self.ms_per_layer_token * num_layers * suffix_len
+        transfer = self.transfer_ms(plan, prefix_len)
+        if self.pipelined:
+            total = self.ms_fixed + max(prefix, transfer) + suffix
+        else:
+            total = self.ms_fixed + prefix + suffix + transfer
+        return LatencyEstimate(prefix + suffix, transfer, total)
+
+    def full_prefill(self, prefix_len: int, suffix_len: int, num_layers: int) -> LatencyEstimate:
+        """Estimate of a normal prefill of all ``prefix_len + suffix_len`` tokens (no transfer)."""
+        _check_request(prefix_len, suffix_len, num_layers)
+        compute = self.ms_per_layer_token * num_layers * (prefix_len + suffix_len)
+        return LatencyEstimate(compute, 0.0, self.ms_fixed + compute)
+
+    def full_prefill_ms(self, prefix_len: int, suffix_len: int, num_layers: int) -> float:
+        return self.full_prefill(prefix_len, suffix_len, num_layers).total_ms
+
+    def fit(self, samples: Iterable[tuple[float, float]]) -> "PrefillLatencyModel":
+        """A copy with ms_per_layer_token and ms_fixed fitted to ``(layer_tokens, measured_ms)``
+        samples of normal prefills (``fit_line``); the link constants are kept."""
+        slope, intercept = fit_line(samples)
+        return dataclasses.replace(self, ms_per_layer_token=slope, ms_fixed=intercept)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{name: getattr(self, name) for name in _NUMBER_FIELDS}, "pipelined": self.pipelined}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "PrefillLatencyModel":
+        """Parse ``to_dict`` output (e.g. from YAML); LatencyModelError names a bad, missing
+        or unknown field. ``pipelined`` defaults to True."""
+        if not isinstance(data, Mapping):
+            raise LatencyModelError(f"expected a mapping of latency constants, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(_NUMBER_FIELDS) - {"pipelined"})
+        if unknown:
+            raise LatencyModelError(f"unknown field(s) {unknown}")
+        missing = [name for name in _NUMBER_FIELDS if name not in data]
+        if missing:
+            raise LatencyModelError(f"missing field '{missing[0]}'")
+        return cls(**{name: data[name] for name in _NUMBER_FIELDS}, pipelined=data.get("pipelined", True))
+
+
+def _check_request(prefix_len: int, suffix_len: int, num_layers: int) -> None:
+    for name, value, low in (("prefix_len", prefix_len, 0), ("suffix_len", suffix_len, 0), ("num_layers", num_layers, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise LatencyModelError(f"field '{name}' must be an int >= {low}, got {value!r}")
