@@ -4,6 +4,7 @@
     droidspeak profile ...          offline profiler -> profiles/<sender>__<receiver>.yaml
     droidspeak family [--...]       build (or show) the embedded micro model family
     droidspeak quality ...          the quality study table and plot (docs/)
+    droidspeak check CONFIG         check a cluster config; --print-plan: server commands
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ SUBCOMMANDS = {
     "profile": ("sglang_droidspeak.profiler.cli", "profile a sender -> receiver pair"),
     "family": ("sglang_droidspeak.family.cli", "build or show the micro model family"),
     "quality": ("sglang_droidspeak.profiler.quality_study", "quality study: table and plot"),
+    "check": ("sglang_droidspeak.cluster.cli", "check a cluster config (models, pairs, profiles, GPUs)"),
 }
 
 

@@ -20,8 +20,10 @@ A full prefill (no reuse) costs ms_fixed + ms_per_layer_token * L * (n + m).
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from sglang_droidspeak.plan.layer_plan import LayerPlan
 
@@ -42,7 +44,7 @@ class LatencyEstimate(NamedTuple):
 def _check_number(name: str, value: Any, positive: bool) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise LatencyModelError(f"field '{name}' must be a number, got {value!r}")
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise LatencyModelError(f"field '{name}' must be finite, got {value!r}")
     if positive and value <= 0:
         raise LatencyModelError(f"field '{name}' must be > 0, got {value!r}")
@@ -118,7 +120,7 @@ class PrefillLatencyModel:
     def full_prefill_ms(self, prefix_len: int, suffix_len: int, num_layers: int) -> float:
         return self.full_prefill(prefix_len, suffix_len, num_layers).total_ms
 
-    def fit(self, samples: Iterable[tuple[float, float]]) -> "PrefillLatencyModel":
+    def fit(self, samples: Iterable[tuple[float, float]]) -> PrefillLatencyModel:
         """A copy with ms_per_layer_token and ms_fixed fitted to ``(layer_tokens, measured_ms)``
         samples of normal prefills (``fit_line``); the link constants are kept."""
         slope, intercept = fit_line(samples)
@@ -128,7 +130,7 @@ class PrefillLatencyModel:
         return {**{name: getattr(self, name) for name in _NUMBER_FIELDS}, "pipelined": self.pipelined}
 
     @classmethod
-    def from_dict(cls, data: Any) -> "PrefillLatencyModel":
+    def from_dict(cls, data: Any) -> PrefillLatencyModel:
         """Parse ``to_dict`` output (e.g. from YAML); LatencyModelError names a bad, missing
         or unknown field. ``pipelined`` defaults to True."""
         if not isinstance(data, Mapping):
@@ -143,6 +145,7 @@ class PrefillLatencyModel:
 
 
 def _check_request(prefix_len: int, suffix_len: int, num_layers: int) -> None:
-    for name, value, low in (("prefix_len", prefix_len, 0), ("suffix_len", suffix_len, 0), ("num_layers", num_layers, 1)):
+    checks = (("prefix_len", prefix_len, 0), ("suffix_len", suffix_len, 0), ("num_layers", num_layers, 1))
+    for name, value, low in checks:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise LatencyModelError(f"field '{name}' must be an int >= {low}, got {value!r}")

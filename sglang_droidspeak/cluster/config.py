@@ -1,0 +1,222 @@
+"""The cluster config: several fine-tunes of one foundation model served as one service.
+
+    name: agents                    # optional
+    router: {host: 127.0.0.1, port: 8000}
+    profiles_dir: profiles          # <sender>__<receiver>.yaml profiles (default: profiles)
+    slo: {ttft_ms: 500, max_quality_drop: 0.06, accuracy_target: null}
+    transfer: {data_plane: zmq, bind_host: 127.0.0.1, base_port: 5600,
+               secret_env: DROIDSPEAK_SECRET, fetch_timeout_s: 2.0}
+    models:
+      - name: tester
+        path: /models/tester        # a Hugging Face model directory
+        replicas:
+          - {host: 127.0.0.1, port: 30001, gpus: [0], mem_fraction: 0.4}
+        server_args: ["--attention-backend", "triton"]   # optional extra launch_server args
+
+``slo`` and ``transfer`` may be left out (defaults: ttft_ms 500, max_quality_drop 0.05,
+accuracy_target null; zmq on 127.0.0.1 from port 5600, $DROIDSPEAK_SECRET, 2 s). Relative
+paths are relative to the working directory of whoever checks or launches the cluster.
+Every error is a ``ClusterConfigError`` naming the file and the field path; unknown keys
+are errors. Each replica uses two transfer ports on ``bind_host`` (see ``layout``); those
+must not collide with the router or a server either. Imports no SGLang.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple, Optional
+
+import yaml
+
+from sglang_droidspeak.cluster.fields import ClusterConfigError, Section, env_name, is_int
+
+# launch_server flags the cluster sets itself; server_args may not repeat them
+RESERVED_FLAGS = ("--model-path", "--served-model-name", "--host", "--port", "--radix-cache-backend",
+                  "--mem-fraction-static", "--tp-size")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "*")
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class SloConfig:
+    ttft_ms: float = 500.0
+    max_quality_drop: float = 0.05
+    accuracy_target: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    data_plane: str = "zmq"
+    bind_host: str = "127.0.0.1"
+    base_port: int = 5600
+    secret_env: str = "DROIDSPEAK_SECRET"
+    fetch_timeout_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    host: str
+    port: int
+    gpus: tuple[int, ...]
+    mem_fraction: float
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    path: str
+    replicas: tuple[ReplicaConfig, ...]
+    server_args: tuple[str, ...] = ()
+
+
+class ReplicaRef(NamedTuple):
+    index: int          # over the whole cluster, in config order
+    model_index: int
+    replica_index: int  # within its model
+    model: ModelConfig
+    replica: ReplicaConfig
+
+    @property
+    def path(self) -> str:
+        """The field path, e.g. ``models[1].replicas[0]``."""
+        return f"models[{self.model_index}].replicas[{self.replica_index}]"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    router: RouterConfig
+    models: tuple[ModelConfig, ...]
+    name: Optional[str] = None
+    profiles_dir: str = "profiles"
+    slo: SloConfig = SloConfig()
+    transfer: TransferConfig = TransferConfig()
+    source: str = "<cluster>"  # the file name, for messages
+
+    def replicas(self) -> Iterator["ReplicaRef"]:
+        """Every replica of every model, in config order (models, then their replicas)."""
+        n = 0
+        for m, model in enumerate(self.models):
+            for i, replica in enumerate(model.replicas):
+                yield ReplicaRef(n, m, i, model, replica)
+                n += 1
+
+    @property
+    def num_replicas(self) -> int:
+        return sum(len(m.replicas) for m in self.models)
+
+
+def load_cluster_config(path: str | Path) -> ClusterConfig:
+    """Read and validate a cluster YAML file; messages start with ``str(path)``."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ClusterConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise ClusterConfigError(f"{path}: not valid YAML ({exc})") from exc
+    return parse_cluster_config(data, where=str(path))
+
+
+def parse_cluster_config(data: Any, where: str = "<cluster>") -> ClusterConfig:
+    """Validate parsed YAML; raise ClusterConfigError naming ``where`` and the field path."""
+    top = Section(data, where, "", ("name", "router", "profiles_dir", "slo", "transfer", "models"),
+                  required=("router", "models"))
+    router = Section(top.get("router"), where, "router", ("host", "port"), required=("host", "port"))
+    router_config = RouterConfig(router.string("host"), router.port("port"))
+    models = tuple(_model(entry, where, f"models[{i}]") for i, entry in enumerate(top.items("models")))
+    config = ClusterConfig(
+        router=router_config,
+        models=models,
+        name=top.string("name", None),
+        profiles_dir=top.string("profiles_dir", "profiles"),
+        slo=_slo(Section(top.get("slo", {}), where, "slo", ("ttft_ms", "max_quality_drop", "accuracy_target"))),
+        transfer=_transfer(Section(top.get("transfer", {}), where, "transfer",
+                                   ("data_plane", "bind_host", "base_port", "secret_env", "fetch_timeout_s"))),
+        source=where,
+    )
+    _check_unique_names(config)
+    _check_endpoints(config)
+    return config
+
+
+def _slo(s: Section) -> SloConfig:
+    return SloConfig(
+        ttft_ms=s.number("ttft_ms", 0.0, default=500.0, low_open=True),
+        max_quality_drop=s.number("max_quality_drop", 0.0, default=0.05),
+        accuracy_target=s.number("accuracy_target", 0.0, 1.0, default=None, low_open=True),
+    )
+
+
+def _transfer(s: Section) -> TransferConfig:
+    return TransferConfig(
+        data_plane=s.choice("data_plane", "zmq", ("zmq", "nccl")),
+        bind_host=s.string("bind_host", "127.0.0.1"),
+        base_port=s.port("base_port", 5600),
+        secret_env=env_name(s, "secret_env", "DROIDSPEAK_SECRET"),
+        fetch_timeout_s=s.number("fetch_timeout_s", 0.0, default=2.0, low_open=True),
+    )
+
+
+def _model(entry: Any, where: str, path: str) -> ModelConfig:
+    s = Section(entry, where, path, ("name", "path", "replicas", "server_args"), required=("name", "path", "replicas"))
+    replicas = tuple(_replica(r, where, f"{s.sub('replicas')}[{i}]") for i, r in enumerate(s.items("replicas")))
+    args = s.items("server_args", [], non_empty=False)
+    for i, arg in enumerate(args):
+        if not isinstance(arg, str):
+            s.fail(f"server_args[{i}]", "must be a string", arg)
+        if arg.split("=", 1)[0] in RESERVED_FLAGS:
+            s.fail(f"server_args[{i}]", f"{arg.split('=', 1)[0]} is set by the cluster config, not server_args")
+    return ModelConfig(s.name("name"), s.string("path"), replicas, tuple(args))
+
+
+def _replica(entry: Any, where: str, path: str) -> ReplicaConfig:
+    s = Section(entry, where, path, ("host", "port", "gpus", "mem_fraction"),
+                required=("host", "port", "gpus", "mem_fraction"))
+    gpus = s.items("gpus")
+    for i, gpu in enumerate(gpus):
+        if not is_int(gpu) or gpu < 0:
+            s.fail(f"gpus[{i}]", "must be an integer >= 0", gpu)
+        if gpu in gpus[:i]:
+            s.fail(f"gpus[{i}]", f"GPU {gpu} is listed twice")
+    fraction = s.number("mem_fraction", 0.0, 1.0, low_open=True, high_open=True)
+    return ReplicaConfig(s.string("host"), s.port("port"), tuple(gpus), fraction)
+
+
+def _check_unique_names(config: ClusterConfig) -> None:
+    seen: dict[str, int] = {}
+    for i, model in enumerate(config.models):
+        if model.name in seen:
+            raise ClusterConfigError(f"{config.source}: models[{i}].name: {model.name!r} is already "
+                                     f"used by models[{seen[model.name]}]")
+        seen[model.name] = i
+
+
+def same_host(a: str, b: str) -> bool:
+    """Whether two listen hosts may clash: equal, or either is a wildcard."""
+    return a == b or a in WILDCARD_HOSTS or b in WILDCARD_HOSTS
+
+
+def _check_endpoints(config: ClusterConfig) -> None:
+    """No (host, port) twice among router and servers; transfer ports in range and free."""
+    used: list[tuple[str, int, str]] = [(config.router.host, config.router.port, "router")]
+    for ref in config.replicas():
+        path, replica = ref.path, ref.replica
+        for host, port, owner in used:
+            if port == replica.port and same_host(host, replica.host):
+                raise ClusterConfigError(f"{config.source}: {path}.port: {replica.host}:{replica.port} "
+                                         f"is already used by {owner}")
+        used.append((replica.host, replica.port, path))
+    t = config.transfer
+    last = t.base_port + 2 * config.num_replicas - 1
+    if last > 65535:
+        raise ClusterConfigError(f"{config.source}: transfer.base_port: {config.num_replicas} replicas need ports "
+                                 f"{t.base_port}..{last}, past 65535")
+    for host, port, owner in used:
+        if t.base_port <= port <= last and same_host(host, t.bind_host):
+            raise ClusterConfigError(f"{config.source}: transfer.base_port: transfer ports {t.base_port}..{last} "
+                                     f"on {t.bind_host} include {owner}'s {host}:{port}")
