@@ -1,0 +1,219 @@
+"""The router's HTTP side: an aiohttp app that forwards each request to one replica.
+
+POST /v1/chat/completions, /v1/completions and /generate read the JSON body's "model"
+(or take the only model when there is one and the field is absent), pick a replica of
+that model (``ReplicaSet.pick``) and forward the body byte for byte. The upstream answer
+is relayed chunk by chunk as it arrives (SSE streams included), with its status and
+headers. A connection error, a body that fails before its first byte, or a 5xx before
+anything reached the client marks the replica failed and retries on another replica of
+the same model, at most once per replica; the last replica's 5xx is passed through.
+Once bytes reached the client, an upstream failure closes the client's connection, so
+the client sees a truncated response rather than a clean end. GET /v1/models lists the
+models, GET /health reports replica state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from sglang_droidspeak.router.replicas import (
+    PickConfig,
+    Replica,
+    ReplicaSet,
+    link_peers,
+)
+
+SETS = web.AppKey("replica_sets", dict)
+SESSION = web.AppKey("client_session", aiohttp.ClientSession)
+CONNECT_TIMEOUT = web.AppKey("connect_timeout_s", float)
+# Hop-by-hop and length headers are the transport's business, not the payload's.
+_DROP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+         "proxy-authorization", "proxy-authenticate", "host", "content-length"}
+_UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+def error_response(status: int, message: str, kind: str) -> web.Response:
+    """An OpenAI-style JSON error body."""
+    body = {"error": {"message": message, "type": kind, "code": status}}
+    return web.json_response(body, status=status)
+
+
+def _text_of(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):  # content parts, a prompt list or token ids
+        return "\x1f".join(_text_of(v) for v in value)
+    if isinstance(value, dict):
+        return _text_of(value.get("text", ""))
+    return "" if value is None else str(value)
+
+
+def prompt_hint(payload: dict, limit: int) -> str:
+    """The request's prompt as text (about ``limit`` characters are enough): chat
+    messages as role + content, else "prompt" (completions), "text" or "input_ids"."""
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        parts, size = [], 0
+        for m in messages:
+            piece = f"\x1e{m.get('role', '')}\x1d{_text_of(m.get('content'))}" if isinstance(m, dict) else ""
+            parts.append(piece)
+            size += len(piece)
+            if size >= limit:
+                break
+        return "".join(parts)[:limit]
+    for key in ("prompt", "text", "input_ids"):
+        if key in payload:
+            return _text_of(payload[key])[:limit]
+    return ""
+
+
+def _forward_headers(headers) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in _DROP}
+
+
+def _resolve_model(payload: dict, sets: dict[str, ReplicaSet]) -> tuple[str | None, web.Response | None]:
+    model = payload.get("model")
+    if model is None:
+        if len(sets) == 1:
+            return next(iter(sets)), None
+        return None, error_response(400, f"missing field 'model' (one of: {', '.join(sets)})",
+                                    "invalid_request_error")
+    if not isinstance(model, str) or model not in sets:
+        return None, error_response(404, f"unknown model {model!r}; known: {', '.join(sets)}",
+                                    "model_not_found")
+    return model, None
+
+
+async def _relay(request: web.Request, rset: ReplicaSet, replica: Replica, body: bytes,
+                 final: bool) -> web.StreamResponse | str:
+    """Forward once to ``replica``; the relayed response, or why it may be retried."""
+    session = request.app[SESSION]
+    try:
+        upstream = await session.post(replica.url + request.path, data=body,
+                                      headers=_forward_headers(request.headers),
+                                      params=request.query)
+    except _UPSTREAM_ERRORS as exc:
+        rset.fail(replica)
+        return f"{replica.url}: {type(exc).__name__}: {exc}"
+    done = False
+    try:
+        if upstream.status >= 500:
+            rset.fail(replica)
+            if not final:
+                return f"{replica.url}: HTTP {upstream.status}"
+        try:
+            chunk = await upstream.content.readany()
+        except _UPSTREAM_ERRORS as exc:
+            rset.fail(replica)
+            return f"{replica.url}: body failed before its first byte: {type(exc).__name__}"
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                      headers=_forward_headers(upstream.headers))
+        if upstream.content_length is not None:
+            response.content_length = upstream.content_length
+        done = await _pump(request, rset, replica, upstream, response, chunk)
+        return response
+    finally:
+        if done:
+            upstream.release()
+        else:
+            upstream.close()
+
+
+async def _pump(request, rset, replica, upstream, response, chunk: bytes) -> bool:
+    """Send the headers and copy the body; True when it ended cleanly (the upstream
+    connection is reusable). An upstream failure closes the client connection."""
+    try:
+        await response.prepare(request)
+        while chunk:
+            await response.write(chunk)
+            try:
+                chunk = await upstream.content.readany()
+            except _UPSTREAM_ERRORS:
+                rset.fail(replica)
+                if request.transport is not None:
+                    request.transport.close()  # no clean end: the client sees the truncation
+                return False
+        await response.write_eof()
+    except ConnectionResetError:  # the client went away
+        return False
+    if upstream.status < 500:
+        replica.mark_ok()
+    return True
+
+
+async def handle_forward(request: web.Request) -> web.StreamResponse:
+    body = await request.read()
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return error_response(400, "request body is not valid JSON", "invalid_request_error")
+    if not isinstance(payload, dict):
+        return error_response(400, "request body must be a JSON object", "invalid_request_error")
+    sets = request.app[SETS]
+    model, rejection = _resolve_model(payload, sets)
+    if rejection is not None:
+        return rejection
+    rset = sets[model]
+    hint = prompt_hint(payload, rset.config.prefix_chars)
+    tried: list[Replica] = []
+    reasons: list[str] = []
+    while len(tried) < len(rset):
+        replica = rset.pick(hint, exclude=tried)
+        tried.append(replica)
+        replica.in_flight += 1
+        try:
+            outcome = await _relay(request, rset, replica, body, final=len(tried) == len(rset))
+        finally:
+            replica.in_flight -= 1
+        if not isinstance(outcome, str):
+            return outcome
+        reasons.append(outcome)
+    return error_response(502, f"every replica of model {model!r} failed: {'; '.join(reasons)}",
+                          "upstream_error")
+
+
+async def handle_models(request: web.Request) -> web.Response:
+    data = [{"id": m, "object": "model", "owned_by": "sglang-droidspeak"} for m in request.app[SETS]]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def handle_health(request: web.Request) -> web.Response:
+    models = {m: [r.to_json() for r in s.replicas] for m, s in request.app[SETS].items()}
+    return web.json_response({"status": "ok", "models": models})
+
+
+async def _session_context(app: web.Application):
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=app[CONNECT_TIMEOUT])
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector,
+                                     auto_decompress=False) as session:
+        app[SESSION] = session
+        yield
+
+
+def build_app(routes: dict[str, list[str]], peers: dict[str, list[str]] | None = None,
+              config: PickConfig | None = None, connect_timeout_s: float = 5.0) -> web.Application:
+    """The router app for ``routes`` (model name -> replica base URLs).
+
+    ``peers`` (receiver replica URL -> sender replica URLs of other models) tells which
+    replicas can fetch DroidSpeak KV from which; see ``replicas.link_peers``. Raises
+    ValueError naming a model without URLs or a peer URL that is not a replica.
+    """
+    if not routes:
+        raise ValueError("routes: at least one model is needed")
+    sets = {model: ReplicaSet(model, urls, config or PickConfig()) for model, urls in routes.items()}
+    link_peers(sets, peers or {})
+    app = web.Application(client_max_size=1 << 30)
+    app[SETS] = sets
+    app[CONNECT_TIMEOUT] = connect_timeout_s
+    app.cleanup_ctx.append(_session_context)
+    for path in ("/v1/chat/completions", "/v1/completions", "/generate"):
+        app.router.add_post(path, handle_forward)
+    app.router.add_get("/v1/models", handle_models)
+    app.router.add_get("/health", handle_health)
+    return app
