@@ -5,6 +5,8 @@
     droidspeak family [--...]       build (or show) the embedded micro model family
     droidspeak quality ...          the quality study table and plot (docs/)
     droidspeak check CONFIG         check a cluster config; --print-plan: server commands
+    droidspeak serve CONFIG         start a cluster's servers and its router (Ctrl-C stops all)
+    droidspeak status [--url URL]   per-replica health, load and cache metrics from the router
 """
 
 from __future__ import annotations
@@ -20,21 +22,28 @@ SUBCOMMANDS = {
     "family": ("sglang_droidspeak.family.cli", "build or show the micro model family"),
     "quality": ("sglang_droidspeak.profiler.quality_study", "quality study: table and plot"),
     "check": ("sglang_droidspeak.cluster.cli", "check a cluster config (models, pairs, profiles, GPUs)"),
+    "serve": ("sglang_droidspeak.cluster.launcher", "start a cluster's servers and its router"),
+    "status": ("sglang_droidspeak.cluster.status", "replica health and cache metrics from the router"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the subcommand named in ``argv`` (default ``sys.argv[1:]``) gets
+    its module imported and its arguments (several import torch: seconds each)."""
+    words = sys.argv[1:] if argv is None else argv
+    chosen = next((w for w in words if not w.startswith("-")), None)
     parser = argparse.ArgumentParser(prog="droidspeak", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in SUBCOMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text)
-        importlib.import_module(module).add_arguments(sub_parser)
+        if name == chosen:
+            importlib.import_module(module).add_arguments(sub_parser)
         sub_parser.set_defaults(_module=module)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     return int(importlib.import_module(args._module).run(args) or 0)
 
 

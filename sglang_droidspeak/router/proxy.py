@@ -9,13 +9,16 @@ anything reached the client marks the replica failed and retries on another repl
 the same model, at most once per replica; the last replica's 5xx is passed through.
 Once bytes reached the client, an upstream failure closes the client's connection, so
 the client sees a truncated response rather than a clean end. GET /v1/models lists the
-models, GET /health reports replica state.
+models, GET /health reports replica state, GET /status adds each replica's /metrics
+summary (``summarize_metrics``; scraped with a 2 s timeout, null with an error on failure).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import statistics
 from typing import Any
 
 import aiohttp
@@ -187,6 +190,50 @@ async def handle_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "models": models})
 
 
+# /status summary key -> Prometheus sample name. Gauges (no _total): mean over the
+# samples (one per rank), None when absent; counters: sum, 0 when absent (not yet counted).
+STATUS_METRICS = {"cache_hit_rate": "sglang:cache_hit_rate", "token_usage": "sglang:token_usage",
+                  "droidspeak_foreign_hits": "sglang:droidspeak_foreign_hits_total",
+                  "droidspeak_tokens_reused": "sglang:droidspeak_tokens_reused_total",
+                  "droidspeak_fallbacks": "sglang:droidspeak_fallbacks_total"}
+
+
+def summarize_metrics(text: str) -> dict[str, float | None]:
+    """``STATUS_METRICS`` from Prometheus text (``name{labels} value [timestamp]`` lines)."""
+    samples: dict[str, list[float]] = {}
+    for line in (x for x in text.splitlines() if not x.startswith("#")):
+        name, brace, rest = line.partition("{")
+        if not brace or " " in name:  # no labels
+            name, _, rest = line.partition(" ")
+        with contextlib.suppress(ValueError, IndexError):
+            samples.setdefault(name.strip(), []).append(float(rest.rpartition("}")[2].split()[0]))
+    return {key: sum(samples.get(name, [])) if name.endswith("_total")
+            else statistics.fmean(samples[name]) if name in samples else None
+            for key, name in STATUS_METRICS.items()}
+
+
+async def _replica_status(session: aiohttp.ClientSession, replica: Replica) -> dict:
+    status = {"url": replica.url, "healthy": replica.healthy, "in_flight": replica.in_flight,
+              "metrics": None, "metrics_error": None}
+    try:  # identity: the session does not decompress (it relays bodies as they are)
+        async with session.get(replica.url + "/metrics", headers={"Accept-Encoding": "identity"},
+                               timeout=aiohttp.ClientTimeout(total=2.0)) as upstream:
+            if upstream.status != 200:
+                raise aiohttp.ClientError(f"HTTP {upstream.status}")
+            status["metrics"] = summarize_metrics(await upstream.text(errors="replace"))
+    except _UPSTREAM_ERRORS as exc:
+        status["metrics_error"] = f"{type(exc).__name__}: {exc}"
+    return status
+
+
+async def handle_status(request: web.Request) -> web.Response:
+    sets = request.app[SETS]
+    found = iter(await asyncio.gather(*(_replica_status(request.app[SESSION], r)
+                                        for s in sets.values() for r in s.replicas)))
+    return web.json_response({"models": {m: {"replicas": [next(found) for _ in s.replicas]}
+                                         for m, s in sets.items()}})
+
+
 async def _session_context(app: web.Application):
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=app[CONNECT_TIMEOUT])
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
@@ -216,4 +263,5 @@ def build_app(routes: dict[str, list[str]], peers: dict[str, list[str]] | None =
         app.router.add_post(path, handle_forward)
     app.router.add_get("/v1/models", handle_models)
     app.router.add_get("/health", handle_health)
+    app.router.add_get("/status", handle_status)
     return app
