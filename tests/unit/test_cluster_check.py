@@ -135,12 +135,13 @@ def test_shared_gpu_warnings(cluster):
     _rewrite(cluster, share)
     report = check_cluster(load_cluster_config(cluster), load_fingerprints=False)
     assert [w for w in report.warnings if "GPU" in w] == [
-        "127.0.0.1 GPU 0: shared by tester[0], libwriter[0], wide[0] (mem_fraction 0.3 + 0.45 + 0.25 = 1)",
-        "127.0.0.1 GPU 0: mem_fraction sum 1 > 0.95: the servers will not fit"]
+        "127.0.0.1 GPU 0: shared by tester[0] (0.3), libwriter[0] (0.45), wide[0] (0.25); SGLang counts the "
+        "others' memory against each mem_fraction: cap the pools with --max-total-tokens"]
     _rewrite(cluster, lambda d: d["models"][2]["replicas"][0].update(gpus=[2]))
     report = check_cluster(load_cluster_config(cluster), load_fingerprints=False)
     assert [w for w in report.warnings if "GPU" in w] == [
-        "127.0.0.1 GPU 0: shared by tester[0], libwriter[0] (mem_fraction 0.3 + 0.45 = 0.75)"]
+        "127.0.0.1 GPU 0: shared by tester[0] (0.3), libwriter[0] (0.45); SGLang counts the "
+        "others' memory against each mem_fraction: cap the pools with --max-total-tokens"]
 
 
 def test_cli_exit_codes_and_table(cluster, tmp_path, capsys):
