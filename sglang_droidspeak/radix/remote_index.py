@@ -6,6 +6,27 @@ see it, and SGLang's idle leak check (available + evictable + protected == total
 holds by construction. This index only answers "which sender holds the longest prefix
 of these tokens", per (sender, base extra_key), and forgets sequences on withdrawal.
 
+Eviction on a sender removes a leaf of its radix tree, i.e. a suffix of what it once
+announced. The sender then names the kept prefix plus the evicted leaf's first token,
+and ``withdraw_prefix`` cuts every advertised sequence that starts with those tokens
+back to the kept prefix (sequences that diverge earlier are untouched):
+
+    advertised by "a":   1 2 3 4 5 6  (twice)      sender's tree:  1 2 3 -+- 4 5 6
+                         1 2 3 7 8                                         +- 7 8
+                         1 2 9                                   1 2 -+- 9
+    "a" evicts the leaf 4 5 6 (it keeps 1 2 3 and everything else):
+    withdraw_prefix("a", [1, 2, 3, 4])  ->  2 sequences cut
+    advertised by "a":   1 2 3        (twice)
+                         1 2 3 7 8
+                         1 2 9
+    longest_match([1 2 3 4 5 6]) = 3,  longest_match([1 2 3 7 8 0]) = 5
+
+Rule: after ``withdraw_prefix(s, t)`` no advertised sequence of ``s`` starts with ``t``,
+so ``longest_match`` of any query that starts with ``t`` is at most ``len(t) - 1``: never
+more than a sender holds, provided it withdraws every evicted leaf this way. On a paged
+sender (page > 1 token) the cut may also shorten a still-held sibling that shares only
+part of the evicted leaf's first page; the sender's next insert re-announces it.
+
 Entries are hints: a sender may have evicted them already. The transfer that follows a
 hit must treat a miss on the sender as an ordinary fallback to full prefill.
 """
@@ -92,6 +113,32 @@ class RemotePrefixIndex:
                 del self._roots[(sender, base)]
             return True
 
+    def withdraw_prefix(self, sender: str, token_ids: Iterable[int], base: Optional[str] = None) -> int:
+        """``sender`` holds nothing that starts with ``token_ids`` any more: cut every
+        advertised sequence of (``sender``, ``base``) that starts with ``token_ids`` back
+        to ``token_ids[:-1]`` (dropped when that is empty). Returns how many were cut;
+        0 when none starts with ``token_ids`` (nothing changes). See the module docstring.
+        """
+        tokens = tuple(token_ids)
+        keep = len(tokens) - 1
+        with self._lock:
+            root = self._roots.get((sender, base))
+            found = self._covering_edge(root, tokens) if root is not None and tokens else None
+            if found is None:
+                return 0
+            parent, child, depth = found  # child's edge starts at depth and holds tokens[keep]
+            cut = child.num_holders
+            del parent.children[child.edge[0]]
+            if keep > depth:  # the cut sequences now end inside the old edge
+                parent.children[child.edge[0]] = _Node(child.edge[: keep - depth], cut, cut)
+            elif keep > 0:  # ... exactly at parent
+                parent.num_ending += cut
+            else:  # ... nowhere: they are gone (parent is the root)
+                root.num_holders -= cut
+                if root.num_holders == 0:
+                    del self._roots[(sender, base)]
+            return cut
+
     def forget_sender(self, sender: str) -> None:
         with self._lock:
             for key in [k for k in self._roots if k[0] == sender]:
@@ -135,6 +182,22 @@ class RemotePrefixIndex:
             path.append(child)
             node, pos = child, pos + len(child.edge)
         return path
+
+    @staticmethod
+    def _covering_edge(root: _Node, tokens: tuple[int, ...]) -> Optional[tuple[_Node, _Node, int]]:
+        """(parent, child, depth of child's edge) for the edge holding ``tokens[-1]``, if
+        some advertised sequence starts with ``tokens``; else None."""
+        node, pos = root, 0
+        while True:
+            child = node.children.get(tokens[pos])
+            if child is None:
+                return None
+            common = _common_len(child.edge, tokens, pos)
+            if pos + len(child.edge) >= len(tokens):
+                return (node, child, pos) if common == len(tokens) - pos else None
+            if common < len(child.edge):
+                return None
+            node, pos = child, pos + len(child.edge)
 
     @staticmethod
     def _match_len(root: _Node, tokens: Sequence[int]) -> int:

@@ -12,6 +12,8 @@ unchanged. When the call carries the request (``MatchPrefixParams.req``, as
 ``Req.init_next_round_input`` does), the longest foreign prefix beyond it is stored on
 ``req.droidspeak_foreign_hit`` (a ``ForeignHit`` or None); ``match_prefix_split``
 returns both parts explicitly.
+
+Evicted NATIVE prefixes are withdrawn from the peers' directories (``radix_withdraw``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from sglang_droidspeak.radix.hits import ForeignHit
 from sglang_droidspeak.radix.namespace import decode_namespace, encode_namespace, is_tagged_namespace
 from sglang_droidspeak.radix.remote_index import RemoteMatch, RemotePrefixIndex
 from sglang_droidspeak.radix.tags import KVOrigin, ModelTag, exportable_to, reusable_by
+from sglang_droidspeak.sglang.radix_withdraw import WithdrawOnEvict
 from sglang_droidspeak.sglang.request_plan import OFF, request_plan_choice
 from sglang_droidspeak.sglang.settings import PlanLookup
 
@@ -52,7 +55,7 @@ class ExportMatch(NamedTuple):
     match: MatchResult  # local slots of the exportable prefix (not locked)
 
 
-class DroidSpeakRadixCache(RadixCache):
+class DroidSpeakRadixCache(WithdrawOnEvict, RadixCache):
     """A RadixCache whose prefixes carry a ModelTag (see the module docstring)."""
 
     def __init__(
@@ -103,7 +106,7 @@ class DroidSpeakRadixCache(RadixCache):
     # ---- RadixCache overrides ----
 
     def reset(self) -> None:
-        super().reset()
+        super().reset()  # WithdrawOnEvict.reset withdraws the native subtrees first
         self._derived_namespaces.clear()
 
     def insert(self, params: InsertParams) -> InsertResult:

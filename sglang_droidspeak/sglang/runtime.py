@@ -100,10 +100,21 @@ class DroidSpeakRuntime:
     # ---- directory ----
 
     def announce(self, token_ids, base: Optional[str]) -> None:
+        """Tell peers this server now holds native KV for ``token_ids`` (non-blocking)."""
+        self._publish(token_ids, base, 1)
+
+    def withdraw(self, token_ids, base: Optional[str]) -> None:
+        """Tell peers this server holds nothing that starts with ``token_ids`` any more (it
+        may still hold ``token_ids[:-1]``); receivers cut their entries back to that
+        (``RemotePrefixIndex.withdraw_prefix``). Non-blocking; a lost message leaves a stale
+        hint, whose fetch then ends in FetchError("evicted") and a fallback."""
+        self._publish(token_ids, base, 0)
+
+    def _publish(self, token_ids, base: Optional[str], stored: int) -> None:
         if self.announcer is None or len(token_ids) == 0:
             return
         msg = PrefixAnnounce(self.model, self.fingerprint, base or "", tuple(int(t) for t in token_ids),
-                             self.settings.export_bind or "", 1)
+                             self.settings.export_bind or "", stored)
         self.announcer.publish(msg)
 
     def _on_announce(self, msg: PrefixAnnounce) -> None:
@@ -119,7 +130,7 @@ class DroidSpeakRuntime:
         if msg.stored:
             self.tree.remote_index.advertise(msg.sender_model, msg.token_ids, peer=peer.fetch, base=base)
         else:
-            self.tree.remote_index.withdraw(msg.sender_model, msg.token_ids, base=base)
+            self.tree.remote_index.withdraw_prefix(msg.sender_model, msg.token_ids, base=base)
 
     # ---- receiver ----
 

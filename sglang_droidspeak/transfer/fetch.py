@@ -104,12 +104,25 @@ class FetchClient:
         so two servers fetching from each other do not deadlock until the timeout).
         """
         socket = self._socket(endpoint)
+        try:
+            end = self._exchange(socket, endpoint, request, on_chunk, timeout_s, idle)
+        except BaseException:
+            # timeout, protocol error or on_chunk raising: the rest of that stream (late or
+            # corrupt frames) would reach the next fetch on this socket, so never reuse it
+            self._drop_socket(endpoint)
+            raise
+        if isinstance(end, FetchError):
+            raise FetchFailed(end.code, end.message)  # the stream ended cleanly: keep the socket
+        return end
+
+    def _exchange(self, socket: zmq.Socket, endpoint: str, request: FetchRequest,
+                  on_chunk: Callable[[LayerChunk], None], timeout_s: float,
+                  idle: Optional[Callable[[], None]]) -> FetchDone | FetchError:
         socket.send_multipart(wire.encode(request, self.secret))
         deadline, num_chunks = time.monotonic() + timeout_s, 0
         while True:
             msg = self._recv(socket, deadline, idle)
             if msg is None:
-                self._drop_socket(endpoint)  # late replies must not leak into the next fetch
                 raise FetchFailed("timeout", f"no answer from {endpoint} within {timeout_s:.3g} s")
             if getattr(msg, "request_id", None) != request.request_id:
                 continue  # a late answer to an earlier, abandoned request
@@ -117,7 +130,7 @@ class FetchClient:
                 on_chunk(msg)
                 num_chunks += 1
             elif isinstance(msg, FetchError):
-                raise FetchFailed(msg.code, msg.message)
+                return msg
             elif isinstance(msg, FetchDone):
                 if msg.num_chunks != num_chunks:
                     raise FetchFailed("protocol", f"{num_chunks} chunks arrived, sender says {msg.num_chunks}")

@@ -1,20 +1,13 @@
 """Sender -> receiver on the CPU: real SGLang pools, allocators and radix trees, real ZMQ.
 
-What runs for real: two DroidSpeakRadixCache trees over SGLang's MHATokenToKVPool and
-TokenToKVPoolAllocator, two DroidSpeakRuntimes with their FetchServer / FetchClient /
-Announcer / DirectoryListener on 127.0.0.1, the importer, the exporter and the
-recompute loop. What stands in: SGLang's scheduler and GPU forward (they need a GPU).
-The sender's prefill is the reference engine's, written into the sender's pool as
-SGLang's forward would; a thread polls the sender's fetch socket as the scheduler
-loop hook does; the receiver's layers are HF layers behind tests/unit/hf_as_sglang.py.
+The two servers and what stands in for SGLang's scheduler and GPU forward:
+tests/unit/two_servers.py.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from array import array
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,136 +20,29 @@ except SGLangImportOrderError as exc:
     pytest.skip(str(exc), allow_module_level=True)
 pytest.importorskip("sglang.srt.mem_cache.radix_cache")
 
-from sglang.srt.mem_cache.allocator import TokenToKVPoolAllocator  # noqa: E402
-from sglang.srt.mem_cache.base_prefix_cache import InsertParams, MatchPrefixParams  # noqa: E402
-from sglang.srt.mem_cache.cache_init_params import CacheInitParams  # noqa: E402
-from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool, ReqToTokenPool  # noqa: E402
+from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams  # noqa: E402
 from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
 
-from hf_as_sglang import sglang_shaped_layers  # noqa: E402
 from sglang_droidspeak.plan.layer_plan import LayerPlan  # noqa: E402
 from sglang_droidspeak.reference import ReferenceModel  # noqa: E402
-from sglang_droidspeak.reference.tiny import perturbed_copy, tiny_model  # noqa: E402
-from sglang_droidspeak.sglang.importer import ModelParts  # noqa: E402
-from sglang_droidspeak.sglang.metrics import NullMetrics  # noqa: E402
-from sglang_droidspeak.sglang.radix_cache import FELL_BACK_ATTR, DroidSpeakRadixCache  # noqa: E402
-from sglang_droidspeak.sglang.runtime import DroidSpeakRuntime  # noqa: E402
+from sglang_droidspeak.reference.tiny import perturbed_copy  # noqa: E402
+from sglang_droidspeak.sglang.radix_cache import FELL_BACK_ATTR  # noqa: E402
 from sglang_droidspeak.sglang.request_plan import parse_plan_choice  # noqa: E402
-from sglang_droidspeak.sglang.settings import parse_settings  # noqa: E402
+from two_servers import (  # noqa: E402
+    NUM_LAYERS, POOL_SIZE, announce_and_wait, leak_free, request, sender_prefill, tiny_llama, two_servers,
+    wait_for)
 
-POOL_SIZE, NUM_LAYERS, HIDDEN = 384, 4, 64
-SECRET = b"k" * 32
 CONTEXT = list(range(20, 52))  # 32 tokens
 SUFFIX = [3, 4, 5]
-
-
-class Side(SimpleNamespace):
-    """One server's CPU stand-in: pool, allocator, tree, runtime."""
-
-
-class CountingMetrics(NullMetrics):
-    def __init__(self):
-        self.fallbacks, self.hits = [], []
-
-    def record_fallback(self, reason):
-        self.fallbacks.append(reason)
-
-    def record_hit(self, origin, num_tokens, num_recomputed_layers):
-        self.hits.append((origin, num_tokens, num_recomputed_layers))
-
-
-def make_side(name, model, settings, fingerprint="fp"):
-    kv_pool = MHATokenToKVPool(size=POOL_SIZE, page_size=1, dtype=torch.float32, head_num=2, head_dim=16,
-                               layer_num=NUM_LAYERS, device="cpu", enable_memory_saver=False)
-    allocator = TokenToKVPoolAllocator(POOL_SIZE, torch.float32, "cpu", kv_pool, need_sort=False)
-    req_pool = ReqToTokenPool(size=4, max_context_len=128, device="cpu", enable_memory_saver=False)
-    parts = ModelParts(sglang_shaped_layers(model), model.model.embed_tokens, kv_pool, allocator,
-                       HIDDEN, torch.float32, torch.device("cpu"))
-    metrics = CountingMetrics()
-    settings = parse_settings({"model": name, **settings})
-    runtime = DroidSpeakRuntime(settings, name, fingerprint, parts, NUM_LAYERS, metrics, SECRET)
-    tree = DroidSpeakRadixCache(CacheInitParams(False, req_pool, allocator, 1), model=name,
-                                plan_lookup=settings.plan_lookup(), min_foreign_tokens=8,
-                                num_layers=NUM_LAYERS, runtime=runtime)
-    return Side(name=name, model=model, pool=kv_pool, allocator=allocator, tree=tree, runtime=runtime,
-                metrics=metrics)
-
-
-def sender_prefill(side, tokens):
-    """What the sender's SGLang forward leaves behind: K/V in slots, a native node."""
-    cache = ReferenceModel(side.model).prefill(torch.tensor(tokens), e_layers=range(NUM_LAYERS))
-    slots = side.allocator.alloc(len(tokens))
-    for layer in range(NUM_LAYERS):
-        side.pool.get_key_buffer(layer)[slots] = cache.kv.k[layer].transpose(0, 1)
-        side.pool.get_value_buffer(layer)[slots] = cache.kv.v[layer].transpose(0, 1)
-    side.tree.insert(InsertParams(key=RadixKey(array("q", tokens)), value=slots))  # announces
-    return cache
-
-
-def wait_for(predicate, what, timeout=5.0, poke=None):
-    deadline = time.time() + timeout
-    while not predicate():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        if poke:
-            poke()
-        time.sleep(0.02)
-
-
-class Polling:
-    """The sender's scheduler loop, reduced to its fetch-answering hook."""
-
-    def __init__(self, side):
-        self.stop, self.side = threading.Event(), side
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        while not self.stop.is_set():
-            self.side.runtime.poll_exports()
-            self.stop.wait(0.002)
-
-    def close(self):
-        self.stop.set()
-        self.thread.join()
-
-
-def request(tokens, plan=None):
-    params = {} if plan is None else {"droidspeak_plan": plan}
-    return SimpleNamespace(rid="req", extra_key=None, sampling_params=SimpleNamespace(custom_params=params),
-                           origin_input_ids=array("q", tokens), output_ids=array("q"))
-
-
-def leak_free(side, held=0):
-    """SGLang's idle check: free + evictable + protected (+ held by running requests) == pool."""
-    return side.allocator.available_size() + side.tree.evictable_size() + side.tree.protected_size() + held == POOL_SIZE
 
 
 @pytest.fixture
 def pair(request):
     torch.manual_seed(0)
-    sender_model = tiny_model("llama", seed=7, num_layers=NUM_LAYERS, hidden_size=HIDDEN, num_heads=4,
-                              num_kv_heads=2, vocab_size=128)
+    sender_model = tiny_llama()
     receiver_model = sender_model if request.param == "same" else perturbed_copy(sender_model, 0.2, seed=1)
-    a = make_side("coder-a", sender_model, {"export_bind": "tcp://127.0.0.1:*", "announce_bind": "tcp://127.0.0.1:*"})
-    fetch, announce = a.runtime.export_server.endpoint, a.runtime.announcer.endpoint
-    b = make_side("coder-b", receiver_model, {"peers": [{"model": "coder-a", "fetch": fetch, "announce": announce}],
-                                              "fetch_timeout_s": 1.0,
-                                              "plans": [{"sender": "coder-a", "receiver": "coder-b",
-                                                         "num_layers": NUM_LAYERS, "groups": [[1, 3]]}]})
-    polling = Polling(a)
-    yield a, b
-    polling.close()
-    for side in (a, b):
-        side.runtime.close()
-
-
-def announce_and_wait(a, b, tokens):
-    cache = sender_prefill(a, tokens)
-    held = lambda: b.tree.remote_index.longest_match(tokens)  # noqa: E731
-    wait_for(lambda: held() is not None and held().prefix_len == len(tokens), "the announcement",
-             poke=lambda: a.runtime.announce(tokens, None))
-    return cache
+    with two_servers(sender_model, receiver_model) as sides:
+        yield sides
 
 
 @pytest.mark.parametrize("pair", ["same", "different"], indirect=True)
@@ -235,6 +121,7 @@ def test_evicted_prefix_falls_back(pair):
     a, b = pair
     announce_and_wait(a, b, CONTEXT)
     from sglang.srt.mem_cache.base_prefix_cache import EvictParams
+    a.runtime.withdraw = lambda tokens, base: None  # the withdrawal is late: b still sees the hit
     a.tree.evict(EvictParams(num_tokens=POOL_SIZE))
     fallback_case(a, b, "evicted")
 

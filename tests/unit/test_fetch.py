@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 import torch
 import zmq
 
+import fetch_serving
 from sglang_droidspeak.transfer import wire
 from sglang_droidspeak.transfer.fetch import FetchClient, FetchFailed, FetchServer
 from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, LayerChunk
@@ -27,24 +27,8 @@ def chunks_for(req):
     yield FetchDone(req.request_id, 2)
 
 
-class Serving:
-    """Polls a FetchServer on a thread until closed (stands in for the scheduler loop)."""
-
-    def __init__(self, handler, secret=SECRET):
-        self.server = FetchServer("tcp://127.0.0.1:*", secret)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, args=(handler,), daemon=True)
-        self.thread.start()
-
-    def _loop(self, handler):
-        while not self.stop.is_set():
-            self.server.poll(handler)
-            self.stop.wait(0.002)
-
-    def close(self):
-        self.stop.set()
-        self.thread.join()
-        self.server.close()
+def Serving(handler, secret=SECRET):  # noqa: N802 - reads as the class it builds
+    return fetch_serving.Serving(handler, secret)
 
 
 @pytest.fixture

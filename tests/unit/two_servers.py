@@ -1,0 +1,154 @@
+"""Test helper: a sender and a receiver DroidSpeakRuntime on the CPU, for several test files.
+
+What runs for real: two DroidSpeakRadixCache trees over SGLang's MHATokenToKVPool and
+TokenToKVPoolAllocator, two DroidSpeakRuntimes with their FetchServer / FetchClient /
+Announcer / DirectoryListener on 127.0.0.1, the importer, the exporter and the recompute
+loop. What stands in (SGLang's scheduler and forward need a GPU): the sender's prefill is
+the reference engine's, written into the pool as SGLang's forward would; a thread polls the
+sender's fetch socket as the scheduler-loop hook does; the layers are HF layers behind
+hf_as_sglang.py. Import it only after ``prepare_cpu_sglang()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from array import array
+from types import SimpleNamespace
+
+import torch
+from sglang.srt.mem_cache.allocator import TokenToKVPoolAllocator
+from sglang.srt.mem_cache.base_prefix_cache import InsertParams
+from sglang.srt.mem_cache.cache_init_params import CacheInitParams
+from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool, ReqToTokenPool
+from sglang.srt.mem_cache.radix_cache import RadixKey
+
+from hf_as_sglang import sglang_shaped_layers
+from sglang_droidspeak.reference import ReferenceModel
+from sglang_droidspeak.reference.tiny import tiny_model
+from sglang_droidspeak.sglang.importer import ModelParts
+from sglang_droidspeak.sglang.metrics import NullMetrics
+from sglang_droidspeak.sglang.radix_cache import DroidSpeakRadixCache
+from sglang_droidspeak.sglang.runtime import DroidSpeakRuntime
+from sglang_droidspeak.sglang.settings import parse_settings
+
+POOL_SIZE, NUM_LAYERS, HIDDEN = 384, 4, 64
+SECRET = b"k" * 32
+PLAN_GROUPS = [[1, 3]]  # the receiver's inline plan for coder-a -> coder-b
+
+
+class CountingMetrics(NullMetrics):
+    def __init__(self):
+        self.fallbacks, self.hits = [], []
+
+    def record_fallback(self, reason):
+        self.fallbacks.append(reason)
+
+    def record_hit(self, origin, num_tokens, num_recomputed_layers):
+        self.hits.append((origin, num_tokens, num_recomputed_layers))
+
+
+def make_side(name, model, settings, fingerprint="fp"):
+    kv_pool = MHATokenToKVPool(size=POOL_SIZE, page_size=1, dtype=torch.float32, head_num=2, head_dim=16,
+                               layer_num=NUM_LAYERS, device="cpu", enable_memory_saver=False)
+    allocator = TokenToKVPoolAllocator(POOL_SIZE, torch.float32, "cpu", kv_pool, need_sort=False)
+    req_pool = ReqToTokenPool(size=4, max_context_len=128, device="cpu", enable_memory_saver=False)
+    parts = ModelParts(sglang_shaped_layers(model), model.model.embed_tokens, kv_pool, allocator,
+                       HIDDEN, torch.float32, torch.device("cpu"))
+    metrics = CountingMetrics()
+    settings = parse_settings({"model": name, **settings})
+    runtime = DroidSpeakRuntime(settings, name, fingerprint, parts, NUM_LAYERS, metrics, SECRET)
+    tree = DroidSpeakRadixCache(CacheInitParams(False, req_pool, allocator, 1), model=name,
+                                plan_lookup=settings.plan_lookup(), min_foreign_tokens=8,
+                                num_layers=NUM_LAYERS, runtime=runtime)
+    return SimpleNamespace(name=name, model=model, pool=kv_pool, allocator=allocator, tree=tree,
+                           runtime=runtime, metrics=metrics)
+
+
+def sender_prefill(side, tokens):
+    """K/V in fresh slots, then a native insert (which announces); duplicates are freed."""
+    cache = ReferenceModel(side.model).prefill(torch.tensor(tokens), e_layers=range(NUM_LAYERS))
+    slots = side.allocator.alloc(len(tokens))
+    for layer in range(NUM_LAYERS):
+        side.pool.get_key_buffer(layer)[slots] = cache.kv.k[layer].transpose(0, 1)
+        side.pool.get_value_buffer(layer)[slots] = cache.kv.v[layer].transpose(0, 1)
+    result = side.tree.insert(InsertParams(key=RadixKey(array("q", tokens)), value=slots))
+    side.allocator.free(slots[: result.prefix_len])
+    time.sleep(0.002)  # distinct access times: LRU order = prefill order
+    return cache
+
+
+def wait_for(predicate, what, timeout=5.0, poke=None):
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        if poke:
+            poke()
+        time.sleep(0.02)
+
+
+class Polling:
+    """The sender's scheduler loop, reduced to its fetch-answering hook."""
+
+    def __init__(self, side):
+        self.stop, self.side = threading.Event(), side
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            self.side.runtime.poll_exports()
+            self.stop.wait(0.002)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+
+
+def request(tokens, plan=None):
+    params = {} if plan is None else {"droidspeak_plan": plan}
+    return SimpleNamespace(rid="req", extra_key=None, sampling_params=SimpleNamespace(custom_params=params),
+                           origin_input_ids=array("q", tokens), output_ids=array("q"))
+
+
+def leak_free(side, held=0):
+    """SGLang's idle check: free + evictable + protected (+ held by running requests) == pool."""
+    return side.allocator.available_size() + side.tree.evictable_size() + side.tree.protected_size() + held == POOL_SIZE
+
+
+def remote_len(side, tokens):
+    found = side.tree.remote_index.longest_match(tokens)
+    return 0 if found is None else found.prefix_len
+
+
+def announce_and_wait(a, b, tokens):
+    """Prefill on the sender and wait until the receiver's index holds all of ``tokens``."""
+    cache = sender_prefill(a, tokens)
+    wait_for(lambda: remote_len(b, tokens) == len(tokens), "the announcement",
+             poke=lambda: a.runtime.announce(tokens, None))  # the slow joiner misses the first
+    return cache
+
+
+def tiny_llama():
+    return tiny_model("llama", seed=7, num_layers=NUM_LAYERS, hidden_size=HIDDEN, num_heads=4,
+                      num_kv_heads=2, vocab_size=128)
+
+
+@contextlib.contextmanager
+def two_servers(sender_model, receiver_model):
+    """(a, b): coder-a exports and announces, coder-b fetches from it with PLAN_GROUPS."""
+    a = make_side("coder-a", sender_model, {"export_bind": "tcp://127.0.0.1:*",
+                                            "announce_bind": "tcp://127.0.0.1:*"})
+    fetch, announce = a.runtime.export_server.endpoint, a.runtime.announcer.endpoint
+    b = make_side("coder-b", receiver_model, {
+        "peers": [{"model": "coder-a", "fetch": fetch, "announce": announce}], "fetch_timeout_s": 1.0,
+        "plans": [{"sender": "coder-a", "receiver": "coder-b", "num_layers": NUM_LAYERS, "groups": PLAN_GROUPS}]})
+    polling = Polling(a)
+    try:
+        yield a, b
+    finally:
+        polling.close()
+        for side in (a, b):
+            side.runtime.close()
