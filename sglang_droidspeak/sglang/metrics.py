@@ -12,6 +12,7 @@ that variable is set; this module imports no SGLang.
     sglang:droidspeak_layers_recomputed_total           counter    model
     sglang:droidspeak_bytes_moved_total                 counter    model, direction
     sglang:droidspeak_fallbacks_total                   counter    model, reason
+    sglang:droidspeak_policy_decisions_total            counter    model, reason
     sglang:droidspeak_exports_total                     counter    model
     sglang:droidspeak_fetch_seconds_{bucket,sum,count}  histogram  model
 """
@@ -45,6 +46,7 @@ def _create_metrics(registry: Any) -> dict[str, Any]:
         "layers": counter("layers_recomputed", "Layers recomputed, summed over hits."),
         "bytes": counter("bytes_moved", "KV/E bytes transferred.", "direction"),
         "fallbacks": counter("fallbacks", "Foreign hits abandoned for full prefill.", "reason"),
+        "decisions": counter("policy_decisions", "Online-policy decisions by reason.", "reason"),
         "exports": counter("exports", "Prefixes exported to a peer."),
         "fetch": Histogram("sglang:droidspeak_fetch_seconds", "Remote fetch latency.",
                            ("model",), registry=registry, buckets=FETCH_BUCKETS),
@@ -111,6 +113,11 @@ class DroidSpeakMetrics:
             raise ValueError(f"reason must be a non-empty str, got {reason!r}")
         self._m["fallbacks"].labels(self.model, reason).inc()
 
+    def record_decision(self, reason: str) -> None:
+        if type(reason) is not str or not reason:
+            raise ValueError(f"reason must be a non-empty str, got {reason!r}")
+        self._m["decisions"].labels(self.model, reason).inc()
+
     def record_export(self) -> None:
         self._m["exports"].labels(self.model).inc()
 
@@ -133,6 +140,9 @@ class NullMetrics:
         pass
 
     def record_fallback(self, reason: Any) -> None:
+        pass
+
+    def record_decision(self, reason: Any) -> None:
         pass
 
     def record_export(self) -> None:

@@ -140,7 +140,8 @@ class DroidSpeakRadixCache(WithdrawOnEvict, RadixCache):
         namespace = hit.namespace
         if hit.tag.origin is KVOrigin.REMOTE:
             base = decode_namespace(params.key.extra_key, self.model).base
-            namespace = self.runtime.materialize(self, hit, params.key.raw_token_ids(), base, getattr(req, "rid", "?"))
+            namespace = self.runtime.materialize(self, hit, params.key.raw_token_ids(), base, getattr(req, "rid", "?"),
+                                                 forced=isinstance(choice, LayerPlan))
         if namespace is None:
             setattr(req, FELL_BACK_ATTR, True)  # prefill normally; never retry per scheduling pass
             return native

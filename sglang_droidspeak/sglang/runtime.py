@@ -24,6 +24,7 @@ from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.radix.hits import ForeignHit
 from sglang_droidspeak.sglang.exporter import export_messages
 from sglang_droidspeak.sglang.importer import ImportFailed, ModelParts, import_prefix
+from sglang_droidspeak.sglang.plan_choice import PlanChooser
 from sglang_droidspeak.sglang.recompute import recompute_group
 from sglang_droidspeak.sglang.settings import DroidSpeakSettings
 from sglang_droidspeak.transfer.directory import Announcer, DirectoryListener
@@ -53,6 +54,7 @@ class DroidSpeakRuntime:
         self.scheduler: Any = None
         self._warned: set[str] = set()
         self._backoff_until: dict[str, float] = {}  # sender -> monotonic time
+        self.chooser = PlanChooser(settings, model, num_layers, metrics)
         if self.peers:
             endpoints = [peer.announce for peer in self.peers.values()]
             self.listener = DirectoryListener(endpoints, secret, self._on_announce)
@@ -134,9 +136,19 @@ class DroidSpeakRuntime:
 
     # ---- receiver ----
 
-    def materialize(self, tree: Any, hit: ForeignHit, token_ids, base: Optional[str], rid: str) -> Optional[str]:
-        """Import a REMOTE hit as derived KV; the namespace to adopt, or None (fallback)."""
-        plan: LayerPlan = hit.plan
+    def materialize(self, tree: Any, hit: ForeignHit, token_ids, base: Optional[str], rid: str,
+                    forced: bool = False) -> Optional[str]:
+        """Import a REMOTE hit as derived KV; the namespace to adopt, or None (fallback).
+
+        ``forced``: the request named its plan; otherwise the online policy may pick another
+        (``plan_choice``), or decide that a normal prefill is better.
+        """
+        queue_len = len(getattr(self.scheduler, "waiting_queue", ()) or ())
+        choice = self.chooser.choose(hit.sender, hit.plan, forced, hit.prefix_len,
+                                     len(token_ids) - hit.prefix_len, queue_len)
+        if choice.plan is None:
+            return self._fallback("policy", rid, choice.reason)
+        plan: LayerPlan = choice.plan
         if plan.num_layers != self.num_layers:
             return self._fallback("bad_plan", rid, f"plan for {plan.num_layers} layers, model has {self.num_layers}")
         if self.client is None or hit.sender not in self.peers:

@@ -13,6 +13,9 @@
     announce_bind: tcp://127.0.0.1:5602  # PUB of cached prefixes; unset: no announcements
     peers:                         # servers this one may fetch from (receiver role)
       - {model: coder-a, fetch: tcp://127.0.0.1:5501, announce: tcp://127.0.0.1:5502}
+    slo_ttft_ms: 500               # with latency_model and profiles_dir: the online policy
+    latency_model: {ms_per_layer_token: 0.0004, ms_fixed: 5, kv_bytes_per_layer_token: 4096,
+                    e_bytes_per_token: 8192, link_gbps: 25, pipelined: false}   # plan.latency
 
 Endpoints are ``tcp://host:port`` (port 1..65535) or ``ipc://path``; only the format is
 checked. Every error is a SettingsError naming the file and field. Imports no SGLang:
@@ -30,6 +33,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import yaml
 
+from sglang_droidspeak.plan.latency import LatencyModelError, PrefillLatencyModel
 from sglang_droidspeak.plan.layer_plan import LayerPlan, PlanError
 from sglang_droidspeak.plan.profile import Profile
 from sglang_droidspeak.plan.profile_io import load_profile, profile_filename
@@ -74,7 +78,25 @@ class DroidSpeakSettings:
     export_bind: Optional[str] = None
     announce_bind: Optional[str] = None
     peers: tuple[Peer, ...] = ()
+    slo_ttft_ms: Optional[float] = None  # with latency_model and profiles_dir: online policy
+    latency_model: Optional[PrefillLatencyModel] = None
     source: str = field(default="<settings>", compare=False)  # file name, for messages
+
+    @property
+    def policy_enabled(self) -> bool:
+        """Choose the plan per request (plan.policy) instead of the profile's fixed point."""
+        return None not in (self.slo_ttft_ms, self.latency_model, self.profiles_dir)
+
+    def profile_lookup(self) -> Callable[[str, str], Optional[Profile]]:
+        """``(sender, receiver) -> Profile | None`` from ``profiles_dir``, cached per pair."""
+        cache: dict[tuple[str, str], Optional[Profile]] = {}
+
+        def lookup(sender: str, receiver: str) -> Optional[Profile]:
+            if (sender, receiver) not in cache:
+                cache[(sender, receiver)] = _read_profile(Path(self.profiles_dir or "."), sender, receiver)
+            return cache[(sender, receiver)]
+
+        return lookup
 
     def plan_lookup(self) -> PlanLookup:
         """``(sender, receiver) -> LayerPlan | None``: inline plans, else the pair's profile.
@@ -144,7 +166,7 @@ def _plain_name(name: str) -> bool:
 
 
 _KEYS = {"model", "allow_derived_export", "min_foreign_tokens", "plans", "profiles_dir", "max_quality_drop",
-         "fetch_timeout_s", "secret_env", "export_bind", "announce_bind", "peers"}
+         "fetch_timeout_s", "secret_env", "export_bind", "announce_bind", "peers", "slo_ttft_ms", "latency_model"}
 _PLAN_KEYS = {"sender", "receiver", "num_layers", "groups"}
 _PEER_KEYS = {"model", "fetch", "announce"}
 
@@ -189,8 +211,19 @@ def parse_settings(data: Any, where: str = "<settings>") -> DroidSpeakSettings:
         secret_env=_secret_env(data.get("secret_env", DEFAULT_SECRET_ENV), f"{where}: secret_env"),
         **_binds(data, where),
         peers=_peers(data.get("peers") or [], model, where),
+        slo_ttft_ms=None if data.get("slo_ttft_ms") is None else _number(data, "slo_ttft_ms", 0, where, True),
+        latency_model=_latency_model(data.get("latency_model"), f"{where}: latency_model"),
         source=where,
     )
+
+
+def _latency_model(value: Any, at: str) -> Optional[PrefillLatencyModel]:
+    if value is None:
+        return None
+    try:
+        return PrefillLatencyModel.from_dict(value)
+    except LatencyModelError as exc:
+        raise SettingsError(f"{at}: {exc}") from exc
 
 
 def _pair_plan(entry: Any, where: str) -> PairPlan:

@@ -139,3 +139,15 @@ def test_removed_capture_e_layers_is_an_unknown_field():
     """E is computed on demand at export time; the old key must fail loudly, not be ignored."""
     with pytest.raises(SettingsError, match=re.escape("cfg.yaml: unknown field(s) ['capture_e_layers']")):
         parse_settings({"model": "coder-a", "capture_e_layers": "all"}, where="cfg.yaml")
+
+
+def test_policy_fields_parse_and_name_bad_values():
+    link = {"ms_per_layer_token": 0.01, "ms_fixed": 1.0, "kv_bytes_per_layer_token": 256,
+            "e_bytes_per_token": 256, "link_gbps": 25.0}
+    s = parse_settings({"profiles_dir": "p", "slo_ttft_ms": 400, "latency_model": link})
+    assert s.policy_enabled and s.slo_ttft_ms == 400.0 and s.latency_model.link_gbps == 25.0
+    assert not parse_settings({"slo_ttft_ms": 400, "latency_model": link}).policy_enabled  # no profiles
+    with pytest.raises(SettingsError, match=r"<settings>: slo_ttft_ms: must be a number > 0, got 0"):
+        parse_settings({"slo_ttft_ms": 0})
+    with pytest.raises(SettingsError, match=r"<settings>: latency_model: .*link_gbps"):
+        parse_settings({"latency_model": {**link, "link_gbps": 0}})

@@ -40,13 +40,16 @@ PLAN_GROUPS = [[1, 3]]  # the receiver's inline plan for coder-a -> coder-b
 
 class CountingMetrics(NullMetrics):
     def __init__(self):
-        self.fallbacks, self.hits = [], []
+        self.fallbacks, self.hits, self.decisions = [], [], []
 
     def record_fallback(self, reason):
         self.fallbacks.append(reason)
 
     def record_hit(self, origin, num_tokens, num_recomputed_layers):
         self.hits.append((origin, num_tokens, num_recomputed_layers))
+
+    def record_decision(self, reason):
+        self.decisions.append(reason)
 
 
 def make_side(name, model, settings, fingerprint="fp"):
@@ -137,14 +140,16 @@ def tiny_llama():
 
 
 @contextlib.contextmanager
-def two_servers(sender_model, receiver_model):
-    """(a, b): coder-a exports and announces, coder-b fetches from it with PLAN_GROUPS."""
+def two_servers(sender_model, receiver_model, receiver_settings=None):
+    """(a, b): coder-a exports and announces, coder-b fetches from it with PLAN_GROUPS
+    (``receiver_settings`` replaces the inline plan with other settings)."""
     a = make_side("coder-a", sender_model, {"export_bind": "tcp://127.0.0.1:*",
                                             "announce_bind": "tcp://127.0.0.1:*"})
     fetch, announce = a.runtime.export_server.endpoint, a.runtime.announcer.endpoint
+    plans = [{"sender": "coder-a", "receiver": "coder-b", "num_layers": NUM_LAYERS, "groups": PLAN_GROUPS}]
     b = make_side("coder-b", receiver_model, {
         "peers": [{"model": "coder-a", "fetch": fetch, "announce": announce}], "fetch_timeout_s": 1.0,
-        "plans": [{"sender": "coder-a", "receiver": "coder-b", "num_layers": NUM_LAYERS, "groups": PLAN_GROUPS}]})
+        **(receiver_settings if receiver_settings is not None else {"plans": plans})})
     polling = Polling(a)
     try:
         yield a, b

@@ -1,0 +1,82 @@
+"""The online policy inside the receiver (tests/unit/two_servers.py: real pools, tree, ZMQ).
+
+The pair's profile offers [0, 1) and [0, 2) of 4 layers; the latency model and the SLO
+decide which, or a normal prefill when the link makes reuse slower than prefilling.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sglang_droidspeak.sglang.cpu_import import SGLangImportOrderError, prepare_cpu_sglang
+
+try:
+    prepare_cpu_sglang()
+except SGLangImportOrderError as exc:
+    pytest.skip(str(exc), allow_module_level=True)
+pytest.importorskip("sglang.srt.mem_cache.radix_cache")
+
+from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams  # noqa: E402
+from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
+
+from sglang_droidspeak.identity import fingerprint_from_config  # noqa: E402
+from sglang_droidspeak.plan import FrontierPoint, LayerPlan, ModelRef, Profile, save_profile  # noqa: E402
+from sglang_droidspeak.plan.policy import FULL_PREFILL_FASTER, IDLE_MOST  # noqa: E402
+from two_servers import NUM_LAYERS, announce_and_wait, leak_free, request, tiny_llama, two_servers  # noqa: E402
+
+CONTEXT = list(range(20, 52))  # 32 tokens
+FAST_LINK = {"ms_per_layer_token": 0.01, "ms_fixed": 1.0, "kv_bytes_per_layer_token": 256,
+             "e_bytes_per_token": 256, "link_gbps": 100.0, "pipelined": False}
+
+
+def write_profile(directory):
+    fp = fingerprint_from_config({"num_hidden_layers": NUM_LAYERS, "hidden_size": 64, "num_attention_heads": 4,
+                                  "num_key_value_heads": 2, "vocab_size": 128, "model_type": "llama",
+                                  "architectures": ["LlamaForCausalLM"]}, '{"model": {}}')
+    frontier = (FrontierPoint(LayerPlan.contiguous(NUM_LAYERS, 0, 1), 0.90, 0.05),
+                FrontierPoint(LayerPlan.contiguous(NUM_LAYERS, 0, 2), 0.94, 0.01))
+    save_profile(Profile(ModelRef("coder-a", fp), ModelRef("coder-b", fp), NUM_LAYERS, "lcc", "agreement",
+                         0.95, 0.80, frontier), directory / "coder-a__coder-b.yaml")
+
+
+def receiver_settings(tmp_path, link):
+    write_profile(tmp_path)
+    return {"profiles_dir": str(tmp_path), "max_quality_drop": 0.06, "slo_ttft_ms": 1000.0,
+            "latency_model": link}
+
+
+def match(b, tokens):
+    req = request(tokens)
+    return req, b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+
+
+def test_idle_receiver_takes_the_most_recomputation_within_the_slo(tmp_path):
+    model = tiny_llama()
+    with two_servers(model, model, receiver_settings(tmp_path, FAST_LINK)) as (a, b):
+        announce_and_wait(a, b, CONTEXT)
+        req, m = match(b, CONTEXT + [3, 4])
+        assert len(m.device_indices) == len(CONTEXT)
+        assert b.tree.tag_of(m.last_device_node).plan == "[0, 2)"  # the profile's static choice is [0, 1)
+        assert b.metrics.decisions == [IDLE_MOST] and b.metrics.hits == [("remote", 32, 2)]
+
+
+def test_a_slow_link_makes_the_policy_prefill_normally(tmp_path):
+    model = tiny_llama()
+    slow = {**FAST_LINK, "link_gbps": 1e-6}
+    with two_servers(model, model, receiver_settings(tmp_path, slow)) as (a, b):
+        announce_and_wait(a, b, CONTEXT)
+        available = b.allocator.available_size()
+        req, m = match(b, CONTEXT + [3, 4])
+        assert len(m.device_indices) == 0 and req.extra_key is None
+        assert b.metrics.decisions == [FULL_PREFILL_FASTER] and b.metrics.fallbacks == ["policy"]
+        assert b.allocator.available_size() == available and leak_free(b)
+        assert a.runtime.export_server.num_served == 0  # decided before any transfer
+
+
+def test_a_forced_plan_skips_the_policy(tmp_path):
+    model = tiny_llama()
+    with two_servers(model, model, receiver_settings(tmp_path, FAST_LINK)) as (a, b):
+        announce_and_wait(a, b, CONTEXT)
+        req = request(CONTEXT + [3, 4], "0:1")
+        m = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+        assert b.tree.tag_of(m.last_device_node).plan == "[0, 1)" and b.metrics.decisions == []
