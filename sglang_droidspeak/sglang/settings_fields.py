@@ -1,0 +1,127 @@
+"""Field parsers for the plugin settings (``sglang.settings``); each error names the field.
+
+Imports no SGLang.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from sglang_droidspeak.plan.latency import LatencyModelError, PrefillLatencyModel
+from sglang_droidspeak.plan.layer_plan import LayerPlan, PlanError
+
+_PLAN_KEYS = {"sender", "receiver", "num_layers", "groups"}
+_PEER_KEYS = {"model", "fetch", "announce"}
+
+
+class SettingsError(ValueError):
+    """A config file that cannot be used; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class PairPlan:
+    sender: str
+    receiver: str
+    plan: LayerPlan
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A server this one may fetch from: its model name and its two ZMQ endpoints."""
+
+    model: str
+    fetch: str
+    announce: str
+
+
+
+def _latency_model(value: Any, at: str) -> Optional[PrefillLatencyModel]:
+    if value is None:
+        return None
+    try:
+        return PrefillLatencyModel.from_dict(value)
+    except LatencyModelError as exc:
+        raise SettingsError(f"{at}: {exc}") from exc
+
+
+def _pair_plan(entry: Any, where: str) -> PairPlan:
+    if not isinstance(entry, Mapping) or set(entry) != _PLAN_KEYS:
+        raise SettingsError(f"{where}: expected exactly the fields {sorted(_PLAN_KEYS)}, got {entry!r}")
+    sender, receiver, groups = entry["sender"], entry["receiver"], entry["groups"]
+    if not (isinstance(sender, str) and sender and isinstance(receiver, str) and receiver):
+        raise SettingsError(f"{where}: 'sender' and 'receiver' must be non-empty strings")
+    if not isinstance(groups, list) or not all(isinstance(g, list) and len(g) == 2 for g in groups):
+        raise SettingsError(f"{where}: 'groups' must be a list of [start, end] pairs, got {groups!r}")
+    try:
+        plan = LayerPlan(entry["num_layers"], tuple(tuple(g) for g in groups))
+    except PlanError as exc:
+        raise SettingsError(f"{where}: {exc}") from exc
+    return PairPlan(sender, receiver, plan)
+
+
+def _optional_str(data: Mapping[str, Any], name: str, where: str) -> Optional[str]:
+    value = data.get(name)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise SettingsError(f"{where}: {name}: must be a non-empty string, got {value!r}")
+    return value
+
+
+def _number(data: Mapping[str, Any], name: str, default: float, where: str, positive: bool) -> float:
+    """A finite number, > 0 if ``positive`` else >= 0."""
+    value = data.get(name, default)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0):
+        raise SettingsError(f"{where}: {name}: must be a number {'>' if positive else '>='} 0, got {value!r}")
+    return float(value)
+
+
+def _secret_env(value: Any, at: str) -> str:
+    if not isinstance(value, str) or not value or "=" in value or "\0" in value:
+        raise SettingsError(f"{at}: must be an environment variable name, got {value!r}")
+    return value
+
+
+def _endpoint(value: Any, at: str, bind: bool = False) -> str:
+    """``tcp://host:port`` (port 1..65535; a bind may use ``*``: any free port) or ``ipc://path``."""
+    if not isinstance(value, str) or not value.startswith(("tcp://", "ipc://")) or any(c.isspace() for c in value):
+        raise SettingsError(f"{at}: must be a 'tcp://host:port' or 'ipc://path' string, got {value!r}")
+    rest = value[len("tcp://"):]
+    if value.startswith("ipc://"):
+        if not rest:
+            raise SettingsError(f"{at}: ipc endpoint needs a path, got {value!r}")
+        return value
+    host, sep, port = rest.rpartition(":")
+    if bind and sep and host and port == "*":
+        return value
+    if not (sep and host and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise SettingsError(f"{at}: tcp endpoint needs host:port with a port in 1..65535, got {value!r}")
+    return value
+
+
+def _binds(data: Mapping[str, Any], where: str) -> dict[str, Optional[str]]:
+    binds = {k: None if data.get(k) is None else _endpoint(data[k], f"{where}: {k}", bind=True)
+             for k in ("export_bind", "announce_bind")}
+    same = binds["export_bind"] is not None and binds["export_bind"] == binds["announce_bind"]
+    if same and not binds["export_bind"].endswith(":*"):  # two wildcard binds get two free ports
+        raise SettingsError(f"{where}: announce_bind: same endpoint as export_bind ({binds['export_bind']})")
+    return binds
+
+
+def _peers(entries: Any, model: Optional[str], where: str) -> tuple[Peer, ...]:
+    if not isinstance(entries, list):
+        raise SettingsError(f"{where}: peers: must be a list, got {entries!r}")
+    peers: list[Peer] = []
+    for i, entry in enumerate(entries):
+        at = f"{where}: peers[{i}]"
+        if not isinstance(entry, Mapping) or set(entry) != _PEER_KEYS:
+            raise SettingsError(f"{at}: expected exactly the fields {sorted(_PEER_KEYS)}, got {entry!r}")
+        name = entry["model"]
+        if not isinstance(name, str) or not name:
+            raise SettingsError(f"{at}.model: must be a non-empty string, got {name!r}")
+        if name == model or name in (p.model for p in peers):
+            why = "is this server's own model" if name == model else "is listed twice"
+            raise SettingsError(f"{at}.model: {name!r} {why}")
+        peers.append(Peer(name, _endpoint(entry["fetch"], f"{at}.fetch"), _endpoint(entry["announce"], f"{at}.announce")))
+    return tuple(peers)
