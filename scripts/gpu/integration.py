@@ -135,8 +135,9 @@ def summarize(r: dict) -> None:
     print(f"\n== quality ok={q.get('ok')} (tester -> libwriter, plan {q.get('plan')}, {q.get('num_examples')} "
           f"examples, max |sglang - ref| {q.get('max_abs_diff')}, cached {q.get('cached_tokens')})")
     for key, row in q.get("table", {}).items():
-        print("  " + key.ljust(11) + "  ".join(f"{m}: sglang {v['sglang']:.4f} ref {v['reference']:.4f}"
-                                             for m, v in row.items()))
+        print("  " + key.ljust(11) + "  ".join(
+            f"{m}: sglang {v['sglang']:.4f} ref {v['reference']:.4f} diff CI95 "
+            f"[{v['diff_ci95'][0]:+.3f}, {v['diff_ci95'][1]:+.3f}]" for m, v in row.items()))
     print("\n== fallbacks", json.dumps(r.get("fallbacks")))
     for name, lines in r.get("metrics", {}).items():
         print(f"== metrics {name}: " + "; ".join(l for l in lines if "_total" in l and not l.endswith(" 0.0"))[:900])
