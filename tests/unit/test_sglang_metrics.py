@@ -127,3 +127,16 @@ def test_multiprocess_mode_like_sglang(tmp_path):
     assert json.loads(out.stdout) == [True, 1.0, 9.0, 1.0, 0.5]
     assert sorted(p.name.rsplit("_", 1)[0] for p in tmp_path.iterdir()) == [
         "counter", "histogram"]
+
+
+def test_policy_decisions_are_counted_by_reason():
+    registry = CollectorRegistry()
+    metrics = DroidSpeakMetrics("coder-b", registry)
+    metrics.record_decision("idle: most layers within SLO")
+    metrics.record_decision("idle: most layers within SLO")
+    metrics.record_decision("full prefill faster")
+    value = lambda reason: _value(registry, "policy_decisions_total", model="coder-b", reason=reason)  # noqa: E731
+    assert (value("idle: most layers within SLO"), value("full prefill faster")) == (2.0, 1.0)
+    with pytest.raises(ValueError, match="reason must be a non-empty str"):
+        metrics.record_decision("")
+    NullMetrics().record_decision(None)
