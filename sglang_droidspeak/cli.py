@@ -7,6 +7,7 @@
     droidspeak check CONFIG         check a cluster config; --print-plan: server commands
     droidspeak serve CONFIG         start a cluster's servers and its router (Ctrl-C stops all)
     droidspeak status [--url URL]   per-replica health, load and cache metrics from the router
+    droidspeak bench-prefill [--...] receiver TTFT vs context length per system (GPU, SGLang)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ SUBCOMMANDS = {
     "check": ("sglang_droidspeak.cluster.cli", "check a cluster config (models, pairs, profiles, GPUs)"),
     "serve": ("sglang_droidspeak.cluster.launcher", "start a cluster's servers and its router"),
     "status": ("sglang_droidspeak.cluster.status", "replica health and cache metrics from the router"),
+    "bench-prefill": ("sglang_droidspeak.bench.prefill", "TTFT vs context length: full prefill, reuse, plans"),
 }
 
 

@@ -1,0 +1,196 @@
+"""``droidspeak bench-prefill``: receiver TTFT against context length, per system (issue 6).
+
+One word (``droidspeak bench-prefill``, not ``droidspeak bench prefill``). Run on the GPU
+machine through ``scripts/gpu/bench_prefill.sh``; here it needs SGLang 0.5.17 importable.
+
+    droidspeak bench-prefill [--lengths 1024,...,32768] [--plans reuse,0:4,0:8,0:16]
+                             [--repeats 3] [--warmup 1] [--out docs/results/bench-prefill-DATE.json]
+    droidspeak bench-prefill --replot RESULT.json   # Markdown + PNG again from a result (no servers)
+    droidspeak bench-prefill --replot A.json,B.json --out MERGED.json   # two runs, one table
+
+1. A Llama-3.1-8B-shaped model dir (prefill_model.LLAMA_31_8B, tokenizer copied from
+   --tokenizer-from) served with ``--load-format dummy``: SGLang 0.5.17's
+   ``initialize_dummy_weights`` fills each float parameter with uniform(-1e-3, 1e-3) from a
+   generator seeded 1234, so the sender's and receiver's weights are the same (they
+   depend only on shape and dtype). Real shapes and costs; no files, no quality.
+2. Sender ``a`` (export + announce) is started and healthy before receiver ``b`` (its
+   peer; no pair plan: every request forces one), so their memory profiling cannot race.
+3. Per length: ``--warmup`` discarded rounds, then ``--repeats`` rounds; a round runs every
+   system on its own fresh random context (ids in [3, 2048)): sender prefills it
+   (max_new_tokens=1), ``--announce-wait``, then the receiver's request context + 16-token
+   suffix with that plan is timed client-side (TTFT = its wall time); both caches flushed.
+   Full prefill = plan "off" (stock prefix caching on a context the receiver never saw).
+4. JSON (``--out``, rewritten after every length), ``.md`` table and ``.png`` plot beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import time
+from pathlib import Path
+
+from sglang_droidspeak.bench import prefill_model as pm
+from sglang_droidspeak.bench import prefill_report as rep
+
+SUFFIX_LEN = 16
+VOCAB_LIMIT = 2048  # context ids stay below the small tokenizer's vocabulary
+DEFAULT_LENGTHS = "1024,2048,4096,8192,16384,32768"
+DEFAULT_PLANS = "reuse,0:4,0:8,0:16"
+DEFAULT_SECRET = "bench-prefill-secret-0123456789"
+META_KEYS = ("cached_tokens", "prompt_tokens", "e2e_latency", "queue_time", "forward_entry_time",
+             "prefill_finished_time", "cached_tokens_details")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("--lengths", default=DEFAULT_LENGTHS, help="context lengths, comma-separated")
+    a("--plans", default=DEFAULT_PLANS, help="systems besides full prefill: 'reuse' and/or 's:e,s:e' plans, "
+      "separated by ';' or ',' between single-group plans")
+    a("--repeats", type=int, default=3, help="timed runs per (length, system); the median is reported")
+    a("--warmup", type=int, default=1, help="discarded runs per (length, system) before the timed ones")
+    a("--out", default=f"docs/results/bench-prefill-{time.strftime('%Y-%m-%d')}.json")
+    a("--tokenizer-from", default=".cache/gpu-models/libwriter", help="dir with tokenizer.json, tokenizer_config.json")
+    a("--work-dir", default="/tmp/ds-bench", help="model dir, DroidSpeak configs, server logs")
+    a("--port-base", type=int, default=30700, help="sender HTTP port; the receiver gets the next one")
+    a("--zmq-base", type=int, default=5801, help="sender export port; announce gets the next one")
+    a("--announce-wait", type=float, default=0.5, help="seconds between the sender's prefill and the timed request")
+    a("--fetch-timeout", type=float, default=120.0, help="receiver's fetch_timeout_s (a 32K fetch moves 4 GiB)")
+    a("--mem-fraction", type=float, default=0.8, help="--mem-fraction-static of each server")
+    a("--max-total-tokens", type=int, default=0, help="KV slots per server (0: 2 x longest context + 2048)")
+    a("--server-args", default="", help="extra sglang.launch_server args for both (later flags win)")
+    a("--startup-timeout", type=float, default=600.0)
+    a("--seed", type=int, default=0)
+    a("--replot", default=None, help="no servers: rewrite the .md and .png of this result JSON; "
+      "A.json,B.json merges runs (e.g. short and long lengths) into --out")
+
+
+def parse_plans(text: str, num_layers: int) -> list[str]:
+    """Systems in order: "off" first, then each of ``text`` (validated; ValueError names a bad one)."""
+    parts = [p.strip() for p in (text.split(";") if ";" in text else text.split(",")) if p.strip()]
+    for plan in parts:
+        rep.recomputed_layers(plan, num_layers)
+    return [rep.FULL] + [p for p in dict.fromkeys(parts) if p != rep.FULL]
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.replot:
+        paths = replot([Path(p) for p in args.replot.split(",")], Path(args.out))
+        print("\n".join(str(p) for p in paths))
+        return 0
+    lengths = [int(x) for x in args.lengths.split(",")]
+    num_layers = pm.LLAMA_31_8B["num_hidden_layers"]
+    plans = parse_plans(args.plans, num_layers)
+    if args.repeats < 1 or args.warmup < 0 or min(lengths) < 1:
+        raise SystemExit("--repeats must be >= 1, --warmup >= 0 and every --lengths entry >= 1")
+    os.environ.setdefault("DROIDSPEAK_SECRET", DEFAULT_SECRET)
+    work, out = Path(args.work_dir), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model_dir = pm.write_model_dir(work / "llama-3.1-8b-shape", Path(args.tokenizer_from), max(lengths) + SUFFIX_LEN)
+    result = {"date": time.strftime("%Y-%m-%d"), "card": pm.card(), "command": command_line(args),
+              "model": pm.LLAMA_31_8B, "model_note": pm.MODEL_NOTE, "num_layers": num_layers, "plans": plans,
+              "suffix_len": SUFFIX_LEN, "repeats": args.repeats, "warmup": args.warmup, "samples": [],
+              "todo": [rep.CACHEBLEND_TODO]}
+    code, servers = 0, ()
+    try:
+        servers = pm.start_servers(args, model_dir, work, max(lengths) + SUFFIX_LEN, result)
+        bench(servers, lengths, plans, args, result, out)
+        result["receiver_metrics"] = pm.metric_lines(servers[1].metrics())
+    except Exception as exc:  # keep what was measured
+        result["error"] = repr(exc)
+        print("ERROR", repr(exc), "\n", servers[1].tail(20) if len(servers) > 1 else "", flush=True)
+        code = 1
+    finally:
+        for server in servers:
+            server.stop()
+    paths = write_outputs(result, out)
+    print(Path(paths[1]).read_text())
+    return code
+
+
+def bench(servers, lengths: list[int], plans: list[str], args, result: dict, out: Path) -> None:
+    """Per length: warm-up rounds (discarded), then timed rounds into ``result["samples"]``;
+    the outputs are rewritten after each length, so a run cut short keeps what it measured."""
+    rng = random.Random(args.seed)
+    for length in lengths:
+        for _ in range(args.warmup):
+            for plan in plans:
+                measure(servers, plan, length, rng, args.announce_wait)
+        for repeat in range(args.repeats):
+            for plan in plans:
+                result["samples"].append({"repeat": repeat, **measure(servers, plan, length, rng, args.announce_wait)})
+        write_outputs(result, out, plot=False)
+        print(f"[{time.strftime('%X')}] length {length} done", flush=True)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The equivalent ``droidspeak bench-prefill`` call with every option spelled out."""
+    skip = {"command", "_module", "replot"}
+    words = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in skip and v is not None]
+    return "droidspeak bench-prefill " + shlex.join(words)
+
+
+def measure(servers, plan: str, length: int, rng: random.Random, wait_s: float) -> dict:
+    """One fresh context: sender prefill, wait, timed receiver request with ``plan``, flush both."""
+    sender, receiver = servers
+    ctx = [rng.randrange(3, VOCAB_LIMIT) for _ in range(length)]
+    suffix = [rng.randrange(3, VOCAB_LIMIT) for _ in range(SUFFIX_LEN)]
+    start = time.perf_counter()
+    sender.generate({"input_ids": ctx, "sampling_params": {"max_new_tokens": 1, "temperature": 0}})
+    sender_ms = (time.perf_counter() - start) * 1000
+    time.sleep(wait_s)
+    body = {"input_ids": ctx + suffix, "sampling_params": {
+        "max_new_tokens": 1, "temperature": 0, "custom_params": {"droidspeak_plan": plan}}}
+    start = time.perf_counter()
+    meta = receiver.generate(body).get("meta_info", {})
+    ttft_ms = (time.perf_counter() - start) * 1000
+    for server in servers:
+        pm.flush(server)
+    cached = meta.get("cached_tokens")
+    return {"length": length, "plan": plan, "ttft_ms": ttft_ms, "sender_ms": sender_ms, "cached_tokens": cached,
+            "reused_context": cached is not None and cached >= length - 1,
+            "meta": {k: meta[k] for k in META_KEYS if k in meta}}
+
+
+def reuse_warnings(samples: list[dict]) -> list[str]:
+    """Samples whose cache hit contradicts their plan (a fallback: the number is not that system's)."""
+    return [f"length {s['length']} plan {s['plan']} repeat {s['repeat']}: cached_tokens {s['cached_tokens']}"
+            + (" but plan 'off' must not reuse" if s["plan"] == rep.FULL else " < context: fell back to prefill")
+            for s in samples if s["reused_context"] == (s["plan"] == rep.FULL)]
+
+
+def replot(paths: list[Path], out: Path) -> list[Path]:
+    """One result: its .md and .png again, beside it. Several: their samples merged (plans in
+    first-seen order, the first one's header fields, every card kept) into ``out`` and beside it."""
+    results = [json.loads(p.read_text()) for p in paths]
+    if len(results) == 1:
+        return write_outputs(results[0], paths[0], json_too=False)
+    merged = {**results[0], "merged_from": [str(p) for p in paths],
+              "command": " + ".join(r.get("command", "?") for r in results),
+              "card": "; ".join(dict.fromkeys(r.get("card", "?") for r in results)),
+              "plans": list(dict.fromkeys(p for r in results for p in r["plans"])),
+              "samples": [s for r in results for s in r["samples"]]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return write_outputs(merged, out)
+
+
+def write_outputs(result: dict, out: Path, plot: bool = True, json_too: bool = True) -> list[Path]:
+    """``out`` (JSON, with rows and warnings), ``out``.md and, if ``plot``, ``out``.png."""
+    rows = rep.table_rows(rep.median_ttft(result["samples"]), result["plans"], result["num_layers"])
+    result["rows"] = rep.rows_to_json(rows)
+    result["warnings"] = reuse_warnings(result["samples"])
+    md, png = out.with_suffix(".md"), out.with_suffix(".png")
+    report = rep.markdown_report(result, rows)
+    if result["warnings"]:
+        report += "\nWarnings (these samples did not run the named system):\n\n" + "".join(
+            f"- {w}\n" for w in result["warnings"])
+    md.write_text(report)
+    if plot:
+        result["plot"] = rep.plot(rows, png) or str(png)
+    if json_too:
+        out.write_text(json.dumps(result, indent=1))
+    return [out, md] + ([png] if plot and result["plot"] == str(png) else [])
