@@ -37,14 +37,17 @@ def causal_attention(q, k, v, num_q_heads: int, num_kv_heads: int, head_dim: int
     if num_tokens <= QUERY_BLOCK:
         out = F.scaled_dot_product_attention(q4, k4, v4, is_causal=True, scale=scaling, enable_gqa=gqa)
     else:
+        if gqa:  # masked SDPA with enable_gqa may fall back to the math kernel (a [B, T] score
+            # matrix per head); expanded K/V keep the memory-efficient kernel
+            k4 = k4.repeat_interleave(num_q_heads // num_kv_heads, dim=1)  # [1, Hq, T, D]
+            v4 = v4.repeat_interleave(num_q_heads // num_kv_heads, dim=1)
         blocks = []
         for start in range(0, num_tokens, QUERY_BLOCK):
             end = min(start + QUERY_BLOCK, num_tokens)
             rows = torch.arange(start, end, device=q.device).unsqueeze(1)  # [B, 1]
             mask = torch.arange(end, device=q.device).unsqueeze(0) <= rows  # [B, end]
             blocks.append(F.scaled_dot_product_attention(
-                q4[:, :, start:end], k4[:, :, :end], v4[:, :, :end],
-                attn_mask=mask, scale=scaling, enable_gqa=gqa))
+                q4[:, :, start:end], k4[:, :, :end], v4[:, :, :end], attn_mask=mask, scale=scaling))
         out = torch.cat(blocks, dim=2)  # [1, Hq, T, D]
     return out.squeeze(0).transpose(0, 1).reshape(num_tokens, num_q_heads * head_dim)
 
