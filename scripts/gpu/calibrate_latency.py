@@ -19,12 +19,10 @@ import json
 import os
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from servers import Server, metric_sum, wait_healthy  # noqa: E402
+from sglang_droidspeak.bench.servers import Server, metric_sum, wait_healthy  # noqa: E402
 
 from sglang_droidspeak.plan.latency import PrefillLatencyModel  # noqa: E402
 

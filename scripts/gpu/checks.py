@@ -13,7 +13,7 @@ import threading
 import time
 import urllib.request
 
-from servers import Server, metric_sum
+from sglang_droidspeak.bench.servers import Server, metric_sum
 
 PLANS = ["0:8", "0:2", "2:5", "7:8", "reuse", "0:1,4:6"]
 

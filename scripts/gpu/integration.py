@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from checks import check_exactness, check_fallbacks, check_quality  # noqa: E402
-from servers import Server, metric_lines, wait_healthy  # noqa: E402
+from sglang_droidspeak.bench.servers import Server, metric_lines, wait_healthy  # noqa: E402
 
 MODELS = Path(".cache/gpu-models")
 COMMON = ("--dtype", "bfloat16", "--mem-fraction-static", "0.8", "--log-level", "info")

@@ -26,8 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from servers import Server, wait_healthy  # noqa: E402
+from sglang_droidspeak.bench.servers import Server, wait_healthy  # noqa: E402
 
 MODEL = ".cache/gpu-models/libwriter"
 COMMON = ("--dtype", "bfloat16", "--mem-fraction-static", "0.8", "--max-total-tokens", "400000")

@@ -25,8 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from servers import post  # noqa: E402
+from sglang_droidspeak.bench.servers import post  # noqa: E402
 
 ROUTER = "http://127.0.0.1:8000"
 CONFIG = "examples/cluster-gpu-check.yaml"

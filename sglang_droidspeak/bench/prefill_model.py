@@ -2,18 +2,14 @@
 
     LLAMA_31_8B        config.json of Llama-3.1-8B (shapes, RoPE llama3 scaling, bf16)
     write_model_dir    that config + a tokenizer copied from a small model dir
-    start_servers      sender ``a`` then receiver ``b``: scripts/gpu/servers.py's Server,
+    start_servers      sender ``a`` then receiver ``b``: ``bench.servers.Server``,
                        ``--load-format dummy`` (random weights, identical in both: SGLang
                        seeds every parameter's generator with 1234)
     flush, card        /flush_cache with retries; the nvidia-smi line
-
-The Server class is imported from scripts/gpu/servers.py (next to this package in the
-repository, or under the current directory), not copied.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shlex
 import shutil
@@ -22,8 +18,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+from sglang_droidspeak.bench.servers import Server, wait_healthy
 
 LLAMA_31_8B: dict[str, Any] = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "attention_bias": False, "attention_dropout": 0.0,
@@ -38,7 +35,6 @@ LLAMA_31_8B: dict[str, Any] = {
 MODEL_NOTE = ("Llama-3.1-8B shapes (32 layers, hidden 4096, 32 q / 8 kv heads, vocab 128256), bf16, "
               "--load-format dummy: random weights, the same in sender and receiver; latency only, no quality")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-SERVERS_PY = Path("scripts") / "gpu" / "servers.py"
 
 
 def write_model_dir(dest: Path, tokenizer_from: Path, max_len: int) -> Path:
@@ -60,19 +56,6 @@ def write_model_dir(dest: Path, tokenizer_from: Path, max_len: int) -> Path:
     return dest
 
 
-def servers_module() -> ModuleType:
-    """scripts/gpu/servers.py, loaded by path (FileNotFoundError if neither place has it)."""
-    for base in (Path(__file__).resolve().parents[2], Path.cwd()):
-        path = base / SERVERS_PY
-        if path.is_file():
-            spec = importlib.util.spec_from_file_location("droidspeak_gpu_servers", path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            return module
-    raise FileNotFoundError(f"{SERVERS_PY} not found next to the package or under {Path.cwd()}: "
-                            "run from the repository root")
-
-
 def droidspeak_configs(zmq_base: int, fetch_timeout_s: float) -> tuple[dict, dict]:
     """(sender ``a``, receiver ``b``) plugin configs; b has no pair plan (requests force one)."""
     export, announce = f"tcp://127.0.0.1:{zmq_base}", f"tcp://127.0.0.1:{zmq_base + 1}"
@@ -92,14 +75,13 @@ def server_args(args: Any, context_len: int) -> tuple[str, ...]:
 def start_servers(args: Any, model_dir: Path, work: Path, context_len: int, result: dict) -> tuple:
     """Sender then receiver, each healthy before the next starts; records their argv and
     configs in ``result``. On failure stops what it started and raises."""
-    srv = servers_module()
     sender_cfg, receiver_cfg = droidspeak_configs(args.zmq_base, args.fetch_timeout)
     extra = server_args(args, context_len)
     started = []
     try:
         for name, port, cfg in (("a", args.port_base, sender_cfg), ("b", args.port_base + 1, receiver_cfg)):
-            started.append(srv.Server(name, str(model_dir), port, work, plugin=True, config=cfg, extra=extra))
-            srv.wait_healthy([started[-1]], args.startup_timeout)
+            started.append(Server(name, str(model_dir), port, work, plugin=True, config=cfg, extra=extra))
+            wait_healthy([started[-1]], args.startup_timeout)
     except Exception:
         for server in started:
             server.stop()

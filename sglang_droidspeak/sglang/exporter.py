@@ -41,7 +41,7 @@ def _check(request: FetchRequest, model: str, fingerprint: str, num_layers: int)
 
 
 def export_messages(request: FetchRequest, *, model: str, fingerprint: str, tree: Any,
-                    kv_pool: Any, compute_e: Optional[EComputer], num_layers: int,
+                    kv_pool: Any, compute_e: EComputer, num_layers: int,
                     block_tokens: int = BLOCK_TOKENS) -> Iterator[Message]:
     """The answer to ``request``: LayerChunks then FetchDone, or a single FetchError.
 
@@ -65,9 +65,10 @@ def export_messages(request: FetchRequest, *, model: str, fingerprint: str, tree
         for start in range(0, num_tokens, block_tokens):
             yield LayerChunk.from_tensor(rid, "e", layer, start, e[layer][start:start + block_tokens])
             num_chunks += 1
+    blocks = [(start, slots[start:start + block_tokens].to(kv_pool.device))  # once, not per layer
+              for start in range(0, num_tokens, block_tokens)]
     for layer in request.reused_layers:
-        for start in range(0, num_tokens, block_tokens):
-            block = slots[start:start + block_tokens].to(kv_pool.device)
+        for start, block in blocks:
             yield LayerChunk.from_tensor(rid, "k", layer, start, kv_pool.get_key_buffer(layer)[block])
             yield LayerChunk.from_tensor(rid, "v", layer, start, kv_pool.get_value_buffer(layer)[block])
             num_chunks += 2

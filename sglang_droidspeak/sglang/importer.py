@@ -23,7 +23,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import torch
 
 from sglang_droidspeak.plan.layer_plan import LayerPlan
-from sglang_droidspeak.sglang.recompute import recompute_group
+from sglang_droidspeak.sglang.recompute import prefix_inputs, recompute_group
 from sglang_droidspeak.transfer.frames import FetchRequest, LayerChunk
 
 DEBUG_ENV = "DROIDSPEAK_DEBUG_COMPARE"  # =1: also fetch what is recomputed and log the differences
@@ -131,15 +131,14 @@ def import_prefix(parts: ModelParts, tree: Any, fetch: Callable, *, sender: str,
     try:
         debug = os.environ.get(DEBUG_ENV) == "1"
         num_layers = plan.num_layers
-        e_layers = tuple(range(num_layers)) if debug else tuple(g.start for g in plan.groups if g.start > 0)
+        e_layers = tuple(range(num_layers)) if debug else plan.e_layers()
         kv_layers = tuple(range(num_layers)) if debug else plan.reused_layers()
         request = FetchRequest(uuid.uuid4().hex, sender, receiver, fingerprint, tuple(token_ids),
                                kv_layers, e_layers, 0)
         receiver_state = _Receiver(parts, plan, slots, e_layers, plan.recomputed_layers() if debug else ())
         fetch(request, receiver_state)
         receiver_state.check_complete()
-        ids = torch.tensor(list(token_ids), dtype=torch.int64, device=parts.device)  # [n]
-        positions = torch.arange(num_tokens, dtype=torch.int64, device=parts.device)  # [n]
+        ids, positions = prefix_inputs(token_ids, parts.device)
         trace: Optional[dict] = {} if debug else None
         for group in plan.groups:
             e_start = parts.embed(ids) if group.start == 0 else receiver_state.e[group.start]

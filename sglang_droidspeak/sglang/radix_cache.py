@@ -132,6 +132,9 @@ class DroidSpeakRadixCache(WithdrawOnEvict, RadixCache):
         req = params.req
         if req is None:
             return native
+        if self._nothing_foreign():  # the common path: no request parameter is even read
+            setattr(req, FOREIGN_HIT_ATTR, None)
+            return native
         choice = OFF if getattr(req, FELL_BACK_ATTR, False) else request_plan_choice(req, self.num_layers)
         hit = None if choice is OFF else self._foreign_hit(params.key, len(native.device_indices), choice)
         setattr(req, FOREIGN_HIT_ATTR, hit)
@@ -188,8 +191,8 @@ class DroidSpeakRadixCache(WithdrawOnEvict, RadixCache):
         """The longest foreign prefix beyond ``native_len``; ``plan`` forces that plan."""
         if self.disable or self.is_eagle or key.is_bigram:
             return None
-        if not self._derived_namespaces and not self.remote_index.senders():
-            return None  # nothing foreign anywhere: the common path costs two lookups
+        if self._nothing_foreign():
+            return None
         base, tag = decode_namespace(key.extra_key, self.model)
         if tag.origin is not KVOrigin.NATIVE:
             return None  # the request already lives in a derived namespace
@@ -204,6 +207,10 @@ class DroidSpeakRadixCache(WithdrawOnEvict, RadixCache):
             tag = ModelTag.remote(remote.sender)
             return ForeignHit(tag, remote_len, native_len, remote_plan, peer=remote.peer)
         return None
+
+    def _nothing_foreign(self) -> bool:
+        """No derived KV here and no peer advertised anything: two cheap lookups."""
+        return not self._derived_namespaces and not self.remote_index.senders()
 
     def _longest_planned_remote(
         self, tokens, base: Optional[str], forced: Optional[LayerPlan] = None

@@ -52,6 +52,12 @@ def causal_attention(q, k, v, num_q_heads: int, num_kv_heads: int, head_dim: int
     return out.squeeze(0).transpose(0, 1).reshape(num_tokens, num_q_heads * head_dim)
 
 
+def prefix_inputs(token_ids, device) -> tuple:
+    """(ids, positions) of a prefix that starts at position 0: two [n] int64 tensors."""
+    ids = torch.tensor(list(token_ids), dtype=torch.int64, device=device)  # [n]
+    return ids, torch.arange(ids.shape[0], dtype=torch.int64, device=device)  # [n]
+
+
 def write_kv(kv_pool: Any, layer_id: int, slots, k, v) -> None:
     """Store one layer's K/V rows at ``slots`` (plain indexing: any dtype-matching pool)."""
     for buffer, value in ((kv_pool.get_key_buffer(layer_id), k), (kv_pool.get_value_buffer(layer_id), v)):

@@ -1,4 +1,4 @@
-"""Per-scheduler-process DroidSpeak state: sockets, E pool, metrics, fetch and export.
+"""Per-scheduler-process DroidSpeak state: sockets, metrics, fetch, export and E on demand.
 
 One ``DroidSpeakRuntime`` lives next to the tree cache in each scheduler process:
 
@@ -25,7 +25,7 @@ from sglang_droidspeak.radix.hits import ForeignHit
 from sglang_droidspeak.sglang.exporter import export_messages
 from sglang_droidspeak.sglang.importer import ImportFailed, ModelParts, import_prefix
 from sglang_droidspeak.sglang.plan_choice import PlanChooser
-from sglang_droidspeak.sglang.recompute import recompute_group
+from sglang_droidspeak.sglang.recompute import prefix_inputs, recompute_group
 from sglang_droidspeak.sglang.settings import DroidSpeakSettings
 from sglang_droidspeak.transfer.directory import Announcer, DirectoryListener
 from sglang_droidspeak.transfer.fetch import FetchClient, FetchFailed, FetchServer
@@ -89,9 +89,7 @@ class DroidSpeakRuntime:
 
     def compute_e(self, token_ids: list, layers: tuple) -> dict:
         """E entering each of ``layers`` for the prefix, by this model's own layers (no KV writes)."""
-        device = self.parts.device
-        ids = torch.tensor(token_ids, dtype=torch.int64, device=device)  # [n]
-        positions = torch.arange(len(token_ids), dtype=torch.int64, device=device)  # [n]
+        ids, positions = prefix_inputs(token_ids, self.parts.device)
         trace: dict = {}
         last = max(layers)
         with torch.no_grad():

@@ -8,7 +8,7 @@ import pytest
 import torch
 import zmq
 
-import fetch_serving
+from fetch_serving import Serving
 from sglang_droidspeak.transfer import wire
 from sglang_droidspeak.transfer.fetch import FetchClient, FetchFailed, FetchServer
 from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, LayerChunk
@@ -27,8 +27,15 @@ def chunks_for(req):
     yield FetchDone(req.request_id, 2)
 
 
-def Serving(handler, secret=SECRET):  # noqa: N802 - reads as the class it builds
-    return fetch_serving.Serving(handler, secret)
+def fetch_failure(client, handler) -> FetchFailed:
+    """The FetchFailed a fetch from a server answering with ``handler`` raises."""
+    serving = Serving(handler, SECRET)
+    try:
+        with pytest.raises(FetchFailed) as info:
+            client.fetch(serving.server.endpoint, request(), lambda c: None, timeout_s=5)
+        return info.value
+    finally:
+        serving.close()
 
 
 @pytest.fixture
@@ -39,7 +46,7 @@ def client():
 
 
 def test_roundtrip_delivers_chunks_in_order(client):
-    serving = Serving(chunks_for)
+    serving = Serving(chunks_for, SECRET)
     try:
         got = []
         done = client.fetch(serving.server.endpoint, request(), got.append, timeout_s=5)
@@ -52,13 +59,7 @@ def test_roundtrip_delivers_chunks_in_order(client):
 
 
 def test_sender_error_is_raised_with_its_code(client):
-    serving = Serving(lambda req: [FetchError(req.request_id, "evicted", "gone")])
-    try:
-        with pytest.raises(FetchFailed) as info:
-            client.fetch(serving.server.endpoint, request(), lambda c: None, timeout_s=5)
-        assert info.value.code == "evicted"
-    finally:
-        serving.close()
+    assert fetch_failure(client, lambda req: [FetchError(req.request_id, "evicted", "gone")]).code == "evicted"
 
 
 def test_handler_exception_becomes_internal_error(client):
@@ -66,23 +67,12 @@ def test_handler_exception_becomes_internal_error(client):
         yield LayerChunk.from_tensor(req.request_id, "e", 1, 0, torch.zeros(3, 2))
         raise RuntimeError("boom")
 
-    serving = Serving(broken)
-    try:
-        with pytest.raises(FetchFailed) as info:
-            client.fetch(serving.server.endpoint, request(), lambda c: None, timeout_s=5)
-        assert info.value.code == "internal" and "boom" in str(info.value)
-    finally:
-        serving.close()
+    failure = fetch_failure(client, broken)
+    assert failure.code == "internal" and "boom" in str(failure)
 
 
 def test_chunk_count_mismatch_is_a_protocol_error(client):
-    serving = Serving(lambda req: [FetchDone(req.request_id, 3)])
-    try:
-        with pytest.raises(FetchFailed) as info:
-            client.fetch(serving.server.endpoint, request(), lambda c: None, timeout_s=5)
-        assert info.value.code == "protocol"
-    finally:
-        serving.close()
+    assert fetch_failure(client, lambda req: [FetchDone(req.request_id, 3)]).code == "protocol"
 
 
 def test_silent_peer_times_out_and_idle_runs(client):
@@ -98,7 +88,7 @@ def test_silent_peer_times_out_and_idle_runs(client):
 
 
 def test_unauthenticated_request_gets_nothing_and_server_survives(client):
-    serving = Serving(chunks_for)
+    serving = Serving(chunks_for, SECRET)
     try:
         intruder = FetchClient(b"x" * 32)
         with pytest.raises(FetchFailed) as info:
@@ -120,7 +110,7 @@ def test_unauthenticated_request_gets_nothing_and_server_survives(client):
 
 
 def test_late_answer_to_an_abandoned_request_is_ignored(client):
-    serving = Serving(chunks_for)
+    serving = Serving(chunks_for, SECRET)
     try:
         socket = client._socket(serving.server.endpoint)
         socket.send_multipart(wire.encode(request("old"), SECRET))  # answer arrives unread

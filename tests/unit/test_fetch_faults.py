@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-import fetch_serving
+from fetch_serving import Serving
 import torch
 import zmq
 
@@ -71,11 +71,6 @@ def read_line(proc, timeout):
     return proc.stdout.readline().strip()
 
 
-def Serving(endpoint):  # noqa: N802 - reads as the class it builds
-    """A healthy in-process FetchServer at ``endpoint``, polled on a thread."""
-    return fetch_serving.Serving(healthy, SECRET, endpoint)
-
-
 @pytest.fixture
 def client():
     c = FetchClient(SECRET, limits=WireLimits(max_frame_bytes=1024))
@@ -101,7 +96,7 @@ def test_sender_killed_mid_stream_times_out_then_a_restarted_sender_works(client
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    serving = Serving(endpoint)  # the sender comes back on the same port
+    serving = Serving(healthy, SECRET, endpoint)  # the sender comes back on the same port
     try:
         got = []
         done = client.fetch(endpoint, request("r2"), got.append, timeout_s=5.0)

@@ -1,6 +1,6 @@
-"""Start, watch and query SGLang servers for the GPU checks (stdlib only, runs on the GPU box).
+"""Start, watch and query SGLang servers for benchmarks and GPU checks (stdlib only).
 
-Used by scripts/gpu/integration.py and scripts/gpu/overhead.py; not a CLI of its own.
+Used by ``droidspeak bench-prefill`` and the scripts under scripts/gpu/; not a CLI.
 """
 
 from __future__ import annotations
