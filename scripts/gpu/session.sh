@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Run several GPU steps in one machine lease, in the background, so that they outlive one
+# device call (10 min) and pay the machine start and SGLang's kernel compiles only once.
+#
+# First call:   carry [".device", ".cache/gpu-models"],
+#               command `bash scripts/gpu/session.sh start 560 integration overhead serve_check`
+#               (each STEP runs `bash scripts/gpu/STEP.sh` with OUT=/tmp/ds-session/STEP;
+#               STEP=name:arg:arg passes args, e.g. bench_prefill:--lengths:1024,16384)
+# Next calls:   command `bash scripts/gpu/session.sh wait 560`  (within the machine's
+#               30 s idle window, or the machine and the run are gone)
+# Each call waits up to N seconds, prints progress, and copies every step's *.json and one
+# log archive per finished step into $OUT (8 files at most come back).
+set -uo pipefail
+ROOT=/tmp/ds-session REPO=/tmp/ds-repo
+
+start() {
+  rm -rf "$ROOT" "$REPO" && mkdir -p "$ROOT" && cp -a . "$REPO"
+  printf '%s\n' "$@" >"$ROOT/steps"
+  setsid nohup bash -c '
+    cd '"$REPO"'
+    for step in "$@"; do
+      name=${step%%:*}; args=""; [ "$name" != "$step" ] && args=${step#*:}
+      echo "$(date +%T) start $name" >>'"$ROOT"'/progress
+      OUT='"$ROOT"'/$name bash scripts/gpu/$name.sh ${args//:/ } >'"$ROOT"'/$name.log 2>&1; rc=$?
+      echo "$(date +%T) end $name rc=$rc" >>'"$ROOT"'/progress
+    done
+    touch '"$ROOT"'/DONE' _ "$@" >/dev/null 2>&1 &
+}
+
+wait_for() {
+  local deadline=$(( $(date +%s) + $1 ))
+  while [ ! -f "$ROOT/DONE" ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 5; done
+  cat "$ROOT/progress" 2>/dev/null
+  local current; current=$(tail -1 "$ROOT/progress" 2>/dev/null | awk '$2=="start"{print $3}')
+  [ -n "$current" ] && { echo "--- running: $current"; tail -5 "$ROOT/$current.log"; }
+  [ -f "$ROOT/DONE" ] && echo "--- all steps done"
+}
+
+collect() {
+  local out=${OUT:-/tmp/out}; mkdir -p "$out"
+  for json in "$ROOT"/*/*.json; do [ -f "$json" ] && cp "$json" "$out/"; done
+  # logs of every step that ended, small files only (server logs, bench logs, step stdout)
+  (cd "$ROOT" && find . -type f -size -4M ! -name '*.png' -print0 | tar czf "$out/session-logs.tar.gz" --null -T -)
+  for png in "$ROOT"/*/*.png; do [ -f "$png" ] && cp "$png" "$out/"; done
+  ls -la "$out"
+}
+
+case "${1:-}" in
+  start) shift; secs=$1; shift; start "$@"; wait_for "$secs"; collect ;;
+  wait) wait_for "${2:-560}"; collect ;;
+  *) echo "usage: session.sh start SECONDS STEP... | session.sh wait SECONDS"; exit 2 ;;
+esac
