@@ -11,6 +11,12 @@ Starts a sender (tester) and a receiver (libwriter) of the micro family and meas
   effective bandwidth of today's ZMQ path, a lower bound on the link itself.
 KV and E bytes per token come from the model config. Writes $OUT/latency_model.json, the
 `latency_model:` mapping the plugin settings take, and prints it.
+
+On an H200 the micro family's prefill is flat over 256-1536 tokens (2026-11-28: the fit's
+slope came out negative; fixed costs dominate a 128-wide, 8-layer model), so the slope is
+clamped at MIN_MS_PER_LAYER_TOKEN and ``flat`` is recorded: recompute then costs next to
+nothing and the policy may recompute whatever the SLO allows. The 8B-shaped constants come
+from a bench-prefill run instead: ``python -m sglang_droidspeak.bench.calibrate RESULT.json``.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from sglang_droidspeak.plan.latency import PrefillLatencyModel  # noqa: E402
 
 MODELS = Path(".cache/gpu-models")
 LENGTHS = (256, 512, 1024, 1536)
+MIN_MS_PER_LAYER_TOKEN = 1e-6
 COMMON = ("--dtype", "bfloat16", "--mem-fraction-static", "0.8", "--max-total-tokens", "65536")
 
 
@@ -69,10 +76,10 @@ def main() -> None:
         dtype_bytes = 2  # bf16
         base = PrefillLatencyModel(1.0, 0.0, 2 * config["num_key_value_heads"] * head_dim * dtype_bytes,
                                    config["hidden_size"] * dtype_bytes, link_gbps, pipelined=False)
-        model = base.fit(samples)
-        result = {"date": time.strftime("%Y-%m-%d"), "command": "bash scripts/gpu/calibrate_latency.sh",
-                  "samples_layer_tokens_ms": samples, "bytes_in": moved, "fetch_seconds": seconds,
-                  "latency_model": model.to_dict()}
+        result.update(date=time.strftime("%Y-%m-%d"), command="bash scripts/gpu/calibrate_latency.sh",
+                      samples_layer_tokens_ms=samples, bytes_in=moved, fetch_seconds=seconds)
+        model = base.fit(samples, MIN_MS_PER_LAYER_TOKEN)
+        result.update(latency_model=model.to_dict(), flat=model.ms_per_layer_token == MIN_MS_PER_LAYER_TOKEN)
     except Exception as exc:
         result["error"] = repr(exc)
     finally:

@@ -115,10 +115,40 @@ def bootstrap_ci(diffs: list, num_samples: int = 2000, seed: int = 0) -> tuple[f
     return means[int(0.025 * num_samples)], means[int(0.975 * num_samples) - 1]
 
 
+def quality_table(rows: list, examples: list, ref_key: str = "reference") -> dict:
+    """Per system and metric: SGLang's mean, the reference engine's (``ref_key``: fp32 or
+    bf16) and the 95% bootstrap interval of the per-example difference; plus ``plan_gain``:
+    the interval of the difference between the engines' per-example gains of the plan over
+    full reuse (agreement), i.e. whether DroidSpeak's effect reproduces."""
+    table = {}
+    for key in ("receiver", "full_reuse", "plan"):
+        table[key] = {}
+        for m in ("agreement", "target_acc"):
+            got = [r[key][m] for r in rows]
+            ref = [e[ref_key][key][m] for e in examples]
+            low, high = bootstrap_ci([g - r for g, r in zip(got, ref)])
+            table[key][m] = {"sglang": sum(got) / len(got), "reference": sum(ref) / len(ref),
+                             "diff_ci95": [low, high]}
+    gains = [(r["plan"]["agreement"] - r["full_reuse"]["agreement"])
+             - (e[ref_key]["plan"]["agreement"] - e[ref_key]["full_reuse"]["agreement"]) for r, e in zip(rows, examples)]
+    table["plan_gain"] = {"agreement": {"sglang": sum(r["plan"]["agreement"] - r["full_reuse"]["agreement"]
+                                                      for r in rows) / len(rows),
+                                        "reference": sum(e[ref_key]["plan"]["agreement"]
+                                                         - e[ref_key]["full_reuse"]["agreement"]
+                                                         for e in examples) / len(examples),
+                                        "diff_ci95": list(bootstrap_ci(gains))}}
+    return table
+
+
+def within_noise(table: dict) -> bool:
+    return all(v["diff_ci95"][0] <= 0 <= v["diff_ci95"][1] for row in table.values() for v in row.values()
+               if v["sglang"] != v["reference"])
+
+
 def check_quality(s: dict, quality: dict) -> dict:
     """Per example and system: SGLang's teacher-forced agreement / target_acc next to the
-    reference engine's. "Matches within noise": for every (system, metric) the 95% bootstrap
-    interval of the per-example difference (SGLang - reference) contains 0."""
+    reference engine's (fp32 and bf16). "Matches within noise": for every (system, metric)
+    the 95% bootstrap interval of the per-example difference (SGLang - reference) contains 0."""
     rows, cached = [], []
     for ex in quality["examples"]:
         prefill_on(s["tester"], ex["context_ids"])
@@ -132,22 +162,19 @@ def check_quality(s: dict, quality: dict) -> dict:
         rows.append({key: {"agreement": sum(a == b for a, b in zip(pred, own)) / len(truth),
                            "target_acc": sum(a == b for a, b in zip(pred, truth)) / len(truth)}
                      for key, pred in preds.items()})
+    return quality_result(rows, quality, cached)
+
+
+def quality_result(rows: list, quality: dict, cached: list) -> dict:
     examples = quality["examples"]
-    table = {}
-    for key in ("receiver", "full_reuse", "plan"):
-        table[key] = {}
-        for m in ("agreement", "target_acc"):
-            got = [r[key][m] for r in rows]
-            ref = [e["reference"][key][m] for e in examples]
-            low, high = bootstrap_ci([g - r for g, r in zip(got, ref)])
-            table[key][m] = {"sglang": sum(got) / len(got), "reference": sum(ref) / len(ref),
-                             "diff_ci95": [low, high]}
-    within = all(v["diff_ci95"][0] <= 0 <= v["diff_ci95"][1] for row in table.values() for v in row.values()
-                 if v["sglang"] != v["reference"])
+    tables = {key: quality_table(rows, examples, key) for key in ("reference", "reference_bf16") if key in examples[0]}
+    table = tables["reference"]
     reused = all(c >= len(e["context_ids"]) - 1 for c, e in zip(cached, examples))
     worst = max(abs(v["sglang"] - v["reference"]) for row in table.values() for v in row.values())
-    return {"ok": within and reused, "within_noise": within, "plan": quality["plan_str"], "num_examples": len(rows),
-            "max_abs_diff": worst, "table": table, "per_example": rows, "cached_tokens": cached}
+    return {"ok": within_noise(table) and reused, "within_noise": within_noise(table), "plan": quality["plan_str"],
+            "num_examples": len(rows), "max_abs_diff": worst, "table": table, "tables": tables,
+            "within_noise_by_reference": {k: within_noise(t) for k, t in tables.items()},
+            "per_example": rows, "cached_tokens": cached}
 
 
 def check_fallbacks(s: dict, prompts: list) -> dict:
@@ -159,6 +186,7 @@ def check_fallbacks(s: dict, prompts: list) -> dict:
     ctx2 = [t % 1999 + 11 for t in ctx]
     prefill_on(s["lw-a"], ctx2)
     rows["no_profile"] = greedy(s["libwriter"], ctx2 + suffix)["ids"] == greedy(s["stock"], ctx2 + suffix)["ids"]
+    rows["memory"] = check_memory_pressure(s, suffix)  # before the frozen peer: its backoff would skip it
     ctx3 = [t % 1998 + 13 for t in ctx]
     prefill_on(s["lw-a"], ctx3)
     s["lw-a"].signal_all(signal.SIGSTOP)  # the whole process group: the scheduler answers fetches
@@ -169,7 +197,6 @@ def check_fallbacks(s: dict, prompts: list) -> dict:
         s["lw-a"].signal_all(signal.SIGCONT)
     rows["silent_peer"] = got["ids"] == greedy(s["stock"], ctx3 + suffix)["ids"]
     rows["silent_peer_latency_s"] = round(time.time() - start, 2)
-    rows["memory"] = check_memory_pressure(s, suffix)
     text = s["lw-b"].metrics()
     rows["fallback_counts"] = {r: metric_sum(text, "sglang:droidspeak_fallbacks_total", reason=r)
                                for r in ("incompatible", "timeout", "peer_backoff", "no_memory", "no_plan")}
@@ -177,12 +204,16 @@ def check_fallbacks(s: dict, prompts: list) -> dict:
 
 
 def check_memory_pressure(s: dict, suffix: list) -> dict:
-    """lw-b has 4096 KV slots; three long native requests hold most of them (its tree is
-    flushed first, so nothing is evictable) while a 900-token foreign prefix arrives."""
+    """lw-b has 4096 KV slots. Its tree is flushed (nothing evictable), then three native
+    requests of 1100 prompt + 900 generated tokens arrive; SGLang admits at least two (it
+    reserves about 0.7 of max_new_tokens each: 2 x 1730 <= 4096), which hold 2200+ slots
+    until they finish while a 1900-token foreign prefix arrives: fewer than 1900 slots are
+    free, so the import must fail with reason no_memory and the request prefill normally."""
     flush(s["lw-b"])
     rng = random.Random(0)
-    ctx = [rng.randrange(3, 2000) for _ in range(900)]
+    ctx = [rng.randrange(3, 2000) for _ in range(1900)]
     prefill_on(s["lw-a"], ctx)
+    before = metric_sum(s["lw-b"].metrics(), "sglang:droidspeak_fallbacks_total", reason="no_memory")
     hogs = [[rng.randrange(3, 2000) for _ in range(1100)] for _ in range(3)]
     body = lambda ids: {"input_ids": ids, "sampling_params": {"max_new_tokens": 900, "temperature": 0,  # noqa: E731
                                                                "ignore_eos": True}}
@@ -193,4 +224,6 @@ def check_memory_pressure(s: dict, suffix: list) -> dict:
     got = greedy(s["lw-b"], ctx + suffix, "0:2")
     for t in threads:
         t.join()
-    return {"same_ids": got["ids"] == greedy(s["stock"], ctx + suffix)["ids"], "cached": got["cached"]}
+    after = metric_sum(s["lw-b"].metrics(), "sglang:droidspeak_fallbacks_total", reason="no_memory")
+    return {"same_ids": got["ids"] == greedy(s["stock"], ctx + suffix)["ids"], "cached": got["cached"],
+            "no_memory_fallbacks": after - before}

@@ -5,6 +5,6 @@ set -uo pipefail
 export OUT=${OUT:-/tmp/out} PYTHONUNBUFFERED=1 DROIDSPEAK_SECRET=${DROIDSPEAK_SECRET:-gpu-check-secret-0123456789}
 mkdir -p "$OUT"
 source .device/sglang-env.sh .device/sglang-0.5.17-site.tar.xz
-python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/sglang-site . >"$OUT/pip.log" 2>&1 \
+python3 -m pip install -q --upgrade --no-deps --no-build-isolation --no-index --target /tmp/sglang-site . >"$OUT/pip.log" 2>&1 \
   || { echo "pip install failed"; tail -20 "$OUT/pip.log"; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

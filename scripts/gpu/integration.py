@@ -19,9 +19,10 @@ Checks, each printed as one row and written to $OUT/integration.json:
 1. exactness: lw-b (same weights as lw-a) under every plan vs stock greedy output (bf16:
    sgl_kernel's rmsnorm has no fp32 kernel, so SGLang 0.5.17 cannot serve fp32 on CUDA)
 2. quality: libwriter reusing tester's KV with the profile's plan vs the reference
-   engine's numbers for the same examples and weights (quality.json, scripts/gpu/prepare.py)
-3. fallbacks: incompatible sender, no profile, a frozen (SIGSTOP) sender, KV memory
-   pressure: each answered exactly as stock
+   engine's numbers (fp32 and bf16) for the same examples and weights (quality.json,
+   scripts/gpu/prepare.py)
+3. fallbacks: incompatible sender, no profile, KV memory pressure, a frozen (SIGSTOP)
+   sender: each answered exactly as stock, with the fallback counted
 4. /metrics shows the droidspeak counters; no leak warning or traceback in the logs
 """
 
@@ -134,10 +135,12 @@ def summarize(r: dict) -> None:
     q = r.get("quality", {})
     print(f"\n== quality ok={q.get('ok')} (tester -> libwriter, plan {q.get('plan')}, {q.get('num_examples')} "
           f"examples, max |sglang - ref| {q.get('max_abs_diff')}, cached {q.get('cached_tokens')})")
-    for key, row in q.get("table", {}).items():
-        print("  " + key.ljust(11) + "  ".join(
-            f"{m}: sglang {v['sglang']:.4f} ref {v['reference']:.4f} diff CI95 "
-            f"[{v['diff_ci95'][0]:+.3f}, {v['diff_ci95'][1]:+.3f}]" for m, v in row.items()))
+    for ref, table in q.get("tables", {}).items():
+        print(f"  vs {ref}: within noise {q['within_noise_by_reference'][ref]}")
+        for key, row in table.items():
+            print("  " + key.ljust(11) + "  ".join(
+                f"{m}: sglang {v['sglang']:.4f} ref {v['reference']:.4f} diff CI95 "
+                f"[{v['diff_ci95'][0]:+.3f}, {v['diff_ci95'][1]:+.3f}]" for m, v in row.items()))
     print("\n== fallbacks", json.dumps(r.get("fallbacks")))
     for name, lines in r.get("metrics", {}).items():
         print(f"== metrics {name}: " + "; ".join(l for l in lines if "_total" in l and not l.endswith(" 0.0"))[:900])

@@ -9,7 +9,9 @@ Writes (git-ignored, carried to the GPU machine with `.cache/gpu-models`):
 - `.cache/gpu-models/quality.json`: held-out lcc examples (context, query, continuation
   ids), the plan the profile picks at --max-quality-drop, and the reference engine's
   scores for the same bf16-rounded weights in fp32: top-1 agreement with the receiver's
-  own prefill and top-1 accuracy on the true continuation, per system.
+  own prefill and top-1 accuracy on the true continuation, per system; and the same
+  scores with the reference engine run in bf16 (``reference_bf16``), which is closer to
+  SGLang's bf16 arithmetic (the GPU check compares against both).
 """
 
 from __future__ import annotations
@@ -43,11 +45,25 @@ def stage_model(name: str, out_dir: Path) -> Path:
     return dst
 
 
-def load_fp32(path: Path):
+def load_reference(path: Path, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
     return ReferenceModel(model), AutoTokenizer.from_pretrained(path)
+
+
+def reference_scores(sender, receiver, systems: dict, ex, cont: list[int]) -> dict[str, dict[str, float]]:
+    """Per system (receiver, full_reuse, plan): top-1 agreement with the receiver's own
+    prefill and accuracy on the true continuation, on one example."""
+    context = torch.tensor(ex.context_ids)
+    sender_cache = sender.prefill(context, e_layers=systems["plan"].e_layers())
+    own = continuation_predictions(receiver, receiver.prefill(context).kv, ex.query_ids, cont)
+    scores = {"receiver": score(own, own, cont)}
+    for key, plan in systems.items():
+        pred = continuation_predictions(receiver, receiver.build_receiver_cache(sender_cache, plan, context),
+                                        ex.query_ids, cont)
+        scores[key] = score(pred, own, cont)
+    return scores
 
 
 def continuation_predictions(model: ReferenceModel, prefix, query_ids, cont_ids) -> list[int]:
@@ -74,8 +90,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     paths = {name: stage_model(name, OUT_DIR) for name in (args.sender, args.receiver)}
-    sender, _ = load_fp32(paths[args.sender])
-    receiver, tokenizer = load_fp32(paths[args.receiver])
+    engines = {dtype: (load_reference(paths[args.sender], dtype)[0], load_reference(paths[args.receiver], dtype))
+               for dtype in (torch.float32, torch.bfloat16)}
+    tokenizer = engines[torch.float32][1][1]
     profile = load_profile(Path("profiles") / profile_filename(args.sender, args.receiver))
     plan = profile.cheapest_within(args.max_quality_drop).plan
     systems = {"full_reuse": plan.full_reuse(plan.num_layers), "plan": plan}
@@ -84,21 +101,18 @@ def main() -> None:
     rows = []
     for ex in examples:
         cont = list(ex.continuation_ids[: args.max_cont])
-        context = torch.tensor(ex.context_ids)
-        sender_cache = sender.prefill(context, e_layers=plan.e_layers())
-        own = continuation_predictions(receiver, receiver.prefill(context).kv, ex.query_ids, cont)
-        row = {"context_ids": list(ex.context_ids), "query_ids": list(ex.query_ids), "continuation_ids": cont,
-               "reference": {"receiver": score(own, own, cont)}}
-        for key, p in systems.items():
-            pred = continuation_predictions(receiver, receiver.build_receiver_cache(sender_cache, p, context),
-                                            ex.query_ids, cont)
-            row["reference"][key] = score(pred, own, cont)
+        row = {"context_ids": list(ex.context_ids), "query_ids": list(ex.query_ids), "continuation_ids": cont}
+        for key, dtype in (("reference", torch.float32), ("reference_bf16", torch.bfloat16)):
+            sender, (receiver, _) = engines[dtype]
+            row[key] = reference_scores(sender, receiver, systems, ex, cont)
         rows.append(row)
     out = {"sender": args.sender, "receiver": args.receiver, "plan": plan.to_list(), "plan_str": str(plan),
            "max_quality_drop": args.max_quality_drop, "examples": rows}
     (OUT_DIR / "quality.json").write_text(json.dumps(out))
-    means = {k: sum(r["reference"][k]["agreement"] for r in rows) / len(rows) for k in rows[0]["reference"]}
-    print(f"staged {list(paths)} (bf16 weights) and {len(rows)} examples; plan {plan}; reference agreement {means}")
+    for key in ("reference", "reference_bf16"):
+        means = {k: round(sum(r[key][k]["agreement"] for r in rows) / len(rows), 4) for k in rows[0][key]}
+        print(f"{key}: agreement {means}")
+    print(f"staged {list(paths)} (bf16 weights) and {len(rows)} examples; plan {plan}")
 
 
 if __name__ == "__main__":

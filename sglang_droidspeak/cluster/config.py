@@ -12,6 +12,10 @@
         replicas:
           - {host: 127.0.0.1, port: 30001, gpus: [0], mem_fraction: 0.4}
         server_args: ["--attention-backend", "triton"]   # optional extra launch_server args
+        latency_model: docs/results/latency-model-8b-2026-11-28.json   # optional: turns on
+                                    # the online SLO policy for this model's servers (a file
+                                    # written by `python -m sglang_droidspeak.bench.calibrate`,
+                                    # or the mapping itself, see plan/latency.py)
 
 ``slo`` and ``transfer`` may be left out (defaults: ttft_ms 500, max_quality_drop 0.05,
 accuracy_target null; zmq on 127.0.0.1 from port 5600, $DROIDSPEAK_SECRET, 2 s). Relative
@@ -30,6 +34,7 @@ from typing import Any, Iterator, NamedTuple, Optional
 import yaml
 
 from sglang_droidspeak.cluster.fields import ClusterConfigError, Section, env_name, is_int
+from sglang_droidspeak.plan.latency import LatencyModelError, PrefillLatencyModel
 
 # launch_server flags the cluster sets itself; server_args may not repeat them
 RESERVED_FLAGS = ("--model-path", "--served-model-name", "--host", "--port", "--radix-cache-backend",
@@ -73,6 +78,7 @@ class ModelConfig:
     path: str
     replicas: tuple[ReplicaConfig, ...]
     server_args: tuple[str, ...] = ()
+    latency_model: Optional[PrefillLatencyModel] = None  # with slo.ttft_ms: the online policy
 
 
 class ReplicaRef(NamedTuple):
@@ -163,7 +169,8 @@ def _transfer(s: Section) -> TransferConfig:
 
 
 def _model(entry: Any, where: str, path: str) -> ModelConfig:
-    s = Section(entry, where, path, ("name", "path", "replicas", "server_args"), required=("name", "path", "replicas"))
+    s = Section(entry, where, path, ("name", "path", "replicas", "server_args", "latency_model"),
+                required=("name", "path", "replicas"))
     replicas = tuple(_replica(r, where, f"{s.sub('replicas')}[{i}]") for i, r in enumerate(s.items("replicas")))
     args = s.items("server_args", [], non_empty=False)
     for i, arg in enumerate(args):
@@ -171,7 +178,26 @@ def _model(entry: Any, where: str, path: str) -> ModelConfig:
             s.fail(f"server_args[{i}]", "must be a string", arg)
         if arg.split("=", 1)[0] in RESERVED_FLAGS:
             s.fail(f"server_args[{i}]", f"{arg.split('=', 1)[0]} is set by the cluster config, not server_args")
-    return ModelConfig(s.name("name"), s.string("path"), replicas, tuple(args))
+    return ModelConfig(s.name("name"), s.string("path"), replicas, tuple(args), _latency_model(s))
+
+
+def _latency_model(s: Section) -> Optional[PrefillLatencyModel]:
+    """``latency_model``: a mapping of plan/latency.py constants, or a JSON/YAML file holding
+    one (at the top or under ``latency_model``, as bench/calibrate.py writes it)."""
+    value = s.get("latency_model", None)
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(Path(value).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            s.fail("latency_model", f"cannot read a latency model from {value!r} ({exc})")
+        if isinstance(value, dict) and "latency_model" in value:
+            value = value["latency_model"]
+    if value is None:
+        return None
+    try:
+        return PrefillLatencyModel.from_dict(value)
+    except LatencyModelError as exc:
+        s.fail("latency_model", str(exc))
 
 
 def _replica(entry: Any, where: str, path: str) -> ReplicaConfig:

@@ -125,7 +125,10 @@ def _settings(config: ClusterConfig, ref: ReplicaRef, refs: list[ReplicaRef], re
             fetch, publish = transfer_ports(config, other)
             peers.append({"model": other.model.name, "fetch": _endpoint(config, other, fetch, bind=False),
                           "announce": _endpoint(config, other, publish, bind=False)})
+    policy = {} if ref.model.latency_model is None else {
+        "slo_ttft_ms": config.slo.ttft_ms, "latency_model": ref.model.latency_model.to_dict()}
     return {
+        **policy,
         "model": ref.model.name,
         "profiles_dir": config.profiles_dir,
         "max_quality_drop": config.slo.max_quality_drop,

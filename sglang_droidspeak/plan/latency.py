@@ -52,12 +52,14 @@ def _check_number(name: str, value: Any, positive: bool) -> None:
         raise LatencyModelError(f"field '{name}' must be >= 0, got {value!r}")
 
 
-def fit_line(samples: Iterable[tuple[float, float]]) -> tuple[float, float]:
+def fit_line(samples: Iterable[tuple[float, float]], min_slope: float = 0.0) -> tuple[float, float]:
     """Least-squares (slope, intercept) of ms = slope * layer_tokens + intercept.
 
     If the unconstrained intercept is negative the best fit with intercept >= 0 is returned
     (a line through the origin). Raises LatencyModelError for fewer than two distinct
-    layer_tokens values or a slope <= 0.
+    layer_tokens values, or a slope <= ``min_slope`` when ``min_slope`` is 0. With
+    ``min_slope > 0`` such a flat fit (compute below the timing's resolution, e.g. a tiny
+    model dominated by fixed costs) gives ``(min_slope, mean ms)`` instead.
     """
     pts = [(float(x), float(y)) for x, y in samples]
     if len({x for x, _ in pts}) < 2:
@@ -69,7 +71,9 @@ def fit_line(samples: Iterable[tuple[float, float]]) -> tuple[float, float]:
     intercept = ym - slope * xm
     if intercept < 0:
         slope, intercept = sum(x * y for x, y in pts) / sum(x * x for x, _ in pts), 0.0
-    if slope <= 0:
+    if slope <= min_slope:
+        if min_slope > 0:
+            return min_slope, ym
         raise LatencyModelError(f"field 'samples' give ms_per_layer_token={slope!r}; expected > 0")
     return slope, intercept
 
@@ -120,10 +124,10 @@ class PrefillLatencyModel:
     def full_prefill_ms(self, prefix_len: int, suffix_len: int, num_layers: int) -> float:
         return self.full_prefill(prefix_len, suffix_len, num_layers).total_ms
 
-    def fit(self, samples: Iterable[tuple[float, float]]) -> PrefillLatencyModel:
+    def fit(self, samples: Iterable[tuple[float, float]], min_ms_per_layer_token: float = 0.0) -> PrefillLatencyModel:
         """A copy with ms_per_layer_token and ms_fixed fitted to ``(layer_tokens, measured_ms)``
         samples of normal prefills (``fit_line``); the link constants are kept."""
-        slope, intercept = fit_line(samples)
+        slope, intercept = fit_line(samples, min_ms_per_layer_token)
         return dataclasses.replace(self, ms_per_layer_token=slope, ms_fixed=intercept)
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -215,3 +216,33 @@ def test_examples_load_validate_and_plan(name, gpus, fractions, monkeypatch):
     plan = plan_cluster(config, _report(config))
     for server in plan.servers:
         assert parse_settings(server.settings).peers[0].model != server.model
+
+
+LATENCY = {"ms_per_layer_token": 0.0014, "ms_fixed": 0.0, "kv_bytes_per_layer_token": 4096,
+           "e_bytes_per_token": 8192, "link_gbps": 4.5, "pipelined": False}
+
+
+def test_latency_model_turns_the_policy_on_for_that_model_only(tmp_path):
+    calibrated = tmp_path / "latency.json"  # as bench/calibrate.py writes it
+    calibrated.write_text(json.dumps({"card": "x", "latency_model": LATENCY}))
+    data = _with("models.1.latency_model", str(calibrated))
+    data["models"][2]["latency_model"] = LATENCY
+    config = parse_cluster_config(data)
+    plan = plan_cluster(config, _report(config))
+    libwriter, other, tester = (plan.server(n).settings for n in ("libwriter", "other", "tester"))
+    assert libwriter["slo_ttft_ms"] == 500 and libwriter["latency_model"] == LATENCY
+    assert other["latency_model"] == LATENCY
+    assert "slo_ttft_ms" not in tester and "latency_model" not in tester
+    settings = parse_settings(libwriter)
+    assert settings.policy_enabled and settings.latency_model.link_gbps == 4.5
+    assert not parse_settings(tester).policy_enabled
+
+
+@pytest.mark.parametrize("value, message", [
+    ({**LATENCY, "link_gbps": 0}, r"models\[1\]\.latency_model: field 'link_gbps' must be > 0"),
+    ({"ms_fixed": 1.0}, r"models\[1\]\.latency_model: missing field"),
+    ("/nonexistent/latency.json", r"models\[1\]\.latency_model: cannot read a latency model"),
+])
+def test_bad_latency_model_names_the_field(value, message):
+    with pytest.raises(ClusterConfigError, match=message):
+        parse_cluster_config(_with("models.1.latency_model", value))

@@ -99,6 +99,14 @@ def test_fit_rejects_degenerate_samples(samples):
         fit_line(samples)
 
 
+def test_fit_flat_samples_clamp_to_min_slope_only_when_asked():
+    flat = [(100, 5.0), (200, 4.0), (300, 4.5)]  # fixed costs dominate: slope < 0
+    assert fit_line(flat, min_slope=1e-6) == (1e-6, 4.5)
+    with pytest.raises(LatencyModelError, match="samples"):
+        fit_line(flat)
+    assert fit_line([(2, 2.0), (4, 6.0)], min_slope=1e-6)[0] == pytest.approx(28 / 20)  # steep: untouched
+
+
 def test_dict_round_trip_through_yaml():
     model = _model(pipelined=False)
     assert PrefillLatencyModel.from_dict(yaml.safe_load(yaml.safe_dump(model.to_dict()))) == model
