@@ -4,7 +4,8 @@
     1     candidates = frontier points with quality_drop <= max       plan None, NO_PLAN
           (and quality >= accuracy_target when given)
     2     drop candidates whose predicted TTFT > full prefill's       plan None, FULL_PREFILL_FASTER
-          (bandwidth aware: a slow link makes reuse pointless)
+          (bandwidth aware: a slow link makes reuse pointless;        (also when only points that
+          checked on the points that reuse at least one layer)        recompute every layer remain)
     3     queue_len > 0: FEWEST recomputed layers meeting the SLO      fewest-layer candidate,
           queue_len == 0: MOST recomputed layers meeting the SLO      SLO_UNREACHABLE
 
@@ -91,7 +92,7 @@ def choose_plan(
         return Decision(None, NO_PLAN, full)
     predicted = [(p, latency_model.predict(p.plan, prefix_len, suffix_len, num_layers)) for p in candidates]
     faster = [(p, est) for p, est in predicted if est.total_ms <= full.total_ms]
-    if not faster:
+    if all(p.plan.is_full_prefill for p, _ in faster):  # no reuse beats a normal prefill
         return Decision(None, FULL_PREFILL_FASTER, full)
     by_layers = sorted(faster, key=lambda pe: pe[0].num_recomputed_layers)
     in_slo = [(p, est) for p, est in by_layers if est.total_ms <= slo_ttft_ms]

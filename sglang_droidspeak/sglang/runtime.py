@@ -141,7 +141,8 @@ class DroidSpeakRuntime:
         ``forced``: the request named its plan; otherwise the online policy may pick another
         (``plan_choice``), or decide that a normal prefill is better.
         """
-        queue_len = len(getattr(self.scheduler, "waiting_queue", ()) or ())
+        # SGLang matches a request while it still sits in waiting_queue: the others waiting
+        queue_len = max(0, len(getattr(self.scheduler, "waiting_queue", ()) or ()) - 1)
         choice = self.chooser.choose(hit.sender, hit.plan, forced, hit.prefix_len,
                                      len(token_ids) - hit.prefix_len, queue_len)
         if choice.plan is None:

@@ -6,6 +6,8 @@ decide which, or a normal prefill when the link makes reuse slower than prefilli
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from sglang_droidspeak.sglang.cpu_import import SGLangImportOrderError, prepare_cpu_sglang
@@ -21,7 +23,7 @@ from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
 
 from sglang_droidspeak.identity import fingerprint_from_config  # noqa: E402
 from sglang_droidspeak.plan import FrontierPoint, LayerPlan, ModelRef, Profile, save_profile  # noqa: E402
-from sglang_droidspeak.plan.policy import FULL_PREFILL_FASTER, IDLE_MOST  # noqa: E402
+from sglang_droidspeak.plan.policy import FULL_PREFILL_FASTER, IDLE_MOST, QUEUED_FEWEST  # noqa: E402
 from two_servers import NUM_LAYERS, announce_and_wait, leak_free, request, tiny_llama, two_servers  # noqa: E402
 
 CONTEXT = list(range(20, 52))  # 32 tokens
@@ -80,3 +82,16 @@ def test_a_forced_plan_skips_the_policy(tmp_path):
         req = request(CONTEXT + [3, 4], "0:1")
         m = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
         assert b.tree.tag_of(m.last_device_node).plan == "[0, 1)" and b.metrics.decisions == []
+
+
+@pytest.mark.parametrize("num_others, plan, reason", [(0, "[0, 2)", IDLE_MOST), (2, "[0, 1)", QUEUED_FEWEST)])
+def test_the_queue_counts_the_other_waiting_requests(tmp_path, num_others, plan, reason):
+    # SGLang's scheduler cannot run on a CPU: a stand-in with its waiting_queue, which holds
+    # the matched request itself while SGLang matches it (GPU run 2026-11-28: counted as 1)
+    model = tiny_llama()
+    with two_servers(model, model, receiver_settings(tmp_path, FAST_LINK)) as (a, b):
+        announce_and_wait(a, b, CONTEXT)
+        req = request(CONTEXT + [3, 4])
+        b.runtime.scheduler = SimpleNamespace(waiting_queue=[req] + [request([9]) for _ in range(num_others)])
+        m = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+        assert b.tree.tag_of(m.last_device_node).plan == plan and b.metrics.decisions == [reason]

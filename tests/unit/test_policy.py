@@ -165,6 +165,14 @@ def test_slow_link_full_prefill_faster():
     assert d == Decision(None, FULL_PREFILL_FASTER, LatencyEstimate(10.0, 0.0, 11.0))
 
 
+@pytest.mark.parametrize("queue_len", [0, 3])
+def test_slow_link_with_a_full_prefill_point_says_full_prefill_faster(queue_len):
+    # seen on the H200 (2026-11-28): only the point recomputing every layer beat full prefill,
+    # and the queued branch picked it under the label "queued: fewest layers"
+    d = _choose(model=_model(link_gbps=0.25), slo=100.0, queue_len=queue_len)
+    assert d == Decision(None, FULL_PREFILL_FASTER, LatencyEstimate(10.0, 0.0, 11.0))
+
+
 def test_half_speed_link_drops_slow_points_even_when_queued():
     # 0.5 Gbit/s: P1 = 27 ms, P2 = 19 ms exceed the 11 ms full prefill; P3 = 1 + max(6, 8) + 2
     d = _choose(frontier=FRONTIER[:4], model=_model(link_gbps=0.5), slo=100.0, queue_len=2)
