@@ -21,7 +21,7 @@ copy K/V straight into ``dst_slots`` of these buffers (transfer/cuda_ipc.py open
     tensor_offsets        tuple[int, ...]    elements of the tensor into its storage
     ref_counter_handles   tuple[bytes, ...]  torch's shared ref-counter file name
     ref_counter_offsets   tuple[int, ...]    slot in that file
-    event_handles         tuple[bytes, ...]  CUDA IPC event handle (64 bytes)
+    event_handles         tuple[bytes, ...]  CUDA IPC event handle (64 bytes; unused if no sync)
     event_sync_required   tuple[int, ...]    0 | 1
 
 Every per-buffer tuple has 2 * num_layers entries. The offer is rejected unless each
@@ -94,10 +94,12 @@ class IpcPoolOffer(_Message):
         for name in ("handles", "ref_counter_handles"):
             if any(not 1 <= len(h) <= MAX_HANDLE_BYTES for h in getattr(self, name)):
                 raise WireError(f"IpcPoolOffer.{name} entries must be 1..{MAX_HANDLE_BYTES} bytes")
-        if any(len(h) != EVENT_HANDLE_BYTES for h in self.event_handles):
-            raise WireError(f"IpcPoolOffer.event_handles entries must be {EVENT_HANDLE_BYTES} bytes")
         if any(flag not in (0, 1) for flag in self.event_sync_required):
             raise WireError("IpcPoolOffer.event_sync_required entries must be 0 or 1")
+        for handle, sync in zip(self.event_handles, self.event_sync_required):
+            if len(handle) > EVENT_HANDLE_BYTES or (sync and len(handle) != EVENT_HANDLE_BYTES):
+                raise WireError(f"IpcPoolOffer.event_handles entries must be {EVENT_HANDLE_BYTES} bytes "
+                                f"(at most, when event_sync_required is 0)")
 
     def _check_views(self) -> None:
         itemsize = DTYPES[self.dtype].itemsize
