@@ -16,13 +16,15 @@ copy itself) and reports a copy that ended late.
     every dst slot < the offered rows        bad_request (never a write out of range)
     deadline not past, not absurdly far      deadline | bad_request (clocks not shared)
 
-Offers are kept per receiver model (at most ``MAX_OFFERS``); a new offer replaces the old
-one and its opened buffers. Imports no SGLang.
+Offers are kept by offer id (several replicas of one receiver model each have their own),
+at most ``max_offers``, least recently used dropped first together with its opened
+buffers (a restarted receiver's stale offer ages out this way). Imports no SGLang.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 import torch
@@ -33,7 +35,7 @@ from sglang_droidspeak.transfer.frames_ipc import IpcPoolOffer
 
 DEADLINE_MARGIN_S = 0.25
 MAX_DEADLINE_AHEAD_S = 3600.0
-MAX_OFFERS = 64
+MAX_OFFERS = 16
 logger = logging.getLogger(__name__)
 
 
@@ -45,33 +47,38 @@ class IpcExporter:
     """
 
     def __init__(self, backend: Any, kv_pool: Any, margin_s: float = DEADLINE_MARGIN_S,
-                 clock_ms: Callable[[], int] = now_ms):
+                 clock_ms: Callable[[], int] = now_ms, max_offers: int = MAX_OFFERS):
         self.backend, self.kv_pool, self.clock_ms = backend, kv_pool, clock_ms
         self.margin_ms = int(margin_s * 1000)
-        self.offers: dict[str, IpcPoolOffer] = {}  # receiver model -> its latest offer
-        self._opened: dict[str, tuple[str, list, list]] = {}  # receiver -> (offer_id, K bufs, V bufs)
+        self.max_offers = max_offers
+        self.offers: OrderedDict[str, IpcPoolOffer] = OrderedDict()  # offer id -> offer, LRU first
+        self._opened: dict[str, tuple[list, list]] = {}  # offer id -> (K buffers, V buffers)
         self._uuid: Optional[str] = None
         self.num_late = 0
 
     def accept_offer(self, offer: IpcPoolOffer) -> None:
-        receiver = offer.receiver_model
-        if receiver not in self.offers and len(self.offers) >= MAX_OFFERS:
-            logger.warning("droidspeak: ignoring %s's IPC offer: %d offers held", receiver, MAX_OFFERS)
+        known = self.offers.get(offer.offer_id)
+        if known is not None and known != offer:
+            logger.warning("droidspeak: ignoring a different IPC offer under a known id from %s",
+                           offer.receiver_model)
             return
-        self.offers[receiver] = offer
-        if self._opened.get(receiver, ("",))[0] != offer.offer_id:
-            self._opened.pop(receiver, None)  # reopen on first use
+        self.offers[offer.offer_id] = offer
+        self.offers.move_to_end(offer.offer_id)
+        while len(self.offers) > self.max_offers:
+            stale, _ = self.offers.popitem(last=False)
+            self._opened.pop(stale, None)  # unmaps its buffers
 
     def refusal(self, request: FetchRequest) -> Optional[FetchError]:
         """Why ``request`` cannot be copied over IPC now (checked before anything is sent)."""
-        rid, offer = request.request_id, self.offers.get(request.receiver_model)
-        if offer is None or offer.offer_id != request.offer_id:
+        rid, offer = request.request_id, self.offers.get(request.offer_id)
+        if offer is None or offer.receiver_model != request.receiver_model:
             return FetchError(rid, "no_offer", f"no IPC offer {request.offer_id[:12]} from {request.receiver_model}")
         if self._uuid is None:
             self._uuid = self.backend.device_uuid(self.kv_pool.device)
         if not self._uuid or offer.device_uuid != self._uuid:
             return FetchError(rid, "ipc_unavailable", f"offer is on GPU {offer.device_uuid[:40]}, "
                               f"this sender on {self._uuid[:40] or self.kv_pool.device}")
+        self.offers.move_to_end(offer.offer_id)
         try:
             self._buffers(offer)
         except IpcUnavailable as exc:
@@ -79,11 +86,9 @@ class IpcExporter:
         return self._fit(request, offer) or self._deadline(request)
 
     def _buffers(self, offer: IpcPoolOffer) -> tuple[list, list]:
-        opened = self._opened.get(offer.receiver_model)
-        if opened is None or opened[0] != offer.offer_id:
-            k_buffers, v_buffers = self.backend.open_pool(offer, self.kv_pool.device)
-            opened = self._opened[offer.receiver_model] = (offer.offer_id, k_buffers, v_buffers)
-        return opened[1], opened[2]
+        if offer.offer_id not in self._opened:
+            self._opened[offer.offer_id] = self.backend.open_pool(offer, self.kv_pool.device)
+        return self._opened[offer.offer_id]
 
     def _fit(self, request: FetchRequest, offer: IpcPoolOffer) -> Optional[FetchError]:
         rid = request.request_id
@@ -116,7 +121,7 @@ class IpcExporter:
         error = self._deadline(request)
         if error is not None:
             return error
-        k_buffers, v_buffers = self._buffers(self.offers[request.receiver_model])
+        k_buffers, v_buffers = self._buffers(self.offers[request.offer_id])
         device = self.kv_pool.device
         src = src_slots.to(device=device, dtype=torch.int64)  # [n]
         dst = torch.tensor(request.dst_slots, dtype=torch.int64).to(device)  # [n]

@@ -92,8 +92,10 @@ class DroidSpeakRuntime:
 
     def poll_exports(self) -> None:
         if self.export_server is not None and self.tree is not None:
-            on_offer = self.ipc_export.accept_offer if self.ipc_export is not None else None
-            self.export_server.poll(self._export, on_offer=on_offer)
+            if self.ipc_export is None:
+                self.export_server.poll(self._export)
+            else:
+                self.export_server.poll(self._export, on_offer=self.ipc_export.accept_offer)
 
     def _export(self, request):
         self.metrics.record_export()

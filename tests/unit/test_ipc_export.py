@@ -150,15 +150,25 @@ def test_refuses_another_gpu(sides):
     assert error.code == "ipc_unavailable" and "GPU-cpu-stand-in" in error.message
 
 
-def test_unknown_replaced_and_unopenable_offers(sides):
+def test_unknown_stale_and_unopenable_offers(sides):
     s = sides
     assert single_error(s, request(s, offer_id="stale")).code == "no_offer"
-    assert single_error(s, request(s, receiver_model="c")).code == "no_offer"
-    newer = CpuIpc(s.ipc.backend.registry).share_pool("b", s.receiver, NUM_LAYERS)
-    s.ipc.accept_offer(newer)
-    assert single_error(s, request(s)).code == "no_offer"  # the old offer is gone
-    del s.ipc.backend.registry[newer.offer_id]  # the stand-in's cudaIpcOpenMemHandle fails
-    assert single_error(s, request(s, offer_id=newer.offer_id)).code == "ipc_unavailable"
+    assert single_error(s, request(s, receiver_model="c")).code == "no_offer"  # not that receiver's offer
+    s.ipc.max_offers = 2
+    newer = [CpuIpc(s.ipc.backend.registry).share_pool("b", s.receiver, NUM_LAYERS) for _ in range(2)]
+    s.ipc.accept_offer(newer[0])  # a second replica of "b": both offers stay usable
+    assert export(s, request(s)) == [FetchDone("r1", 0)]
+    s.ipc.accept_offer(newer[1])  # a third: the least recently used (newer[0]) is dropped
+    assert single_error_after_reset(s, request(s, offer_id=newer[0].offer_id)).code == "no_offer"
+    del s.ipc.backend.registry[newer[1].offer_id]  # the stand-in's cudaIpcOpenMemHandle fails
+    assert single_error_after_reset(s, request(s, offer_id=newer[1].offer_id)).code == "ipc_unavailable"
+    assert set(s.ipc.offers) == {s.offer.offer_id, newer[1].offer_id} and set(s.ipc._opened) == {s.offer.offer_id}
+
+
+def single_error_after_reset(s, req):
+    for buffer in s.receiver.k + s.receiver.v:
+        buffer.zero_()
+    return single_error(s, req)
 
 
 def test_opens_each_offer_once(sides):
@@ -170,7 +180,7 @@ def test_opens_each_offer_once(sides):
 
 def test_refuses_layers_and_shapes_that_do_not_fit(sides):
     s = sides
-    s.ipc.offers["b"] = small = CpuIpc(s.ipc.backend.registry).share_pool("b", s.receiver, 2)
+    s.ipc.accept_offer(small := CpuIpc(s.ipc.backend.registry).share_pool("b", s.receiver, 2))
     assert "offer's range [0, 2)" in single_error(s, request(s, offer_id=small.offer_id)).message
     wide = TinyPool(lambda layer, n: torch.zeros(n, 2))  # [ROWS, heads, 2 * dim]
     s.ipc.accept_offer(other := CpuIpc(s.ipc.backend.registry).share_pool("b", wide, NUM_LAYERS))
