@@ -18,7 +18,9 @@
                                     # or the mapping itself, see plan/latency.py)
 
 ``slo`` and ``transfer`` may be left out (defaults: ttft_ms 500, max_quality_drop 0.05,
-accuracy_target null; zmq on 127.0.0.1 from port 5600, $DROIDSPEAK_SECRET, 2 s). Relative
+accuracy_target null; zmq on 127.0.0.1 from port 5600, $DROIDSPEAK_SECRET, 2 s).
+``transfer.data_plane``: zmq | cuda_ipc (servers sharing one GPU copy K/V device to device;
+others fall back to zmq per peer) | nccl (accepted, not implemented: servers use zmq). Relative
 paths are relative to the working directory of whoever checks or launches the cluster.
 Every error is a ``ClusterConfigError`` naming the file and the field path; unknown keys
 are errors. Each replica uses two transfer ports on ``bind_host`` (see ``layout``); those
@@ -40,6 +42,7 @@ from sglang_droidspeak.plan.latency import LatencyModelError, PrefillLatencyMode
 RESERVED_FLAGS = ("--model-path", "--served-model-name", "--host", "--port", "--radix-cache-backend",
                   "--mem-fraction-static", "--tp-size")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "*")
+DATA_PLANES = ("zmq", "nccl", "cuda_ipc")  # nccl: not implemented yet, servers use zmq
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,7 @@ def _slo(s: Section) -> SloConfig:
 
 def _transfer(s: Section) -> TransferConfig:
     return TransferConfig(
-        data_plane=s.choice("data_plane", "zmq", ("zmq", "nccl")),
+        data_plane=s.choice("data_plane", "zmq", DATA_PLANES),
         bind_host=s.string("bind_host", "127.0.0.1"),
         base_port=s.port("base_port", 5600),
         secret_env=env_name(s, "secret_env", "DROIDSPEAK_SECRET"),

@@ -8,6 +8,8 @@ falls back to its own prefill.
 
     order of the stream        E of each requested layer, then K and V of each reused
                                layer, each cut into blocks of at most ``block_tokens``
+    cuda_ipc plane (offer_id)  E as above; K/V are copied on the GPU into the receiver's
+                               offered pool by ``ipc`` (ipc_export.py), not streamed
 
 E comes from ``compute_e`` rather than from a store filled during prefill: a capture
 hook inside the decoder layer produced wrong rows on the GPU under SGLang's default
@@ -20,6 +22,7 @@ from __future__ import annotations
 from array import array
 from typing import Any, Callable, Iterator, Optional
 
+from sglang_droidspeak.sglang.ipc_export import IpcExporter
 from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, LayerChunk, Message
 
 BLOCK_TOKENS = 4096
@@ -40,15 +43,24 @@ def _check(request: FetchRequest, model: str, fingerprint: str, num_layers: int)
     return None
 
 
+def _check_ipc(request: FetchRequest, ipc: Optional[IpcExporter]) -> Optional[FetchError]:
+    if not request.offer_id:
+        return None
+    if ipc is None:
+        return FetchError(request.request_id, "ipc_unavailable", "this sender's data_plane is zmq")
+    return ipc.refusal(request)
+
+
 def export_messages(request: FetchRequest, *, model: str, fingerprint: str, tree: Any,
                     kv_pool: Any, compute_e: EComputer, num_layers: int,
-                    block_tokens: int = BLOCK_TOKENS) -> Iterator[Message]:
+                    block_tokens: int = BLOCK_TOKENS, ipc: Optional[IpcExporter] = None) -> Iterator[Message]:
     """The answer to ``request``: LayerChunks then FetchDone, or a single FetchError.
 
     E is computed on demand by ``compute_e`` (this model's layers [0, s) over the prefix,
-    from its own embeddings; no KV is written), not read from a capture pool.
+    from its own embeddings; no KV is written), not read from a capture pool. A request
+    with ``offer_id`` has its K/V copied by ``ipc`` (None: refused, ipc_unavailable).
     """
-    error = _check(request, model, fingerprint, num_layers)
+    error = _check(request, model, fingerprint, num_layers) or _check_ipc(request, ipc)
     if error is not None:
         yield error
         return
@@ -65,6 +77,9 @@ def export_messages(request: FetchRequest, *, model: str, fingerprint: str, tree
         for start in range(0, num_tokens, block_tokens):
             yield LayerChunk.from_tensor(rid, "e", layer, start, e[layer][start:start + block_tokens])
             num_chunks += 1
+    if request.offer_id:
+        yield ipc.copy(request, slots) or FetchDone(rid, num_chunks)
+        return
     blocks = [(start, slots[start:start + block_tokens].to(kv_pool.device))  # once, not per layer
               for start in range(0, num_tokens, block_tokens)]
     for layer in request.reused_layers:

@@ -4,6 +4,8 @@
     1 allocate                n = prefix_len slots (evicting if needed)   ImportFailed("no_memory")
     2 fetch                   E_s for each group with s > 0, K/V of       ImportFailed(<FetchError
                               every reused layer -> written into slots    code> | "timeout" | ...)
+                              (cuda_ipc plane: the sender writes K/V
+                              into the slots itself, ipc_import.py)
     3 recompute               each group [s, e) from E_s (own embeddings   (exception -> "internal")
                               at s = 0), writing this model's K/V
     4 insert                  the slots under the derived namespace;      -
@@ -100,6 +102,13 @@ class _Receiver:
             self.debug_kv[key] = torch.empty(self.num_tokens, *tensor.shape[1:], dtype=tensor.dtype,
                                              device=tensor.device)
         self.debug_kv[key][chunk.token_start:chunk.token_start + chunk.shape[0]] = tensor
+
+    def note_copied(self, layers) -> None:
+        """The cuda_ipc plane wrote K/V of ``layers`` straight into our slots (ipc_import.py)."""
+        for layer in layers:
+            if layer not in self.reused:
+                raise ImportFailed("protocol", f"IPC copy of layer {layer}, which the plan recomputes")
+            self.rows[("k", layer)] = self.rows[("v", layer)] = self.num_tokens
 
     def check_complete(self) -> None:
         expected = [("e", l) for l in self.e] + [(w, l) for l in self.reused for w in ("k", "v")]

@@ -8,6 +8,10 @@ One ``DroidSpeakRuntime`` lives next to the tree cache in each scheduler process
     receiver   FetchClient   (peers[].fetch) scheduler thread, inside match_prefix
     receiver   DirectoryListener (peers[].announce)  its own thread -> RemotePrefixIndex
 
+With ``data_plane: cuda_ipc`` the sender also keeps receivers' pool offers and copies K/V
+into them on the GPU (ipc_export.IpcExporter), and the receiver offers its pool and asks
+for that copy (ipc_import.IpcFetcher), falling back to ZMQ per peer where it cannot.
+
 Every receiver-side failure is a fallback: the request prefills normally, a warning is
 logged and ``fallbacks_total{reason}`` counts it.
 """
@@ -15,6 +19,7 @@ logged and ``fallbacks_total{reason}`` counts it.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Optional
 
@@ -23,22 +28,27 @@ import torch
 from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.radix.hits import ForeignHit
 from sglang_droidspeak.sglang.exporter import export_messages
-from sglang_droidspeak.sglang.importer import ImportFailed, ModelParts, import_prefix
+from sglang_droidspeak.sglang.importer import DEBUG_ENV, ImportFailed, ModelParts, import_prefix
+from sglang_droidspeak.sglang.ipc_export import IpcExporter
+from sglang_droidspeak.sglang.ipc_import import IpcFetcher
 from sglang_droidspeak.sglang.plan_choice import PlanChooser
 from sglang_droidspeak.sglang.recompute import prefix_inputs, recompute_group
 from sglang_droidspeak.sglang.settings import DroidSpeakSettings
+from sglang_droidspeak.transfer.cuda_ipc import CudaIpc
 from sglang_droidspeak.transfer.directory import Announcer, DirectoryListener
 from sglang_droidspeak.transfer.fetch import FetchClient, FetchFailed, FetchServer
 from sglang_droidspeak.transfer.frames import PrefixAnnounce
 
 logger = logging.getLogger(__name__)
 PEER_BACKOFF_S = 10.0  # after a timeout or protocol error, skip that peer for this long
-BACKOFF_REASONS = ("timeout", "protocol", "internal")
+BACKOFF_REASONS = ("timeout", "protocol", "internal", "deadline")
 
 
 class DroidSpeakRuntime:
     def __init__(self, settings: DroidSpeakSettings, model: str, fingerprint: str, parts: ModelParts,
-                 num_layers: int, metrics: Any, secret: Optional[bytes]):
+                 num_layers: int, metrics: Any, secret: Optional[bytes], ipc_backend: Any = None):
+        """``ipc_backend``: CUDA IPC for the cuda_ipc plane (default ``CudaIpc()``; tests pass
+        a CPU stand-in)."""
         self.settings, self.model, self.fingerprint = settings, model, fingerprint
         self.parts, self.num_layers, self.metrics = parts, num_layers, metrics
         self.peers = {peer.model: peer for peer in settings.peers}
@@ -49,6 +59,11 @@ class DroidSpeakRuntime:
         self.export_server = FetchServer(settings.export_bind, secret) if settings.export_bind else None
         self.announcer = Announcer(settings.announce_bind, secret) if settings.announce_bind else None
         self.client = FetchClient(secret) if self.peers else None
+        ipc = settings.data_plane == "cuda_ipc"
+        backend = ipc_backend if ipc_backend is not None else CudaIpc()
+        self.ipc_export = IpcExporter(backend, parts.kv_pool) if ipc and self.export_server else None
+        self.ipc_fetch = IpcFetcher(backend, self.client, model, parts.kv_pool, num_layers) \
+            if ipc and self.client else None
         self.listener = None
         self.tree: Any = None
         self.scheduler: Any = None
@@ -77,13 +92,16 @@ class DroidSpeakRuntime:
 
     def poll_exports(self) -> None:
         if self.export_server is not None and self.tree is not None:
-            self.export_server.poll(self._export)
+            if self.ipc_export is None:
+                self.export_server.poll(self._export)
+            else:
+                self.export_server.poll(self._export, on_offer=self.ipc_export.accept_offer)
 
     def _export(self, request):
         self.metrics.record_export()
         for msg in export_messages(request, model=self.model, fingerprint=self.fingerprint, tree=self.tree,
                                    kv_pool=self.parts.kv_pool, compute_e=self.compute_e,
-                                   num_layers=self.num_layers):
+                                   num_layers=self.num_layers, ipc=self.ipc_export):
             self.metrics.record_bytes("out", len(getattr(msg, "data", b"")))
             yield msg
 
@@ -180,6 +198,9 @@ class DroidSpeakRuntime:
 
     def _fetcher(self, endpoint: str):
         timeout = self.settings.fetch_timeout_s
+        if self.ipc_fetch is not None and os.environ.get(DEBUG_ENV) != "1":  # debug keeps sender K/V aside
+            return lambda request, receiver: self.ipc_fetch.fetch(endpoint, request, receiver, timeout,
+                                                                  idle=self.poll_exports)
         return lambda request, on_chunk: self.client.fetch(endpoint, request, on_chunk, timeout,
                                                            idle=self.poll_exports)
 

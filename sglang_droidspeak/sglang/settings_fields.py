@@ -14,6 +14,7 @@ from sglang_droidspeak.plan.layer_plan import LayerPlan, PlanError
 
 _PLAN_KEYS = {"sender", "receiver", "num_layers", "groups"}
 _PEER_KEYS = {"model", "fetch", "announce"}
+DATA_PLANES = ("zmq", "cuda_ipc")  # the first is the default
 
 
 class SettingsError(ValueError):
@@ -75,6 +76,14 @@ def _number(data: Mapping[str, Any], name: str, default: float, where: str, posi
     if not ok or value < 0 or (positive and value == 0):
         raise SettingsError(f"{where}: {name}: must be a number {'>' if positive else '>='} 0, got {value!r}")
     return float(value)
+
+
+def _choice(data: Mapping[str, Any], name: str, choices: tuple[str, ...], where: str) -> str:
+    """One of ``choices`` (default: the first)."""
+    value = data.get(name, choices[0])
+    if not isinstance(value, str) or value not in choices:
+        raise SettingsError(f"{where}: {name}: must be one of {list(choices)}, got {value!r}")
+    return value
 
 
 def _secret_env(value: Any, at: str) -> str:

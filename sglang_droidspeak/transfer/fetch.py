@@ -5,7 +5,9 @@
                             <-------------    LayerChunk * n   (E first, then K/V by layer)
                             <-------------    FetchDone(n) | FetchError(code)
 
-Every frame is ``wire.encode``d (HMAC over header and payload); anything that does not
+On the cuda_ipc plane the receiver may first send an ``IpcPoolOffer`` on the same socket
+(no reply; ZMQ keeps the order, so it arrives before the request that names it): the
+server hands it to ``on_offer``. Every frame is ``wire.encode``d (HMAC over header and payload); anything that does not
 decode is dropped by the server and ends the client's fetch with ``FetchFailed``. The
 server side never blocks: ``poll`` drains what is queued and returns, so it can run on
 SGLang's scheduler thread between batches. No SGLang imports.
@@ -21,9 +23,11 @@ import zmq
 
 from sglang_droidspeak.transfer import wire
 from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, LayerChunk, Message, WireError
+from sglang_droidspeak.transfer.frames_ipc import IpcPoolOffer
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[FetchRequest], Iterable[Message]]
+OfferHandler = Callable[[IpcPoolOffer], None]
 
 
 class FetchFailed(RuntimeError):
@@ -46,27 +50,40 @@ class FetchServer:
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.num_served = self.num_dropped = 0
 
-    def poll(self, handler: Handler, max_requests: int = 16) -> int:
-        """Answer up to ``max_requests`` queued requests without blocking; returns how many."""
+    def poll(self, handler: Handler, max_requests: int = 16, on_offer: Optional[OfferHandler] = None) -> int:
+        """Answer up to ``max_requests`` queued requests without blocking; returns how many.
+
+        IpcPoolOffers go to ``on_offer`` (dropped when None) and count as no request.
+        """
         served = 0
         while served < max_requests:
             try:
                 identity, *frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            request = self._decode(frames)
-            if request is not None:
-                self._answer(identity.bytes, request, handler)
+            msg = self._decode(frames, on_offer is not None)
+            if isinstance(msg, IpcPoolOffer):
+                self._take_offer(msg, on_offer)
+            elif msg is not None:
+                self._answer(identity.bytes, msg, handler)
                 served += 1
         return served
 
-    def _decode(self, frames) -> Optional[FetchRequest]:
+    def _take_offer(self, offer: IpcPoolOffer, on_offer: OfferHandler) -> None:
+        try:
+            on_offer(offer)
+        except Exception:  # the handler's bug must not kill the scheduler
+            logger.exception("droidspeak: IPC offer handler failed")
+
+    def _decode(self, frames, offers: bool = False) -> Optional[FetchRequest | IpcPoolOffer]:
         try:
             msg = wire.decode([f.buffer for f in frames], self.secret, self.limits)
         except WireError as exc:
             self.num_dropped += 1
             logger.warning("droidspeak: dropped a bad fetch frame: %s", exc)
             return None
+        if offers and isinstance(msg, IpcPoolOffer):
+            return msg
         if not isinstance(msg, FetchRequest):
             self.num_dropped += 1
             logger.warning("droidspeak: dropped an unexpected %s on the fetch socket", msg.kind)
@@ -95,6 +112,10 @@ class FetchClient:
         self.secret, self.limits = secret, limits
         self.context = context or zmq.Context.instance()
         self._sockets: dict[str, zmq.Socket] = {}
+
+    def send(self, endpoint: str, msg: Message | IpcPoolOffer) -> None:
+        """Send one message that gets no answer (an IpcPoolOffer) ahead of the next fetch."""
+        self._socket(endpoint).send_multipart(wire.encode(msg, self.secret))
 
     def fetch(self, endpoint: str, request: FetchRequest, on_chunk: Callable[[LayerChunk], None],
               timeout_s: float, idle: Optional[Callable[[], None]] = None) -> FetchDone:

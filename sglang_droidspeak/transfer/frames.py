@@ -3,12 +3,16 @@
 A receiver asks with ``FetchRequest``; the sender answers with ``LayerChunk``s (one tensor
 slice each: K or V of a reused layer, or E entering a recomputed group) and then exactly one
 ``FetchDone`` or ``FetchError``. Every message validates itself on construction, so a
-message that exists is well-formed; anything else raises ``WireError``.
+message that exists is well-formed; anything else raises ``WireError``. On the cuda_ipc
+plane (one GPU, see transfer/cuda_ipc.py) the receiver first sends an ``IpcPoolOffer``
+(frames_ipc.py) and its FetchRequest names that offer and the slots to write.
 
     kind            fields (all ints are in [0, 2**63))
     fetch_request   request_id, sender_model, receiver_model, fingerprint: str,
                     token_ids, reused_layers, e_layers: tuple[int, ...] (layers strictly
-                    ascending), deadline_ms: int
+                    ascending), deadline_ms: int (0 = none; cuda_ipc: absolute
+                    CLOCK_MONOTONIC ms), offer_id: str ("" = ZMQ plane), dst_slots:
+                    tuple[int, ...] (cuda_ipc: one receiver KV slot per token; else ())
     layer_chunk     request_id: str, what: "k"|"v"|"e", layer, token_start: int,
                     dtype: str (DTYPES), shape: tuple[int, ...] (shape[0] = tokens),
                     data: bytes (raw little-endian elements, len = prod(shape) * itemsize)
@@ -37,7 +41,8 @@ class WireError(ValueError):
 
 INT_LIMIT = 1 << 63
 CHUNK_WHATS = ("k", "v", "e")
-ERROR_CODES = ("evicted", "fingerprint_mismatch", "busy", "bad_request", "timeout", "internal")
+ERROR_CODES = ("evicted", "fingerprint_mismatch", "busy", "bad_request", "timeout", "internal",
+               "no_offer", "ipc_unavailable", "deadline")  # the last three: cuda_ipc plane
 DTYPES: dict[str, torch.dtype] = {
     name: getattr(torch, name)
     for name in ("float16", "bfloat16", "float32", "float8_e4m3fn")
@@ -58,6 +63,8 @@ def _check_field(cls_name: str, name: str, annotation: str, value: object) -> No
         ok = type(value) is bytes
     elif annotation == "tuple[int, ...]":
         ok = type(value) is tuple and all(_is_int(v) for v in value)
+    elif annotation == "tuple[bytes, ...]":
+        ok = type(value) is tuple and all(type(v) is bytes for v in value)
     else:  # pragma: no cover - a schema typo, not an input error
         raise TypeError(f"{cls_name}.{name}: unsupported annotation {annotation}")
     if not ok:
@@ -94,7 +101,11 @@ class _Message:
 @dataclass(frozen=True)
 class FetchRequest(_Message):
     """Receiver -> sender: stream the KV of ``reused_layers`` and E of ``e_layers`` for
-    the prefix ``token_ids``, computed by ``sender_model`` (identity ``fingerprint``)."""
+    the prefix ``token_ids``, computed by ``sender_model`` (identity ``fingerprint``).
+
+    With ``offer_id`` (cuda_ipc plane) the sender instead copies that KV on the GPU into
+    the offered pool at ``dst_slots`` before ``deadline_ms``; E still comes as chunks.
+    """
 
     KIND: ClassVar[str] = "fetch_request"
     request_id: str
@@ -105,10 +116,19 @@ class FetchRequest(_Message):
     reused_layers: tuple[int, ...]
     e_layers: tuple[int, ...]
     deadline_ms: int
+    offer_id: str = ""
+    dst_slots: tuple[int, ...] = ()
 
     def _check(self) -> None:
         _check_ascending("FetchRequest", "reused_layers", self.reused_layers)
         _check_ascending("FetchRequest", "e_layers", self.e_layers)
+        if not self.offer_id and self.dst_slots:
+            raise WireError("FetchRequest.dst_slots needs an offer_id (cuda_ipc plane)")
+        if self.offer_id and len(self.dst_slots) != len(self.token_ids):
+            raise WireError(f"FetchRequest has {len(self.dst_slots)} dst_slots for "
+                            f"{len(self.token_ids)} tokens")
+        if self.offer_id and self.deadline_ms == 0:
+            raise WireError("FetchRequest on the cuda_ipc plane needs a deadline_ms")
 
 
 @dataclass(frozen=True)

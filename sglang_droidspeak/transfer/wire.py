@@ -6,7 +6,7 @@ The header is a msgpack map (keys in this order; never pickled):
     key           type        meaning
     v             int         message format version (the class's VERSION)
     kind          str         fetch_request | layer_chunk | fetch_done | fetch_error |
-                              prefix_announce
+                              prefix_announce | ipc_pool_offer (frames_ipc.py)
     <fields>      per kind    the dataclass fields except ``data`` (see frames.py)
     payload_len   int         len(payload frame); 0 and no frame for payload-less kinds
     mac           bin(32)     HMAC-SHA256(secret, msgpack(header without mac) || payload)
@@ -28,8 +28,10 @@ import msgpack
 
 from sglang_droidspeak.transfer.frames import (
     MESSAGE_TYPES, FetchRequest, LayerChunk, Message, PrefixAnnounce, WireError)
+from sglang_droidspeak.transfer.frames_ipc import MAX_HANDLE_BYTES, IpcPoolOffer
 
 MAC_LEN = 32
+KINDS: dict[str, type] = {**MESSAGE_TYPES, IpcPoolOffer.KIND: IpcPoolOffer}
 MIN_SECRET_LEN = 16
 ENVELOPE_KEYS = ("v", "kind", "payload_len", "mac")
 
@@ -39,7 +41,7 @@ class WireLimits:
     """Upper bounds a decoder enforces on untrusted input (sizes in bytes)."""
 
     max_frame_bytes: int = 512 << 20  # header + payload together
-    max_header_bytes: int = 16 << 20  # 1M token ids of <= 9 bytes each fit
+    max_header_bytes: int = 24 << 20  # 1M token ids + 1M dst slots of <= 9 bytes each fit
     max_tokens: int = 1 << 20  # len(token_ids); token_start + shape[0] for chunks
     max_rank: int = 4
     max_dim: int = 1 << 24
@@ -65,7 +67,7 @@ def _message_fields(cls: type) -> tuple[str, ...]:
 def encode(msg: Message, secret: bytes) -> list[bytes]:
     """Frames for ``msg``: ``[header]`` or ``[header, payload]`` (LayerChunk)."""
     _check_secret(secret)
-    if type(msg) not in MESSAGE_TYPES.values():
+    if type(msg) not in KINDS.values():
         raise WireError(f"cannot encode {type(msg).__name__}: not a transfer message")
     payload = msg.data if msg.HAS_PAYLOAD else b""
     header: dict[str, Any] = {"v": msg.VERSION, "kind": msg.KIND}
@@ -97,7 +99,8 @@ def _unpack_header(header_frame: memoryview, limits: WireLimits) -> dict[str, An
     try:
         header = msgpack.unpackb(
             header_frame, raw=False, strict_map_key=True, use_list=True,
-            max_str_len=limits.max_str_len, max_bin_len=MAC_LEN, max_array_len=array_len,
+            max_str_len=limits.max_str_len, max_bin_len=max(MAC_LEN, MAX_HANDLE_BYTES),
+            max_array_len=array_len,
             max_map_len=32, max_ext_len=0)
     except Exception as exc:  # msgpack raises many types for malformed input
         raise WireError(f"header is not well-formed msgpack: {type(exc).__name__}: {exc}") from None
@@ -138,6 +141,10 @@ def _check_limits(msg: Message, limits: WireLimits) -> None:
     elif isinstance(msg, (FetchRequest, PrefixAnnounce)):
         if len(msg.token_ids) > limits.max_tokens:
             raise WireError(f"{len(msg.token_ids)} token_ids > max_tokens {limits.max_tokens}")
+    if isinstance(msg, IpcPoolOffer):
+        dims = msg.k_shape + msg.v_shape
+        if msg.num_layers > limits.max_layers or any(d > limits.max_dim for d in dims):
+            raise WireError(f"IpcPoolOffer num_layers {msg.num_layers} or shape exceeds limits")
     if isinstance(msg, FetchRequest):
         for name in ("reused_layers", "e_layers"):
             layers = getattr(msg, name)
@@ -151,7 +158,7 @@ def decode(frames: Sequence[Any], secret: bytes, limits: WireLimits = WireLimits
     views = _frame_views(frames, limits)
     header = _unpack_header(views[0], limits)
     kind, version = header["kind"], header["v"]
-    cls = MESSAGE_TYPES.get(kind) if type(kind) is str else None
+    cls = KINDS.get(kind) if type(kind) is str else None
     if cls is None:
         raise WireError(f"unknown message kind {kind!r}")
     if type(version) is not int or version != cls.VERSION:

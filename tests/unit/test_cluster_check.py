@@ -168,3 +168,11 @@ def test_cli_print_plan_is_json_on_stdout(cluster, capsys):
     assert plan["servers"][0]["env"] == {"CUDA_VISIBLE_DEVICES": "0", "SGLANG_PLUGINS": "droidspeak"}
     assert [p["model"] for p in plan["servers"][0]["settings"]["peers"]] == ["libwriter", "wide"]  # unknown: kept
     assert "tester -> libwriter  unknown" in captured.err
+
+
+@pytest.mark.parametrize("data_plane, expected", [("zmq", "zmq"), ("cuda_ipc", "cuda_ipc"), ("nccl", "zmq")])
+def test_plan_passes_the_data_plane_to_every_server(cluster, data_plane, expected):
+    _rewrite(cluster, lambda data: data.setdefault("transfer", {}).update(data_plane=data_plane))
+    plan = plan_cluster(load_cluster_config(cluster))
+    assert [server.settings["data_plane"] for server in plan.servers] == [expected] * len(plan.servers)
+    assert {parse_settings(server.settings).data_plane for server in plan.servers} == {expected}

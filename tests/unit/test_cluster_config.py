@@ -109,7 +109,7 @@ R1 = "cluster.yaml: models[1].replicas[0]"
     ("slo.max_quality_drop", -0.01, "cluster.yaml: slo.max_quality_drop: must be a number in [0, inf), got -0.01"),
     ("slo.accuracy_target", 1.5, "cluster.yaml: slo.accuracy_target: must be a number in (0, 1], got 1.5"),
     ("slo.accuracy_target", 0, "cluster.yaml: slo.accuracy_target: must be a number in (0, 1], got 0"),
-    ("transfer.data_plane", "rdma", "cluster.yaml: transfer.data_plane: must be one of ['zmq', 'nccl'], got 'rdma'"),
+    ("transfer.data_plane", "rdma", "cluster.yaml: transfer.data_plane: must be one of ['zmq', 'nccl', 'cuda_ipc'], got 'rdma'"),
     ("transfer.fetch_timeout_s", float("nan"), "cluster.yaml: transfer.fetch_timeout_s: must be a number in (0, inf)"),
     ("transfer.secret_env", "A=B", "cluster.yaml: transfer.secret_env: must be an environment variable name"),
     ("transfer.base_port", 65530, "cluster.yaml: transfer.base_port: 4 replicas need ports 65530..65537, past 65535"),

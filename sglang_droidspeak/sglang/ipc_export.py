@@ -1,0 +1,139 @@
+"""Sender side of the cuda_ipc plane: keep receivers' pool offers, copy K/V into their pools.
+
+"Sender push": the receiver allocates slots, names them in its FetchRequest (``dst_slots``)
+with a deadline, and waits; the sender, on its scheduler thread (where its own slots cannot
+be evicted during the tick), writes K/V straight into the receiver's offered buffers and
+answers FetchDone. No cross-process lock: the deadline is the contract. The receiver frees
+its slots only once the deadline has passed without a FetchDone, so the sender starts the
+copy only while ``now < deadline - margin_s`` (``DEADLINE_MARGIN_S``, the budget for the
+copy itself) and reports a copy that ended late.
+
+    check, before anything is sent          answer when it fails
+    an offer of receiver_model == offer_id  FetchError no_offer (the receiver re-offers)
+    offer's GPU UUID == this pool's          ipc_unavailable (the receiver uses ZMQ for us)
+    the offer's buffers open                 ipc_unavailable
+    layers, K/V shapes and dtype fit         bad_request
+    every dst slot < the offered rows        bad_request (never a write out of range)
+    deadline not past, not absurdly far      deadline | bad_request (clocks not shared)
+
+Offers are kept by offer id (several replicas of one receiver model each have their own),
+at most ``max_offers``, least recently used dropped first together with its opened
+buffers (a restarted receiver's stale offer ages out this way). Imports no SGLang.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Any, Callable, Optional
+
+import torch
+
+from sglang_droidspeak.transfer.cuda_ipc import IpcUnavailable, now_ms
+from sglang_droidspeak.transfer.frames import DTYPES, FetchError, FetchRequest
+from sglang_droidspeak.transfer.frames_ipc import IpcPoolOffer
+
+DEADLINE_MARGIN_S = 0.25
+MAX_DEADLINE_AHEAD_S = 3600.0
+MAX_OFFERS = 16
+logger = logging.getLogger(__name__)
+
+
+class IpcExporter:
+    """Answers the cuda_ipc part of FetchRequests for this server's ``kv_pool``.
+
+    ``backend`` has ``device_uuid(device)`` and ``open_pool(offer, device)`` (cuda_ipc.CudaIpc
+    on a GPU; a CPU stand-in in tests).
+    """
+
+    def __init__(self, backend: Any, kv_pool: Any, margin_s: float = DEADLINE_MARGIN_S,
+                 clock_ms: Callable[[], int] = now_ms, max_offers: int = MAX_OFFERS):
+        self.backend, self.kv_pool, self.clock_ms = backend, kv_pool, clock_ms
+        self.margin_ms = int(margin_s * 1000)
+        self.max_offers = max_offers
+        self.offers: OrderedDict[str, IpcPoolOffer] = OrderedDict()  # offer id -> offer, LRU first
+        self._opened: dict[str, tuple[list, list]] = {}  # offer id -> (K buffers, V buffers)
+        self._uuid: Optional[str] = None
+        self.num_late = 0
+
+    def accept_offer(self, offer: IpcPoolOffer) -> None:
+        known = self.offers.get(offer.offer_id)
+        if known is not None and known != offer:
+            logger.warning("droidspeak: ignoring a different IPC offer under a known id from %s",
+                           offer.receiver_model)
+            return
+        self.offers[offer.offer_id] = offer
+        self.offers.move_to_end(offer.offer_id)
+        while len(self.offers) > self.max_offers:
+            stale, _ = self.offers.popitem(last=False)
+            self._opened.pop(stale, None)  # unmaps its buffers
+
+    def refusal(self, request: FetchRequest) -> Optional[FetchError]:
+        """Why ``request`` cannot be copied over IPC now (checked before anything is sent)."""
+        rid, offer = request.request_id, self.offers.get(request.offer_id)
+        if offer is None or offer.receiver_model != request.receiver_model:
+            return FetchError(rid, "no_offer", f"no IPC offer {request.offer_id[:12]} from {request.receiver_model}")
+        if self._uuid is None:
+            self._uuid = self.backend.device_uuid(self.kv_pool.device)
+        if not self._uuid or offer.device_uuid != self._uuid:
+            return FetchError(rid, "ipc_unavailable", f"offer is on GPU {offer.device_uuid[:40]}, "
+                              f"this sender on {self._uuid[:40] or self.kv_pool.device}")
+        self.offers.move_to_end(offer.offer_id)
+        try:
+            self._buffers(offer)
+        except IpcUnavailable as exc:
+            return FetchError(rid, "ipc_unavailable", str(exc)[:200])
+        return self._fit(request, offer) or self._deadline(request)
+
+    def _buffers(self, offer: IpcPoolOffer) -> tuple[list, list]:
+        if offer.offer_id not in self._opened:
+            self._opened[offer.offer_id] = self.backend.open_pool(offer, self.kv_pool.device)
+        return self._opened[offer.offer_id]
+
+    def _fit(self, request: FetchRequest, offer: IpcPoolOffer) -> Optional[FetchError]:
+        rid = request.request_id
+        if any(layer >= offer.num_layers for layer in request.reused_layers):
+            return FetchError(rid, "bad_request", f"layer out of the offer's range [0, {offer.num_layers})")
+        src_k, src_v = self.kv_pool.get_key_buffer(0), self.kv_pool.get_value_buffer(0)
+        if (tuple(src_k.shape[1:]), tuple(src_v.shape[1:])) != (offer.k_shape[1:], offer.v_shape[1:]) \
+                or src_k.dtype != DTYPES[offer.dtype]:
+            return FetchError(rid, "bad_request", f"offered K/V {offer.k_shape[1:]}/{offer.v_shape[1:]} "
+                              f"{offer.dtype} do not fit {tuple(src_k.shape[1:])} {src_k.dtype}")
+        num_rows = min(offer.k_shape[0], offer.v_shape[0])
+        if request.dst_slots and max(request.dst_slots) >= num_rows:
+            return FetchError(rid, "bad_request", f"dst slot {max(request.dst_slots)} out of range [0, {num_rows})")
+        return None
+
+    def _deadline(self, request: FetchRequest) -> Optional[FetchError]:
+        left_ms = request.deadline_ms - self.clock_ms()
+        if left_ms > MAX_DEADLINE_AHEAD_S * 1000:
+            return FetchError(request.request_id, "bad_request", f"deadline {left_ms} ms ahead: clocks not shared")
+        if left_ms <= self.margin_ms:
+            return FetchError(request.request_id, "deadline", f"{left_ms} ms left, copy needs {self.margin_ms}")
+        return None
+
+    def copy(self, request: FetchRequest, src_slots: torch.Tensor) -> Optional[FetchError]:
+        """Write K/V of ``reused_layers`` at ``src_slots`` [n] into the receiver's ``dst_slots``.
+
+        Call after ``refusal`` returned None; the deadline is checked again (E may have taken
+        a while). Returns a FetchError instead of copying when it has passed.
+        """
+        error = self._deadline(request)
+        if error is not None:
+            return error
+        k_buffers, v_buffers = self._buffers(self.offers[request.offer_id])
+        device = self.kv_pool.device
+        src = src_slots.to(device=device, dtype=torch.int64)  # [n]
+        dst = torch.tensor(request.dst_slots, dtype=torch.int64).to(device)  # [n]
+        for layer in request.reused_layers:
+            k_buffers[layer][dst] = self.kv_pool.get_key_buffer(layer)[src]  # [n, heads, head_dim]
+            v_buffers[layer][dst] = self.kv_pool.get_value_buffer(layer)[src]
+        if torch.device(device).type == "cuda":
+            torch.cuda.current_stream(device).synchronize()
+        late_ms = self.clock_ms() - request.deadline_ms
+        if late_ms >= 0:
+            self.num_late += 1
+            logger.error("droidspeak: IPC copy for %s ended %d ms past its deadline (raise the margin)",
+                         request.receiver_model, late_ms)
+            return FetchError(request.request_id, "deadline", f"copy ended {late_ms} ms late")
+        return None

@@ -1,0 +1,115 @@
+"""``IpcPoolOffer``: a receiver shares its KV pool's CUDA buffers with a sender on one GPU.
+
+The cuda_ipc data plane ("sender push"): once per peer, the receiver sends this offer on
+the fetch socket (no reply). It carries, for every layer's K and V buffer of the receiver's
+pool, what ``torch.multiprocessing.reductions.reduce_tensor`` would carry for a CUDA tensor
+(the fields of ``UntypedStorage._share_cuda_()`` plus the tensor's offset / shape / stride),
+as typed fields, never pickled. A FetchRequest with ``offer_id`` then asks the sender to
+copy K/V straight into ``dst_slots`` of these buffers (transfer/cuda_ipc.py opens them).
+
+    field                 type               meaning
+    offer_id              str                new per shared pool (a uuid)
+    receiver_model        str                the offering server's model
+    device_uuid           str                the GPU's UUID; the sender must be on it too
+    dtype                 str (DTYPES)       element type of every buffer
+    num_layers            int                >= 1; buffers are K0, V0, K1, V1, ...
+    k_shape, v_shape      tuple[int, ...]    rank 3: [num_slots + page_size, heads, dim]
+    k_stride, v_stride    tuple[int, ...]    rank 3, in elements
+    handles               tuple[bytes, ...]  CUDA IPC memory handle (allocator's format)
+    storage_sizes         tuple[int, ...]    bytes of each storage
+    storage_offsets       tuple[int, ...]    bytes of the storage into its allocation
+    tensor_offsets        tuple[int, ...]    elements of the tensor into its storage
+    ref_counter_handles   tuple[bytes, ...]  torch's shared ref-counter file name
+    ref_counter_offsets   tuple[int, ...]    slot in that file
+    event_handles         tuple[bytes, ...]  CUDA IPC event handle (64 bytes; unused if no sync)
+    event_sync_required   tuple[int, ...]    0 | 1
+
+Every per-buffer tuple has 2 * num_layers entries. The offer is rejected unless each
+buffer's view (tensor offset + extent of shape/stride) lies inside its storage, so a
+sender that opens it can never address memory past what the receiver shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from sglang_droidspeak.transfer.frames import DTYPES, WireError, _Message
+
+MAX_HANDLE_BYTES = 1024  # legacy handles are 65 bytes; expandable segments carry more
+EVENT_HANDLE_BYTES = 64  # CUDA_IPC_HANDLE_SIZE
+PER_BUFFER = ("handles", "storage_sizes", "storage_offsets", "tensor_offsets", "ref_counter_handles",
+              "ref_counter_offsets", "event_handles", "event_sync_required")
+
+
+def view_extent(shape: tuple[int, ...], stride: tuple[int, ...]) -> int:
+    """Elements a strided view spans from its first element (0 for an empty view)."""
+    if any(s == 0 for s in shape):
+        return 0
+    return 1 + sum((s - 1) * st for s, st in zip(shape, stride))
+
+
+@dataclass(frozen=True)
+class IpcPoolOffer(_Message):
+    """Receiver -> sender: the CUDA IPC handles of every K/V buffer of its pool."""
+
+    KIND: ClassVar[str] = "ipc_pool_offer"
+    offer_id: str
+    receiver_model: str
+    device_uuid: str
+    dtype: str
+    num_layers: int
+    k_shape: tuple[int, ...]
+    k_stride: tuple[int, ...]
+    v_shape: tuple[int, ...]
+    v_stride: tuple[int, ...]
+    handles: tuple[bytes, ...]
+    storage_sizes: tuple[int, ...]
+    storage_offsets: tuple[int, ...]
+    tensor_offsets: tuple[int, ...]
+    ref_counter_handles: tuple[bytes, ...]
+    ref_counter_offsets: tuple[int, ...]
+    event_handles: tuple[bytes, ...]
+    event_sync_required: tuple[int, ...]
+
+    def _check(self) -> None:
+        for name in ("offer_id", "receiver_model", "device_uuid"):
+            if not getattr(self, name):
+                raise WireError(f"IpcPoolOffer.{name} must be non-empty")
+        if self.dtype not in DTYPES:
+            raise WireError(f"IpcPoolOffer.dtype {self.dtype!r} not in whitelist {tuple(DTYPES)}")
+        if self.num_layers < 1:
+            raise WireError("IpcPoolOffer.num_layers must be >= 1")
+        for name in ("k_shape", "k_stride", "v_shape", "v_stride"):
+            if len(getattr(self, name)) != 3:
+                raise WireError(f"IpcPoolOffer.{name} must have rank 3, got {getattr(self, name)[:8]}")
+        for name in PER_BUFFER:
+            if len(getattr(self, name)) != 2 * self.num_layers:
+                raise WireError(f"IpcPoolOffer.{name} needs {2 * self.num_layers} entries "
+                                f"(K and V of {self.num_layers} layers), got {len(getattr(self, name))}")
+        self._check_handles()
+        self._check_views()
+
+    def _check_handles(self) -> None:
+        for name in ("handles", "ref_counter_handles"):
+            if any(not 1 <= len(h) <= MAX_HANDLE_BYTES for h in getattr(self, name)):
+                raise WireError(f"IpcPoolOffer.{name} entries must be 1..{MAX_HANDLE_BYTES} bytes")
+        if any(flag not in (0, 1) for flag in self.event_sync_required):
+            raise WireError("IpcPoolOffer.event_sync_required entries must be 0 or 1")
+        for handle, sync in zip(self.event_handles, self.event_sync_required):
+            if len(handle) > EVENT_HANDLE_BYTES or (sync and len(handle) != EVENT_HANDLE_BYTES):
+                raise WireError(f"IpcPoolOffer.event_handles entries must be {EVENT_HANDLE_BYTES} bytes "
+                                f"(at most, when event_sync_required is 0)")
+
+    def _check_views(self) -> None:
+        itemsize = DTYPES[self.dtype].itemsize
+        for i in range(2 * self.num_layers):
+            shape, stride = self.buffer_layout(i)
+            end_bytes = (self.tensor_offsets[i] + view_extent(shape, stride)) * itemsize
+            if end_bytes > self.storage_sizes[i]:
+                raise WireError(f"IpcPoolOffer buffer {i}: view ends at byte {end_bytes}, past its "
+                                f"{self.storage_sizes[i]}-byte storage")
+
+    def buffer_layout(self, index: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(shape, stride) of buffer ``index`` (even: K of layer index // 2, odd: V)."""
+        return (self.k_shape, self.k_stride) if index % 2 == 0 else (self.v_shape, self.v_stride)

@@ -1,0 +1,156 @@
+"""The cuda_ipc data plane between two runtimes on the CPU: real SGLang pools, allocators and
+radix trees, real ZMQ (tests/unit/two_servers.py), CUDA IPC replaced by ``CpuIpc``
+(cpu_ipc.py), which stands in for it because CUDA IPC cannot run without a GPU.
+
+The receiver must end with the same KV as on the ZMQ plane, with no K/V crossing the
+socket; every failure must fall back (ZMQ for that peer, or a normal prefill) with the
+slots freed and the pool accounting unchanged.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sglang_droidspeak.sglang.cpu_import import SGLangImportOrderError, prepare_cpu_sglang
+
+try:
+    prepare_cpu_sglang()
+except SGLangImportOrderError as exc:
+    pytest.skip(str(exc), allow_module_level=True)
+pytest.importorskip("sglang.srt.mem_cache.radix_cache")
+
+from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams  # noqa: E402
+from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
+
+from cpu_ipc import CpuIpc  # noqa: E402
+from sglang_droidspeak.reference import ReferenceModel  # noqa: E402
+from sglang_droidspeak.sglang.radix_cache import FELL_BACK_ATTR  # noqa: E402
+from sglang_droidspeak.sglang.request_plan import parse_plan_choice  # noqa: E402
+from two_servers import NUM_LAYERS, announce_and_wait, leak_free, request, tiny_llama, two_servers  # noqa: E402
+
+CONTEXT = list(range(20, 52))  # 32 tokens
+OTHER = [t + 40 for t in CONTEXT]
+SUFFIX = [3, 4, 5]
+
+
+@pytest.fixture
+def ipc_pair(request):
+    """Both sides on the cuda_ipc plane; ``request.param``: the sender's GPU UUID, data plane."""
+    gpu, sender_plane = getattr(request, "param", ("GPU-cpu-stand-in", "cuda_ipc"))
+    registry = {}
+    backends = (CpuIpc(registry, gpu_uuid=gpu), CpuIpc(registry))
+    with two_servers(tiny_llama(), tiny_llama(), data_planes=(sender_plane, "cuda_ipc"),
+                     ipc_backends=backends) as (a, b):
+        a.sent = record_sent(a)
+        yield a, b
+
+
+def record_sent(side):
+    """(kind, what) of every message the sender answers with."""
+    sent, export = [], side.runtime._export
+
+    def recording(req):
+        for msg in export(req):
+            sent.append((msg.kind, getattr(msg, "what", "")))
+            yield msg
+
+    side.runtime._export = recording
+    return sent
+
+
+def import_and_check(a, b, tokens, plan):
+    cache = announce_and_wait(a, b, tokens)
+    req = request(tokens + SUFFIX, plan)
+    match = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+    assert len(match.device_indices) == len(tokens) and b.metrics.fallbacks == []
+    layer_plan = parse_plan_choice(plan, NUM_LAYERS)
+    expected = ReferenceModel(b.model).build_receiver_cache(cache, layer_plan, torch.tensor(tokens))
+    for layer in range(NUM_LAYERS):
+        torch.testing.assert_close(b.pool.get_key_buffer(layer)[match.device_indices],
+                                   expected.k[layer].transpose(0, 1), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(b.pool.get_value_buffer(layer)[match.device_indices],
+                                   expected.v[layer].transpose(0, 1), atol=1e-5, rtol=1e-5)
+    assert leak_free(a) and leak_free(b)
+    return layer_plan
+
+
+@pytest.mark.parametrize("plan", ["reuse", "2:3", "0:1,3:4", "0:4"])
+def test_same_weights_receiver_gets_the_reference_kv_without_kv_frames(ipc_pair, plan):
+    a, b = ipc_pair
+    layer_plan = import_and_check(a, b, CONTEXT, plan)
+    e_chunks = [("layer_chunk", "e")] * len(layer_plan.e_layers())
+    assert a.sent == e_chunks + [("fetch_done", "")]  # K/V went through the (stand-in) IPC copy
+    assert b.metrics.hits == [("remote", len(CONTEXT), layer_plan.num_recomputed_layers)]
+    import_and_check(a, b, OTHER, plan)
+    assert b.runtime.ipc_fetch.backend.num_shared == 1 and a.runtime.ipc_export.backend.num_opened == 1
+
+
+def test_a_sender_that_forgot_the_offer_gets_it_again(ipc_pair):
+    a, b = ipc_pair
+    import_and_check(a, b, CONTEXT, "reuse")
+    a.runtime.ipc_export.offers.clear()  # e.g. the sender restarted
+    import_and_check(a, b, OTHER, "reuse")
+    assert [k for k, _ in a.sent] == ["fetch_done", "fetch_error", "fetch_done"]
+
+
+@pytest.mark.parametrize("ipc_pair", [("GPU-other", "cuda_ipc"), ("GPU-cpu-stand-in", "zmq")], indirect=True)
+def test_another_gpu_or_a_zmq_sender_falls_back_to_zmq_for_that_peer(ipc_pair):
+    a, b = ipc_pair
+    import_and_check(a, b, CONTEXT, "reuse")
+    assert a.sent[0] == ("fetch_error", "") and ("layer_chunk", "k") in a.sent
+    assert b.runtime.ipc_fetch.zmq_peers == {a.runtime.export_server.endpoint}
+    import_and_check(a, b, OTHER, "reuse")
+    assert [k for k, _ in a.sent].count("fetch_error") == 1  # no second IPC attempt
+
+
+def test_a_pool_that_cannot_be_shared_uses_zmq(ipc_pair):
+    a, b = ipc_pair
+    b.runtime.ipc_fetch.backend.fail_share = True
+    import_and_check(a, b, CONTEXT, "reuse")
+    assert ("layer_chunk", "k") in a.sent and b.runtime.ipc_fetch.unavailable
+
+
+def fallback_case(a, b, reason, tokens=CONTEXT):
+    """The request prefills normally; every slot the import took is free again."""
+    before = [b.pool.get_key_buffer(layer).clone() for layer in range(NUM_LAYERS)]
+    req = request(tokens + SUFFIX, "reuse")
+    available = b.allocator.available_size()
+    match = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+    assert len(match.device_indices) == 0 and req.extra_key is None
+    assert getattr(req, FELL_BACK_ATTR) is True and b.metrics.fallbacks[-1] == reason
+    assert b.allocator.available_size() == available and leak_free(b) and leak_free(a)
+    return before
+
+
+def test_a_sender_too_close_to_the_deadline_refuses_and_nothing_is_written(ipc_pair):
+    a, b = ipc_pair
+    announce_and_wait(a, b, CONTEXT)
+    a.runtime.ipc_export.margin_ms = 5000  # more than the receiver's whole 1 s timeout
+    before = fallback_case(a, b, "deadline")
+    assert all(torch.equal(before[l], b.pool.get_key_buffer(l)) for l in range(NUM_LAYERS))
+
+
+def test_an_offer_smaller_than_the_pool_is_refused_before_any_write(ipc_pair):
+    a, b = ipc_pair
+    announce_and_wait(a, b, CONTEXT)
+    b.runtime.ipc_fetch.backend.rows = 4  # the stand-in offers 4 rows; the allocator hands out more
+    before = fallback_case(a, b, "bad_request")
+    assert all(torch.equal(before[l], b.pool.get_key_buffer(l)) for l in range(NUM_LAYERS))
+
+
+def test_a_silent_sender_times_out_and_the_slots_are_freed(ipc_pair):
+    a, b = ipc_pair
+    announce_and_wait(a, b, CONTEXT)
+    a.runtime.export_server.poll = lambda handler, max_requests=16, on_offer=None: 0
+    fallback_case(a, b, "timeout")
+
+
+def test_an_evicted_prefix_falls_back(ipc_pair):
+    a, b = ipc_pair
+    from sglang.srt.mem_cache.base_prefix_cache import EvictParams
+
+    announce_and_wait(a, b, CONTEXT)
+    a.runtime.withdraw = lambda tokens, base: None
+    a.tree.evict(EvictParams(num_tokens=10_000))
+    fallback_case(a, b, "evicted")
