@@ -56,12 +56,12 @@ def write_model_dir(dest: Path, tokenizer_from: Path, max_len: int) -> Path:
     return dest
 
 
-def droidspeak_configs(zmq_base: int, fetch_timeout_s: float) -> tuple[dict, dict]:
+def droidspeak_configs(zmq_base: int, fetch_timeout_s: float, data_plane: str = "zmq") -> tuple[dict, dict]:
     """(sender ``a``, receiver ``b``) plugin configs; b has no pair plan (requests force one)."""
     export, announce = f"tcp://127.0.0.1:{zmq_base}", f"tcp://127.0.0.1:{zmq_base + 1}"
-    sender = {"model": "a", "export_bind": export, "announce_bind": announce}
+    sender = {"model": "a", "export_bind": export, "announce_bind": announce, "data_plane": data_plane}
     receiver = {"model": "b", "min_foreign_tokens": 16, "fetch_timeout_s": fetch_timeout_s,
-                "peers": [{"model": "a", "fetch": export, "announce": announce}]}
+                "data_plane": data_plane, "peers": [{"model": "a", "fetch": export, "announce": announce}]}
     return sender, receiver
 
 
@@ -75,7 +75,7 @@ def server_args(args: Any, context_len: int) -> tuple[str, ...]:
 def start_servers(args: Any, model_dir: Path, work: Path, context_len: int, result: dict) -> tuple:
     """Sender then receiver, each healthy before the next starts; records their argv and
     configs in ``result``. On failure stops what it started and raises."""
-    sender_cfg, receiver_cfg = droidspeak_configs(args.zmq_base, args.fetch_timeout)
+    sender_cfg, receiver_cfg = droidspeak_configs(args.zmq_base, args.fetch_timeout, args.data_plane)
     extra = server_args(args, context_len)
     started = []
     try:

@@ -199,6 +199,9 @@ def test_model_dir_and_replot(tmp_path):
         "tcp://127.0.0.1:5801", "tcp://127.0.0.1:5802", 120.0, ())
     assert [(q.model, q.fetch, q.announce) for q in receiver.peers] == [
         ("a", "tcp://127.0.0.1:5801", "tcp://127.0.0.1:5802")]
+    assert (sender.data_plane, receiver.data_plane) == ("zmq", "zmq")
+    ipc = [parse_settings(c).data_plane for c in prefill_model.droidspeak_configs(5801, 120.0, "cuda_ipc")]
+    assert ipc == ["cuda_ipc", "cuda_ipc"]
     result = {"plans": ["off", "0:8"], "num_layers": 32, "samples": [
         {"length": 8, "plan": p, "repeat": 0, "ttft_ms": t, "cached_tokens": c, "reused_context": c >= 7}
         for p, t, c in (("off", 30.0, 0), ("0:8", 10.0, 8))]}
