@@ -8,6 +8,8 @@
     droidspeak serve CONFIG         start a cluster's servers and its router (Ctrl-C stops all)
     droidspeak status [--url URL]   per-replica health, load and cache metrics from the router
     droidspeak bench-prefill [--...] receiver TTFT vs context length per system (GPU, SGLang)
+    droidspeak bench-throughput [--...]  multi-agent TTFT/TBT/E2E vs QPS per system, max QPS at SLO
+    (``droidspeak bench prefill`` and ``droidspeak bench throughput`` are the same commands)
 """
 
 from __future__ import annotations
@@ -26,13 +28,22 @@ SUBCOMMANDS = {
     "serve": ("sglang_droidspeak.cluster.launcher", "start a cluster's servers and its router"),
     "status": ("sglang_droidspeak.cluster.status", "replica health and cache metrics from the router"),
     "bench-prefill": ("sglang_droidspeak.bench.prefill", "TTFT vs context length: full prefill, reuse, plans"),
+    "bench-throughput": ("sglang_droidspeak.bench.throughput", "multi-agent latency vs QPS and max QPS at a TTFT SLO"),
 }
+BENCH_WORDS = ("prefill", "throughput")  # `droidspeak bench X` == `droidspeak bench-X`
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """``bench X ...`` -> ``bench-X ...`` for X in BENCH_WORDS; anything else unchanged."""
+    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in BENCH_WORDS:
+        return [f"bench-{argv[1]}", *argv[2:]]
+    return list(argv)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; only the subcommand named in ``argv`` (default ``sys.argv[1:]``) gets
     its module imported and its arguments (several import torch: seconds each)."""
-    words = sys.argv[1:] if argv is None else argv
+    words = normalize_argv(sys.argv[1:] if argv is None else argv)
     chosen = next((w for w in words if not w.startswith("-")), None)
     parser = argparse.ArgumentParser(prog="droidspeak", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,7 +56,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser(argv).parse_args(argv)
+    words = normalize_argv(sys.argv[1:] if argv is None else argv)
+    args = build_parser(words).parse_args(words)
     return int(importlib.import_module(args._module).run(args) or 0)
 
 

@@ -4,6 +4,13 @@
                      full prefill, full KV reuse and DroidSpeak plans (runs the servers)
     prefill_model    its model dir (Llama-3.1-8B shapes, dummy weights) and servers
     prefill_report   its pure part: table rows, speedup / ideal / efficiency, Markdown, plot
+    throughput       ``droidspeak bench-throughput``: a multi-agent workload at Poisson QPS,
+                     TTFT / TBT / E2E per system and the highest QPS meeting a TTFT SLO
+    workload         its seeded MetaGPT-like sessions (coder > tester [> reviewer])
+    load_driver      its asyncio client: streaming /generate, one RequestRecord per request
+    throughput_stats percentiles, per-point summaries, max QPS at SLO (pure)
+    throughput_report, throughput_outputs   Markdown / PNG; the result JSON and replot
+    throughput_servers   --launch: one 8B-shaped dummy server per model (sender + receivers)
 
 Nothing here imports SGLang or torch at module import: the servers are subprocesses.
 """

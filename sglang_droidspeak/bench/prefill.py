@@ -1,7 +1,7 @@
 """``droidspeak bench-prefill``: receiver TTFT against context length, per system (issue 6).
 
-One word (``droidspeak bench-prefill``, not ``droidspeak bench prefill``). Run on the GPU
-machine through ``scripts/gpu/bench_prefill.sh``; here it needs SGLang 0.5.17 importable.
+Also spelled ``droidspeak bench prefill``. Run on the GPU machine through
+``scripts/gpu/bench_prefill.sh``; here it needs SGLang 0.5.17 importable.
 
     droidspeak bench-prefill [--lengths 1024,...,32768] [--plans reuse,0:4,0:8,0:16]
                              [--repeats 3] [--warmup 1] [--out docs/results/bench-prefill-DATE.json]

@@ -1,0 +1,77 @@
+"""The servers of ``droidspeak bench-throughput --launch`` (stdlib only; no SGLang import).
+
+One ``--load-format dummy`` server per model of the mix (bench.prefill_model's
+Llama-3.1-8B-shaped dir, identical random weights everywhere), all on one GPU by default:
+
+    first model of the mix ("coder")   sender: export + announce binds
+    every other model                  receiver: peers with the sender; with --auto-plan
+                                       a pair plan, so the request plan "auto" means it
+
+``--gpus 0`` puts every server on GPU 0; ``--gpus 0,1,1`` gives server i the i-th entry
+(CUDA_VISIBLE_DEVICES), e.g. the sender on one card and the receivers on the other. The
+KV moves over the plugin's ZMQ data plane either way (the NCCL data plane is a cluster
+config field only; servers do not use it yet). Servers start one after another, each
+healthy before the next, so their memory profiling cannot race.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sglang_droidspeak.bench import prefill_model as pm
+from sglang_droidspeak.bench.servers import Server, wait_healthy
+
+
+def plan_groups(plan: str) -> list[list[int]]:
+    """``"0:4,8:12"`` -> [[0, 4], [8, 12]]; "reuse" -> []."""
+    if plan == "reuse":
+        return []
+    return [[int(s), int(e)] for s, e in (g.split(":") for g in plan.split(","))]
+
+
+def droidspeak_configs(models: list[str], zmq_base: int, fetch_timeout_s: float, auto_plan: str,
+                       num_layers: int) -> dict[str, dict]:
+    """model -> plugin config: ``models[0]`` the sender, the rest its receivers."""
+    sender, receivers = models[0], models[1:]
+    export, announce = f"tcp://127.0.0.1:{zmq_base}", f"tcp://127.0.0.1:{zmq_base + 1}"
+    configs = {sender: {"model": sender, "export_bind": export, "announce_bind": announce}}
+    for name in receivers:
+        configs[name] = {"model": name, "min_foreign_tokens": 16, "fetch_timeout_s": fetch_timeout_s,
+                         "peers": [{"model": sender, "fetch": export, "announce": announce}]}
+        if auto_plan:
+            configs[name]["plans"] = [{"sender": sender, "receiver": name, "num_layers": num_layers,
+                                       "groups": plan_groups(auto_plan)}]
+    return configs
+
+
+def gpu_of(gpus: str, index: int, num_servers: int) -> str:
+    """The CUDA_VISIBLE_DEVICES of server ``index``: one entry for all, or one per server."""
+    entries = [g.strip() for g in gpus.split(",") if g.strip()]
+    if len(entries) not in (1, num_servers):
+        raise ValueError(f"--gpus {gpus!r}: give one GPU for all servers or one per server ({num_servers})")
+    return entries[0] if len(entries) == 1 else entries[index]
+
+
+def start_servers(cfg: Any, models: list[str], model_dir: Path, work: Path, context_len: int,
+                  result: dict) -> list[Server]:
+    """Sender first, then each receiver; ports ``port_base + i``. Records argv, GPU and
+    configs in ``result``. On failure stops what it started and raises."""
+    configs = droidspeak_configs(models, cfg.zmq_base, cfg.fetch_timeout, cfg.auto_plan,
+                                 pm.LLAMA_31_8B["num_hidden_layers"])
+    extra = pm.server_args(cfg, context_len)
+    started: list[Server] = []
+    try:
+        for index, name in enumerate(models):
+            env = {"CUDA_VISIBLE_DEVICES": gpu_of(cfg.gpus, index, len(models))}
+            started.append(Server(name, str(model_dir), cfg.port_base + index, work, plugin=True,
+                                  config=configs[name], extra=extra, env=env))
+            wait_healthy([started[-1]], cfg.startup_timeout)
+    except Exception:
+        for server in started:
+            server.stop()
+        raise
+    result["server_args"] = {s.name: [str(x) for x in s.proc.args[1:]] for s in started}
+    result["server_gpus"] = {name: gpu_of(cfg.gpus, i, len(models)) for i, name in enumerate(models)}
+    result["droidspeak_config"] = configs
+    return started
