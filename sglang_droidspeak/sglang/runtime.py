@@ -63,7 +63,7 @@ class DroidSpeakRuntime:
         self.client = FetchClient(secret) if self.peers else None
         ipc = settings.data_plane == "cuda_ipc"
         backend = ipc_backend if ipc_backend is not None else CudaIpc()
-        self.ipc_export = IpcExporter(backend, parts.kv_pool) if ipc and self.export_server else None
+        self.ipc_export = IpcExporter(backend, parts.kv_pool, pacer=pacer) if ipc and self.export_server else None
         self.ipc_fetch = IpcFetcher(backend, self.client, model, parts.kv_pool, num_layers) \
             if ipc and self.client else None
         self.listener = None

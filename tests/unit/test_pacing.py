@@ -13,6 +13,8 @@ from sglang_droidspeak.transfer.fetch import FetchClient
 from sglang_droidspeak.transfer.frames import FetchDone
 from sglang_droidspeak.transfer.pacing import LinkPacer, PacingError
 from test_fetch import SECRET, chunks_for, request
+from test_ipc_export import DST_SLOTS, export, sides  # noqa: F401 - sides is a fixture
+from test_ipc_export import request as ipc_request
 
 
 class FakeClock:
@@ -122,3 +124,12 @@ def test_import_stage_metric():
         metrics.observe_import_stage("network", 1.0)
     with pytest.raises(ValueError, match="s must be"):
         metrics.observe_import_stage("total", -1.0)
+
+
+def test_ipc_copy_is_paced_per_layer_by_its_k_and_v_bytes(sides):
+    sides.ipc.pacer = recorder = RecordingPacer()
+    messages = export(sides, ipc_request(sides, layers=(0, 2)))
+    assert isinstance(messages[-1], FetchDone)
+    row = sides.sender.get_key_buffer(0)[0]  # [heads, dim]
+    per_layer = 2 * len(DST_SLOTS) * row.numel() * row.element_size()  # K and V rows of the prefix
+    assert recorder.sizes == [per_layer, per_layer]
