@@ -5,6 +5,7 @@ Also spelled ``droidspeak bench prefill``. Run on the GPU machine through
 
     droidspeak bench-prefill [--lengths 1024,...,32768] [--plans reuse,0:4,0:8,0:16]
                              [--repeats 3] [--warmup 1] [--out docs/results/bench-prefill-DATE.json]
+                             [--pipelined on,off] [--throttle-gbps 10,25,100]   # the bandwidth sweep
     droidspeak bench-prefill --replot RESULT.json   # Markdown + PNG again from a result (no servers)
     droidspeak bench-prefill --replot A.json,B.json --out MERGED.json   # two runs, one table
 
@@ -21,6 +22,11 @@ Also spelled ``droidspeak bench prefill``. Run on the GPU machine through
    suffix with that plan is timed client-side (TTFT = its wall time); both caches flushed.
    Full prefill = plan "off" (stock prefix caching on a context the receiver never saw).
 4. JSON (``--out``, rewritten after every length), ``.md`` table and ``.png`` plot beside it.
+5. Sweep: one server pair per config (``--throttle-gbps`` x ``--pipelined``, the sender's
+   ``throttle_gbps`` and the receiver's ``pipelined``), steps 2-3 for each; full prefill
+   only with the first. Each sample also gets the receiver's import split from /metrics;
+   the report adds the table and ``-sweep.png`` of bench/sweep_report.py (columns, bound).
+   The main table shows the first config only.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from pathlib import Path
 
 from sglang_droidspeak.bench import prefill_model as pm
 from sglang_droidspeak.bench import prefill_report as rep
+from sglang_droidspeak.bench import sweep_report as sweep
 
 SUFFIX_LEN = 16
 VOCAB_LIMIT = 2048  # context ids stay below the small tokenizer's vocabulary
@@ -61,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--fetch-timeout", type=float, default=120.0, help="receiver's fetch_timeout_s (a 32K fetch moves 4 GiB)")
     a("--data-plane", default="zmq", choices=("zmq", "cuda_ipc"),
       help="how K/V moves between the two servers on the one GPU (plugin setting data_plane)")
+    a("--pipelined", default="on", help="receiver's import: 'on', 'off' or 'on,off' (both, one server pair each)")
+    a("--throttle-gbps", default="", help="sender's link rates to emulate, e.g. 10,25,100 (Gbit/s; "
+      "default: unthrottled); one server pair per rate and --pipelined mode")
     a("--mem-fraction", type=float, default=0.8, help="--mem-fraction-static of each server")
     a("--max-total-tokens", type=int, default=0, help="KV slots per server (0: 2 x longest context + 2048)")
     a("--server-args", default="", help="extra sglang.launch_server args for both (later flags win)")
@@ -86,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
     lengths = [int(x) for x in args.lengths.split(",")]
     num_layers = pm.LLAMA_31_8B["num_hidden_layers"]
     plans = parse_plans(args.plans, num_layers)
+    try:
+        configs = sweep.parse_configs(args.pipelined, args.throttle_gbps)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     if args.repeats < 1 or args.warmup < 0 or min(lengths) < 1:
         raise SystemExit("--repeats must be >= 1, --warmup >= 0 and every --lengths entry >= 1")
     os.environ.setdefault("DROIDSPEAK_SECRET", DEFAULT_SECRET)
@@ -96,12 +110,18 @@ def run(args: argparse.Namespace) -> int:
     result = {"date": time.strftime("%Y-%m-%d"), "card": pm.card(), "command": command_line(args),
               "model": pm.LLAMA_31_8B, "model_note": pm.MODEL_NOTE, "num_layers": num_layers, "plans": plans,
               "suffix_len": SUFFIX_LEN, "repeats": args.repeats, "warmup": args.warmup, "samples": [],
-              "todo": [rep.CACHEBLEND_TODO]}
+              "todo": [rep.CACHEBLEND_TODO], "configs": [c.__dict__ for c in configs]}
     code, servers = 0, ()
     try:
-        servers = pm.start_servers(args, model_dir, work, max(lengths) + SUFFIX_LEN, result)
-        bench(servers, lengths, plans, args, result, out)
-        result["receiver_metrics"] = pm.metric_lines(servers[1].metrics())
+        for index, config in enumerate(configs):
+            servers = pm.start_servers(args, model_dir, work / f"config-{index}", max(lengths) + SUFFIX_LEN,
+                                       result, config)
+            bench(servers, lengths, plans if index == 0 else plans[1:], args, result, out, config)
+            result.setdefault("receiver_metrics_by_config", []).append(pm.metric_lines(servers[1].metrics()))
+            result["receiver_metrics"] = result["receiver_metrics_by_config"][-1]
+            for server in servers:
+                server.stop()
+            servers = ()
     except Exception as exc:  # keep what was measured
         result["error"] = repr(exc)
         print("ERROR", repr(exc), "\n", servers[1].tail(20) if len(servers) > 1 else "", flush=True)
@@ -114,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def bench(servers, lengths: list[int], plans: list[str], args, result: dict, out: Path) -> None:
+def bench(servers, lengths: list[int], plans: list[str], args, result: dict, out: Path,
+          config: sweep.Config = sweep.Config(True, None)) -> None:
     """Per length: warm-up rounds (discarded), then timed rounds into ``result["samples"]``;
     the outputs are rewritten after each length, so a run cut short keeps what it measured."""
     rng = random.Random(args.seed)
@@ -124,9 +145,10 @@ def bench(servers, lengths: list[int], plans: list[str], args, result: dict, out
                 measure(servers, plan, length, rng, args.announce_wait)
         for repeat in range(args.repeats):
             for plan in plans:
-                result["samples"].append({"repeat": repeat, **measure(servers, plan, length, rng, args.announce_wait)})
+                sample = measure(servers, plan, length, rng, args.announce_wait)
+                result["samples"].append({"repeat": repeat, **sample, **config.__dict__})
         write_outputs(result, out, plot=False)
-        print(f"[{time.strftime('%X')}] length {length} done", flush=True)
+        print(f"[{time.strftime('%X')}] {config.label()}: length {length} done", flush=True)
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -147,15 +169,17 @@ def measure(servers, plan: str, length: int, rng: random.Random, wait_s: float) 
     time.sleep(wait_s)
     body = {"input_ids": ctx + suffix, "sampling_params": {
         "max_new_tokens": 1, "temperature": 0, "custom_params": {"droidspeak_plan": plan}}}
+    before = sweep.stage_sums(receiver.metrics())
     start = time.perf_counter()
     meta = receiver.generate(body).get("meta_info", {})
     ttft_ms = (time.perf_counter() - start) * 1000
+    stages = sweep.stage_ms(before, sweep.stage_sums(receiver.metrics()))
     for server in servers:
         pm.flush(server)
     cached = meta.get("cached_tokens")
     return {"length": length, "plan": plan, "ttft_ms": ttft_ms, "sender_ms": sender_ms, "cached_tokens": cached,
             "reused_context": cached is not None and cached >= length - 1,
-            "meta": {k: meta[k] for k in META_KEYS if k in meta}}
+            "meta": {k: meta[k] for k in META_KEYS if k in meta}, **stages}
 
 
 def reuse_warnings(samples: list[dict]) -> list[str]:
@@ -182,11 +206,11 @@ def replot(paths: list[Path], out: Path) -> list[Path]:
 
 def write_outputs(result: dict, out: Path, plot: bool = True, json_too: bool = True) -> list[Path]:
     """``out`` (JSON, with rows and warnings), ``out``.md and, if ``plot``, ``out``.png."""
-    rows = rep.table_rows(rep.median_ttft(result["samples"]), result["plans"], result["num_layers"])
+    rows = rep.table_rows(rep.median_ttft(first_config_samples(result)), result["plans"], result["num_layers"])
     result["rows"] = rep.rows_to_json(rows)
     result["warnings"] = reuse_warnings(result["samples"])
     md, png = out.with_suffix(".md"), out.with_suffix(".png")
-    report = rep.markdown_report(result, rows)
+    report = rep.markdown_report(result, rows) + sweep_section(result, out, plot)
     if result["warnings"]:
         report += "\nWarnings (these samples did not run the named system):\n\n" + "".join(
             f"- {w}\n" for w in result["warnings"])
@@ -196,3 +220,29 @@ def write_outputs(result: dict, out: Path, plot: bool = True, json_too: bool = T
     if json_too:
         out.write_text(json.dumps(result, indent=1))
     return [out, md] + ([png] if plot and result["plot"] == str(png) else [])
+
+
+def first_config_samples(result: dict) -> list[dict]:
+    """Full prefill and the first config's samples: the main table (old results: all)."""
+    configs = result.get("configs") or []
+    if not configs:
+        return result["samples"]
+    first = sweep.Config(**configs[0])
+    return [s for s in result["samples"] if s["plan"] == rep.FULL or sweep.config_of(s) == first]
+
+
+def sweep_section(result: dict, out: Path, plot: bool) -> str:
+    """The pipelining / link table (and ``-sweep.png``) when the run is a sweep or has import splits."""
+    configs = result.get("configs") or []
+    has_split = any(s.get("total_ms") is not None for s in result["samples"])
+    if len(configs) < 2 and not has_split:
+        return ""
+    rows = sweep.sweep_rows(result["samples"], rep.FULL)
+    result["sweep_rows"] = sweep.rows_to_json(rows)
+    text = ("\n## Pipelining and link rate\n\n" + "Import split from the receiver's /metrics; bound = "
+            f"{sweep.BOUND_FACTOR} x max(recompute, fetch) + suffix (suffix = TTFT - import).\n\n"
+            + sweep.markdown_table(rows))
+    if plot:
+        png = out.with_name(out.stem + "-sweep.png")
+        result["sweep_plot"] = sweep.plot(rows, png) or str(png)
+    return text

@@ -56,12 +56,17 @@ def write_model_dir(dest: Path, tokenizer_from: Path, max_len: int) -> Path:
     return dest
 
 
-def droidspeak_configs(zmq_base: int, fetch_timeout_s: float, data_plane: str = "zmq") -> tuple[dict, dict]:
-    """(sender ``a``, receiver ``b``) plugin configs; b has no pair plan (requests force one)."""
+def droidspeak_configs(zmq_base: int, fetch_timeout_s: float, data_plane: str = "zmq", pipelined: bool = True,
+                       throttle_gbps: Any = None) -> tuple[dict, dict]:
+    """(sender ``a``, receiver ``b``) plugin configs; b has no pair plan (requests force one).
+    ``throttle_gbps`` paces the sender's ZMQ stream; ``pipelined`` is the receiver's import."""
     export, announce = f"tcp://127.0.0.1:{zmq_base}", f"tcp://127.0.0.1:{zmq_base + 1}"
     sender = {"model": "a", "export_bind": export, "announce_bind": announce, "data_plane": data_plane}
+    if throttle_gbps is not None:
+        sender["throttle_gbps"] = throttle_gbps
     receiver = {"model": "b", "min_foreign_tokens": 16, "fetch_timeout_s": fetch_timeout_s,
-                "data_plane": data_plane, "peers": [{"model": "a", "fetch": export, "announce": announce}]}
+                "data_plane": data_plane, "pipelined": pipelined,
+                "peers": [{"model": "a", "fetch": export, "announce": announce}]}
     return sender, receiver
 
 
@@ -72,10 +77,15 @@ def server_args(args: Any, context_len: int) -> tuple[str, ...]:
             "--log-level", "info", *shlex.split(args.server_args))
 
 
-def start_servers(args: Any, model_dir: Path, work: Path, context_len: int, result: dict) -> tuple:
+def start_servers(args: Any, model_dir: Path, work: Path, context_len: int, result: dict,
+                  config: Any = None) -> tuple:
     """Sender then receiver, each healthy before the next starts; records their argv and
-    configs in ``result``. On failure stops what it started and raises."""
-    sender_cfg, receiver_cfg = droidspeak_configs(args.zmq_base, args.fetch_timeout, args.data_plane)
+    configs in ``result``. ``config``: a sweep_report.Config (None: pipelined, unthrottled).
+    On failure stops what it started and raises."""
+    pipelined, throttle = (True, None) if config is None else (config.pipelined, config.throttle_gbps)
+    sender_cfg, receiver_cfg = droidspeak_configs(args.zmq_base, args.fetch_timeout, args.data_plane,
+                                                  pipelined, throttle)
+    work.mkdir(parents=True, exist_ok=True)
     extra = server_args(args, context_len)
     started = []
     try:

@@ -10,21 +10,31 @@
                               at s = 0), writing this model's K/V
     4 insert                  the slots under the derived namespace;      -
                               duplicates of an existing node are freed
-Any failure frees the slots before raising, so the pool accounting is unchanged and the
-caller prefills the request normally.
+Any failure waits for the GPU, then frees the slots before raising, so the pool
+accounting is unchanged and the caller prefills the request normally.
+
+Steps 2 and 3 overlap when ``pipelined`` (the default): a group starts as soon as its
+E_s has landed (groups at s = 0 before the fetch), while chunks keep arriving and are
+copied on a side stream. The ordering table, and why SGLang's layer-transfer counters
+are not used: import_pipeline.py; the streams and events: import_streams.py.
+Chunks of each (what, layer) must arrive in token order (the exporter's order), so a
+key is complete exactly when its rows reach the prefix length.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from array import array
 from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
-from sglang_droidspeak.plan.layer_plan import LayerPlan
+from sglang_droidspeak.plan.layer_plan import LayerGroup, LayerPlan
+from sglang_droidspeak.sglang.import_pipeline import GroupLauncher, ImportTimings
+from sglang_droidspeak.sglang.import_streams import ImportStreams
 from sglang_droidspeak.sglang.recompute import prefix_inputs, recompute_group
 from sglang_droidspeak.transfer.frames import FetchRequest, LayerChunk
 
@@ -42,6 +52,7 @@ class ImportResult(NamedTuple):
     num_tokens: int
     num_bytes_in: int
     num_recomputed_layers: int
+    timings: Optional[ImportTimings] = None
 
 
 class ModelParts(NamedTuple):
@@ -57,10 +68,17 @@ class ModelParts(NamedTuple):
 
 
 class _Receiver:
-    """Writes arriving chunks into the prefix's slots and E buffers, checking every bound."""
+    """Writes arriving chunks into the prefix's slots and E buffers, checking every bound.
 
-    def __init__(self, parts: ModelParts, plan: LayerPlan, slots, e_layers, debug_layers=()):
+    Writes go through ``streams`` (the copy stream when pipelined); when a key's last
+    rows are written its event is recorded, and a complete E_s calls ``on_e_ready(s)``.
+    """
+
+    def __init__(self, parts: ModelParts, plan: LayerPlan, slots, e_layers, debug_layers=(),
+                 streams: Optional[ImportStreams] = None, on_e_ready: Callable[[int], None] = lambda layer: None):
         self.parts, self.slots, self.num_tokens = parts, slots, slots.shape[0]
+        self.streams = streams or ImportStreams(parts.device, pipelined=False)
+        self.on_e_ready = on_e_ready
         self.reused = set(plan.reused_layers())
         self.debug_kv: dict[tuple[str, int], torch.Tensor] = {}  # recomputed layers, sender's K/V
         self.debug_layers = set(debug_layers)
@@ -70,20 +88,30 @@ class _Receiver:
         self.num_bytes = 0
 
     def __call__(self, chunk: LayerChunk) -> None:
-        rows = chunk.shape[0]
-        if chunk.token_start + rows > self.num_tokens:
-            raise ImportFailed("protocol", f"chunk rows [{chunk.token_start}, +{rows}) beyond {self.num_tokens}")
-        tensor = chunk.to_tensor(self.parts.device)
-        end = chunk.token_start + rows
+        rows, key = chunk.shape[0], (chunk.what, chunk.layer)
+        if chunk.token_start != self.rows.get(key, 0) or chunk.token_start + rows > self.num_tokens:
+            raise ImportFailed("protocol", f"{chunk.what} chunk rows [{chunk.token_start}, +{rows}) of layer "
+                               f"{chunk.layer}: out of order or beyond {self.num_tokens}")
+        tensor = self.streams.to_device(chunk)
+        with self.streams.copying():
+            self._write(chunk, tensor)
+        self.rows[key] = chunk.token_start + rows
+        self.num_bytes += len(chunk.data)
+        if self.rows[key] == self.num_tokens:
+            self.streams.mark(key)
+            if chunk.what == "e":
+                self.on_e_ready(chunk.layer)
+
+    def _write(self, chunk: LayerChunk, tensor: torch.Tensor) -> None:
+        end = chunk.token_start + chunk.shape[0]
         if chunk.what == "e":
             target = self.e.get(chunk.layer)
             if target is None or tuple(tensor.shape[1:]) != tuple(target.shape[1:]):
                 raise ImportFailed("protocol", f"unexpected E chunk for layer {chunk.layer} {chunk.shape}")
             target[chunk.token_start:end] = tensor.to(target.dtype)
+        elif chunk.layer in self.debug_layers:
+            self._keep_debug(chunk, tensor)
         else:
-            if chunk.layer in self.debug_layers:
-                self._keep_debug(chunk, tensor)
-                return
             if chunk.layer not in self.reused:
                 raise ImportFailed("protocol", f"unexpected {chunk.what} chunk for layer {chunk.layer}")
             pool = self.parts.kv_pool
@@ -91,10 +119,7 @@ class _Receiver:
             if tuple(tensor.shape[1:]) != tuple(buffer.shape[1:]) or tensor.dtype != buffer.dtype:
                 raise ImportFailed("protocol", f"{chunk.what} chunk {chunk.shape} {chunk.dtype} does not "
                                    f"fit the pool's {tuple(buffer.shape[1:])} {buffer.dtype}")
-            buffer[self.slots[chunk.token_start:end]] = tensor
-        key = (chunk.what, chunk.layer)
-        self.rows[key] = self.rows.get(key, 0) + rows
-        self.num_bytes += len(chunk.data)
+            buffer[self.slots[chunk.token_start:end]] = tensor  # [rows, heads, head_dim]
 
     def _keep_debug(self, chunk: LayerChunk, tensor: torch.Tensor) -> None:
         key = (chunk.what, chunk.layer)
@@ -130,13 +155,16 @@ def allocate(parts: ModelParts, tree: Any, num_tokens: int):
 
 
 def import_prefix(parts: ModelParts, tree: Any, fetch: Callable, *, sender: str, receiver: str,
-                  fingerprint: str, token_ids, plan: LayerPlan, namespace: str) -> ImportResult:
+                  fingerprint: str, token_ids, plan: LayerPlan, namespace: str,
+                  pipelined: bool = True) -> ImportResult:
     """Steps 1-4 of the module table; ``fetch(request, on_chunk)`` raises on failure."""
     from sglang.srt.mem_cache.base_prefix_cache import InsertParams
     from sglang.srt.mem_cache.radix_cache import RadixKey
 
+    began = time.perf_counter()
     num_tokens = len(token_ids)
     slots = allocate(parts, tree, num_tokens)
+    streams = ImportStreams(parts.device, pipelined)
     try:
         debug = os.environ.get(DEBUG_ENV) == "1"
         num_layers = plan.num_layers
@@ -144,24 +172,43 @@ def import_prefix(parts: ModelParts, tree: Any, fetch: Callable, *, sender: str,
         kv_layers = tuple(range(num_layers)) if debug else plan.reused_layers()
         request = FetchRequest(uuid.uuid4().hex, sender, receiver, fingerprint, tuple(token_ids),
                                kv_layers, e_layers, 0)
-        receiver_state = _Receiver(parts, plan, slots, e_layers, plan.recomputed_layers() if debug else ())
-        fetch(request, receiver_state)
-        receiver_state.check_complete()
-        ids, positions = prefix_inputs(token_ids, parts.device)
+        ids, positions = prefix_inputs(token_ids, parts.device)  # before any launch: a blocking copy
         trace: Optional[dict] = {} if debug else None
-        for group in plan.groups:
-            e_start = parts.embed(ids) if group.start == 0 else receiver_state.e[group.start]
-            recompute_group(parts.layers, group.start, group.end, e_start, positions, slots, parts.kv_pool, trace)
+        state = _Receiver(parts, plan, slots, e_layers, plan.recomputed_layers() if debug else (), streams)
+
+        def run_group(group: LayerGroup) -> None:
+            streams.wait(("e", group.start))
+            e_start = parts.embed(ids) if group.start == 0 else state.e[group.start]  # [n, hidden]
+            with streams.timed_recompute():
+                recompute_group(parts.layers, group.start, group.end, e_start, positions, slots, parts.kv_pool, trace)
+
+        launcher = GroupLauncher(plan, run_group, pipelined)
+        state.on_e_ready = launcher.e_ready
+        streams.start()
+        launcher.start()
+        sent = time.perf_counter()
+        fetch(request, state)
+        fetched = time.perf_counter()
+        state.check_complete()
+        launcher.finish()
+        streams.wait_all()
+        streams.synchronize()
+        drained = time.perf_counter()
         if debug:
-            _log_debug(parts, plan, slots, receiver_state, trace)
+            _log_debug(parts, plan, slots, state, trace)
         result = tree.insert(InsertParams(key=RadixKey(array("q", token_ids), namespace),
                                           value=slots.to(torch.int64, copy=True)))  # as cache_finished_req
     except BaseException:
-        parts.allocator.free(slots)
+        try:
+            streams.synchronize()  # no launched copy or group may still write the slots we free
+        finally:
+            parts.allocator.free(slots)
         raise
     if result.prefix_len > 0:
         parts.allocator.free(slots[: result.prefix_len])  # already in the tree
-    return ImportResult(num_tokens, receiver_state.num_bytes, plan.num_recomputed_layers)
+    timings = ImportTimings(1e3 * (fetched - sent), streams.recompute_ms(), 1e3 * (drained - fetched),
+                            1e3 * (time.perf_counter() - began), pipelined)
+    return ImportResult(num_tokens, state.num_bytes, plan.num_recomputed_layers, timings)
 
 
 def _log_debug(parts: ModelParts, plan: LayerPlan, slots, state: _Receiver, trace: dict) -> None:

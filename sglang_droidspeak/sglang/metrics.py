@@ -15,6 +15,11 @@ that variable is set; this module imports no SGLang.
     sglang:droidspeak_policy_decisions_total            counter    model, reason
     sglang:droidspeak_exports_total                     counter    model
     sglang:droidspeak_fetch_seconds_{bucket,sum,count}  histogram  model
+    sglang:droidspeak_import_stage_seconds_{...}        histogram  model, stage
+
+``stage`` is one of IMPORT_STAGES (importer's ImportTimings: fetch = request -> FetchDone,
+recompute = the groups' GPU time, drain = FetchDone -> GPU idle, total); the _sum
+differences around one request give its split (bench-prefill reads them).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any, Optional, Union
 
 ORIGINS = ("remote", "derived")
 DIRECTIONS = ("in", "out")
+IMPORT_STAGES = ("fetch", "recompute", "drain", "total")
 FETCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 # registry -> {short name: metric}; prometheus refuses a second metric of the same name.
@@ -50,6 +56,8 @@ def _create_metrics(registry: Any) -> dict[str, Any]:
         "exports": counter("exports", "Prefixes exported to a peer."),
         "fetch": Histogram("sglang:droidspeak_fetch_seconds", "Remote fetch latency.",
                            ("model",), registry=registry, buckets=FETCH_BUCKETS),
+        "stage": Histogram("sglang:droidspeak_import_stage_seconds", "Import time by stage.",
+                           ("model", "stage"), registry=registry, buckets=FETCH_BUCKETS),
     }
 
 
@@ -93,6 +101,8 @@ class DroidSpeakMetrics:
             self._m["bytes"].labels(model, direction)
         for key in ("tokens", "layers", "exports", "fetch"):
             self._m[key].labels(model)
+        for stage in IMPORT_STAGES:
+            self._m["stage"].labels(model, stage)
 
     def record_hit(self, origin: str, num_tokens: int, num_recomputed_layers: int) -> None:
         """One foreign hit: ``origin`` "remote" (fetched) or "derived" (local derived KV)."""
@@ -126,6 +136,12 @@ class DroidSpeakMetrics:
             raise ValueError(f"s must be a finite number >= 0, got {s!r}")
         self._m["fetch"].labels(self.model).observe(s)
 
+    def observe_import_stage(self, stage: str, s: float) -> None:
+        _check_choice("stage", stage, IMPORT_STAGES)
+        if isinstance(s, bool) or not isinstance(s, numbers.Real) or not math.isfinite(s) or s < 0:
+            raise ValueError(f"s must be a finite number >= 0, got {s!r}")
+        self._m["stage"].labels(self.model, stage).observe(s)
+
 
 class NullMetrics:
     """The same methods as DroidSpeakMetrics; each accepts anything and does nothing."""
@@ -149,6 +165,9 @@ class NullMetrics:
         pass
 
     def observe_fetch_seconds(self, s: Any) -> None:
+        pass
+
+    def observe_import_stage(self, stage: Any, s: Any) -> None:
         pass
 
 

@@ -38,6 +38,7 @@ from sglang_droidspeak.transfer.cuda_ipc import CudaIpc
 from sglang_droidspeak.transfer.directory import Announcer, DirectoryListener
 from sglang_droidspeak.transfer.fetch import FetchClient, FetchFailed, FetchServer
 from sglang_droidspeak.transfer.frames import PrefixAnnounce
+from sglang_droidspeak.transfer.pacing import LinkPacer
 
 logger = logging.getLogger(__name__)
 PEER_BACKOFF_S = 10.0  # after a timeout or protocol error, skip that peer for this long
@@ -56,12 +57,13 @@ class DroidSpeakRuntime:
         if needs_secret and secret is None:
             raise ValueError(f"droidspeak: export_bind/announce_bind/peers need a shared secret in "
                              f"${settings.secret_env}")
-        self.export_server = FetchServer(settings.export_bind, secret) if settings.export_bind else None
+        pacer = LinkPacer(settings.throttle_gbps) if settings.throttle_gbps else None
+        self.export_server = FetchServer(settings.export_bind, secret, pacer=pacer) if settings.export_bind else None
         self.announcer = Announcer(settings.announce_bind, secret) if settings.announce_bind else None
         self.client = FetchClient(secret) if self.peers else None
         ipc = settings.data_plane == "cuda_ipc"
         backend = ipc_backend if ipc_backend is not None else CudaIpc()
-        self.ipc_export = IpcExporter(backend, parts.kv_pool) if ipc and self.export_server else None
+        self.ipc_export = IpcExporter(backend, parts.kv_pool, pacer=pacer) if ipc and self.export_server else None
         self.ipc_fetch = IpcFetcher(backend, self.client, model, parts.kv_pool, num_layers) \
             if ipc and self.client else None
         self.listener = None
@@ -179,7 +181,7 @@ class DroidSpeakRuntime:
             result = import_prefix(
                 self.parts, tree, self._fetcher(self.peers[hit.sender].fetch), sender=hit.sender,
                 receiver=self.model, fingerprint=self.fingerprint, token_ids=list(token_ids[:hit.prefix_len]),
-                plan=plan, namespace=namespace)
+                plan=plan, namespace=namespace, pipelined=self.settings.pipelined)
         except (ImportFailed, FetchFailed) as exc:
             reason = getattr(exc, "reason", getattr(exc, "code", "internal"))
             if reason in BACKOFF_REASONS:
@@ -192,9 +194,15 @@ class DroidSpeakRuntime:
         self.metrics.observe_fetch_seconds(time.perf_counter() - start)
         self.metrics.record_hit("remote", result.num_tokens, result.num_recomputed_layers)
         self.metrics.record_bytes("in", result.num_bytes_in)
-        logger.info("droidspeak: rid=%s reused %d tokens from %s with plan %s (%.1f ms)", rid,
-                    result.num_tokens, hit.sender, plan, 1e3 * (time.perf_counter() - start))
+        self._observe_stages(result.timings)
+        logger.info("droidspeak: rid=%s reused %d tokens from %s with plan %s (%.1f ms; import %s)", rid,
+                    result.num_tokens, hit.sender, plan, 1e3 * (time.perf_counter() - start),
+                    result.timings.log_text())
         return namespace
+
+    def _observe_stages(self, timings) -> None:
+        for stage in ("fetch", "recompute", "drain", "total"):
+            self.metrics.observe_import_stage(stage, getattr(timings, f"{stage}_ms") / 1e3)
 
     def _fetcher(self, endpoint: str):
         timeout = self.settings.fetch_timeout_s

@@ -9,6 +9,8 @@
     max_quality_drop: 0.06         # cheapest frontier point within this drop (default 0.05)
     fetch_timeout_s: 2.0           # > 0
     data_plane: zmq                # zmq | cuda_ipc (one GPU: the sender copies K/V into our pool)
+    pipelined: true                # receiver: recompute while K/V still arrives (import_pipeline.py)
+    throttle_gbps: 10              # sender: pace the ZMQ stream to this link rate (transfer/pacing.py)
     secret_env: DROIDSPEAK_SECRET  # env var holding the shared secret (>= 16 utf-8 bytes)
     export_bind: tcp://127.0.0.1:5601    # answers fetches (sender role); unset: not a sender
     announce_bind: tcp://127.0.0.1:5602  # PUB of cached prefixes; unset: no announcements
@@ -38,8 +40,8 @@ from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.plan.profile import Profile
 from sglang_droidspeak.plan.profile_io import load_profile, profile_filename
 from sglang_droidspeak.sglang.settings_fields import (  # noqa: F401 - Peer/PairPlan/SettingsError are public here
-    DATA_PLANES, PairPlan, Peer, SettingsError, _binds, _choice, _latency_model, _number, _optional_str, _pair_plan,
-    _peers, _secret_env)
+    DATA_PLANES, PairPlan, Peer, SettingsError, _binds, _choice, _flag, _latency_model, _number, _optional_str,
+    _pair_plan, _peers, _secret_env)
 
 CONFIG_ENV = "DROIDSPEAK_CONFIG"
 DEFAULT_SECRET_ENV = "DROIDSPEAK_SECRET"
@@ -58,6 +60,8 @@ class DroidSpeakSettings:
     max_quality_drop: float = 0.05
     fetch_timeout_s: float = 2.0
     data_plane: str = "zmq"
+    pipelined: bool = True  # receiver: overlap the recompute with the transfer
+    throttle_gbps: Optional[float] = None  # sender: emulated link rate of the ZMQ stream
     secret_env: str = DEFAULT_SECRET_ENV
     export_bind: Optional[str] = None
     announce_bind: Optional[str] = None
@@ -151,7 +155,7 @@ def _plain_name(name: str) -> bool:
 
 _KEYS = {"model", "allow_derived_export", "min_foreign_tokens", "plans", "profiles_dir", "max_quality_drop",
          "fetch_timeout_s", "data_plane", "secret_env", "export_bind", "announce_bind", "peers", "slo_ttft_ms",
-         "latency_model"}
+         "latency_model", "pipelined", "throttle_gbps"}
 
 
 def load_settings(path: Optional[str] = None) -> DroidSpeakSettings:
@@ -192,6 +196,8 @@ def parse_settings(data: Any, where: str = "<settings>") -> DroidSpeakSettings:
         max_quality_drop=_number(data, "max_quality_drop", 0.05, where, positive=False),
         fetch_timeout_s=_number(data, "fetch_timeout_s", 2.0, where, positive=True),
         data_plane=_choice(data, "data_plane", DATA_PLANES, where),
+        pipelined=_flag(data, "pipelined", True, where),
+        throttle_gbps=None if data.get("throttle_gbps") is None else _number(data, "throttle_gbps", 0, where, True),
         secret_env=_secret_env(data.get("secret_env", DEFAULT_SECRET_ENV), f"{where}: secret_env"),
         **_binds(data, where),
         peers=_peers(data.get("peers") or [], model, where),

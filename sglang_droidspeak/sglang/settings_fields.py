@@ -78,6 +78,13 @@ def _number(data: Mapping[str, Any], name: str, default: float, where: str, posi
     return float(value)
 
 
+def _flag(data: Mapping[str, Any], name: str, default: bool, where: str) -> bool:
+    value = data.get(name, default)
+    if not isinstance(value, bool):
+        raise SettingsError(f"{where}: {name}: must be true or false, got {value!r}")
+    return value
+
+
 def _choice(data: Mapping[str, Any], name: str, choices: tuple[str, ...], where: str) -> str:
     """One of ``choices`` (default: the first)."""
     value = data.get(name, choices[0])

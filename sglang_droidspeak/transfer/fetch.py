@@ -10,7 +10,9 @@ On the cuda_ipc plane the receiver may first send an ``IpcPoolOffer`` on the sam
 server hands it to ``on_offer``. Every frame is ``wire.encode``d (HMAC over header and payload); anything that does not
 decode is dropped by the server and ends the client's fetch with ``FetchFailed``. The
 server side never blocks: ``poll`` drains what is queued and returns, so it can run on
-SGLang's scheduler thread between batches. No SGLang imports.
+SGLang's scheduler thread between batches. With a ``pacer`` (setting ``throttle_gbps``,
+transfer/pacing.py) it sleeps before each frame so the stream keeps to that link rate,
+holding the scheduler thread for the emulated link's time. No SGLang imports.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import zmq
 from sglang_droidspeak.transfer import wire
 from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, LayerChunk, Message, WireError
 from sglang_droidspeak.transfer.frames_ipc import IpcPoolOffer
+from sglang_droidspeak.transfer.pacing import LinkPacer
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[FetchRequest], Iterable[Message]]
@@ -42,8 +45,8 @@ class FetchServer:
     """A ROUTER socket answering FetchRequests with the messages ``handler`` yields."""
 
     def __init__(self, bind: str, secret: bytes, context: Optional[zmq.Context] = None,
-                 limits: wire.WireLimits = wire.WireLimits()):
-        self.secret, self.limits = secret, limits
+                 limits: wire.WireLimits = wire.WireLimits(), pacer: Optional[LinkPacer] = None):
+        self.secret, self.limits, self.pacer = secret, limits, pacer
         self.socket = (context or zmq.Context.instance()).socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(bind)
@@ -93,7 +96,10 @@ class FetchServer:
     def _answer(self, identity: bytes, request: FetchRequest, handler: Handler) -> None:
         try:
             for msg in handler(request):
-                self.socket.send_multipart([identity, *wire.encode(msg, self.secret)], copy=False)
+                frames = wire.encode(msg, self.secret)
+                if self.pacer is not None:
+                    self.pacer.consume(sum(len(frame) for frame in frames))
+                self.socket.send_multipart([identity, *frames], copy=False)
             self.num_served += 1
         except Exception as exc:  # the handler's bug must not kill the scheduler
             logger.exception("droidspeak: fetch handler failed")

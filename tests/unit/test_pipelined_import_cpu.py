@@ -1,0 +1,165 @@
+"""The pipelined import on the CPU (streams and events are no-ops; the order is real).
+
+Same two servers as test_cross_model_cpu.py (tests/unit/two_servers.py), with the
+receiver's ``pipelined`` setting on and off: exact K/V for every plan shape, the order of
+group launches against chunk arrivals, and a failure in the middle of a pipelined import.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sglang_droidspeak.sglang.cpu_import import SGLangImportOrderError, prepare_cpu_sglang
+
+try:
+    prepare_cpu_sglang()
+except SGLangImportOrderError as exc:
+    pytest.skip(str(exc), allow_module_level=True)
+pytest.importorskip("sglang.srt.mem_cache.radix_cache")
+
+from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams  # noqa: E402
+from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
+
+from sglang_droidspeak.plan.layer_plan import LayerPlan  # noqa: E402
+from sglang_droidspeak.reference import ReferenceModel  # noqa: E402
+from sglang_droidspeak.reference.tiny import perturbed_copy  # noqa: E402
+from sglang_droidspeak.sglang import importer  # noqa: E402
+from sglang_droidspeak.sglang.import_pipeline import GroupLauncher  # noqa: E402
+from sglang_droidspeak.sglang.request_plan import parse_plan_choice  # noqa: E402
+from two_servers import (  # noqa: E402
+    NUM_LAYERS, PLAN_GROUPS, announce_and_wait, leak_free, request, tiny_llama, two_servers)
+
+CONTEXT = list(range(20, 52))  # 32 tokens: one block per (what, layer)
+SUFFIX = [3, 4, 5]
+
+
+def settings(pipelined: bool) -> dict:
+    plans = [{"sender": "coder-a", "receiver": "coder-b", "num_layers": NUM_LAYERS, "groups": PLAN_GROUPS}]
+    return {"plans": plans, "pipelined": pipelined}
+
+
+@pytest.fixture
+def pair(request):
+    same, pipelined = request.param
+    torch.manual_seed(0)
+    sender_model = tiny_llama()
+    receiver_model = sender_model if same else perturbed_copy(sender_model, 0.2, seed=1)
+    with two_servers(sender_model, receiver_model, settings(pipelined)) as sides:
+        yield sides
+
+
+def match(side, tokens, plan):
+    req = request(tokens, plan)
+    return side.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+
+
+@pytest.mark.parametrize("pair", [(False, True), (False, False), (True, True)], indirect=True)
+@pytest.mark.parametrize("plan", [None, "0:4", "2:3", "reuse", "0:1,3:4", "0:2"])
+def test_every_plan_is_exact(pair, plan):
+    a, b = pair
+    cache = announce_and_wait(a, b, CONTEXT)
+    found = match(b, CONTEXT + SUFFIX, plan)
+    assert len(found.device_indices) == len(CONTEXT) and b.metrics.fallbacks == []
+    layer_plan = LayerPlan(NUM_LAYERS, ((1, 3),)) if plan is None else parse_plan_choice(plan, NUM_LAYERS)
+    expected = ReferenceModel(b.model).build_receiver_cache(cache, layer_plan, torch.tensor(CONTEXT))
+    for layer in range(NUM_LAYERS):
+        torch.testing.assert_close(b.pool.get_key_buffer(layer)[found.device_indices],
+                                   expected.k[layer].transpose(0, 1), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(b.pool.get_value_buffer(layer)[found.device_indices],
+                                   expected.v[layer].transpose(0, 1), atol=1e-5, rtol=1e-5)
+    assert b.metrics.hits == [("remote", len(CONTEXT), layer_plan.num_recomputed_layers)]
+    assert leak_free(b) and leak_free(a)
+
+
+def spy_order(monkeypatch) -> list:
+    """Log ("chunk", what, layer) per arriving chunk and ("group", start) per recompute."""
+    log = []
+    real_call, real_group = importer._Receiver.__call__, importer.recompute_group
+
+    def on_chunk(self, chunk):
+        log.append(("chunk", chunk.what, chunk.layer))
+        return real_call(self, chunk)
+
+    def group(layers, start, *args, **kwargs):
+        log.append(("group", start))
+        return real_group(layers, start, *args, **kwargs)
+
+    monkeypatch.setattr(importer._Receiver, "__call__", on_chunk)
+    monkeypatch.setattr(importer, "recompute_group", group)
+    return log
+
+
+ARRIVALS = [("chunk", "e", 3), ("chunk", "k", 1), ("chunk", "v", 1), ("chunk", "k", 2), ("chunk", "v", 2)]
+
+
+@pytest.mark.parametrize("pair", [(False, True), (False, False)], indirect=True)
+def test_groups_start_as_soon_as_their_input_lands(pair, monkeypatch):
+    """Plan 0:1,3:4: group 0 before any chunk, group 3 right after E_3 (pipelined)."""
+    a, b = pair
+    announce_and_wait(a, b, CONTEXT)
+    log = spy_order(monkeypatch)
+    assert len(match(b, CONTEXT + SUFFIX, "0:1,3:4").device_indices) == len(CONTEXT)
+    if b.runtime.settings.pipelined:
+        assert log == [("group", 0), ARRIVALS[0], ("group", 3), *ARRIVALS[1:]]
+    else:
+        assert log == [*ARRIVALS, ("group", 0), ("group", 3)]
+
+
+@pytest.mark.parametrize("pair", [(False, True)], indirect=True)
+def test_failure_mid_pipelined_import_frees_everything(pair, monkeypatch):
+    """The sender fails after E_3, when both groups already wrote K/V into the slots."""
+    a, b = pair
+    announce_and_wait(a, b, CONTEXT)
+    real = a.runtime._export
+
+    def dies_at_first_k(request):
+        for msg in real(request):
+            if getattr(msg, "what", None) == "k":
+                raise RuntimeError("sender died mid-stream")
+            yield msg
+
+    a.runtime._export = dies_at_first_k
+    log = spy_order(monkeypatch)
+    available = b.allocator.available_size()
+    found = match(b, CONTEXT + SUFFIX, "0:1,3:4")
+    assert log == [("group", 0), ARRIVALS[0], ("group", 3)]
+    assert len(found.device_indices) == 0 and b.metrics.fallbacks == ["internal"] and b.metrics.hits == []
+    assert b.allocator.available_size() == available and leak_free(b)
+    assert b.tree.evictable_size() == 0  # nothing inserted
+
+
+def test_group_launcher_order():
+    plan = LayerPlan(8, ((0, 2), (3, 4), (6, 8)))
+    for pipelined, after_start, after_e in ((True, [0], [0, 6]), (False, [], [])):
+        ran = []
+        launcher = GroupLauncher(plan, lambda g: ran.append((g.start, g.end)), pipelined)
+        launcher.start()
+        assert launcher.launched == after_start
+        launcher.e_ready(6)
+        launcher.e_ready(6)  # a second E_6 event launches nothing
+        launcher.e_ready(5)  # not a group start
+        assert launcher.launched == after_e
+        launcher.finish()
+        assert sorted(ran) == [(0, 2), (3, 4), (6, 8)] and len(ran) == 3
+        assert launcher.launched == ([0, 6, 3] if pipelined else [0, 3, 6])
+
+
+def test_out_of_order_chunk_is_a_protocol_error():
+    from two_servers import make_side  # noqa: E402 - needs the CPU SGLang on the path
+    from sglang_droidspeak.transfer.frames import LayerChunk
+
+    side = make_side("coder-b", tiny_llama(), {})
+    try:
+        slots = side.allocator.alloc(8)
+        state = importer._Receiver(side.runtime.parts, LayerPlan(NUM_LAYERS, ((0, 1),)), slots, ())
+        chunk = LayerChunk.from_tensor("r", "k", 1, 4, torch.zeros(4, 2, 16))  # rows [4, 8) first
+        with pytest.raises(importer.ImportFailed, match="out of order"):
+            state(chunk)
+        state(LayerChunk.from_tensor("r", "k", 1, 0, torch.ones(4, 2, 16)))
+        state(chunk)
+        assert state.rows[("k", 1)] == 8
+        with pytest.raises(importer.ImportFailed, match="beyond 8"):
+            state(LayerChunk.from_tensor("r", "k", 1, 8, torch.ones(1, 2, 16)))
+    finally:
+        side.runtime.close()
