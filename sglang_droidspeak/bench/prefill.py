@@ -59,8 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--zmq-base", type=int, default=5801, help="sender export port; announce gets the next one")
     a("--announce-wait", type=float, default=0.5, help="seconds between the sender's prefill and the timed request")
     a("--fetch-timeout", type=float, default=120.0, help="receiver's fetch_timeout_s (a 32K fetch moves 4 GiB)")
-    a("--data-plane", default="zmq", choices=("zmq", "cuda_ipc"),
-      help="how K/V moves between the two servers on the one GPU (plugin setting data_plane)")
+    a("--data-plane", default="zmq", choices=("zmq", "cuda_ipc", "nccl"),
+      help="how K/V moves between the two servers (plugin setting data_plane): zmq, cuda_ipc (one GPU), "
+      "nccl (two GPUs, see --gpus)")
+    a("--gpus", default="", help="'S,R': --base-gpu-id of the sender and of the receiver (default: both on the "
+      "first visible GPU; with --data-plane nccl: 0,1)")
     a("--mem-fraction", type=float, default=0.8, help="--mem-fraction-static of each server")
     a("--max-total-tokens", type=int, default=0, help="KV slots per server (0: 2 x longest context + 2048)")
     a("--server-args", default="", help="extra sglang.launch_server args for both (later flags win)")

@@ -9,6 +9,8 @@
     max_quality_drop: 0.06         # cheapest frontier point within this drop (default 0.05)
     fetch_timeout_s: 2.0           # > 0
     data_plane: zmq                # zmq | cuda_ipc (one GPU: the sender copies K/V into our pool)
+                                   #     | nccl (two GPUs: a per-pair NCCL channel carries E, K/V)
+    nccl_host: 127.0.0.1           # nccl: the address senders reach our pair TCPStores at
     secret_env: DROIDSPEAK_SECRET  # env var holding the shared secret (>= 16 utf-8 bytes)
     export_bind: tcp://127.0.0.1:5601    # answers fetches (sender role); unset: not a sender
     announce_bind: tcp://127.0.0.1:5602  # PUB of cached prefixes; unset: no announcements
@@ -58,6 +60,7 @@ class DroidSpeakSettings:
     max_quality_drop: float = 0.05
     fetch_timeout_s: float = 2.0
     data_plane: str = "zmq"
+    nccl_host: str = "127.0.0.1"
     secret_env: str = DEFAULT_SECRET_ENV
     export_bind: Optional[str] = None
     announce_bind: Optional[str] = None
@@ -150,7 +153,7 @@ def _plain_name(name: str) -> bool:
 
 
 _KEYS = {"model", "allow_derived_export", "min_foreign_tokens", "plans", "profiles_dir", "max_quality_drop",
-         "fetch_timeout_s", "data_plane", "secret_env", "export_bind", "announce_bind", "peers", "slo_ttft_ms",
+         "fetch_timeout_s", "data_plane", "nccl_host", "secret_env", "export_bind", "announce_bind", "peers", "slo_ttft_ms",
          "latency_model"}
 
 
@@ -192,6 +195,7 @@ def parse_settings(data: Any, where: str = "<settings>") -> DroidSpeakSettings:
         max_quality_drop=_number(data, "max_quality_drop", 0.05, where, positive=False),
         fetch_timeout_s=_number(data, "fetch_timeout_s", 2.0, where, positive=True),
         data_plane=_choice(data, "data_plane", DATA_PLANES, where),
+        nccl_host=_optional_str(data, "nccl_host", where) or "127.0.0.1",
         secret_env=_secret_env(data.get("secret_env", DEFAULT_SECRET_ENV), f"{where}: secret_env"),
         **_binds(data, where),
         peers=_peers(data.get("peers") or [], model, where),
