@@ -66,8 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--zmq-base", type=int, default=5801, help="sender export port; announce gets the next one")
     a("--announce-wait", type=float, default=0.5, help="seconds between the sender's prefill and the timed request")
     a("--fetch-timeout", type=float, default=120.0, help="receiver's fetch_timeout_s (a 32K fetch moves 4 GiB)")
-    a("--data-plane", default="zmq", choices=("zmq", "cuda_ipc"),
-      help="how K/V moves between the two servers on the one GPU (plugin setting data_plane)")
+    a("--data-plane", default="zmq", choices=("zmq", "cuda_ipc", "nccl"),
+      help="how K/V moves between the two servers (plugin setting data_plane): zmq, cuda_ipc (one GPU), "
+      "nccl (two GPUs, see --gpus)")
+    a("--gpus", default="", help="'S,R': --base-gpu-id of the sender and of the receiver (default: both on the "
+      "first visible GPU; with --data-plane nccl: 0,1)")
     a("--pipelined", default="on", help="receiver's import: 'on', 'off' or 'on,off' (both, one server pair each)")
     a("--throttle-gbps", default="", help="sender's link rates to emulate, e.g. 10,25,100 (Gbit/s; "
       "default: unthrottled); one server pair per rate and --pipelined mode")

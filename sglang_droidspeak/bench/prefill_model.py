@@ -77,6 +77,20 @@ def server_args(args: Any, context_len: int) -> tuple[str, ...]:
             "--log-level", "info", *shlex.split(args.server_args))
 
 
+def gpu_ids(gpus: str, data_plane: str) -> tuple[str, str] | None:
+    """(sender, receiver) ``--base-gpu-id``s from ``--gpus 'S,R'``; nccl defaults to 0,1.
+    None: SGLang's default (both on the first visible GPU)."""
+    text = gpus or ("0,1" if data_plane == "nccl" else "")
+    if not text:
+        return None
+    ids = tuple(x.strip() for x in text.split(","))
+    if len(ids) != 2 or not all(x.isdigit() for x in ids):
+        raise SystemExit(f"--gpus must be 'S,R' (two GPU ids), got {text!r}")
+    if data_plane == "nccl" and ids[0] == ids[1]:
+        raise SystemExit("--data-plane nccl needs the two servers on different GPUs (--gpus S,R with S != R)")
+    return ids  # type: ignore[return-value]
+
+
 def start_servers(args: Any, model_dir: Path, work: Path, context_len: int, result: dict,
                   config: Any = None) -> tuple:
     """Sender then receiver, each healthy before the next starts; records their argv and
@@ -87,10 +101,13 @@ def start_servers(args: Any, model_dir: Path, work: Path, context_len: int, resu
                                                   pipelined, throttle)
     work.mkdir(parents=True, exist_ok=True)
     extra = server_args(args, context_len)
+    gpus = gpu_ids(getattr(args, "gpus", ""), args.data_plane)
     started = []
     try:
-        for name, port, cfg in (("a", args.port_base, sender_cfg), ("b", args.port_base + 1, receiver_cfg)):
-            started.append(Server(name, str(model_dir), port, work, plugin=True, config=cfg, extra=extra))
+        sides = (("a", args.port_base, sender_cfg), ("b", args.port_base + 1, receiver_cfg))
+        for i, (name, port, cfg) in enumerate(sides):
+            own = ("--base-gpu-id", gpus[i]) if gpus else ()
+            started.append(Server(name, str(model_dir), port, work, plugin=True, config=cfg, extra=(*own, *extra)))
             wait_healthy([started[-1]], args.startup_timeout)
     except Exception:
         for server in started:

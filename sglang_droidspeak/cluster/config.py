@@ -20,7 +20,8 @@
 ``slo`` and ``transfer`` may be left out (defaults: ttft_ms 500, max_quality_drop 0.05,
 accuracy_target null; zmq on 127.0.0.1 from port 5600, $DROIDSPEAK_SECRET, 2 s).
 ``transfer.data_plane``: zmq | cuda_ipc (servers sharing one GPU copy K/V device to device;
-others fall back to zmq per peer) | nccl (accepted, not implemented: servers use zmq). Relative
+others fall back to zmq per peer) | nccl (servers on different GPUs move K/V / E on a per-pair
+NCCL channel; until it is open, or where a peer cannot, zmq). Relative
 paths are relative to the working directory of whoever checks or launches the cluster.
 Every error is a ``ClusterConfigError`` naming the file and the field path; unknown keys
 are errors. Each replica uses two transfer ports on ``bind_host`` (see ``layout``); those
@@ -42,7 +43,7 @@ from sglang_droidspeak.plan.latency import LatencyModelError, PrefillLatencyMode
 RESERVED_FLAGS = ("--model-path", "--served-model-name", "--host", "--port", "--radix-cache-backend",
                   "--mem-fraction-static", "--tp-size")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "*")
-DATA_PLANES = ("zmq", "nccl", "cuda_ipc")  # nccl: not implemented yet, servers use zmq
+DATA_PLANES = ("zmq", "nccl", "cuda_ipc")
 
 
 @dataclass(frozen=True)

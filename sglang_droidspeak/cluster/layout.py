@@ -19,8 +19,8 @@ Peers: a server's peers are the other models it may fetch KV from (it is the rec
 i.e. every other model not known to be incompatible with it (``CheckReport.may_share``).
 Limitation: settings key peers by model name, so only replica 0 of each other model is
 listed; KV cached by that model's other replicas is not reused yet.
-``transfer.data_plane`` becomes each server's ``data_plane`` setting (zmq | cuda_ipc;
-nccl is not implemented yet and gives zmq).
+``transfer.data_plane`` becomes each server's ``data_plane`` setting (zmq | cuda_ipc |
+nccl), and ``transfer.bind_host`` its ``nccl_host`` (where its pair TCPStores listen).
 Imports no SGLang.
 """
 
@@ -134,7 +134,8 @@ def _settings(config: ClusterConfig, ref: ReplicaRef, refs: list[ReplicaRef], re
         "profiles_dir": config.profiles_dir,
         "max_quality_drop": config.slo.max_quality_drop,
         "fetch_timeout_s": config.transfer.fetch_timeout_s,
-        "data_plane": "cuda_ipc" if config.transfer.data_plane == "cuda_ipc" else "zmq",
+        "data_plane": config.transfer.data_plane,
+        "nccl_host": config.transfer.bind_host,
         "secret_env": config.transfer.secret_env,
         "export_bind": _endpoint(config, ref, export, bind=True),
         "announce_bind": _endpoint(config, ref, announce, bind=True),

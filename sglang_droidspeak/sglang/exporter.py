@@ -10,6 +10,8 @@ falls back to its own prefill.
                                layer, each cut into blocks of at most ``block_tokens``
     cuda_ipc plane (offer_id)  E as above; K/V are copied on the GPU into the receiver's
                                offered pool by ``ipc`` (ipc_export.py), not streamed
+    nccl plane (channel_id)    NcclSendStart, then E and K/V on the pair channel by
+                               ``nccl`` (nccl_export.py), then FetchDone(0)
 
 E comes from ``compute_e`` rather than from a store filled during prefill: a capture
 hook inside the decoder layer produced wrong rows on the GPU under SGLang's default
@@ -23,7 +25,9 @@ from array import array
 from typing import Any, Callable, Iterator, Optional
 
 from sglang_droidspeak.sglang.ipc_export import IpcExporter
+from sglang_droidspeak.sglang.nccl_export import NcclExporter
 from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, LayerChunk, Message
+from sglang_droidspeak.transfer.frames_nccl import NcclSendStart, tensor_order
 
 BLOCK_TOKENS = 4096
 
@@ -51,16 +55,27 @@ def _check_ipc(request: FetchRequest, ipc: Optional[IpcExporter]) -> Optional[Fe
     return ipc.refusal(request)
 
 
+def _check_nccl(request: FetchRequest, nccl: Optional[NcclExporter]) -> Optional[FetchError]:
+    if not request.channel_id:
+        return None
+    if nccl is None:
+        return FetchError(request.request_id, "nccl_unavailable", "this sender's data_plane is not nccl")
+    return nccl.refusal(request)
+
+
 def export_messages(request: FetchRequest, *, model: str, fingerprint: str, tree: Any,
                     kv_pool: Any, compute_e: EComputer, num_layers: int,
-                    block_tokens: int = BLOCK_TOKENS, ipc: Optional[IpcExporter] = None) -> Iterator[Message]:
+                    block_tokens: int = BLOCK_TOKENS, ipc: Optional[IpcExporter] = None,
+                    nccl: Optional[NcclExporter] = None) -> Iterator[Message]:
     """The answer to ``request``: LayerChunks then FetchDone, or a single FetchError.
 
     E is computed on demand by ``compute_e`` (this model's layers [0, s) over the prefix,
     from its own embeddings; no KV is written), not read from a capture pool. A request
-    with ``offer_id`` has its K/V copied by ``ipc`` (None: refused, ipc_unavailable).
+    with ``offer_id`` has its K/V copied by ``ipc`` (None: refused, ipc_unavailable); one
+    with ``channel_id`` gets E and K/V on that channel by ``nccl`` (None: nccl_unavailable).
     """
-    error = _check(request, model, fingerprint, num_layers) or _check_ipc(request, ipc)
+    error = _check(request, model, fingerprint, num_layers) or _check_ipc(request, ipc) \
+        or _check_nccl(request, nccl)
     if error is not None:
         yield error
         return
@@ -73,6 +88,10 @@ def export_messages(request: FetchRequest, *, model: str, fingerprint: str, tree
     slots = match.match.device_indices[:num_tokens]  # [num_tokens]
     num_chunks = 0
     e = compute_e(list(request.token_ids), request.e_layers) if request.e_layers else {}
+    if request.channel_id:
+        yield NcclSendStart(rid, request.channel_id, len(tensor_order(request)))
+        yield nccl.send(request, slots, e) or FetchDone(rid, 0)
+        return
     for layer in request.e_layers:
         for start in range(0, num_tokens, block_tokens):
             yield LayerChunk.from_tensor(rid, "e", layer, start, e[layer][start:start + block_tokens])

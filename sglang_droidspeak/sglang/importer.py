@@ -5,7 +5,9 @@
     2 fetch                   E_s for each group with s > 0, K/V of       ImportFailed(<FetchError
                               every reused layer -> written into slots    code> | "timeout" | ...)
                               (cuda_ipc plane: the sender writes K/V
-                              into the slots itself, ipc_import.py)
+                              into the slots itself, ipc_import.py;
+                              nccl plane: both on a pair channel,
+                              nccl_import.py)
     3 recompute               each group [s, e) from E_s (own embeddings   (exception -> "internal")
                               at s = 0), writing this model's K/V
     4 insert                  the slots under the derived namespace;      -
@@ -134,6 +136,18 @@ class _Receiver:
             if layer not in self.reused:
                 raise ImportFailed("protocol", f"IPC copy of layer {layer}, which the plan recomputes")
             self.rows[("k", layer)] = self.rows[("v", layer)] = self.num_tokens
+
+    def take_whole(self, what: str, layer: int, tensor: torch.Tensor) -> None:
+        """The nccl plane received all rows of one tensor: E [n, hidden] or K/V [n, heads, dim]."""
+        if what == "e":
+            self.e[layer][:] = tensor.to(self.e[layer].dtype)
+        else:
+            if layer not in self.reused:
+                raise ImportFailed("protocol", f"NCCL {what} of layer {layer}, which the plan recomputes")
+            pool = self.parts.kv_pool
+            (pool.get_key_buffer if what == "k" else pool.get_value_buffer)(layer)[self.slots] = tensor
+        self.rows[(what, layer)] = self.num_tokens
+        self.num_bytes += tensor.numel() * tensor.element_size()
 
     def check_complete(self) -> None:
         expected = [("e", l) for l in self.e] + [(w, l) for l in self.reused for w in ("k", "v")]

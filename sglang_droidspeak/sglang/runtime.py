@@ -10,7 +10,9 @@ One ``DroidSpeakRuntime`` lives next to the tree cache in each scheduler process
 
 With ``data_plane: cuda_ipc`` the sender also keeps receivers' pool offers and copies K/V
 into them on the GPU (ipc_export.IpcExporter), and the receiver offers its pool and asks
-for that copy (ipc_import.IpcFetcher), falling back to ZMQ per peer where it cannot.
+for that copy (ipc_import.IpcFetcher), falling back to ZMQ per peer where it cannot. With
+``data_plane: nccl`` each receiver opens a pair channel to each sender (nccl_import /
+nccl_export; planes.py builds them) and E and K/V move on it GPU to GPU.
 
 Every receiver-side failure is a fallback: the request prefills normally, a warning is
 logged and ``fallbacks_total{reason}`` counts it.
@@ -29,12 +31,10 @@ from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.radix.hits import ForeignHit
 from sglang_droidspeak.sglang.exporter import export_messages
 from sglang_droidspeak.sglang.importer import DEBUG_ENV, ImportFailed, ModelParts, import_prefix
-from sglang_droidspeak.sglang.ipc_export import IpcExporter
-from sglang_droidspeak.sglang.ipc_import import IpcFetcher
 from sglang_droidspeak.sglang.plan_choice import PlanChooser
+from sglang_droidspeak.sglang.planes import build_planes
 from sglang_droidspeak.sglang.recompute import prefix_inputs, recompute_group
 from sglang_droidspeak.sglang.settings import DroidSpeakSettings
-from sglang_droidspeak.transfer.cuda_ipc import CudaIpc
 from sglang_droidspeak.transfer.directory import Announcer, DirectoryListener
 from sglang_droidspeak.transfer.fetch import FetchClient, FetchFailed, FetchServer
 from sglang_droidspeak.transfer.frames import PrefixAnnounce
@@ -42,14 +42,15 @@ from sglang_droidspeak.transfer.pacing import LinkPacer
 
 logger = logging.getLogger(__name__)
 PEER_BACKOFF_S = 10.0  # after a timeout or protocol error, skip that peer for this long
-BACKOFF_REASONS = ("timeout", "protocol", "internal", "deadline")
+BACKOFF_REASONS = ("timeout", "protocol", "internal", "deadline", "nccl_error")
 
 
 class DroidSpeakRuntime:
     def __init__(self, settings: DroidSpeakSettings, model: str, fingerprint: str, parts: ModelParts,
-                 num_layers: int, metrics: Any, secret: Optional[bytes], ipc_backend: Any = None):
-        """``ipc_backend``: CUDA IPC for the cuda_ipc plane (default ``CudaIpc()``; tests pass
-        a CPU stand-in)."""
+                 num_layers: int, metrics: Any, secret: Optional[bytes], ipc_backend: Any = None,
+                 nccl_backend: Any = None):
+        """``ipc_backend`` / ``nccl_backend``: the cuda_ipc / nccl plane's backend (default
+        the GPU one; tests pass CPU stand-ins, see planes.py)."""
         self.settings, self.model, self.fingerprint = settings, model, fingerprint
         self.parts, self.num_layers, self.metrics = parts, num_layers, metrics
         self.peers = {peer.model: peer for peer in settings.peers}
@@ -61,11 +62,10 @@ class DroidSpeakRuntime:
         self.export_server = FetchServer(settings.export_bind, secret, pacer=pacer) if settings.export_bind else None
         self.announcer = Announcer(settings.announce_bind, secret) if settings.announce_bind else None
         self.client = FetchClient(secret) if self.peers else None
-        ipc = settings.data_plane == "cuda_ipc"
-        backend = ipc_backend if ipc_backend is not None else CudaIpc()
-        self.ipc_export = IpcExporter(backend, parts.kv_pool, pacer=pacer) if ipc and self.export_server else None
-        self.ipc_fetch = IpcFetcher(backend, self.client, model, parts.kv_pool, num_layers) \
-            if ipc and self.client else None
+        planes = build_planes(settings, model, parts, num_layers, secret, self.export_server, self.client,
+                              ipc_backend, nccl_backend, pacer)
+        self.ipc_export, self.ipc_fetch = planes.ipc_export, planes.ipc_fetch
+        self.nccl_export, self.nccl_fetch = planes.nccl_export, planes.nccl_fetch
         self.listener = None
         self.tree: Any = None
         self.scheduler: Any = None
@@ -94,16 +94,18 @@ class DroidSpeakRuntime:
 
     def poll_exports(self) -> None:
         if self.export_server is not None and self.tree is not None:
-            if self.ipc_export is None:
-                self.export_server.poll(self._export)
-            else:
-                self.export_server.poll(self._export, on_offer=self.ipc_export.accept_offer)
+            offers = {}  # only the plane's own offer handler
+            if self.ipc_export is not None:
+                offers["on_offer"] = self.ipc_export.accept_offer
+            if self.nccl_export is not None:
+                offers["on_nccl_offer"] = self.nccl_export.accept_offer
+            self.export_server.poll(self._export, **offers)
 
     def _export(self, request):
         self.metrics.record_export()
         for msg in export_messages(request, model=self.model, fingerprint=self.fingerprint, tree=self.tree,
                                    kv_pool=self.parts.kv_pool, compute_e=self.compute_e,
-                                   num_layers=self.num_layers, ipc=self.ipc_export):
+                                   num_layers=self.num_layers, ipc=self.ipc_export, nccl=self.nccl_export):
             self.metrics.record_bytes("out", len(getattr(msg, "data", b"")))
             yield msg
 
@@ -206,9 +208,9 @@ class DroidSpeakRuntime:
 
     def _fetcher(self, endpoint: str):
         timeout = self.settings.fetch_timeout_s
-        if self.ipc_fetch is not None and os.environ.get(DEBUG_ENV) != "1":  # debug keeps sender K/V aside
-            return lambda request, receiver: self.ipc_fetch.fetch(endpoint, request, receiver, timeout,
-                                                                  idle=self.poll_exports)
+        plane = self.ipc_fetch or self.nccl_fetch
+        if plane is not None and os.environ.get(DEBUG_ENV) != "1":  # debug keeps sender K/V aside
+            return lambda request, receiver: plane.fetch(endpoint, request, receiver, timeout, idle=self.poll_exports)
         return lambda request, on_chunk: self.client.fetch(endpoint, request, on_chunk, timeout,
                                                            idle=self.poll_exports)
 
@@ -239,6 +241,7 @@ class DroidSpeakRuntime:
             logger.warning(fmt, *args)
 
     def close(self) -> None:
-        for part in (self.export_server, self.announcer, self.client, self.listener):
+        for part in (self.nccl_fetch, self.nccl_export, self.export_server, self.announcer, self.client,
+                     self.listener):
             if part is not None:
                 part.close()

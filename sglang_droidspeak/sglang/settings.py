@@ -9,6 +9,8 @@
     max_quality_drop: 0.06         # cheapest frontier point within this drop (default 0.05)
     fetch_timeout_s: 2.0           # > 0
     data_plane: zmq                # zmq | cuda_ipc (one GPU: the sender copies K/V into our pool)
+                                   #     | nccl (two GPUs: a per-pair NCCL channel carries E, K/V)
+    nccl_host: 127.0.0.1           # nccl: the address senders reach our pair TCPStores at
     pipelined: true                # receiver: recompute while K/V still arrives (import_pipeline.py)
     throttle_gbps: 10              # sender: pace the ZMQ stream to this link rate (transfer/pacing.py)
     secret_env: DROIDSPEAK_SECRET  # env var holding the shared secret (>= 16 utf-8 bytes)
@@ -62,6 +64,7 @@ class DroidSpeakSettings:
     data_plane: str = "zmq"
     pipelined: bool = True  # receiver: overlap the recompute with the transfer
     throttle_gbps: Optional[float] = None  # sender: emulated link rate of the ZMQ stream
+    nccl_host: str = "127.0.0.1"
     secret_env: str = DEFAULT_SECRET_ENV
     export_bind: Optional[str] = None
     announce_bind: Optional[str] = None
@@ -154,8 +157,8 @@ def _plain_name(name: str) -> bool:
 
 
 _KEYS = {"model", "allow_derived_export", "min_foreign_tokens", "plans", "profiles_dir", "max_quality_drop",
-         "fetch_timeout_s", "data_plane", "secret_env", "export_bind", "announce_bind", "peers", "slo_ttft_ms",
-         "latency_model", "pipelined", "throttle_gbps"}
+         "fetch_timeout_s", "data_plane", "nccl_host", "secret_env", "export_bind", "announce_bind", "peers",
+         "slo_ttft_ms", "latency_model", "pipelined", "throttle_gbps"}
 
 
 def load_settings(path: Optional[str] = None) -> DroidSpeakSettings:
@@ -198,6 +201,7 @@ def parse_settings(data: Any, where: str = "<settings>") -> DroidSpeakSettings:
         data_plane=_choice(data, "data_plane", DATA_PLANES, where),
         pipelined=_flag(data, "pipelined", True, where),
         throttle_gbps=None if data.get("throttle_gbps") is None else _number(data, "throttle_gbps", 0, where, True),
+        nccl_host=_optional_str(data, "nccl_host", where) or "127.0.0.1",
         secret_env=_secret_env(data.get("secret_env", DEFAULT_SECRET_ENV), f"{where}: secret_env"),
         **_binds(data, where),
         peers=_peers(data.get("peers") or [], model, where),

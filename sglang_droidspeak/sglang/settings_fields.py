@@ -14,7 +14,7 @@ from sglang_droidspeak.plan.layer_plan import LayerPlan, PlanError
 
 _PLAN_KEYS = {"sender", "receiver", "num_layers", "groups"}
 _PEER_KEYS = {"model", "fetch", "announce"}
-DATA_PLANES = ("zmq", "cuda_ipc")  # the first is the default
+DATA_PLANES = ("zmq", "cuda_ipc", "nccl")  # the first is the default
 
 
 class SettingsError(ValueError):

@@ -7,7 +7,10 @@
 
 On the cuda_ipc plane the receiver may first send an ``IpcPoolOffer`` on the same socket
 (no reply; ZMQ keeps the order, so it arrives before the request that names it): the
-server hands it to ``on_offer``. Every frame is ``wire.encode``d (HMAC over header and payload); anything that does not
+server hands it to ``on_offer``. On the nccl plane it first sends an ``NcclPairOffer`` and
+waits for the answer (``FetchClient.ask``): the server answers with what ``on_nccl_offer``
+returns (NcclPairAccept or FetchError), or FetchError(nccl_unavailable) without one; an
+NcclSendStart during a fetch goes to the client's ``on_start``. Every frame is ``wire.encode``d (HMAC over header and payload); anything that does not
 decode is dropped by the server and ends the client's fetch with ``FetchFailed``. The
 server side never blocks: ``poll`` drains what is queued and returns, so it can run on
 SGLang's scheduler thread between batches. With a ``pacer`` (setting ``throttle_gbps``,
@@ -26,11 +29,13 @@ import zmq
 from sglang_droidspeak.transfer import wire
 from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, LayerChunk, Message, WireError
 from sglang_droidspeak.transfer.frames_ipc import IpcPoolOffer
+from sglang_droidspeak.transfer.frames_nccl import NcclPairAccept, NcclPairOffer, NcclSendStart
 from sglang_droidspeak.transfer.pacing import LinkPacer
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[FetchRequest], Iterable[Message]]
 OfferHandler = Callable[[IpcPoolOffer], None]
+NcclOfferHandler = Callable[[NcclPairOffer], Message]  # -> NcclPairAccept | FetchError
 
 
 class FetchFailed(RuntimeError):
@@ -53,10 +58,12 @@ class FetchServer:
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.num_served = self.num_dropped = 0
 
-    def poll(self, handler: Handler, max_requests: int = 16, on_offer: Optional[OfferHandler] = None) -> int:
+    def poll(self, handler: Handler, max_requests: int = 16, on_offer: Optional[OfferHandler] = None,
+             on_nccl_offer: Optional[NcclOfferHandler] = None) -> int:
         """Answer up to ``max_requests`` queued requests without blocking; returns how many.
 
-        IpcPoolOffers go to ``on_offer`` (dropped when None) and count as no request.
+        IpcPoolOffers go to ``on_offer`` (dropped when None), NcclPairOffers to
+        ``on_nccl_offer`` (refused when None); neither counts as a request.
         """
         served = 0
         while served < max_requests:
@@ -67,6 +74,8 @@ class FetchServer:
             msg = self._decode(frames, on_offer is not None)
             if isinstance(msg, IpcPoolOffer):
                 self._take_offer(msg, on_offer)
+            elif isinstance(msg, NcclPairOffer):
+                self._answer_nccl_offer(identity.bytes, msg, on_nccl_offer)
             elif msg is not None:
                 self._answer(identity.bytes, msg, handler)
                 served += 1
@@ -78,14 +87,25 @@ class FetchServer:
         except Exception:  # the handler's bug must not kill the scheduler
             logger.exception("droidspeak: IPC offer handler failed")
 
-    def _decode(self, frames, offers: bool = False) -> Optional[FetchRequest | IpcPoolOffer]:
+    def _answer_nccl_offer(self, identity: bytes, offer: NcclPairOffer,
+                           on_nccl_offer: Optional[NcclOfferHandler]) -> None:
+        answer: Message = FetchError(offer.channel_id, "nccl_unavailable", "this sender is not on the nccl plane")
+        if on_nccl_offer is not None:
+            try:
+                answer = on_nccl_offer(offer)
+            except Exception as exc:  # the handler's bug must not kill the scheduler
+                logger.exception("droidspeak: NCCL offer handler failed")
+                answer = FetchError(offer.channel_id, "nccl_unavailable", str(exc)[:200])
+        self.socket.send_multipart([identity, *wire.encode(answer, self.secret)])
+
+    def _decode(self, frames, offers: bool = False) -> Optional[FetchRequest | IpcPoolOffer | NcclPairOffer]:
         try:
             msg = wire.decode([f.buffer for f in frames], self.secret, self.limits)
         except WireError as exc:
             self.num_dropped += 1
             logger.warning("droidspeak: dropped a bad fetch frame: %s", exc)
             return None
-        if offers and isinstance(msg, IpcPoolOffer):
+        if (offers and isinstance(msg, IpcPoolOffer)) or isinstance(msg, NcclPairOffer):
             return msg
         if not isinstance(msg, FetchRequest):
             self.num_dropped += 1
@@ -123,16 +143,36 @@ class FetchClient:
         """Send one message that gets no answer (an IpcPoolOffer) ahead of the next fetch."""
         self._socket(endpoint).send_multipart(wire.encode(msg, self.secret))
 
+    def ask(self, endpoint: str, msg: NcclPairOffer, timeout_s: float,
+            idle: Optional[Callable[[], None]] = None) -> Optional[NcclPairAccept | FetchError]:
+        """Send ``msg`` and return the answer naming its channel; None after ``timeout_s``."""
+        socket = self._socket(endpoint)
+        socket.send_multipart(wire.encode(msg, self.secret))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                answer = self._recv(socket, deadline, idle)
+            except FetchFailed:
+                answer = None
+            if answer is None:
+                self._drop_socket(endpoint)  # a late answer must not reach the next exchange
+                return None
+            if isinstance(answer, (NcclPairAccept, FetchError)) and msg.channel_id in (
+                    getattr(answer, "channel_id", None), getattr(answer, "request_id", None)):
+                return answer
+
     def fetch(self, endpoint: str, request: FetchRequest, on_chunk: Callable[[LayerChunk], None],
-              timeout_s: float, idle: Optional[Callable[[], None]] = None) -> FetchDone:
+              timeout_s: float, idle: Optional[Callable[[], None]] = None,
+              on_start: Optional[Callable[[NcclSendStart], None]] = None) -> FetchDone:
         """Send ``request``, pass each chunk to ``on_chunk``; raise FetchFailed unless done.
 
         ``idle`` runs every few ms while waiting (e.g. to answer our own peers' fetches,
         so two servers fetching from each other do not deadlock until the timeout).
+        ``on_start`` receives an NcclSendStart (nccl plane; without it: a protocol error).
         """
         socket = self._socket(endpoint)
         try:
-            end = self._exchange(socket, endpoint, request, on_chunk, timeout_s, idle)
+            end = self._exchange(socket, endpoint, request, on_chunk, timeout_s, idle, on_start)
         except BaseException:
             # timeout, protocol error or on_chunk raising: the rest of that stream (late or
             # corrupt frames) would reach the next fetch on this socket, so never reuse it
@@ -144,7 +184,7 @@ class FetchClient:
 
     def _exchange(self, socket: zmq.Socket, endpoint: str, request: FetchRequest,
                   on_chunk: Callable[[LayerChunk], None], timeout_s: float,
-                  idle: Optional[Callable[[], None]]) -> FetchDone | FetchError:
+                  idle: Optional[Callable[[], None]], on_start=None) -> FetchDone | FetchError:
         socket.send_multipart(wire.encode(request, self.secret))
         deadline, num_chunks = time.monotonic() + timeout_s, 0
         while True:
@@ -156,6 +196,8 @@ class FetchClient:
             if isinstance(msg, LayerChunk):
                 on_chunk(msg)
                 num_chunks += 1
+            elif isinstance(msg, NcclSendStart) and on_start is not None:
+                on_start(msg)
             elif isinstance(msg, FetchError):
                 return msg
             elif isinstance(msg, FetchDone):

@@ -5,14 +5,16 @@ slice each: K or V of a reused layer, or E entering a recomputed group) and then
 ``FetchDone`` or ``FetchError``. Every message validates itself on construction, so a
 message that exists is well-formed; anything else raises ``WireError``. On the cuda_ipc
 plane (one GPU, see transfer/cuda_ipc.py) the receiver first sends an ``IpcPoolOffer``
-(frames_ipc.py) and its FetchRequest names that offer and the slots to write.
+(frames_ipc.py) and its FetchRequest names that offer and the slots to write. On the nccl
+plane (two GPUs) it first opens a pair channel (frames_nccl.py) and names it.
 
     kind            fields (all ints are in [0, 2**63))
     fetch_request   request_id, sender_model, receiver_model, fingerprint: str,
                     token_ids, reused_layers, e_layers: tuple[int, ...] (layers strictly
                     ascending), deadline_ms: int (0 = none; cuda_ipc: absolute
                     CLOCK_MONOTONIC ms), offer_id: str ("" = ZMQ plane), dst_slots:
-                    tuple[int, ...] (cuda_ipc: one receiver KV slot per token; else ())
+                    tuple[int, ...] (cuda_ipc: one receiver KV slot per token; else ()),
+                    channel_id: str (nccl plane: the open pair channel; "" = not nccl)
     layer_chunk     request_id: str, what: "k"|"v"|"e", layer, token_start: int,
                     dtype: str (DTYPES), shape: tuple[int, ...] (shape[0] = tokens),
                     data: bytes (raw little-endian elements, len = prod(shape) * itemsize)
@@ -42,7 +44,8 @@ class WireError(ValueError):
 INT_LIMIT = 1 << 63
 CHUNK_WHATS = ("k", "v", "e")
 ERROR_CODES = ("evicted", "fingerprint_mismatch", "busy", "bad_request", "timeout", "internal",
-               "no_offer", "ipc_unavailable", "deadline")  # the last three: cuda_ipc plane
+               "no_offer", "ipc_unavailable", "deadline",  # these three: cuda_ipc plane
+               "nccl_unavailable", "no_channel")  # these two: nccl plane
 DTYPES: dict[str, torch.dtype] = {
     name: getattr(torch, name)
     for name in ("float16", "bfloat16", "float32", "float8_e4m3fn")
@@ -104,7 +107,8 @@ class FetchRequest(_Message):
     the prefix ``token_ids``, computed by ``sender_model`` (identity ``fingerprint``).
 
     With ``offer_id`` (cuda_ipc plane) the sender instead copies that KV on the GPU into
-    the offered pool at ``dst_slots`` before ``deadline_ms``; E still comes as chunks.
+    the offered pool at ``dst_slots`` before ``deadline_ms``; E still comes as chunks. With
+    ``channel_id`` (nccl plane, frames_nccl.py) E and K/V come on that pair channel.
     """
 
     KIND: ClassVar[str] = "fetch_request"
@@ -118,8 +122,11 @@ class FetchRequest(_Message):
     deadline_ms: int
     offer_id: str = ""
     dst_slots: tuple[int, ...] = ()
+    channel_id: str = ""
 
     def _check(self) -> None:
+        if self.offer_id and self.channel_id:
+            raise WireError("FetchRequest names both an IPC offer and an NCCL channel")
         _check_ascending("FetchRequest", "reused_layers", self.reused_layers)
         _check_ascending("FetchRequest", "e_layers", self.e_layers)
         if not self.offer_id and self.dst_slots:

@@ -6,7 +6,9 @@ The header is a msgpack map (keys in this order; never pickled):
     key           type        meaning
     v             int         message format version (the class's VERSION)
     kind          str         fetch_request | layer_chunk | fetch_done | fetch_error |
-                              prefix_announce | ipc_pool_offer (frames_ipc.py)
+                              prefix_announce | ipc_pool_offer (frames_ipc.py) |
+                              nccl_pair_offer | nccl_pair_accept | nccl_send_start
+                              (frames_nccl.py)
     <fields>      per kind    the dataclass fields except ``data`` (see frames.py)
     payload_len   int         len(payload frame); 0 and no frame for payload-less kinds
     mac           bin(32)     HMAC-SHA256(secret, msgpack(header without mac) || payload)
@@ -29,9 +31,10 @@ import msgpack
 from sglang_droidspeak.transfer.frames import (
     MESSAGE_TYPES, FetchRequest, LayerChunk, Message, PrefixAnnounce, WireError)
 from sglang_droidspeak.transfer.frames_ipc import MAX_HANDLE_BYTES, IpcPoolOffer
+from sglang_droidspeak.transfer.frames_nccl import NCCL_MESSAGE_TYPES, NcclPairOffer, NcclSendStart
 
 MAC_LEN = 32
-KINDS: dict[str, type] = {**MESSAGE_TYPES, IpcPoolOffer.KIND: IpcPoolOffer}
+KINDS: dict[str, type] = {**MESSAGE_TYPES, IpcPoolOffer.KIND: IpcPoolOffer, **NCCL_MESSAGE_TYPES}
 MIN_SECRET_LEN = 16
 ENVELOPE_KEYS = ("v", "kind", "payload_len", "mac")
 
@@ -145,6 +148,10 @@ def _check_limits(msg: Message, limits: WireLimits) -> None:
         dims = msg.k_shape + msg.v_shape
         if msg.num_layers > limits.max_layers or any(d > limits.max_dim for d in dims):
             raise WireError(f"IpcPoolOffer num_layers {msg.num_layers} or shape exceeds limits")
+    if isinstance(msg, NcclPairOffer) and max(*msg.kv_row, msg.hidden_size) > limits.max_dim:
+        raise WireError(f"NcclPairOffer kv_row {msg.kv_row} / hidden_size {msg.hidden_size} exceed {limits.max_dim}")
+    if isinstance(msg, NcclSendStart) and msg.num_tensors > 3 * limits.max_layers:
+        raise WireError(f"NcclSendStart.num_tensors {msg.num_tensors} > {3 * limits.max_layers}")
     if isinstance(msg, FetchRequest):
         for name in ("reused_layers", "e_layers"):
             layers = getattr(msg, name)

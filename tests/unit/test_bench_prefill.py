@@ -226,3 +226,13 @@ def test_module_imports_no_sglang_or_torch():
             "print(sorted(m for m in sys.modules if m in ('torch', 'sglang', 'matplotlib')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_the_nccl_plane_puts_the_servers_on_two_gpus():
+    nccl = [parse_settings(c).data_plane for c in prefill_model.droidspeak_configs(5801, 120.0, "nccl")]
+    assert nccl == ["nccl", "nccl"]
+    assert prefill_model.gpu_ids("", "nccl") == ("0", "1") and prefill_model.gpu_ids("", "zmq") is None
+    assert prefill_model.gpu_ids("2, 3", "cuda_ipc") == ("2", "3")
+    for bad, plane in (("0", "zmq"), ("a,b", "zmq"), ("1,1", "nccl")):
+        with pytest.raises(SystemExit, match="--gpus|different GPUs"):
+            prefill_model.gpu_ids(bad, plane)

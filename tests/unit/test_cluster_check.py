@@ -170,7 +170,7 @@ def test_cli_print_plan_is_json_on_stdout(cluster, capsys):
     assert "tester -> libwriter  unknown" in captured.err
 
 
-@pytest.mark.parametrize("data_plane, expected", [("zmq", "zmq"), ("cuda_ipc", "cuda_ipc"), ("nccl", "zmq")])
+@pytest.mark.parametrize("data_plane, expected", [("zmq", "zmq"), ("cuda_ipc", "cuda_ipc"), ("nccl", "nccl")])
 def test_plan_passes_the_data_plane_to_every_server(cluster, data_plane, expected):
     _rewrite(cluster, lambda data: data.setdefault("transfer", {}).update(data_plane=data_plane))
     plan = plan_cluster(load_cluster_config(cluster))

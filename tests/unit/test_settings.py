@@ -49,6 +49,8 @@ def test_defaults():
     assert (s.profiles_dir, s.max_quality_drop, s.fetch_timeout_s, s.secret_env) == (None, 0.05, 2.0, "DROIDSPEAK_SECRET")
     assert parse_settings({"export_bind": "tcp://*:5601"}).export_bind == "tcp://*:5601"
     assert s.data_plane == "zmq" and parse_settings({"data_plane": "cuda_ipc"}).data_plane == "cuda_ipc"
+    nccl = parse_settings({"data_plane": "nccl", "nccl_host": "10.0.0.2"})
+    assert (nccl.data_plane, nccl.nccl_host, s.nccl_host) == ("nccl", "10.0.0.2", "127.0.0.1")
 
 
 PEER = {"model": "coder-a", "fetch": "tcp://h:1", "announce": "tcp://h:2"}
@@ -61,8 +63,9 @@ PEER = {"model": "coder-a", "fetch": "tcp://h:1", "announce": "tcp://h:2"}
     ({"fetch_timeout_s": 0}, "cfg.yaml: fetch_timeout_s: must be a number > 0"),
     ({"fetch_timeout_s": float("inf")}, "cfg.yaml: fetch_timeout_s: must be a number > 0"),
     ({"secret_env": ""}, "cfg.yaml: secret_env: must be an environment variable name"),
-    ({"data_plane": "nccl"}, "cfg.yaml: data_plane: must be one of ['zmq', 'cuda_ipc'], got 'nccl'"),
-    ({"data_plane": None}, "cfg.yaml: data_plane: must be one of ['zmq', 'cuda_ipc'], got None"),
+    ({"data_plane": "rdma"}, "cfg.yaml: data_plane: must be one of ['zmq', 'cuda_ipc', 'nccl'], got 'rdma'"),
+    ({"data_plane": None}, "cfg.yaml: data_plane: must be one of ['zmq', 'cuda_ipc', 'nccl'], got None"),
+    ({"nccl_host": ""}, "cfg.yaml: nccl_host: must be a non-empty string, got ''"),
     ({"export_bind": "http://h:1"}, "cfg.yaml: export_bind: must be a 'tcp://host:port' or 'ipc://path'"),
     ({"export_bind": "tcp://h:0"}, "cfg.yaml: export_bind: tcp endpoint needs host:port"),
     ({"announce_bind": "tcp://h:65536"}, "cfg.yaml: announce_bind: tcp endpoint needs host:port"),

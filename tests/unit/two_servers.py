@@ -52,7 +52,7 @@ class CountingMetrics(NullMetrics):
         self.decisions.append(reason)
 
 
-def make_side(name, model, settings, fingerprint="fp", ipc_backend=None):
+def make_side(name, model, settings, fingerprint="fp", ipc_backend=None, nccl_backend=None):
     kv_pool = MHATokenToKVPool(size=POOL_SIZE, page_size=1, dtype=torch.float32, head_num=2, head_dim=16,
                                layer_num=NUM_LAYERS, device="cpu", enable_memory_saver=False)
     allocator = TokenToKVPoolAllocator(POOL_SIZE, torch.float32, "cpu", kv_pool, need_sort=False)
@@ -61,7 +61,8 @@ def make_side(name, model, settings, fingerprint="fp", ipc_backend=None):
                        HIDDEN, torch.float32, torch.device("cpu"))
     metrics = CountingMetrics()
     settings = parse_settings({"model": name, **settings})
-    runtime = DroidSpeakRuntime(settings, name, fingerprint, parts, NUM_LAYERS, metrics, SECRET, ipc_backend)
+    runtime = DroidSpeakRuntime(settings, name, fingerprint, parts, NUM_LAYERS, metrics, SECRET, ipc_backend,
+                                nccl_backend)
     tree = DroidSpeakRadixCache(CacheInitParams(False, req_pool, allocator, 1), model=name,
                                 plan_lookup=settings.plan_lookup(), min_foreign_tokens=8,
                                 num_layers=NUM_LAYERS, runtime=runtime)
@@ -141,18 +142,20 @@ def tiny_llama():
 
 @contextlib.contextmanager
 def two_servers(sender_model, receiver_model, receiver_settings=None, data_planes=("zmq", "zmq"),
-                ipc_backends=(None, None)):
+                ipc_backends=(None, None), nccl_backends=(None, None)):
     """(a, b): coder-a exports and announces, coder-b fetches from it with PLAN_GROUPS
-    (``receiver_settings`` replaces the inline plan with other settings). ``data_planes``
-    and ``ipc_backends``: each side's setting and CUDA IPC backend (cpu_ipc.CpuIpc on the CPU)."""
+    (``receiver_settings`` replaces the inline plan with other settings). ``data_planes``,
+    ``ipc_backends`` and ``nccl_backends``: each side's setting, CUDA IPC backend (cpu_ipc.CpuIpc
+    on the CPU) and NCCL pair backend (pair_channel.GlooPairBackend on the CPU)."""
     a = make_side("coder-a", sender_model, {"export_bind": "tcp://127.0.0.1:*", "announce_bind": "tcp://127.0.0.1:*",
-                                            "data_plane": data_planes[0]}, ipc_backend=ipc_backends[0])
+                                            "data_plane": data_planes[0]}, ipc_backend=ipc_backends[0],
+                  nccl_backend=nccl_backends[0])
     fetch, announce = a.runtime.export_server.endpoint, a.runtime.announcer.endpoint
     plans = [{"sender": "coder-a", "receiver": "coder-b", "num_layers": NUM_LAYERS, "groups": PLAN_GROUPS}]
     b = make_side("coder-b", receiver_model, {
         "peers": [{"model": "coder-a", "fetch": fetch, "announce": announce}], "fetch_timeout_s": 1.0,
         "data_plane": data_planes[1], **(receiver_settings if receiver_settings is not None else {"plans": plans})},
-        ipc_backend=ipc_backends[1])
+        ipc_backend=ipc_backends[1], nccl_backend=nccl_backends[1])
     polling = Polling(a)
     try:
         yield a, b

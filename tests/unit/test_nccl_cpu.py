@@ -1,0 +1,160 @@
+"""The nccl data plane between two runtimes on the CPU: real SGLang pools, allocators and
+radix trees, real ZMQ (tests/unit/two_servers.py), and a real pair channel over a real
+TCPStore, but with gloo standing in for NCCL (``GlooPairBackend``): NCCL needs two GPUs.
+tests/gpu/test_nccl_gpu.py opens the real PyNcclCommunicator pair.
+
+The receiver must end with the same KV as on the ZMQ plane, with no E or K/V crossing the
+socket; every failure must fall back (ZMQ for that peer, or a normal prefill) with the
+slots freed, the pool accounting unchanged and a broken channel torn down.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from sglang_droidspeak.sglang.cpu_import import SGLangImportOrderError, prepare_cpu_sglang
+
+try:
+    prepare_cpu_sglang()
+except SGLangImportOrderError as exc:
+    pytest.skip(str(exc), allow_module_level=True)
+pytest.importorskip("sglang.srt.mem_cache.radix_cache")
+
+from sglang_droidspeak.transfer.pair_channel import GlooPairBackend, PairChannel  # noqa: E402
+from test_ipc_cpu import CONTEXT, OTHER, fallback_case, import_and_check, record_sent  # noqa: E402
+from two_servers import NUM_LAYERS, announce_and_wait, leak_free, tiny_llama, two_servers  # noqa: E402
+
+SEND_START, DONE = ("nccl_send_start", ""), ("fetch_done", "")
+
+
+@pytest.fixture
+def nccl_pair(request):
+    """Both sides on the nccl plane over gloo; ``request.param``: the sender's (GPU UUID, plane)."""
+    gpu, sender_plane = getattr(request, "param", ("GPU-sender", "nccl"))
+    backends = (GlooPairBackend(gpu, timeout_s=2.0), GlooPairBackend("GPU-receiver", timeout_s=2.0))
+    with two_servers(tiny_llama(), tiny_llama(), data_planes=(sender_plane, "nccl"),
+                     nccl_backends=backends) as (a, b):
+        a.sent = record_sent(a)
+        yield a, b
+
+
+def endpoint(a):
+    return a.runtime.export_server.endpoint
+
+
+@pytest.mark.parametrize("plan", ["reuse", "2:3", "0:1,3:4", "0:4"])
+def test_the_receiver_gets_the_reference_kv_over_the_channel(nccl_pair, plan):
+    a, b = nccl_pair
+    import_and_check(a, b, CONTEXT, plan)
+    assert a.sent == [SEND_START, DONE]  # E and K/V went over the (gloo stand-in) channel
+    import_and_check(a, b, OTHER, plan)
+    assert a.sent == [SEND_START, DONE] * 2
+    backend_b, backend_a = b.runtime.nccl_fetch.backend, a.runtime.nccl_export.backend
+    assert (backend_b.num_hosted, backend_a.num_joined) == (1, 1)  # one channel, reused
+    assert b.runtime.nccl_fetch.channels[endpoint(a)].is_open
+
+
+@pytest.mark.parametrize("nccl_pair", [("GPU-receiver", "nccl"), ("GPU-sender", "zmq")], indirect=True)
+def test_a_same_gpu_or_zmq_sender_refuses_and_that_peer_uses_zmq(nccl_pair):
+    a, b = nccl_pair
+    import_and_check(a, b, CONTEXT, "reuse")
+    assert ("layer_chunk", "k") in a.sent and SEND_START not in a.sent
+    assert b.runtime.nccl_fetch.zmq_peers == {endpoint(a)} and not b.runtime.nccl_fetch.channels
+    import_and_check(a, b, OTHER, "reuse")
+    assert b.runtime.nccl_fetch.backend.num_hosted == 1  # never offered again
+
+
+def test_a_sender_that_forgot_the_channel_gets_a_new_offer(nccl_pair):
+    a, b = nccl_pair
+    import_and_check(a, b, CONTEXT, "reuse")
+    a.runtime.nccl_export.close()  # e.g. the sender restarted
+    import_and_check(a, b, OTHER, "reuse")
+    assert a.sent == [SEND_START, DONE, ("fetch_error", ""), SEND_START, DONE]
+    assert b.runtime.nccl_fetch.backend.num_hosted == 2
+
+
+def test_a_sender_that_dies_mid_transfer_falls_back_and_the_channel_goes(nccl_pair):
+    a, b = nccl_pair
+    import_and_check(a, b, CONTEXT, "reuse")
+    exporter = a.runtime.nccl_export
+
+    def dies(request, slots, e):  # after NcclSendStart: its end closes, it never answers in time
+        exporter._drop(request.channel_id)
+        time.sleep(1.2)
+        return None
+
+    exporter.send = dies
+    announce_and_wait(a, b, OTHER)
+    reason = "nccl_error" if _peer_reset_is_seen() else "timeout"
+    fallback_case(a, b, reason, tokens=OTHER)
+    assert endpoint(a) not in b.runtime.nccl_fetch.channels  # torn down
+    time.sleep(0.3)  # the dead sender's stale answer drains on a closed socket
+    del exporter.send
+    b.runtime._backoff_until.clear()
+    b.metrics.fallbacks.clear()
+    import_and_check(a, b, OTHER[:20] + [9, 9, 9, 9], "reuse")  # re-offered: works again
+    assert b.runtime.nccl_fetch.backend.num_hosted == 2
+
+
+def _peer_reset_is_seen() -> bool:
+    """Whether a gloo recv fails at once when its peer aborts (else it times out)."""
+    import threading
+
+    from sglang_droidspeak.transfer.pair_channel import ChannelError, GlooPairChannel, wait_all
+
+    ends = [GlooPairChannel("probe", 0, 1.0)]
+    ends.append(GlooPairChannel("probe", 1, 1.0, "127.0.0.1", ends[0].store_port))
+    for end in ends:
+        end.begin_open()
+    for end in ends:
+        end.wait_open(time.monotonic() + 5)
+    op = ends[0].recv(torch.empty(4))
+    threading.Thread(target=ends[1].close).start()
+    try:
+        wait_all([op], time.monotonic() + 0.8)
+    except ChannelError as exc:
+        return "deadline" not in str(exc)
+    finally:
+        ends[0].close()
+    return False
+
+
+class NeverJoins(PairChannel):
+    def begin_open(self):
+        pass  # accepted, but never reaches the store
+
+
+def test_a_sender_that_never_joins_costs_a_zmq_fetch_then_a_torn_down_channel(nccl_pair):
+    a, b = nccl_pair
+    a.runtime.nccl_export.backend.join = lambda channel_id, *args: NeverJoins(channel_id, 1, 1.0)
+    b.runtime.nccl_fetch.backend.timeout_s = 1.0  # the receiver's store wait
+    import_and_check(a, b, CONTEXT, "reuse")  # over ZMQ while the channel is not open
+    assert ("layer_chunk", "k") in a.sent and SEND_START not in a.sent
+    time.sleep(1.2)  # the receiver's end gives up on the store wait
+    import_and_check(a, b, OTHER, "reuse")
+    assert not b.runtime.nccl_fetch.channels and b.runtime.nccl_fetch.backend.num_hosted == 1  # no re-offer yet
+
+
+def test_a_silent_sender_times_out_the_slots_are_freed_and_the_channel_goes(nccl_pair):
+    a, b = nccl_pair
+    import_and_check(a, b, CONTEXT, "reuse")
+    announce_and_wait(a, b, OTHER)
+    a.runtime.export_server.poll = lambda *args, **kwargs: 0
+    fallback_case(a, b, "timeout", tokens=OTHER)
+    assert endpoint(a) not in b.runtime.nccl_fetch.channels
+
+
+def test_an_evicted_prefix_falls_back_and_keeps_the_channel(nccl_pair):
+    a, b = nccl_pair
+    from sglang.srt.mem_cache.base_prefix_cache import EvictParams
+
+    import_and_check(a, b, OTHER, "reuse")
+    announce_and_wait(a, b, CONTEXT)
+    a.runtime.withdraw = lambda tokens, base: None
+    a.tree.evict(EvictParams(num_tokens=10_000))
+    fallback_case(a, b, "evicted")
+    assert b.runtime.nccl_fetch.channels[endpoint(a)].is_open
+    assert leak_free(a) and leak_free(b) and NUM_LAYERS == 4
