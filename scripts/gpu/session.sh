@@ -5,7 +5,9 @@
 # First call:   carry [".device", ".cache/gpu-models"],
 #               command `bash scripts/gpu/session.sh start 560 integration overhead serve_check`
 #               (each STEP runs `bash scripts/gpu/STEP.sh` with OUT=/tmp/ds-session/STEP;
-#               STEP=name:arg:arg passes args, e.g. bench_prefill:--lengths:1024,16384)
+#               STEP=name:arg+arg passes args, e.g. bench_prefill:--lengths+1024,16384+--plans+0:4,0:8;
+#               the first ':' ends the name, '+' separates args (runs of 2026-11-28 before
+#               commit "session.sh: '+' separates step args" used ':', which split plans))
 # Next calls:   command `bash scripts/gpu/session.sh wait 560`  (within the machine's
 #               30 s idle window, or the machine and the run are gone)
 # Each call waits up to N seconds, prints progress, and copies every step's *.json and one
@@ -21,7 +23,7 @@ start() {
     for step in "$@"; do
       name=${step%%:*}; args=""; [ "$name" != "$step" ] && args=${step#*:}
       echo "$(date +%T) start $name" >>'"$ROOT"'/progress
-      OUT='"$ROOT"'/$name bash scripts/gpu/$name.sh ${args//:/ } >'"$ROOT"'/$name.log 2>&1; rc=$?
+      OUT='"$ROOT"'/$name bash scripts/gpu/$name.sh ${args//+/ } >'"$ROOT"'/$name.log 2>&1; rc=$?
       echo "$(date +%T) end $name rc=$rc" >>'"$ROOT"'/progress
     done
     touch '"$ROOT"'/DONE' _ "$@" >/dev/null 2>&1 &
