@@ -14,8 +14,8 @@
    ``--health-timeout-s`` running out: log tails are printed, everything is stopped,
    exit 1.
 5. The router (``router.proxy.build_app``) runs in this process on ``router.host:port``:
-   routes {model: replica URLs}; peers: each receiver replica -> replica 0 of every model
-   in its settings' ``peers``. Then a table of the servers is printed.
+   routes {model: replica URLs}; peers: each receiver replica -> every replica of every
+   model in its settings' ``peers``. Then a table of the servers is printed.
 6. Serves until SIGINT or SIGTERM (exit 0). A server that dies meanwhile is reported and
    kept marked failed in the router (re-marked every second, so it stays inside the
    router's cool-down); the others keep serving. When every server has died: exit 1.
@@ -67,12 +67,12 @@ def secret_problem(config: ClusterConfig, environ: Mapping[str, str]) -> str:
 def router_tables(servers: Sequence[ServerProcess]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """(routes: model -> replica URLs, peers: receiver URL -> sender URLs) for ``build_app``."""
     routes: dict[str, list[str]] = {}
-    first = {}
     for s in servers:
         routes.setdefault(s.plan.model, []).append(s.url)
-        if s.plan.replica_index == 0:
-            first[s.plan.model] = s.url
-    peers = {s.url: [first[p["model"]] for p in s.plan.settings.get("peers", ())] for s in servers}
+    peers = {}
+    for s in servers:
+        models = {p["model"] for p in s.plan.settings.get("peers", ())}
+        peers[s.url] = [o.url for o in servers if o.plan.model in models]
     return routes, {url: senders for url, senders in peers.items() if senders}
 
 

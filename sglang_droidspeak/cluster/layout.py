@@ -17,8 +17,8 @@ both on ``transfer.bind_host``. Peers connect to the same host, or to the peer's
 
 Peers: a server's peers are the other models it may fetch KV from (it is the receiver),
 i.e. every other model not known to be incompatible with it (``CheckReport.may_share``).
-Limitation: settings key peers by model name, so only replica 0 of each other model is
-listed; KV cached by that model's other replicas is not reused yet.
+Every replica of such a model is a peer: the receiver credits each announcement to the
+replica it came from and fetches from that replica.
 ``transfer.data_plane`` becomes each server's ``data_plane`` setting (zmq | cuda_ipc |
 nccl), and ``transfer.bind_host`` its ``nccl_host`` (where its pair TCPStores listen).
 Imports no SGLang.
@@ -121,8 +121,7 @@ def _settings(config: ClusterConfig, ref: ReplicaRef, refs: list[ReplicaRef], re
     export, announce = transfer_ports(config, ref)
     peers = []
     for other in refs:
-        if other.model_index != ref.model_index and other.replica_index == 0 \
-                and report.may_share(other.model.name, ref.model.name):
+        if other.model_index != ref.model_index and report.may_share(other.model.name, ref.model.name):
             fetch, publish = transfer_ports(config, other)
             peers.append({"model": other.model.name, "fetch": _endpoint(config, other, fetch, bind=False),
                           "announce": _endpoint(config, other, publish, bind=False)})

@@ -4,7 +4,9 @@ A remote prefix has no local KV slots, so it is kept out of SGLang's tree entire
 the tree's evictable/protected counters, its eviction heap and its lock counts never
 see it, and SGLang's idle leak check (available + evictable + protected == total)
 holds by construction. This index only answers "which sender holds the longest prefix
-of these tokens", per (sender, base extra_key), and forgets sequences on withdrawal.
+of these tokens", per (sender, peer, base extra_key), and forgets sequences on withdrawal.
+``peer`` is where the sender's KV is fetched from: several replicas of one sender model
+are separate holders, each withdrawing only what it advertised.
 
 Eviction on a sender removes a leaf of its radix tree, i.e. a suffix of what it once
 announced. The sender then names the kept prefix plus the evicted leaf's first token,
@@ -65,21 +67,18 @@ class RemotePrefixIndex:
     """Token-sequence prefixes advertised by senders; thread-safe; no device state."""
 
     def __init__(self) -> None:
-        self._roots: dict[tuple[str, Optional[str]], _Node] = {}
-        self._peers: dict[str, str] = {}
+        self._roots: dict[tuple[str, str, Optional[str]], _Node] = {}  # (sender, peer, base)
         self._lock = threading.Lock()
 
     def advertise(
         self, sender: str, token_ids: Iterable[int], peer: str = "", base: Optional[str] = None
     ) -> None:
-        """Record that ``sender`` holds KV for ``token_ids`` (under extra_key ``base``)."""
+        """Record that ``sender`` at ``peer`` holds KV for ``token_ids`` (under extra_key ``base``)."""
         tokens = tuple(token_ids)
         if not tokens:
             return
         with self._lock:
-            if peer:
-                self._peers[sender] = peer
-            node = self._roots.setdefault((sender, base), _Node(()))
+            node = self._roots.setdefault((sender, peer, base), _Node(()))
             node.num_holders += 1
             pos = 0
             while pos < len(tokens):
@@ -94,11 +93,12 @@ class RemotePrefixIndex:
                 node, pos = child, pos + common
             node.num_ending += 1
 
-    def withdraw(self, sender: str, token_ids: Iterable[int], base: Optional[str] = None) -> bool:
+    def withdraw(self, sender: str, token_ids: Iterable[int], base: Optional[str] = None, peer: str = "") -> bool:
         """Forget one advertisement of exactly ``token_ids``; False if there was none."""
         tokens = tuple(token_ids)
+        key = (sender, peer, base)
         with self._lock:
-            root = self._roots.get((sender, base))
+            root = self._roots.get(key)
             path = self._exact_path(root, tokens) if root is not None and tokens else None
             if path is None or path[-1].num_ending == 0:
                 return False
@@ -110,19 +110,21 @@ class RemotePrefixIndex:
                     break
             root.num_holders -= 1
             if root.num_holders == 0:
-                del self._roots[(sender, base)]
+                del self._roots[key]
             return True
 
-    def withdraw_prefix(self, sender: str, token_ids: Iterable[int], base: Optional[str] = None) -> int:
-        """``sender`` holds nothing that starts with ``token_ids`` any more: cut every
-        advertised sequence of (``sender``, ``base``) that starts with ``token_ids`` back
+    def withdraw_prefix(self, sender: str, token_ids: Iterable[int], base: Optional[str] = None,
+                        peer: str = "") -> int:
+        """``sender`` (at ``peer``) holds nothing that starts with ``token_ids`` any more: cut
+        every advertised sequence of (``sender``, ``peer``, ``base``) that starts with ``token_ids`` back
         to ``token_ids[:-1]`` (dropped when that is empty). Returns how many were cut;
         0 when none starts with ``token_ids`` (nothing changes). See the module docstring.
         """
         tokens = tuple(token_ids)
         keep = len(tokens) - 1
+        key = (sender, peer, base)
         with self._lock:
-            root = self._roots.get((sender, base))
+            root = self._roots.get(key)
             found = self._covering_edge(root, tokens) if root is not None and tokens else None
             if found is None:
                 return 0
@@ -136,32 +138,33 @@ class RemotePrefixIndex:
             else:  # ... nowhere: they are gone (parent is the root)
                 root.num_holders -= cut
                 if root.num_holders == 0:
-                    del self._roots[(sender, base)]
+                    del self._roots[key]
             return cut
 
     def forget_sender(self, sender: str) -> None:
         with self._lock:
             for key in [k for k in self._roots if k[0] == sender]:
                 del self._roots[key]
-            self._peers.pop(sender, None)
 
     def senders(self) -> tuple[str, ...]:
         with self._lock:
-            return tuple(sorted({sender for sender, _ in self._roots}))
+            return tuple(sorted({key[0] for key in self._roots}))
 
     def longest_match(
-        self, token_ids: Sequence[int], base: Optional[str] = None, exclude: Iterable[str] = ()
+        self, token_ids: Sequence[int], base: Optional[str] = None, exclude: Iterable[str] = (),
+        exclude_peers: Iterable[str] = (),
     ) -> Optional[RemoteMatch]:
-        """The sender holding the longest prefix of ``token_ids`` (ties: smallest name)."""
-        excluded = set(exclude)
+        """The (sender, peer) holding the longest prefix of ``token_ids`` (ties: smallest
+        sender name, then peer); senders in ``exclude`` and peers in ``exclude_peers`` skipped."""
+        excluded, excluded_peers = set(exclude), set(exclude_peers)
         best: Optional[RemoteMatch] = None
         with self._lock:
-            for (sender, root_base), root in sorted(self._roots.items(), key=lambda kv: kv[0][0]):
-                if root_base != base or sender in excluded:
+            for (sender, peer, root_base), root in sorted(self._roots.items(), key=lambda kv: kv[0][:2]):
+                if root_base != base or sender in excluded or peer in excluded_peers:
                     continue
                 matched = self._match_len(root, token_ids)
                 if matched > 0 and (best is None or matched > best.prefix_len):
-                    best = RemoteMatch(sender, self._peers.get(sender, ""), matched)
+                    best = RemoteMatch(sender, peer, matched)
         return best
 
     @staticmethod

@@ -20,6 +20,7 @@ logged and ``fallbacks_total{reason}`` counts it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -53,7 +54,8 @@ class DroidSpeakRuntime:
         the GPU one; tests pass CPU stand-ins, see planes.py)."""
         self.settings, self.model, self.fingerprint = settings, model, fingerprint
         self.parts, self.num_layers, self.metrics = parts, num_layers, metrics
-        self.peers = {peer.model: peer for peer in settings.peers}
+        self.peers = settings.peers  # several replicas of one model are several peers
+        self._peer_fetches = {peer.fetch for peer in self.peers}
         needs_secret = bool(settings.export_bind or settings.announce_bind or self.peers)
         if needs_secret and secret is None:
             raise ValueError(f"droidspeak: export_bind/announce_bind/peers need a shared secret in "
@@ -66,15 +68,14 @@ class DroidSpeakRuntime:
                               ipc_backend, nccl_backend, pacer)
         self.ipc_export, self.ipc_fetch = planes.ipc_export, planes.ipc_fetch
         self.nccl_export, self.nccl_fetch = planes.nccl_export, planes.nccl_fetch
-        self.listener = None
         self.tree: Any = None
         self.scheduler: Any = None
         self._warned: set[str] = set()
-        self._backoff_until: dict[str, float] = {}  # sender -> monotonic time
+        self._backoff_until: dict[str, float] = {}  # peer fetch endpoint -> monotonic time
         self.chooser = PlanChooser(settings, model, num_layers, metrics)
-        if self.peers:
-            endpoints = [peer.announce for peer in self.peers.values()]
-            self.listener = DirectoryListener(endpoints, secret, self._on_announce)
+        # one listener per peer: an announcement is credited to the replica it came from
+        self.listeners = [DirectoryListener([peer.announce], secret, functools.partial(self._on_announce, peer=peer))
+                          for peer in self.peers]
 
     def attach(self, tree: Any) -> None:
         self.tree = tree
@@ -139,9 +140,12 @@ class DroidSpeakRuntime:
                              self.settings.export_bind or "", stored)
         self.announcer.publish(msg)
 
-    def _on_announce(self, msg: PrefixAnnounce) -> None:
-        peer = self.peers.get(msg.sender_model)
+    def _on_announce(self, msg: PrefixAnnounce, peer: Any = None) -> None:
         if peer is None or self.tree is None:
+            return
+        if msg.sender_model != peer.model:
+            self._warn_once(f"model:{peer.announce}", "droidspeak: peer at %s announces model %r, configured as "
+                            "%r; ignoring it", peer.announce, msg.sender_model, peer.model)
             return
         if msg.fingerprint != self.fingerprint:
             self._warn_once(f"incompatible:{msg.sender_model}", "droidspeak: peer %r has a different model "
@@ -152,7 +156,7 @@ class DroidSpeakRuntime:
         if msg.stored:
             self.tree.remote_index.advertise(msg.sender_model, msg.token_ids, peer=peer.fetch, base=base)
         else:
-            self.tree.remote_index.withdraw_prefix(msg.sender_model, msg.token_ids, base=base)
+            self.tree.remote_index.withdraw_prefix(msg.sender_model, msg.token_ids, base=base, peer=peer.fetch)
 
     # ---- receiver ----
 
@@ -172,22 +176,22 @@ class DroidSpeakRuntime:
         plan: LayerPlan = choice.plan
         if plan.num_layers != self.num_layers:
             return self._fallback("bad_plan", rid, f"plan for {plan.num_layers} layers, model has {self.num_layers}")
-        if self.client is None or hit.sender not in self.peers:
-            return self._fallback("no_peer", rid, f"no configured peer serves {hit.sender!r}")
-        if time.monotonic() < self._backoff_until.get(hit.sender, 0.0):
-            return self._fallback("peer_backoff", rid, f"{hit.sender!r} failed recently")
+        if self.client is None or hit.peer not in self._peer_fetches:
+            return self._fallback("no_peer", rid, f"no configured peer serves {hit.sender!r} at {hit.peer!r}")
+        if time.monotonic() < self._backoff_until.get(hit.peer, 0.0):
+            return self._fallback("peer_backoff", rid, f"{hit.sender!r} at {hit.peer} failed recently")
         namespace = tree.derived_namespace(hit.sender, plan, base)
         self._order_after_forward()
         start = time.perf_counter()
         try:
             result = import_prefix(
-                self.parts, tree, self._fetcher(self.peers[hit.sender].fetch), sender=hit.sender,
+                self.parts, tree, self._fetcher(hit.peer), sender=hit.sender,
                 receiver=self.model, fingerprint=self.fingerprint, token_ids=list(token_ids[:hit.prefix_len]),
                 plan=plan, namespace=namespace, pipelined=self.settings.pipelined)
         except (ImportFailed, FetchFailed) as exc:
             reason = getattr(exc, "reason", getattr(exc, "code", "internal"))
             if reason in BACKOFF_REASONS:
-                self._backoff_until[hit.sender] = time.monotonic() + PEER_BACKOFF_S
+                self._backoff_until[hit.peer] = time.monotonic() + PEER_BACKOFF_S
             return self._fallback(reason, rid, str(exc))
         except Exception as exc:  # noqa: BLE001 - never lose the request over our bug
             logger.exception("droidspeak: import failed")
@@ -242,6 +246,6 @@ class DroidSpeakRuntime:
 
     def close(self) -> None:
         for part in (self.nccl_fetch, self.nccl_export, self.export_server, self.announcer, self.client,
-                     self.listener):
+                     *self.listeners):
             if part is not None:
                 part.close()

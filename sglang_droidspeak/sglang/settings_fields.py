@@ -136,8 +136,11 @@ def _peers(entries: Any, model: Optional[str], where: str) -> tuple[Peer, ...]:
         name = entry["model"]
         if not isinstance(name, str) or not name:
             raise SettingsError(f"{at}.model: must be a non-empty string, got {name!r}")
-        if name == model or name in (p.model for p in peers):
-            why = "is this server's own model" if name == model else "is listed twice"
-            raise SettingsError(f"{at}.model: {name!r} {why}")
-        peers.append(Peer(name, _endpoint(entry["fetch"], f"{at}.fetch"), _endpoint(entry["announce"], f"{at}.announce")))
+        if name == model:
+            raise SettingsError(f"{at}.model: {name!r} is this server's own model")
+        peer = Peer(name, _endpoint(entry["fetch"], f"{at}.fetch"), _endpoint(entry["announce"], f"{at}.announce"))
+        for key in ("fetch", "announce"):  # replicas of one model are fine; one endpoint twice is not
+            if getattr(peer, key) in (getattr(p, key) for p in peers):
+                raise SettingsError(f"{at}.{key}: {getattr(peer, key)!r} is listed twice")
+        peers.append(peer)
     return tuple(peers)

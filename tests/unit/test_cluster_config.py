@@ -169,7 +169,7 @@ def test_plan_commands_env_and_transfer_ports():
     assert plan.router == ("127.0.0.1", 8000) and plan.to_dict()["servers"][1]["gpus"] == [1, 2]
 
 
-def test_settings_pass_parse_settings_and_peers_are_replica_zero_of_other_models():
+def test_settings_pass_parse_settings_and_peers_are_every_replica_of_other_models():
     config = parse_cluster_config(_cluster())
     plan = plan_cluster(config, _report(config))
     settings = {(s.model, s.replica_index): parse_settings(s.settings, where="x") for s in plan.servers}
@@ -178,8 +178,9 @@ def test_settings_pass_parse_settings_and_peers_are_replica_zero_of_other_models
             tester0.secret_env) == ("tester", "profiles", 0.06, 2.0, "DROIDSPEAK_SECRET")
     assert tester0.peers == tester1.peers == (Peer("libwriter", "tcp://127.0.0.1:5604", "tcp://127.0.0.1:5605"),
                                               Peer("other", "tcp://127.0.0.1:5606", "tcp://127.0.0.1:5607"))
-    # libwriter fetches from tester's replica 0 only (settings key peers by model name)
-    assert [p.fetch for p in settings["libwriter", 0].peers] == ["tcp://127.0.0.1:5600", "tcp://127.0.0.1:5606"]
+    # libwriter fetches from both tester replicas (each announcement credits its replica)
+    assert [(p.model, p.fetch) for p in settings["libwriter", 0].peers] == [
+        ("tester", "tcp://127.0.0.1:5600"), ("tester", "tcp://127.0.0.1:5602"), ("other", "tcp://127.0.0.1:5606")]
 
 
 def test_incompatible_models_are_not_peers():
@@ -187,7 +188,7 @@ def test_incompatible_models_are_not_peers():
     incompatible = {("other", "tester"), ("tester", "other"), ("other", "libwriter"), ("libwriter", "other")}
     plan = plan_cluster(config, _report(config, incompatible))
     assert [p["model"] for p in plan.server("tester", 1).settings["peers"]] == ["libwriter"]
-    assert [p["model"] for p in plan.server("libwriter").settings["peers"]] == ["tester"]
+    assert [p["model"] for p in plan.server("libwriter").settings["peers"]] == ["tester", "tester"]  # 2 replicas
     assert plan.server("other").settings["peers"] == []
     assert parse_settings(plan.server("other").settings).peers == ()
 

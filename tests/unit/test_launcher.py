@@ -185,13 +185,13 @@ def test_serve_routes_reports_status_survives_a_dead_replica_and_stops_everythin
             "libwriter", ports[2], {"model": "libwriter", "text": "hi"})
         assert (answer["cuda"], answer["secret"]) == ("2", SECRET)
         assert answer["settings"] == json.loads((run_dir / "libwriter-0.json").read_text())
-        assert [p["model"] for p in answer["settings"]["peers"]] == ["tester"]
+        assert [p["model"] for p in answer["settings"]["peers"]] == ["tester", "tester"]  # both replicas
         assert post(router + "/generate", {"model": "tester", "text": "x"})["served_by"] == "tester"
 
         urls = [f"http://127.0.0.1:{p}" for p in ports]
         health = get(router + "/health")[1]["models"]
         assert [(r["url"], r["peers"]) for m in ("tester", "libwriter") for r in health[m]] == [
-            (urls[0], [urls[2]]), (urls[1], [urls[2]]), (urls[2], [urls[0]])]
+            (urls[0], [urls[2]]), (urls[1], [urls[2]]), (urls[2], [urls[0], urls[1]])]
 
         status = get(router + "/status")[1]["models"]
         rows = [(r["url"], r["healthy"], r["in_flight"], r["metrics"], r["metrics_error"])

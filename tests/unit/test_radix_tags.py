@@ -103,7 +103,7 @@ def test_remote_index_longest_match_across_senders():
     index.advertise("a", [1, 2, 7])
     assert index.longest_match([1, 2, 3, 4, 5, 6]) == RemoteMatch("a", "tcp://a", 5)
     assert index.longest_match([1, 2, 3, 9, 9]) == RemoteMatch("c", "", 5)
-    assert index.longest_match([1, 2, 7, 7]) == RemoteMatch("a", "tcp://a", 3)
+    assert index.longest_match([1, 2, 7, 7]) == RemoteMatch("a", "", 3)  # advertised with no peer
     assert index.longest_match([1, 2, 3, 4], exclude=("a",)) == RemoteMatch("c", "", 3)
     assert index.longest_match([5, 1]) is None
     assert index.senders() == ("a", "c")

@@ -41,10 +41,10 @@ SUFFIX = [3, 4, 5]
 
 # ---- RemotePrefixIndex.withdraw_prefix ----
 
-def docstring_index() -> RemotePrefixIndex:
+def docstring_index(peer: str = "") -> RemotePrefixIndex:
     index = RemotePrefixIndex()
     for tokens in ([1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6], [1, 2, 3, 7, 8], [1, 2, 9]):
-        index.advertise("a", tokens, peer="tcp://a")
+        index.advertise("a", tokens, peer=peer)
     return index
 
 
@@ -60,7 +60,17 @@ def test_withdraw_prefix_follows_the_docstring_example():
     # the cut sequences now end at [1, 2, 3]: two exact withdrawals remove them
     assert index.withdraw("a", [1, 2, 3]) and index.withdraw("a", [1, 2, 3])
     assert not index.withdraw("a", [1, 2, 3])
-    assert match_len(index, [1, 2, 3, 7]) == 4 and index.longest_match([1, 2, 3, 7]).peer == "tcp://a"
+    assert match_len(index, [1, 2, 3, 7]) == 4
+
+
+def test_replicas_of_one_sender_withdraw_only_their_own():
+    index = docstring_index(peer="tcp://a0")
+    index.advertise("a", [1, 2, 3, 4, 5], peer="tcp://a1")  # a second replica of "a"
+    assert index.withdraw_prefix("a", [1, 2, 3, 4], peer="tcp://a0") == 2
+    assert index.longest_match([1, 2, 3, 4, 5, 6]) == ("a", "tcp://a1", 5)
+    assert index.longest_match([1, 2, 3, 4, 5, 6], exclude_peers=("tcp://a1",)) == ("a", "tcp://a0", 3)
+    assert index.withdraw_prefix("a", [1, 2, 3, 4]) == 0  # no such holder without a peer
+    assert index.senders() == ("a",)
 
 
 def test_withdraw_prefix_cuts_inside_an_edge():

@@ -77,7 +77,8 @@ PEER = {"model": "coder-a", "fetch": "tcp://h:1", "announce": "tcp://h:2"}
     ({"peers": [PEER, {**PEER, "model": "m2", "fetch": "tcp://h:x"}]}, "cfg.yaml: peers[1].fetch: tcp endpoint"),
     ({"peers": [{**PEER, "announce": 5}]}, "cfg.yaml: peers[0].announce: must be"),
     ({"peers": [{**PEER, "model": ""}]}, "cfg.yaml: peers[0].model: must be a non-empty string"),
-    ({"peers": [PEER, PEER]}, "cfg.yaml: peers[1].model: 'coder-a' is listed twice"),
+    ({"peers": [PEER, PEER]}, "cfg.yaml: peers[1].fetch: 'tcp://h:1' is listed twice"),
+    ({"peers": [PEER, {**PEER, "fetch": "tcp://h:7"}]}, "cfg.yaml: peers[1].announce: 'tcp://h:2' is listed twice"),
     ({"model": "coder-a", "peers": [PEER]}, "cfg.yaml: peers[0].model: 'coder-a' is this server's own model"),
 ])
 def test_bad_values_name_file_and_field(data, message):
