@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prefill benchmark on the lent GPU (issue 6, deliverable 1): receiver TTFT against context
-# length for full prefill, full KV reuse and DroidSpeak plans, on a Llama-3.1-8B-shaped
-# model with SGLang's random dummy weights (two 8B servers on one card).
+# length for full prefill, full KV reuse, DroidSpeak plans and the CacheBlend-style baseline
+# (blend:R, at the budgets of 0:4 and 0:8 by default), on a Llama-3.1-8B-shaped model with
+# SGLang's random dummy weights (two 8B servers on one card).
 # Here (CPU):   bash ../shared/device/stage.sh   (the SGLang bundle in .device/)
 # Device call:  carry [".device", ".cache/gpu-models"], command `bash scripts/gpu/bench_prefill.sh`
 #               (extra args pass through, e.g. `bash scripts/gpu/bench_prefill.sh --lengths 16384,32768`)

@@ -3,7 +3,7 @@
 Also spelled ``droidspeak bench prefill``. Run on the GPU machine through
 ``scripts/gpu/bench_prefill.sh``; here it needs SGLang 0.5.17 importable.
 
-    droidspeak bench-prefill [--lengths 1024,...,32768] [--plans reuse,0:4,0:8,0:16]
+    droidspeak bench-prefill [--lengths 1024,...,32768] [--plans reuse,0:4,0:8,0:16,blend:0.125,blend:0.25]
                              [--repeats 3] [--warmup 1] [--out docs/results/bench-prefill-DATE.json]
                              [--pipelined on,off] [--throttle-gbps 10,25,100]   # the bandwidth sweep
     droidspeak bench-prefill --replot RESULT.json   # Markdown + PNG again from a result (no servers)
@@ -46,7 +46,7 @@ from sglang_droidspeak.bench import sweep_report as sweep
 SUFFIX_LEN = 16
 VOCAB_LIMIT = 2048  # context ids stay below the small tokenizer's vocabulary
 DEFAULT_LENGTHS = "1024,2048,4096,8192,16384,32768"
-DEFAULT_PLANS = "reuse,0:4,0:8,0:16"
+DEFAULT_PLANS = "reuse,0:4,0:8,0:16,blend:0.125,blend:0.25"  # blend:R at the budgets of 0:4, 0:8
 DEFAULT_SECRET = "bench-prefill-secret-0123456789"
 META_KEYS = ("cached_tokens", "prompt_tokens", "e2e_latency", "queue_time", "forward_entry_time",
              "prefill_finished_time", "cached_tokens_details")
@@ -55,7 +55,8 @@ META_KEYS = ("cached_tokens", "prompt_tokens", "e2e_latency", "queue_time", "for
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--lengths", default=DEFAULT_LENGTHS, help="context lengths, comma-separated")
-    a("--plans", default=DEFAULT_PLANS, help="systems besides full prefill: 'reuse' and/or 's:e,s:e' plans, "
+    a("--plans", default=DEFAULT_PLANS, help="systems besides full prefill: 'reuse', 's:e,s:e' plans and/or "
+      "'blend:R' (CacheBlend-style, R of the tokens in every layer = the budget of R*L layers), "
       "separated by ';' or ',' between single-group plans")
     a("--repeats", type=int, default=3, help="timed runs per (length, system); the median is reported")
     a("--warmup", type=int, default=1, help="discarded runs per (length, system) before the timed ones")
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     result = {"date": time.strftime("%Y-%m-%d"), "card": pm.card(), "command": command_line(args),
               "model": pm.LLAMA_31_8B, "model_note": pm.MODEL_NOTE, "num_layers": num_layers, "plans": plans,
               "suffix_len": SUFFIX_LEN, "repeats": args.repeats, "warmup": args.warmup, "samples": [],
-              "todo": [rep.CACHEBLEND_TODO], "configs": [c.__dict__ for c in configs]}
+              "todo": [] if rep.has_blend(plans) else [rep.CACHEBLEND_TODO], "configs": [c.__dict__ for c in configs]}
     code, servers = 0, ()
     try:
         for index, config in enumerate(configs):

@@ -2,10 +2,12 @@
 
 A *system* is a per-request plan string (``sampling_params.custom_params.droidspeak_plan``):
 
-    plan      system name        recomputed layers k     ideal speedup L/k
-    "off"     full prefill       L                       1
-    "reuse"   full reuse         0                       inf (None here)
-    "s:e,.."  droidspeak s:e,..  sum of (e - s)          L / k
+    plan       system name        recomputed layers k     ideal speedup L/k
+    "off"      full prefill       L                       1
+    "reuse"    full reuse         0                       inf (None here)
+    "s:e,.."   droidspeak s:e,..  sum of (e - s)          L / k
+    "blend:R"  cacheblend R       R * L layer-equivalents L / k = 1 / R
+               (CacheBlend-style, plan/blend_plan.py; its selection pass is not in k)
 
 For one context length, speedup = TTFT(full prefill) / TTFT(system) and efficiency =
 speedup / ideal. Where the ideal is infinite (full reuse) the efficiency is undefined:
@@ -21,25 +23,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
+from sglang_droidspeak.plan.blend_plan import BLEND_PREFIX, is_blend, parse_blend
 from sglang_droidspeak.plan.layer_plan import LayerPlan, PlanError
 
 FULL = "off"
 REUSE = "reuse"
-CACHEBLEND_TODO = "cacheblend: not implemented in the SGLang path"
+CACHEBLEND_TODO = "cacheblend: not run (add blend:R to the plans)"
 COLUMNS = ("length", "system", "TTFT ms", "speedup vs full prefill", "recomputed layers k",
            "ideal speedup L/k", "efficiency")
 
 
 def system_name(plan: str) -> str:
+    if is_blend(plan):
+        return f"cacheblend {plan[len(BLEND_PREFIX):]}"
     return {FULL: "full prefill", REUSE: "full reuse"}.get(plan, f"droidspeak {plan}")
 
 
-def recomputed_layers(plan: str, num_layers: int) -> int:
-    """k for ``plan`` ("off", "reuse" or "s:e,s:e"); ValueError naming the plan if it is malformed."""
+def has_blend(plans: Iterable[str]) -> bool:
+    return any(is_blend(plan) for plan in plans)
+
+
+def recomputed_layers(plan: str, num_layers: int) -> float:
+    """k for ``plan`` ("off", "reuse", "s:e,s:e" or "blend:R[@S]": R * L layer-equivalents);
+    ValueError naming the plan if it is malformed."""
     if plan == FULL:
         return num_layers
     if plan == REUSE:
         return 0
+    if is_blend(plan):
+        try:
+            return parse_blend(plan, num_layers).layer_equivalents
+        except ValueError as exc:
+            raise ValueError(f"plan {plan!r}: {exc}") from None
     try:
         groups = tuple(tuple(int(x) for x in part.split(":")) for part in plan.split(","))
         if not all(len(g) == 2 for g in groups):
@@ -49,7 +64,7 @@ def recomputed_layers(plan: str, num_layers: int) -> int:
         raise ValueError(f"plan {plan!r}: must be 'off', 'reuse' or 's:e,s:e' within {num_layers} layers ({exc})")
 
 
-def ideal_speedup(k: int, num_layers: int) -> Optional[float]:
+def ideal_speedup(k: float, num_layers: int) -> Optional[float]:
     """L / k; None for k == 0 (infinite)."""
     return None if k == 0 else num_layers / k
 
@@ -65,7 +80,7 @@ class TableRow:
     plan: str
     ttft_ms: float
     speedup: Optional[float]  # None: no full-prefill number for this length
-    k: int
+    k: float  # recomputed layers (layer-equivalents for blend:R)
     ideal: Optional[float]  # None: infinite
     efficiency: Optional[float]
 
@@ -100,13 +115,15 @@ def _fmt(value: Optional[float], none: str) -> str:
 
 
 def markdown_table(rows: list[TableRow]) -> str:
-    """The table (COLUMNS), then the CacheBlend TODO row; ends with a newline."""
+    """The table (COLUMNS), then the CacheBlend TODO row unless a blend:R row is present;
+    ends with a newline."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        cells = (str(r.length), r.system, f"{r.ttft_ms:.1f}", _fmt(r.speedup, "-"), str(r.k),
+        cells = (str(r.length), r.system, f"{r.ttft_ms:.1f}", _fmt(r.speedup, "-"), f"{r.k:g}",
                  _fmt(r.ideal, "inf"), _fmt(r.efficiency, "n/a"))
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append("| - | " + CACHEBLEND_TODO + " | - | - | - | - | - |")
+    if not has_blend(r.plan for r in rows):
+        lines.append("| - | " + CACHEBLEND_TODO + " | - | - | - | - | - |")
     return "\n".join(lines) + "\n"
 
 

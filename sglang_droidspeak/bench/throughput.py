@@ -3,10 +3,11 @@
 A MetaGPT-like multi-agent workload (bench.workload: a coder and a tester, sometimes a
 reviewer, read one repository in turn; Poisson session arrivals) runs against SGLang at
 each QPS for each system (the per-request ``droidspeak_plan``: "off" = full prefill with
-stock prefix caching, "reuse" = full KV reuse, "s:e,.." = DroidSpeak at that plan, "auto" =
-the receiver's configured plan). Reports TTFT / TBT / E2E against QPS and, per system, the
-highest QPS whose p``--slo-percentile`` TTFT meets ``--slo-ttft-ms``. A CacheBlend-style
-baseline is not in the SGLang path: recorded as not run.
+stock prefix caching, "reuse" = full KV reuse, "s:e,.." = DroidSpeak at that plan, "blend:R"
+= the CacheBlend-style baseline at the budget of R * L layers, "auto" = the receiver's
+configured plan). Reports TTFT / TBT / E2E against QPS and, per system, the highest QPS
+whose p``--slo-percentile`` TTFT meets ``--slo-ttft-ms``. Without a "blend:R" system the
+CacheBlend-style baseline is recorded as not run.
 
     droidspeak bench-throughput --url http://127.0.0.1:8000          # a running router
     droidspeak bench-throughput --url coder=http://h:30001,tester=http://h:30002,reviewer=...
@@ -80,7 +81,8 @@ class ThroughputConfig:
 HELP = {
     "url": "router base URL, or name=url,name=url (one server per model); or use --launch",
     "launch": "start one 8B-shaped dummy-weight server per model of --mix (needs SGLang and a GPU)",
-    "systems": "plans sent per request: off, reuse, auto, s:e[,s:e]; ';' separates when plans hold ','",
+    "systems": "plans sent per request: off, reuse, auto, s:e[,s:e], blend:R; ';' separates when plans "
+               "hold ','",
     "qps": "session arrival rates (sessions/s), comma-separated", "num_sessions": "sessions per point",
     "mix": "pipelines 'a>b[>c][:weight]', comma-separated; the first model is --launch's sender",
     "slo_percentile": "TTFT percentile checked against --slo-ttft-ms",

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sglang_droidspeak.bench import throughput_report as report
-from sglang_droidspeak.bench.prefill_report import CACHEBLEND_TODO
+from sglang_droidspeak.bench.prefill_report import CACHEBLEND_TODO, has_blend
 from sglang_droidspeak.bench.throughput_stats import PointSummary, hit_warnings, max_qps_meeting_slo
 
 
@@ -31,7 +31,8 @@ def new_result(cfg: Any, spec: Any, systems: list[str], command: str, card: str)
     return {"date": time.strftime("%Y-%m-%d"), "card": card, "command": command, "servers_note": servers_note,
             "workload": workload, "systems": systems, "slo_ttft_ms": cfg.slo_ttft_ms,
             "slo_percentile": cfg.slo_percentile, "points": [], "requests": [],
-            "todo": [CACHEBLEND_TODO + " (not run)", "NCCL data plane: servers move KV over ZMQ (not run)"]}
+            "todo": ([] if has_blend(systems) else [CACHEBLEND_TODO])
+            + ["NCCL data plane: servers move KV over ZMQ (not run)"]}
 
 
 def _point(p: dict) -> PointSummary:

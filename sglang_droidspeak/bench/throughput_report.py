@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from sglang_droidspeak.bench.prefill_report import CACHEBLEND_TODO, system_name
+from sglang_droidspeak.bench.prefill_report import CACHEBLEND_TODO, has_blend, system_name
 
 COLUMNS = ("system", "QPS", "requests", "errors", "req/s", "TTFT mean", "TTFT p50", "TTFT p90", "TTFT p99",
            "TTFT @SLO pct", "SLO met", "TBT mean", "E2E mean", "goodput req/s", "receiver hits")
@@ -39,7 +39,8 @@ def markdown_table(points: list[dict]) -> str:
 def max_qps_table(max_qps: dict[str, Optional[float]], slo: str) -> str:
     lines = [f"| system | highest QPS meeting {slo} |", "|---|---|"]
     lines += [f"| {system_name(s)} | {'none' if q is None else f'{q:g}'} |" for s, q in max_qps.items()]
-    lines.append(f"| {CACHEBLEND_TODO} | not run |")
+    if not has_blend(max_qps):
+        lines.append(f"| {CACHEBLEND_TODO} | not run |")
     return "\n".join(lines) + "\n"
 
 

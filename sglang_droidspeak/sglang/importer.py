@@ -34,6 +34,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
+from sglang_droidspeak.plan.blend_plan import BlendPlan
 from sglang_droidspeak.plan.layer_plan import LayerGroup, LayerPlan
 from sglang_droidspeak.sglang.import_pipeline import GroupLauncher, ImportTimings
 from sglang_droidspeak.sglang.import_streams import ImportStreams
@@ -171,7 +172,13 @@ def allocate(parts: ModelParts, tree: Any, num_tokens: int):
 def import_prefix(parts: ModelParts, tree: Any, fetch: Callable, *, sender: str, receiver: str,
                   fingerprint: str, token_ids, plan: LayerPlan, namespace: str,
                   pipelined: bool = True) -> ImportResult:
-    """Steps 1-4 of the module table; ``fetch(request, on_chunk)`` raises on failure."""
+    """Steps 1-4 of the module table; ``fetch(request, on_chunk)`` raises on failure.
+
+    A ``BlendPlan`` (the CacheBlend-style baseline) is imported by ``blend_import``."""
+    if isinstance(plan, BlendPlan):
+        from sglang_droidspeak.sglang.blend_import import import_blend
+        return import_blend(parts, tree, fetch, sender=sender, receiver=receiver, fingerprint=fingerprint,
+                            token_ids=token_ids, plan=plan, namespace=namespace, pipelined=pipelined)
     from sglang.srt.mem_cache.base_prefix_cache import InsertParams
     from sglang.srt.mem_cache.radix_cache import RadixKey
 

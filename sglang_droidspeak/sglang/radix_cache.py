@@ -144,7 +144,7 @@ class DroidSpeakRadixCache(WithdrawOnEvict, RadixCache):
         if hit.tag.origin is KVOrigin.REMOTE:
             base = decode_namespace(params.key.extra_key, self.model).base
             namespace = self.runtime.materialize(self, hit, params.key.raw_token_ids(), base, getattr(req, "rid", "?"),
-                                                 forced=isinstance(choice, LayerPlan))
+                                                 forced=choice is not None)  # a LayerPlan or BlendPlan
         if namespace is None:
             setattr(req, FELL_BACK_ATTR, True)  # prefill normally; never retry per scheduling pass
             return native

@@ -38,6 +38,8 @@ def longest(ids, known):
 def announced():
     return {n: int(open(os.path.join(shared, n)).read()) for n in os.listdir(shared) if not n.startswith(".")}
 def k_of(plan):
+    if plan.startswith("blend:"):
+        return float(plan[6:].split("@")[0]) * layers
     return 0 if plan == "reuse" else sum(int(e) - int(s) for s, e in (g.split(":") for g in plan.split(",")))
 def generate(body):
     ids = body["input_ids"]
@@ -79,7 +81,7 @@ except KeyboardInterrupt:
     pass
 '''
 UNIT_S = 0.002
-PLANS = ["off", "reuse", "0:4", "0:8", "0:16"]
+PLANS = ["off", "reuse", "0:4", "0:8", "0:16", "blend:0.125", "blend:0.25"]
 
 
 def free_base() -> int:
@@ -124,10 +126,10 @@ def test_end_to_end_against_fake_sglang(tmp_path, monkeypatch):
     assert result["warnings"] == [] and "error" not in result
     assert ["--load-format", "dummy"] == result["server_args"]["a"][result["server_args"]["a"].index("--load-format"):][:2]
     assert result["receiver_metrics"] == ["sglang:droidspeak_tokens_reused_total 3.0"]
-    assert [(s["plan"], s["cached_tokens"]) for s in result["samples"][:5]] == list(zip(PLANS, [0, 64, 64, 64, 64]))
+    assert [(s["plan"], s["cached_tokens"]) for s in result["samples"][:7]] == list(zip(PLANS, [0, 64, 64, 64, 64, 64, 64]))
     rows = result["rows"]
     assert [(r["length"], r["system"], r["k"]) for r in rows] == [
-        (n, rep.system_name(p), k) for n in (64, 128) for p, k in zip(PLANS, (32, 0, 4, 8, 16))]
+        (n, rep.system_name(p), k) for n in (64, 128) for p, k in zip(PLANS, (32, 0, 4, 8, 16, 4, 8))]
     for r in rows:
         full = next(f["ttft_ms"] for f in rows if f["length"] == r["length"] and f["plan"] == "off")
         assert r["speedup"] == full / r["ttft_ms"]  # computed from the measured numbers
@@ -137,15 +139,18 @@ def test_end_to_end_against_fake_sglang(tmp_path, monkeypatch):
         assert r["speedup"] == pytest.approx((n + 16) / (16 + n * r["k"] / 32), rel=0.3)
     md = out.with_suffix(".md").read_text().splitlines()
     table = [line for line in md if line.startswith("|")]
-    assert table[0] == "| " + " | ".join(rep.COLUMNS) + " |" and len(table) == 2 + 10 + 1
+    assert table[0] == "| " + " | ".join(rep.COLUMNS) + " |" and len(table) == 2 + 14
     assert table[3].startswith("| 64 | full reuse | ") and table[3].endswith(" | 0 | inf | n/a |")
-    assert table[-1] == "| - | cacheblend: not implemented in the SGLang path | - | - | - | - | - |"
+    assert table[-1].startswith("| 128 | cacheblend 0.25 | ") and " | 8 | 4.00 | " in table[-1]  # no TODO row
+    assert result["todo"] == []
     assert json.loads((tmp_path / "work" / "llama-3.1-8b-shape" / "config.json").read_text())["hidden_size"] == 4096
 
 
 def test_recomputed_layers_and_ideal():
     assert [rep.recomputed_layers(p, 32) for p in ("off", "reuse", "0:8", "0:2,4:6")] == [32, 0, 8, 4]
-    for bad in ("0:40", "x", "3:1", "0:2:4"):
+    assert [rep.recomputed_layers(p, 32) for p in ("blend:0.125", "blend:0.25@2", "blend:0.1")] == [4, 8, 3.2]
+    assert rep.system_name("blend:0.125") == "cacheblend 0.125" and rep.system_name("0:4") == "droidspeak 0:4"
+    for bad in ("0:40", "x", "3:1", "0:2:4", "blend:2", "blend:x", "blend:0.1@32"):
         with pytest.raises(ValueError, match="plan"):
             rep.recomputed_layers(bad, 32)
     assert rep.ideal_speedup(0, 32) is None and rep.ideal_speedup(8, 32) == 4.0
@@ -167,13 +172,19 @@ def test_table_rows_and_markdown_exact():
         "| 1024 | full reuse | 20.0 | 5.00 | 0 | inf | n/a |",
         "| 1024 | droidspeak 0:8 | 40.0 | 2.50 | 8 | 4.00 | 0.62 |",
         "| 2048 | full reuse | 10.0 | - | 0 | inf | n/a |",
-        "| - | cacheblend: not implemented in the SGLang path | - | - | - | - | - |"]
+        "| - | cacheblend: not run (add blend:R to the plans) | - | - | - | - | - |"]
+    blend = rep.table_rows({(1024, "off"): 100.0, (1024, "blend:0.1"): 50.0}, ["off", "blend:0.1"], 32)
+    assert blend[1] == rep.TableRow(1024, "cacheblend 0.1", "blend:0.1", 50.0, 2.0, 3.2, 10.0, 0.2)
+    assert rep.markdown_table(blend).splitlines()[2:] == [
+        "| 1024 | full prefill | 100.0 | 1.00 | 32 | 1.00 | 1.00 |",
+        "| 1024 | cacheblend 0.1 | 50.0 | 2.00 | 3.2 | 10.00 | 0.20 |"]
     assert rep.median_ttft([{"length": 1, "plan": "off", "ttft_ms": t} for t in (1.0, 2.0)]) == {(1, "off"): 1.5}
 
 
 def test_parse_plans_and_warnings():
     assert prefill.parse_plans("reuse,0:8,off", 32) == ["off", "reuse", "0:8"]
     assert prefill.parse_plans("0:2,4:6;reuse", 32) == ["off", "0:2,4:6", "reuse"]
+    assert prefill.parse_plans(prefill.DEFAULT_PLANS, 32)[-2:] == ["blend:0.125", "blend:0.25"]
     with pytest.raises(ValueError, match="0:99"):
         prefill.parse_plans("reuse,0:99", 32)
     samples = [{"length": 64, "plan": "off", "repeat": 0, "cached_tokens": 64, "reused_context": True},

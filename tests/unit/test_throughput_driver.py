@@ -157,3 +157,21 @@ def test_launch_starts_sender_then_receivers(tmp_path, monkeypatch):
     result = json.loads(out.read_text())
     assert result["server_gpus"] == {"coder": "0", "tester": "1", "reviewer": "1"} and "error" not in result
     assert result["points"][0]["num_errors"] == 0 and result["warnings"][0].startswith("reuse @ 50: ")
+
+
+def test_blend_systems_are_accepted_and_replace_the_todo():
+    from types import SimpleNamespace
+
+    from sglang_droidspeak.bench import throughput_outputs, throughput_report
+    from sglang_droidspeak.bench.throughput import parse_systems
+    from sglang_droidspeak.bench.workload import WorkloadSpec
+    assert parse_systems("off,blend:0.125,0:8", 32) == ["off", "blend:0.125", "0:8"]
+    with pytest.raises(ValueError, match="blend:2"):
+        parse_systems("off,blend:2", 32)
+    cfg = SimpleNamespace(mix="a>b", num_sessions=1, warmup_sessions=0, seed=0, launch=False, url="u",
+                          slo_ttft_ms=1.0, slo_percentile=90.0)
+    spec = WorkloadSpec(())
+    result = throughput_outputs.new_result(cfg, spec, ["off", "blend:0.25"], "cmd", "card")
+    assert not any("cacheblend" in t for t in result["todo"])
+    table = throughput_report.max_qps_table({"off": None, "blend:0.25": 2.0}, "slo")
+    assert "| cacheblend 0.25 | 2 |" in table and "not run" not in table
