@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from sglang_droidspeak.sglang.recompute import QUERY_BLOCK, recompute_group, write_kv
+from sglang_droidspeak.sglang.recompute import QUERY_BLOCK, layer_qkv, recompute_group, write_kv
 
 
 @torch.no_grad()
@@ -79,18 +79,11 @@ def mixed_attention(q, q_positions, k_cache, v_cache, radix: Any):
 def _blend_layer(layer: Any, positions, hidden_states, residual, slots, kv_pool, last: bool):
     """One layer for the selected tokens: their K/V into the pool, then attention over the
     mixed K/V of all ``slots``; returns (hidden, residual) of the selected tokens."""
-    if residual is None:
-        residual = hidden_states
-        hidden_states = layer.input_layernorm(hidden_states)
-    else:
-        hidden_states, residual = layer.input_layernorm(hidden_states, residual)
+    q, k, v, residual = layer_qkv(layer, positions, hidden_states, residual)
     attn = layer.self_attn
-    qkv, _ = attn.qkv_proj(hidden_states)
-    q, k, v = qkv.split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
-    q, k = attn.rotary_emb(positions, q, k)
     radix = attn.attn
     write_kv(kv_pool, radix.layer_id, slots[positions], k, v)
-    if last:
+    if last:  # nothing reads the last layer's output
         return hidden_states, residual
     k_cache = kv_pool.get_key_buffer(radix.layer_id)[slots]  # [n, Hkv, D], mixed
     v_cache = kv_pool.get_value_buffer(radix.layer_id)[slots]

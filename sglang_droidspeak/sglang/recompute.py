@@ -64,8 +64,9 @@ def write_kv(kv_pool: Any, layer_id: int, slots, k, v) -> None:
         buffer[slots] = value.reshape(-1, *buffer.shape[1:]).to(buffer.dtype)  # [T, H, D]
 
 
-def _layer_forward(layer: Any, positions, hidden_states, residual, slots, kv_pool):
-    """One decoder layer over the prefix; writes its K/V at ``slots``; returns (h, residual)."""
+def layer_qkv(layer: Any, positions, hidden_states, residual):
+    """A decoder layer's input norm, QKV projection and rotary: (q, k, v, residual);
+    q [T, Hq * D], k and v [T, Hkv * D]."""
     if residual is None:
         residual = hidden_states
         hidden_states = layer.input_layernorm(hidden_states)
@@ -75,6 +76,13 @@ def _layer_forward(layer: Any, positions, hidden_states, residual, slots, kv_poo
     qkv, _ = attn.qkv_proj(hidden_states)
     q, k, v = qkv.split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
     q, k = attn.rotary_emb(positions, q, k)
+    return q, k, v, residual
+
+
+def _layer_forward(layer: Any, positions, hidden_states, residual, slots, kv_pool):
+    """One decoder layer over the prefix; writes its K/V at ``slots``; returns (h, residual)."""
+    q, k, v, residual = layer_qkv(layer, positions, hidden_states, residual)
+    attn = layer.self_attn
     radix = attn.attn
     if kv_pool is not None:
         write_kv(kv_pool, radix.layer_id, slots, k, v)
