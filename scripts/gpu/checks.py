@@ -15,7 +15,7 @@ import urllib.request
 
 from sglang_droidspeak.bench.servers import Server, metric_sum
 
-PLANS = ["0:8", "0:2", "2:5", "7:8", "reuse", "0:1,4:6"]
+PLANS = ["0:8", "0:2", "2:5", "7:8", "reuse", "0:1,4:6", "blend:0.25", "blend:1.0"]  # blend: CacheBlend-style
 
 
 def greedy(server: Server, ids: list[int], plan: str | None = None, n: int = 16, start: int | None = None) -> dict:

@@ -48,8 +48,12 @@ def peer(model, base):
     return {"model": model, "fetch": f"tcp://127.0.0.1:{base}", "announce": f"tcp://127.0.0.1:{base + 1}"}
 
 
+DATA_PLANE = os.environ.get("DS_DATA_PLANE", "zmq")  # zmq | cuda_ipc (lw-a -> lw-b and tester -> libwriter)
+
+
 def sender_config(name, base):
-    return {"model": name, "export_bind": f"tcp://127.0.0.1:{base}", "announce_bind": f"tcp://127.0.0.1:{base + 1}"}
+    return {"model": name, "export_bind": f"tcp://127.0.0.1:{base}", "announce_bind": f"tcp://127.0.0.1:{base + 1}",
+            "data_plane": DATA_PLANE}
 
 
 def make_odd_model(out: Path) -> Path:
@@ -68,7 +72,7 @@ def start_servers(out: Path) -> dict[str, Server]:
     return {
         "lw-a": Server("lw-a", lw, 30100, out, plugin=True, config=sender_config("lw-a", 5601), extra=COMMON + tokens),
         "lw-b": Server("lw-b", lw, 30200, out, plugin=True, extra=COMMON + ("--max-total-tokens", "4096"), config={
-            "model": "lw-b", "min_foreign_tokens": 16, "fetch_timeout_s": 2.0,
+            "model": "lw-b", "min_foreign_tokens": 16, "fetch_timeout_s": 2.0, "data_plane": DATA_PLANE,
             "peers": [peer("lw-a", 5601), peer("odd", 5611)], "plans": [plan("lw-a"), plan("odd")]}),
         "odd": Server("odd", str(make_odd_model(out)), 30300, out, plugin=True, config=sender_config("odd", 5611),
                       extra=COMMON + tokens),
@@ -78,6 +82,7 @@ def start_servers(out: Path) -> dict[str, Server]:
                          extra=COMMON + tokens),
         "libwriter": Server("libwriter", lw, 30600, out, plugin=True, extra=COMMON + tokens, config={
             "model": "libwriter", "profiles_dir": "profiles", "max_quality_drop": 0.06, "min_foreign_tokens": 16,
+            "data_plane": DATA_PLANE,
             "peers": [peer("tester", 5621), peer("lw-a", 5601)]}),
     }
 
@@ -89,14 +94,15 @@ def main() -> None:
     quality = json.loads((MODELS / "quality.json").read_text())
     prompts = [(ex["context_ids"][:512], ex["query_ids"]) for ex in quality["examples"][:3]]
     servers = start_servers(work)
-    results: dict = {"date": time.strftime("%Y-%m-%d"), "command": "bash scripts/gpu/integration.sh"}
+    results: dict = {"date": time.strftime("%Y-%m-%d"), "command": "bash scripts/gpu/integration.sh",
+                     "data_plane": DATA_PLANE}
     phases = {
         "exactness": lambda: check_exactness(servers, prompts),
         "quality": lambda: check_quality(servers, quality),
         "fallbacks": lambda: check_fallbacks(servers, prompts),
         "metrics": lambda: {n: metric_lines(servers[n].metrics()) for n in ("lw-a", "lw-b", "tester", "libwriter")},
     }
-    wanted = os.environ.get("DS_PHASES")  # e.g. "exactness,metrics" (default: all)
+    wanted = os.environ.get("DS_PHASES")  # e.g. "exactness,metrics" (default: all); DS_DATA_PLANE=cuda_ipc
     if wanted:
         phases = {k: v for k, v in phases.items() if k in wanted.split(",")}
     try:
