@@ -217,8 +217,11 @@ class DroidSpeakRadixCache(WithdrawOnEvict, RadixCache):
     ) -> tuple[Optional[RemoteMatch], Optional[LayerPlan]]:
         """The longest remote prefix whose sender has a plan for this model (or ``forced``)."""
         excluded = {self.model}
+        failing = self.runtime.backed_off_peers() if self.runtime is not None else ()
         while True:
-            remote = self.remote_index.longest_match(tokens, base=base, exclude=excluded)
+            remote = self.remote_index.longest_match(tokens, base=base, exclude=excluded, exclude_peers=failing)
+            if remote is None and failing:  # only a recently failed replica holds it: -> peer_backoff
+                remote = self.remote_index.longest_match(tokens, base=base, exclude=excluded)
             if remote is None:
                 return None, None
             plan = forced or self.plan_lookup(remote.sender, self.model)

@@ -160,6 +160,11 @@ class DroidSpeakRuntime:
 
     # ---- receiver ----
 
+    def backed_off_peers(self) -> tuple[str, ...]:
+        """Fetch endpoints that failed within PEER_BACKOFF_S: the tree prefers other replicas."""
+        now = time.monotonic()
+        return tuple(peer for peer, until in self._backoff_until.items() if until > now)
+
     def materialize(self, tree: Any, hit: ForeignHit, token_ids, base: Optional[str], rid: str,
                     forced: bool = False) -> Optional[str]:
         """Import a REMOTE hit as derived KV; the namespace to adopt, or None (fallback).

@@ -90,3 +90,16 @@ def test_one_replica_evicting_leaves_the_other_advertised(cluster):
     m = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
     assert len(m.device_indices) == len(FIRST) and b.metrics.fallbacks == []
     assert (a0.runtime.export_server.num_served, a1.runtime.export_server.num_served) == (0, 1)
+
+
+def test_a_frozen_replica_is_skipped_for_another_that_holds_the_prefix(cluster):
+    (a0, a1), b = cluster
+    announce(a0, b, FIRST)
+    announce(a1, b, FIRST)
+    frozen = a0.runtime.export_server.endpoint
+    b.runtime._backoff_until[frozen] = float("inf")  # as after a timeout on a0 (see test_cross_model_cpu)
+    assert b.runtime.backed_off_peers() == (frozen,)
+    req = request(FIRST + [3, 4])
+    m = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+    assert len(m.device_indices) == len(FIRST) and b.metrics.fallbacks == []
+    assert (a0.runtime.export_server.num_served, a1.runtime.export_server.num_served) == (0, 1)
