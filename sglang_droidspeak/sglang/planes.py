@@ -11,6 +11,7 @@ NCCL wrappers only when the nccl plane is configured); CPU tests pass stand-ins.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -20,6 +21,7 @@ from sglang_droidspeak.sglang.nccl_export import NcclExporter
 from sglang_droidspeak.sglang.nccl_import import NcclFetcher, NcclLayout
 from sglang_droidspeak.transfer.cuda_ipc import CudaIpc
 
+logger = logging.getLogger(__name__)
 NCCL_OPEN_TIMEOUT_S = 30.0  # the pair rendezvous (store wait); transfers are bounded per fetch
 
 
@@ -47,8 +49,11 @@ def build_planes(settings: Any, model: str, parts: Any, num_layers: int, secret:
     if settings.data_plane != "nccl" or not (server or client):
         return Planes()
     if nccl_backend is None:
-        from sglang_droidspeak.sglang.nccl_channel import NcclPairBackend
-
+        try:
+            from sglang_droidspeak.sglang.nccl_channel import NcclPairBackend
+        except ImportError as exc:  # e.g. no NCCL library: this server moves K/V over ZMQ
+            logger.warning("droidspeak: data_plane nccl unavailable (%s); using zmq", exc)
+            return Planes()
         nccl_backend = NcclPairBackend(secret, NCCL_OPEN_TIMEOUT_S)
     k_cache = parts.kv_pool.get_key_buffer(0)  # [slots, kv_heads, head_dim]
     layout = NcclLayout(model, settings.nccl_host, _dtype_name(k_cache.dtype), tuple(k_cache.shape[1:]),
