@@ -14,6 +14,13 @@ download) runs against each in turn after a discarded warm-up run each, the whol
 three times (A B C A B C A B C), so drift and noise show up. bench_serving imports HF
 `datasets` unconditionally; the GPU machine lacks it, so a stand-in (bench_shims/) is put
 on its PYTHONPATH. Results: $OUT/overhead.json and a table.
+
+DS_OVERHEAD_MODEL=8b runs the same on a Llama-3.1-8B-shaped model with SGLang's dummy
+weights (bench/prefill_model.py), 400 prompts a run: run 2 (2026-11-28) showed 20-30%
+spread between rounds with the micro model, whose throughput is bound by SGLang's
+scheduler and tokenizer on the CPU, too noisy to resolve 2%; an 8B model is GPU-bound.
+The three 8B servers are started one after another (each healthy before the next), their
+KV pools capped with --max-total-tokens so that they share the card.
 """
 
 from __future__ import annotations
@@ -26,18 +33,23 @@ import sys
 import time
 from pathlib import Path
 
+from sglang_droidspeak.bench import prefill_model  # noqa: E402
 from sglang_droidspeak.bench.servers import Server, wait_healthy  # noqa: E402
 
-MODEL = ".cache/gpu-models/libwriter"
-COMMON = ("--dtype", "bfloat16", "--mem-fraction-static", "0.8", "--max-total-tokens", "400000")
+SIZE = os.environ.get("DS_OVERHEAD_MODEL", "micro")  # micro | 8b
+MICRO = ".cache/gpu-models/libwriter"
+COMMON = {"micro": ("--dtype", "bfloat16", "--mem-fraction-static", "0.8", "--max-total-tokens", "400000"),
+          "8b": ("--dtype", "bfloat16", "--load-format", "dummy", "--mem-fraction-static", "0.85",
+                 "--max-total-tokens", "131072", "--context-length", "4096")}[SIZE]
+NUM_PROMPTS = {"micro": 1000, "8b": 400}[SIZE]
 BENCH = ("--dataset-name", "random-ids", "--random-input-len", "1024", "--random-output-len", "256",
          "--random-range-ratio", "0.5", "--request-rate", "inf", "--seed", "1")
 
 
-def bench(server: Server, out: Path, tag: str, num_prompts: int = 1000) -> dict:
+def bench(server: Server, out: Path, tag: str, model: str, num_prompts: int = NUM_PROMPTS) -> dict:
     path = out / f"bench-{tag}.jsonl"
     cmd = [sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang", "--host", "127.0.0.1",
-           "--port", str(server.port), "--tokenizer", MODEL, "--model", MODEL, "--output-file", str(path), *BENCH,
+           "--port", str(server.port), "--tokenizer", model, "--model", model, "--output-file", str(path), *BENCH,
            "--num-prompts", str(num_prompts)]
     env = dict(os.environ)
     if importlib.util.find_spec("datasets") is None:  # bench_serving imports it unconditionally
@@ -56,17 +68,20 @@ def main() -> None:
     work = Path("/tmp/ds-work")
     work.mkdir(parents=True, exist_ok=True)
     sender = {"model": "sender", "export_bind": "tcp://127.0.0.1:5701", "announce_bind": "tcp://127.0.0.1:5702"}
-    servers = {"stock": Server("stock", MODEL, 31100, work, plugin=False, extra=COMMON),
-               "plugin": Server("plugin", MODEL, 31200, work, plugin=True, extra=COMMON),
-               "sender": Server("sender", MODEL, 31300, work, plugin=True, config=sender, extra=COMMON)}
-    rows, error = [], None
+    model = MICRO if SIZE == "micro" else str(prefill_model.write_model_dir(work / "llama-8b", Path(MICRO), 4096))
+    specs = {"stock": (31100, False, None), "plugin": (31200, True, None), "sender": (31300, True, sender)}
+    servers, rows, error = {}, [], None
     try:
+        for name, (port, plugin, config) in specs.items():
+            servers[name] = Server(name, model, port, work, plugin=plugin, config=config, extra=COMMON)
+            if SIZE != "micro":  # 8B: one at a time, so their memory profiling cannot race
+                wait_healthy([servers[name]], timeout=420)
         wait_healthy(list(servers.values()), timeout=420)
         for name, server in servers.items():  # warm-up: JIT and first-batch costs, discarded
-            bench(server, work, f"{name}-warmup", num_prompts=100)
+            bench(server, work, f"{name}-warmup", model, num_prompts=100)
         for rnd in (1, 2, 3):
             for name, server in servers.items():
-                row = {"round": rnd, "server": name, **bench(server, work, f"{name}-{rnd}")}
+                row = {"round": rnd, "server": name, **bench(server, work, f"{name}-{rnd}", model)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     except Exception as exc:
@@ -80,7 +95,8 @@ def main() -> None:
         mine = [r["output_throughput"] for r in rows if r["server"] == name and r["output_throughput"]]
         summary[name] = sum(mine) / len(mine) if mine else None
     ratios = {n: summary[n] / summary["stock"] for n in ("plugin", "sender") if summary.get(n) and summary.get("stock")}
-    result = {"date": time.strftime("%Y-%m-%d"), "command": "bash scripts/gpu/overhead.sh", "bench_args": BENCH,
+    result = {"date": time.strftime("%Y-%m-%d"), "command": f"DS_OVERHEAD_MODEL={SIZE} bash scripts/gpu/overhead.sh",
+              "model": SIZE, "num_prompts": NUM_PROMPTS, "bench_args": BENCH,
               "server_args": COMMON, "rows": rows, "mean_output_throughput": summary, "ratio_to_stock": ratios,
               "error": error}
     (out / "overhead.json").write_text(json.dumps(result, indent=1))
