@@ -21,6 +21,7 @@ two GPUs. Imports no SGLang.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from datetime import timedelta
@@ -48,9 +49,27 @@ def store_rendezvous(store: Any, rank: int, timeout_s: float) -> None:
         raise ChannelError(f"the peer did not join within {timeout_s:.3g} s: {exc}") from exc
 
 
+def listening_socket_fd(host: str) -> tuple[int, int]:
+    """(fd, port) of a TCP socket listening on ``host`` only, ephemeral port; the caller
+    owns the fd. TCPStore's own server socket would listen on every interface."""
+    family, _, _, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.bind(address)
+        sock.listen(64)
+        port = sock.getsockname()[1]
+    except BaseException:
+        sock.close()
+        raise
+    return sock.detach(), port
+
+
 def host_store(host: str, timeout_s: float) -> Any:
-    """Rank 0's TCPStore on an ephemeral port (``.port``); does not wait for the peer."""
-    return dist.TCPStore(host, 0, 2, True, timedelta(seconds=timeout_s), wait_for_workers=False)
+    """Rank 0's TCPStore on an ephemeral port of ``host`` alone (``.port``); does not
+    wait for the peer."""
+    fd, port = listening_socket_fd(host)
+    return dist.TCPStore(host, port, 2, True, timedelta(seconds=timeout_s), wait_for_workers=False,
+                         master_listen_fd=fd)
 
 
 def join_store(host: str, port: int, timeout_s: float) -> Any:

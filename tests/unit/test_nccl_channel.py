@@ -7,13 +7,14 @@ bounded waits; the unique-id exchange of the NCCL channel is tested here on a Ha
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import threading
 import time
 
 import pytest
 import torch
 
-from sglang_droidspeak.transfer.pair_channel import ChannelError, GlooPairChannel, wait_all
+from sglang_droidspeak.transfer.pair_channel import ChannelError, GlooPairChannel, host_store, join_store, wait_all
 
 NUM_TOKENS, KV_HEADS, HEAD_DIM = 5, 2, 4
 
@@ -127,3 +128,23 @@ def test_the_nccl_unique_id_crosses_the_store_as_authenticated_raw_bytes():
     other_channel = _PairGroup(rank=1, world_size=2, store=store, secret=b"s" * 16, channel_id="c2")
     with pytest.raises(RuntimeError, match="not authentic"):
         other_channel.broadcast_obj(None, src=0)
+
+
+def _listen_addresses(port: int) -> list[str]:
+    """Local addresses (hex, /proc/net/tcp{,6} format) of LISTEN sockets on ``port``."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                    found.append(local.rsplit(":", 1)[0])
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/net/tcp")
+def test_the_pair_store_listens_on_its_host_only():
+    store = host_store("127.0.0.1", timeout_s=5)
+    assert _listen_addresses(store.port) == ["0100007F"]  # 127.0.0.1, not 0.0.0.0 / ::
+    join_store("127.0.0.1", store.port, timeout_s=5).set("k", b"v")
+    assert store.get("k") == b"v"
