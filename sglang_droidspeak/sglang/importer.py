@@ -137,6 +137,8 @@ class _Receiver:
             if layer not in self.reused:
                 raise ImportFailed("protocol", f"IPC copy of layer {layer}, which the plan recomputes")
             self.rows[("k", layer)] = self.rows[("v", layer)] = self.num_tokens
+            for buffer in (self.parts.kv_pool.get_key_buffer(layer), self.parts.kv_pool.get_value_buffer(layer)):
+                self.num_bytes += self.num_tokens * buffer[0].numel() * buffer.element_size()  # K or V rows
 
     def take_whole(self, what: str, layer: int, tensor: torch.Tensor) -> None:
         """The nccl plane received all rows of one tensor: E [n, hidden] or K/V [n, heads, dim]."""

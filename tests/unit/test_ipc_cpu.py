@@ -82,6 +82,9 @@ def test_same_weights_receiver_gets_the_reference_kv_without_kv_frames(ipc_pair,
     e_chunks = [("layer_chunk", "e")] * len(layer_plan.e_layers())
     assert a.sent == e_chunks + [("fetch_done", "")]  # K/V went through the (stand-in) IPC copy
     assert b.metrics.hits == [("remote", len(CONTEXT), layer_plan.num_recomputed_layers)]
+    row_bytes = b.pool.get_key_buffer(0)[0].numel() * 4  # fp32 K or V row
+    e_bytes = len(layer_plan.e_layers()) * len(CONTEXT) * b.runtime.parts.hidden_size * 4
+    assert b.metrics.bytes["in"] == 2 * len(layer_plan.reused_layers()) * len(CONTEXT) * row_bytes + e_bytes
     import_and_check(a, b, OTHER, plan)
     assert b.runtime.ipc_fetch.backend.num_shared == 1 and a.runtime.ipc_export.backend.num_opened == 1
 

@@ -41,6 +41,10 @@ PLAN_GROUPS = [[1, 3]]  # the receiver's inline plan for coder-a -> coder-b
 class CountingMetrics(NullMetrics):
     def __init__(self):
         self.fallbacks, self.hits, self.decisions = [], [], []
+        self.bytes = {"in": 0, "out": 0}
+
+    def record_bytes(self, direction, num_bytes):
+        self.bytes[direction] += num_bytes
 
     def record_fallback(self, reason):
         self.fallbacks.append(reason)
