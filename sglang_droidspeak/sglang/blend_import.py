@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from array import array
 from typing import Any, Callable, Optional
 
 import torch
@@ -28,9 +27,8 @@ import torch
 from sglang_droidspeak.plan.blend_plan import BlendPlan
 from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.sglang.blend import blend_layers, receiver_v, select_positions
-from sglang_droidspeak.sglang.import_pipeline import ImportTimings
 from sglang_droidspeak.sglang.import_streams import ImportStreams
-from sglang_droidspeak.sglang.importer import ImportResult, ModelParts, _Receiver, allocate
+from sglang_droidspeak.sglang.importer import Filled, ImportResult, ModelParts, _Receiver, import_into_slots
 from sglang_droidspeak.sglang.recompute import prefix_inputs, recompute_group
 from sglang_droidspeak.transfer.frames import FetchRequest
 
@@ -70,15 +68,11 @@ class _Blend:
 def import_blend(parts: ModelParts, tree: Any, fetch: Callable, *, sender: str, receiver: str,
                  fingerprint: str, token_ids, plan: BlendPlan, namespace: str,
                  pipelined: bool = True) -> ImportResult:
-    """Steps 1-6 of the module table; ``fetch(request, on_chunk)`` raises on failure."""
-    from sglang.srt.mem_cache.base_prefix_cache import InsertParams
-    from sglang.srt.mem_cache.radix_cache import RadixKey
-
-    began = time.perf_counter()
+    """Steps 1-6 of the module table; ``fetch(request, on_chunk)`` raises on failure.
+    Allocation, insert and the failure path are ``importer.import_into_slots``."""
     num_layers = plan.num_layers
-    slots = allocate(parts, tree, len(token_ids))
-    streams = ImportStreams(parts.device, pipelined)
-    try:
+
+    def fill(slots, streams: ImportStreams) -> Filled:
         request = FetchRequest(uuid.uuid4().hex, sender, receiver, fingerprint, tuple(token_ids),
                                tuple(range(num_layers)), (), 0)
         ids, positions = prefix_inputs(token_ids, parts.device)
@@ -94,17 +88,6 @@ def import_blend(parts: ModelParts, tree: Any, fetch: Callable, *, sender: str, 
         streams.wait_all()
         blend.recompute()
         streams.synchronize()
-        drained = time.perf_counter()
-        result = tree.insert(InsertParams(key=RadixKey(array("q", token_ids), namespace),
-                                          value=slots.to(torch.int64, copy=True)))
-    except BaseException:
-        try:
-            streams.synchronize()
-        finally:
-            parts.allocator.free(slots)
-        raise
-    if result.prefix_len > 0:
-        parts.allocator.free(slots[: result.prefix_len])
-    timings = ImportTimings(1e3 * (fetched - sent), streams.recompute_ms(), 1e3 * (drained - fetched),
-                            1e3 * (time.perf_counter() - began), pipelined)
-    return ImportResult(len(token_ids), state.num_bytes, plan.num_recomputed_layers, timings)
+        return Filled(state, sent, fetched, time.perf_counter())
+
+    return import_into_slots(parts, tree, token_ids, namespace, pipelined, plan.num_recomputed_layers, fill)

@@ -171,6 +171,43 @@ def allocate(parts: ModelParts, tree: Any, num_tokens: int):
     return slots
 
 
+class Filled(NamedTuple):
+    """What a fill step returns once the slots hold the final KV and both streams are idle."""
+
+    state: _Receiver
+    sent: float  # time.perf_counter() when the fetch began
+    fetched: float  # ... when it returned
+    drained: float  # ... when every copy and recompute had finished
+
+
+def import_into_slots(parts: ModelParts, tree: Any, token_ids, namespace: str, pipelined: bool,
+                      num_recomputed_layers: int, fill: Callable[[Any, ImportStreams], Filled]) -> ImportResult:
+    """Steps 1 and 4 around ``fill(slots, streams)`` (steps 2-3, any plan kind): allocate,
+    then insert under ``namespace`` (duplicates of an existing node are freed). Any failure
+    waits for the GPU, frees the slots and re-raises."""
+    from sglang.srt.mem_cache.base_prefix_cache import InsertParams
+    from sglang.srt.mem_cache.radix_cache import RadixKey
+
+    began = time.perf_counter()
+    slots = allocate(parts, tree, len(token_ids))
+    streams = ImportStreams(parts.device, pipelined)
+    try:
+        filled = fill(slots, streams)
+        result = tree.insert(InsertParams(key=RadixKey(array("q", token_ids), namespace),
+                                          value=slots.to(torch.int64, copy=True)))  # as cache_finished_req
+    except BaseException:
+        try:
+            streams.synchronize()  # no launched copy or group may still write the slots we free
+        finally:
+            parts.allocator.free(slots)
+        raise
+    if result.prefix_len > 0:
+        parts.allocator.free(slots[: result.prefix_len])  # already in the tree
+    timings = ImportTimings(1e3 * (filled.fetched - filled.sent), streams.recompute_ms(),
+                            1e3 * (filled.drained - filled.fetched), 1e3 * (time.perf_counter() - began), pipelined)
+    return ImportResult(len(token_ids), filled.state.num_bytes, num_recomputed_layers, timings)
+
+
 def import_prefix(parts: ModelParts, tree: Any, fetch: Callable, *, sender: str, receiver: str,
                   fingerprint: str, token_ids, plan: LayerPlan, namespace: str,
                   pipelined: bool = True) -> ImportResult:
@@ -181,18 +218,12 @@ def import_prefix(parts: ModelParts, tree: Any, fetch: Callable, *, sender: str,
         from sglang_droidspeak.sglang.blend_import import import_blend
         return import_blend(parts, tree, fetch, sender=sender, receiver=receiver, fingerprint=fingerprint,
                             token_ids=token_ids, plan=plan, namespace=namespace, pipelined=pipelined)
-    from sglang.srt.mem_cache.base_prefix_cache import InsertParams
-    from sglang.srt.mem_cache.radix_cache import RadixKey
+    debug = os.environ.get(DEBUG_ENV) == "1"
+    num_layers = plan.num_layers
+    e_layers = tuple(range(num_layers)) if debug else plan.e_layers()
+    kv_layers = tuple(range(num_layers)) if debug else plan.reused_layers()
 
-    began = time.perf_counter()
-    num_tokens = len(token_ids)
-    slots = allocate(parts, tree, num_tokens)
-    streams = ImportStreams(parts.device, pipelined)
-    try:
-        debug = os.environ.get(DEBUG_ENV) == "1"
-        num_layers = plan.num_layers
-        e_layers = tuple(range(num_layers)) if debug else plan.e_layers()
-        kv_layers = tuple(range(num_layers)) if debug else plan.reused_layers()
+    def fill(slots, streams: ImportStreams) -> Filled:
         request = FetchRequest(uuid.uuid4().hex, sender, receiver, fingerprint, tuple(token_ids),
                                kv_layers, e_layers, 0)
         ids, positions = prefix_inputs(token_ids, parts.device)  # before any launch: a blocking copy
@@ -219,19 +250,9 @@ def import_prefix(parts: ModelParts, tree: Any, fetch: Callable, *, sender: str,
         drained = time.perf_counter()
         if debug:
             _log_debug(parts, plan, slots, state, trace)
-        result = tree.insert(InsertParams(key=RadixKey(array("q", token_ids), namespace),
-                                          value=slots.to(torch.int64, copy=True)))  # as cache_finished_req
-    except BaseException:
-        try:
-            streams.synchronize()  # no launched copy or group may still write the slots we free
-        finally:
-            parts.allocator.free(slots)
-        raise
-    if result.prefix_len > 0:
-        parts.allocator.free(slots[: result.prefix_len])  # already in the tree
-    timings = ImportTimings(1e3 * (fetched - sent), streams.recompute_ms(), 1e3 * (drained - fetched),
-                            1e3 * (time.perf_counter() - began), pipelined)
-    return ImportResult(num_tokens, state.num_bytes, plan.num_recomputed_layers, timings)
+        return Filled(state, sent, fetched, drained)
+
+    return import_into_slots(parts, tree, token_ids, namespace, pipelined, plan.num_recomputed_layers, fill)
 
 
 def _log_debug(parts: ModelParts, plan: LayerPlan, slots, state: _Receiver, trace: dict) -> None:
