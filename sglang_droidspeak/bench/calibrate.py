@@ -29,6 +29,7 @@ from typing import NamedTuple
 from sglang_droidspeak.bench import prefill_report as rep
 from sglang_droidspeak.plan.latency import PrefillLatencyModel
 from sglang_droidspeak.plan.layer_plan import LayerPlan
+from sglang_droidspeak.sglang.request_plan import parse_plan_choice
 
 DTYPE_BYTES = 2  # bf16
 
@@ -41,9 +42,11 @@ class Prediction(NamedTuple):
     rel_error: float
 
 
-def layer_plan(plan: str, num_layers: int) -> LayerPlan:
-    groups = [] if plan == "reuse" else [tuple(int(x) for x in g.split(":")) for g in plan.split(",")]
-    return LayerPlan(num_layers, tuple(groups))
+def layer_plan(plan: str, num_layers: int) -> LayerPlan | None:
+    """The LayerPlan a bench row's ``plan`` string names (request_plan's grammar); None for
+    the CacheBlend-style rows (``blend:R``), which the layer-latency model does not cover."""
+    choice = parse_plan_choice(plan, num_layers)
+    return choice if isinstance(choice, LayerPlan) else None
 
 
 def fit(result: dict) -> tuple[PrefillLatencyModel, list[Prediction]]:
@@ -66,8 +69,9 @@ def fit(result: dict) -> tuple[PrefillLatencyModel, list[Prediction]]:
     model = PrefillLatencyModel(**{**model.to_dict(), "link_gbps": statistics.median(finite) if finite else 1e3})
     predictions = []
     for (length, plan), ms in sorted(medians.items()):
-        if plan != rep.FULL:
-            predicted = model.predict(layer_plan(plan, num_layers), length, suffix, num_layers).total_ms
+        chosen = layer_plan(plan, num_layers) if plan != rep.FULL else None
+        if chosen is not None:
+            predicted = model.predict(chosen, length, suffix, num_layers).total_ms
             predictions.append(Prediction(length, plan, ms, predicted, (predicted - ms) / ms))
     return model, predictions
 

@@ -20,6 +20,7 @@ def _result(ms_per_layer_token: float, link_bytes_per_ms: float, num_layers: int
         rows = {"off": ms_per_layer_token * num_layers * (length + suffix),
                 "reuse": suffix_ms + num_layers * kv_bytes * length / link_bytes_per_ms,
                 "0:1": suffix_ms + ms_per_layer_token * length + 3 * kv_bytes * length / link_bytes_per_ms}
+        rows["blend:0.25"] = rows["0:1"]  # a CacheBlend-style row: no layer plan, not predicted
         samples += [{"length": length, "plan": plan, "ttft_ms": ms} for plan, ms in rows.items() for _ in (0, 1)]
     return {"model": CONFIG, "num_layers": num_layers, "suffix_len": suffix, "samples": samples}
 
