@@ -129,14 +129,10 @@ def quality_table(rows: list, examples: list, ref_key: str = "reference") -> dic
             low, high = bootstrap_ci([g - r for g, r in zip(got, ref)])
             table[key][m] = {"sglang": sum(got) / len(got), "reference": sum(ref) / len(ref),
                              "diff_ci95": [low, high]}
-    gains = [(r["plan"]["agreement"] - r["full_reuse"]["agreement"])
-             - (e[ref_key]["plan"]["agreement"] - e[ref_key]["full_reuse"]["agreement"]) for r, e in zip(rows, examples)]
-    table["plan_gain"] = {"agreement": {"sglang": sum(r["plan"]["agreement"] - r["full_reuse"]["agreement"]
-                                                      for r in rows) / len(rows),
-                                        "reference": sum(e[ref_key]["plan"]["agreement"]
-                                                         - e[ref_key]["full_reuse"]["agreement"]
-                                                         for e in examples) / len(examples),
-                                        "diff_ci95": list(bootstrap_ci(gains))}}
+    gain = lambda scores: scores["plan"]["agreement"] - scores["full_reuse"]["agreement"]  # noqa: E731
+    got, ref = [gain(r) for r in rows], [gain(e[ref_key]) for e in examples]
+    table["plan_gain"] = {"agreement": {"sglang": sum(got) / len(got), "reference": sum(ref) / len(ref),
+                                        "diff_ci95": list(bootstrap_ci([g - r for g, r in zip(got, ref)]))}}
     return table
 
 
