@@ -22,7 +22,7 @@ from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
 
 from sglang_droidspeak.reference import ReferenceModel  # noqa: E402
 from two_servers import (  # noqa: E402
-    NUM_LAYERS, PLAN_GROUPS, Polling, leak_free, make_side, remote_len, request, sender_prefill, tiny_llama,
+    NUM_LAYERS, PLAN_GROUPS, Polling, leak_free, make_side, request, sender_prefill, tiny_llama,
     wait_for)
 
 FIRST, SECOND = list(range(20, 52)), list(range(60, 92))  # 32 tokens each
@@ -53,8 +53,12 @@ def cluster():
 
 
 def announce(sender, receiver, tokens):
+    """two_servers.announce_and_wait, but waiting for THIS replica's entry: another replica
+    may already have advertised the same tokens."""
     sender_prefill(sender, tokens)
-    wait_for(lambda: remote_len(receiver, tokens) == len(tokens), "the announcement",
+    others = [p.fetch for p in receiver.runtime.peers if p.fetch != sender.runtime.export_server.endpoint]
+    held = lambda: receiver.tree.remote_index.longest_match(tokens, exclude_peers=others)  # noqa: E731
+    wait_for(lambda: held() is not None and held().prefix_len == len(tokens), "the announcement",
              poke=lambda: sender.runtime.announce(tokens, None))
 
 
