@@ -38,6 +38,7 @@ import yaml
 
 from sglang_droidspeak.cluster.fields import ClusterConfigError, Section, env_name, is_int
 from sglang_droidspeak.plan.latency import LatencyModelError, PrefillLatencyModel
+from sglang_droidspeak.yaml_io import load_yaml
 
 # launch_server flags the cluster sets itself; server_args may not repeat them
 RESERVED_FLAGS = ("--model-path", "--served-model-name", "--host", "--port", "--radix-cache-backend",
@@ -124,7 +125,7 @@ class ClusterConfig:
 def load_cluster_config(path: str | Path) -> ClusterConfig:
     """Read and validate a cluster YAML file; messages start with ``str(path)``."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = load_yaml(Path(path).read_text())
     except OSError as exc:
         raise ClusterConfigError(f"{path}: cannot read ({exc.strerror})") from exc
     except yaml.YAMLError as exc:
@@ -191,7 +192,7 @@ def _latency_model(s: Section) -> Optional[PrefillLatencyModel]:
     value = s.get("latency_model", None)
     if isinstance(value, str):
         try:
-            value = yaml.safe_load(Path(value).read_text())
+            value = load_yaml(Path(value).read_text())
         except (OSError, yaml.YAMLError) as exc:
             s.fail("latency_model", f"cannot read a latency model from {value!r} ({exc})")
         if isinstance(value, dict) and "latency_model" in value:

@@ -10,6 +10,7 @@ import yaml
 from sglang_droidspeak.identity import IncompatibleModels, ModelFingerprint, check_compatible
 from sglang_droidspeak.plan.layer_plan import LayerPlan, PlanError
 from sglang_droidspeak.plan.profile import FORMAT_VERSION, FrontierPoint, ModelRef, Profile
+from sglang_droidspeak.yaml_io import load_yaml
 
 
 class ProfileError(ValueError):
@@ -107,7 +108,7 @@ def parse_profile(data: Any, where: str = "<profile>") -> Profile:
 def load_profile(path: str | Path) -> Profile:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except OSError as e:
         raise ProfileError(f"{path}: cannot read ({e.strerror})") from e
     except yaml.YAMLError as e:

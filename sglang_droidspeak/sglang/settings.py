@@ -44,6 +44,7 @@ from sglang_droidspeak.plan.profile_io import load_profile, profile_filename
 from sglang_droidspeak.sglang.settings_fields import (  # noqa: F401 - Peer/PairPlan/SettingsError are public here
     DATA_PLANES, PairPlan, Peer, SettingsError, _binds, _choice, _flag, _latency_model, _number, _optional_str,
     _pair_plan, _peers, _secret_env)
+from sglang_droidspeak.yaml_io import load_yaml
 
 CONFIG_ENV = "DROIDSPEAK_CONFIG"
 DEFAULT_SECRET_ENV = "DROIDSPEAK_SECRET"
@@ -167,7 +168,7 @@ def load_settings(path: Optional[str] = None) -> DroidSpeakSettings:
     if not path:
         return DroidSpeakSettings()
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = load_yaml(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise SettingsError(f"{path}: cannot read: {exc}") from exc
     return parse_settings(data, where=str(path))

@@ -13,7 +13,7 @@ from sglang_droidspeak.cluster import (
     CheckReport, ClusterConfigError, PairStatus, load_cluster_config, parse_cluster_config, plan_cluster,
 )
 from sglang_droidspeak.cluster.config import ReplicaConfig, SloConfig, TransferConfig
-from sglang_droidspeak.sglang.settings import Peer, parse_settings
+from sglang_droidspeak.sglang.settings import Peer, load_settings, parse_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -237,6 +237,19 @@ def test_latency_model_turns_the_policy_on_for_that_model_only(tmp_path):
     settings = parse_settings(libwriter)
     assert settings.policy_enabled and settings.latency_model.link_gbps == 4.5
     assert not parse_settings(tester).policy_enabled
+
+
+def test_calibrated_latency_file_with_an_exponent_float(tmp_path):
+    # calibrate_latency.py on the H200 (2026-11-28) clamped a flat slope to 1e-06, which
+    # json.dumps writes as "1e-06" and PyYAML alone reads as a string
+    calibrated = tmp_path / "latency.json"
+    calibrated.write_text(json.dumps({"latency_model": {**LATENCY, "ms_per_layer_token": 1e-06}}))
+    config = parse_cluster_config(_with("models.1.latency_model", str(calibrated)))
+    settings = plan_cluster(config, _report(config)).server("libwriter").settings
+    assert settings["latency_model"]["ms_per_layer_token"] == 1e-06
+    written = tmp_path / "settings.json"  # as cluster/procs.py writes each server's settings
+    written.write_text(json.dumps(settings, indent=2))
+    assert load_settings(str(written)).latency_model.ms_per_layer_token == 1e-06
 
 
 @pytest.mark.parametrize("value, message", [

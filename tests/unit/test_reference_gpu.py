@@ -10,7 +10,7 @@ from sglang_droidspeak.reference import ReferenceModel, cacheblend_receiver_cach
 from sglang_droidspeak.reference.manual import manual_layers
 from sglang_droidspeak.reference.tiny import ARCHITECTURES, perturbed_copy, tiny_model
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 NUM_LAYERS = 4
 CONTEXT_LEN = 40
