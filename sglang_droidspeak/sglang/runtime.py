@@ -39,7 +39,7 @@ from sglang_droidspeak.sglang.settings import DroidSpeakSettings
 from sglang_droidspeak.transfer.directory import Announcer, DirectoryListener
 from sglang_droidspeak.transfer.fetch import FetchClient, FetchFailed, FetchServer
 from sglang_droidspeak.transfer.frames import PrefixAnnounce
-from sglang_droidspeak.transfer.pacing import LinkPacer
+from sglang_droidspeak.transfer.pacing import LinkPacer, PacerPolicy
 
 logger = logging.getLogger(__name__)
 PEER_BACKOFF_S = 10.0  # after a timeout or protocol error, skip that peer for this long
@@ -60,12 +60,13 @@ class DroidSpeakRuntime:
         if needs_secret and secret is None:
             raise ValueError(f"droidspeak: export_bind/announce_bind/peers need a shared secret in "
                              f"${settings.secret_env}")
-        pacer = LinkPacer(settings.throttle_gbps) if settings.throttle_gbps else None
-        self.export_server = FetchServer(settings.export_bind, secret, pacer=pacer) if settings.export_bind else None
+        pacing = PacerPolicy(LinkPacer(settings.throttle_gbps) if settings.throttle_gbps else None,
+                             settings.allow_request_throttle)
+        self.export_server = FetchServer(settings.export_bind, secret, pacing=pacing) if settings.export_bind else None
         self.announcer = Announcer(settings.announce_bind, secret) if settings.announce_bind else None
         self.client = FetchClient(secret) if self.peers else None
         planes = build_planes(settings, model, parts, num_layers, secret, self.export_server, self.client,
-                              ipc_backend, nccl_backend, pacer)
+                              ipc_backend, nccl_backend, pacing)
         self.ipc_export, self.ipc_fetch = planes.ipc_export, planes.ipc_fetch
         self.nccl_export, self.nccl_fetch = planes.nccl_export, planes.nccl_fetch
         self.tree: Any = None
