@@ -26,7 +26,8 @@ from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
 
 from cpu_ipc import CpuIpc  # noqa: E402
 from test_pipelined_import_cpu import ARRIVALS, spy_order  # noqa: E402
-from two_servers import NUM_LAYERS, PLAN_GROUPS, announce_and_wait, leak_free, request, tiny_llama, two_servers  # noqa: E402
+from two_servers import (  # noqa: E402
+    NUM_LAYERS, PLAN_GROUPS, announce_and_wait, leak_free, request, tiny_llama, two_servers)
 
 CONTEXT = list(range(20, 52))  # 32 tokens
 SUFFIX = [3, 4, 5]
