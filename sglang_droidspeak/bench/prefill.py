@@ -22,11 +22,13 @@ Also spelled ``droidspeak bench prefill``. Run on the GPU machine through
    suffix with that plan is timed client-side (TTFT = its wall time); both caches flushed.
    Full prefill = plan "off" (stock prefix caching on a context the receiver never saw).
 4. JSON (``--out``, rewritten after every length), ``.md`` table and ``.png`` plot beside it.
-5. Sweep: one server pair per config (``--throttle-gbps`` x ``--pipelined``, the sender's
-   ``throttle_gbps`` and the receiver's ``pipelined``), steps 2-3 for each; full prefill
-   only with the first. Each sample also gets the receiver's import split from /metrics;
-   the report adds the table and ``-sweep.png`` of bench/sweep_report.py (columns, bound).
-   The main table shows the first config only.
+5. Sweep: every config (``--throttle-gbps`` x ``--pipelined``) on the one server pair: the
+   sender allows request rates (``allow_request_throttle``), and each timed request names
+   its config in custom_params next to ``droidspeak_plan`` (``droidspeak_pipelined``; with
+   a rate, ``droidspeak_link_gbps``; sglang/request_options.py). Step 3 per config, full
+   prefill only with the first. Each sample also gets the receiver's import split from
+   /metrics; the report adds the table and ``-sweep.png`` of bench/sweep_report.py
+   (columns, bound). The main table shows the first config only.
 """
 
 from __future__ import annotations
@@ -72,9 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       "nccl (two GPUs, see --gpus)")
     a("--gpus", default="", help="'S,R': --base-gpu-id of the sender and of the receiver (default: both on the "
       "first visible GPU; with --data-plane nccl: 0,1)")
-    a("--pipelined", default="on", help="receiver's import: 'on', 'off' or 'on,off' (both, one server pair each)")
-    a("--throttle-gbps", default="", help="sender's link rates to emulate, e.g. 10,25,100 (Gbit/s; "
-      "default: unthrottled); one server pair per rate and --pipelined mode")
+    a("--pipelined", default="on", help="receiver's import: 'on', 'off' or 'on,off' (both; set per request)")
+    a("--throttle-gbps", default="", help="link rates the sender paces each request to, e.g. 10,25,100 (Gbit/s; "
+      "default: unthrottled); every rate and --pipelined mode runs on the same server pair")
     a("--mem-fraction", type=float, default=0.8, help="--mem-fraction-static of each server")
     a("--max-total-tokens", type=int, default=0, help="KV slots per server (0: 2 x longest context + 2048)")
     a("--server-args", default="", help="extra sglang.launch_server args for both (later flags win)")
@@ -117,15 +119,10 @@ def run(args: argparse.Namespace) -> int:
               "todo": [] if rep.has_blend(plans) else [rep.CACHEBLEND_TODO], "configs": [c.__dict__ for c in configs]}
     code, servers = 0, ()
     try:
+        servers = pm.start_servers(args, model_dir, work / "servers", max(lengths) + SUFFIX_LEN, result)
         for index, config in enumerate(configs):
-            servers = pm.start_servers(args, model_dir, work / f"config-{index}", max(lengths) + SUFFIX_LEN,
-                                       result, config)
             bench(servers, lengths, plans if index == 0 else plans[1:], args, result, out, config)
-            result.setdefault("receiver_metrics_by_config", []).append(pm.metric_lines(servers[1].metrics()))
-            result["receiver_metrics"] = result["receiver_metrics_by_config"][-1]
-            for server in servers:
-                server.stop()
-            servers = ()
+        result["receiver_metrics"] = pm.metric_lines(servers[1].metrics())
     except Exception as exc:  # keep what was measured
         result["error"] = repr(exc)
         print("ERROR", repr(exc), "\n", servers[1].tail(20) if len(servers) > 1 else "", flush=True)
@@ -146,10 +143,10 @@ def bench(servers, lengths: list[int], plans: list[str], args, result: dict, out
     for length in lengths:
         for _ in range(args.warmup):
             for plan in plans:
-                measure(servers, plan, length, rng, args.announce_wait)
+                measure(servers, plan, length, rng, args.announce_wait, config)
         for repeat in range(args.repeats):
             for plan in plans:
-                sample = measure(servers, plan, length, rng, args.announce_wait)
+                sample = measure(servers, plan, length, rng, args.announce_wait, config)
                 result["samples"].append({"repeat": repeat, **sample, **config.__dict__})
         write_outputs(result, out, plot=False)
         print(f"[{time.strftime('%X')}] {config.label()}: length {length} done", flush=True)
@@ -162,8 +159,10 @@ def command_line(args: argparse.Namespace) -> str:
     return "droidspeak bench-prefill " + shlex.join(words)
 
 
-def measure(servers, plan: str, length: int, rng: random.Random, wait_s: float) -> dict:
-    """One fresh context: sender prefill, wait, timed receiver request with ``plan``, flush both."""
+def measure(servers, plan: str, length: int, rng: random.Random, wait_s: float,
+            config: sweep.Config = sweep.Config(True, None)) -> dict:
+    """One fresh context: sender prefill, wait, timed receiver request with ``plan`` and
+    ``config``'s options (sweep.Config.custom_params), flush both."""
     sender, receiver = servers
     ctx = [rng.randrange(3, VOCAB_LIMIT) for _ in range(length)]
     suffix = [rng.randrange(3, VOCAB_LIMIT) for _ in range(SUFFIX_LEN)]
@@ -172,7 +171,7 @@ def measure(servers, plan: str, length: int, rng: random.Random, wait_s: float) 
     sender_ms = (time.perf_counter() - start) * 1000
     time.sleep(wait_s)
     body = {"input_ids": ctx + suffix, "sampling_params": {
-        "max_new_tokens": 1, "temperature": 0, "custom_params": {"droidspeak_plan": plan}}}
+        "max_new_tokens": 1, "temperature": 0, "custom_params": {"droidspeak_plan": plan, **config.custom_params()}}}
     before = sweep.stage_sums(receiver.metrics())
     start = time.perf_counter()
     meta = receiver.generate(body).get("meta_info", {})

@@ -4,7 +4,7 @@
     write_model_dir    that config + a tokenizer copied from a small model dir
     start_servers      sender ``a`` then receiver ``b``: ``bench.servers.Server``,
                        ``--load-format dummy`` (random weights, identical in both: SGLang
-                       seeds every parameter's generator with 1234)
+                       seeds every parameter's generator with 1234); one pair per run
     flush, card        /flush_cache with retries; the nvidia-smi line
 """
 
@@ -56,17 +56,15 @@ def write_model_dir(dest: Path, tokenizer_from: Path, max_len: int) -> Path:
     return dest
 
 
-def droidspeak_configs(zmq_base: int, fetch_timeout_s: float, data_plane: str = "zmq", pipelined: bool = True,
-                       throttle_gbps: Any = None) -> tuple[dict, dict]:
+def droidspeak_configs(zmq_base: int, fetch_timeout_s: float, data_plane: str = "zmq") -> tuple[dict, dict]:
     """(sender ``a``, receiver ``b``) plugin configs; b has no pair plan (requests force one).
-    ``throttle_gbps`` paces the sender's ZMQ stream; ``pipelined`` is the receiver's import."""
+    Requests also choose the import's pipelining and the link rate: ``a`` allows request
+    rates (``allow_request_throttle``), so one pair runs every sweep config."""
     export, announce = f"tcp://127.0.0.1:{zmq_base}", f"tcp://127.0.0.1:{zmq_base + 1}"
-    sender = {"model": "a", "export_bind": export, "announce_bind": announce, "data_plane": data_plane}
-    if throttle_gbps is not None:
-        sender["throttle_gbps"] = throttle_gbps
+    sender = {"model": "a", "export_bind": export, "announce_bind": announce, "data_plane": data_plane,
+              "allow_request_throttle": True}
     receiver = {"model": "b", "min_foreign_tokens": 16, "fetch_timeout_s": fetch_timeout_s,
-                "data_plane": data_plane, "pipelined": pipelined,
-                "peers": [{"model": "a", "fetch": export, "announce": announce}]}
+                "data_plane": data_plane, "peers": [{"model": "a", "fetch": export, "announce": announce}]}
     return sender, receiver
 
 
@@ -91,14 +89,10 @@ def gpu_ids(gpus: str, data_plane: str) -> tuple[str, str] | None:
     return ids  # type: ignore[return-value]
 
 
-def start_servers(args: Any, model_dir: Path, work: Path, context_len: int, result: dict,
-                  config: Any = None) -> tuple:
+def start_servers(args: Any, model_dir: Path, work: Path, context_len: int, result: dict) -> tuple:
     """Sender then receiver, each healthy before the next starts; records their argv and
-    configs in ``result``. ``config``: a sweep_report.Config (None: pipelined, unthrottled).
-    On failure stops what it started and raises."""
-    pipelined, throttle = (True, None) if config is None else (config.pipelined, config.throttle_gbps)
-    sender_cfg, receiver_cfg = droidspeak_configs(args.zmq_base, args.fetch_timeout, args.data_plane,
-                                                  pipelined, throttle)
+    configs in ``result``. On failure stops what it started and raises."""
+    sender_cfg, receiver_cfg = droidspeak_configs(args.zmq_base, args.fetch_timeout, args.data_plane)
     work.mkdir(parents=True, exist_ok=True)
     extra = server_args(args, context_len)
     gpus = gpu_ids(getattr(args, "gpus", ""), args.data_plane)

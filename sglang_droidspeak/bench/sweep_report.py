@@ -1,7 +1,9 @@
 """The pipelining / link-rate part of ``droidspeak bench-prefill`` (issue 4's bandwidth sweep).
 
-A *config* is one server pair: the receiver's ``pipelined`` setting and the sender's
-``throttle_gbps`` (None: the unthrottled host path). Per sample the receiver's import
+A *config* is one request's import options, every config on one server pair: ``pipelined``
+and ``throttle_gbps`` (the link rate the sender paces the fetch to; None: unthrottled),
+sent as custom_params (``Config.custom_params``). Results from before per-request options
+(one server pair per config) read the same. Per sample the receiver's import
 split comes from its /metrics (``sglang:droidspeak_import_stage_seconds_sum{stage}``,
 read before and after the one timed request; sglang/metrics.py):
 
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
+from sglang_droidspeak.sglang.request_options import LINK_GBPS_PARAM, PIPELINED_PARAM
+
 STAGES = ("fetch", "recompute", "drain", "total")
 BOUND_FACTOR = 1.1
 _STAGE_SUM = re.compile(r'^sglang:droidspeak_import_stage_seconds_sum\{([^}]*)\}\s+(\S+)$')
@@ -36,6 +40,13 @@ COLUMNS = ("length", "plan", "pipelined", "link Gbit/s", "TTFT ms", "speedup vs 
 class Config:
     pipelined: bool
     throttle_gbps: Optional[float]  # None: unthrottled
+
+    def custom_params(self) -> dict:
+        """The request's options for this config (merged with its ``droidspeak_plan``)."""
+        params: dict = {PIPELINED_PARAM: "on" if self.pipelined else "off"}
+        if self.throttle_gbps is not None:
+            params[LINK_GBPS_PARAM] = self.throttle_gbps
+        return params
 
     def label(self) -> str:
         link = "host path" if self.throttle_gbps is None else f"{self.throttle_gbps:g} Gbit/s"

@@ -12,6 +12,7 @@ CacheBlend-style baseline is recorded as not run.
     droidspeak bench-throughput --url http://127.0.0.1:8000          # a running router
     droidspeak bench-throughput --url coder=http://h:30001,tester=http://h:30002,reviewer=...
     droidspeak bench-throughput --launch [--gpus 0,1,1]   # 8B-shaped dummy servers (GPU, SGLang)
+    droidspeak bench-throughput --launch --data-plane cuda_ipc   # K/V GPU to GPU (2 GPUs: nccl)
     droidspeak bench-throughput --replot RESULT.json      # the .md and .png again
 
 Every option's default is a field of ThroughputConfig. Per QPS (ascending) every system
@@ -41,6 +42,7 @@ from sglang_droidspeak.bench import workload as wl
 from sglang_droidspeak.bench.prefill import DEFAULT_SECRET
 from sglang_droidspeak.bench.throughput_stats import summarize
 from sglang_droidspeak.config_cli import add_dataclass_arguments, dataclass_from_args
+from sglang_droidspeak.sglang.settings_fields import DATA_PLANES
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,11 @@ class ThroughputConfig:
     max_total_tokens: int = 131072
     server_args: str = ""
     startup_timeout: float = 600.0
+    data_plane: str = "zmq"
+
+    def __post_init__(self) -> None:
+        if self.data_plane not in DATA_PLANES:
+            raise ValueError(f"--data-plane must be one of {', '.join(DATA_PLANES)}, got {self.data_plane!r}")
 
 
 HELP = {
@@ -88,6 +95,9 @@ HELP = {
     "slo_percentile": "TTFT percentile checked against --slo-ttft-ms",
     "gpus": "--launch: one CUDA device for all servers, or one per model (e.g. 0,1,1)",
     "auto_plan": "--launch: the receivers' pair plan (what 'auto' means); empty: none",
+    "data_plane": "--launch: how K/V moves from the sender to its receivers (every server's plugin setting "
+                  "data_plane): zmq, cuda_ipc (all servers on one GPU), nccl (sender and receivers on different "
+                  "GPUs, e.g. --gpus 0,1,1)",
     "replot": "no load: rewrite .md/.png of this result JSON",
 }
 

@@ -26,13 +26,15 @@ from sglang_droidspeak.bench.throughput_stats import PointSummary, hit_warnings,
 def new_result(cfg: Any, spec: Any, systems: list[str], command: str, card: str) -> dict:
     workload = {**dataclasses.asdict(spec), "mix": cfg.mix, "num_sessions": cfg.num_sessions,
                 "warmup_sessions": cfg.warmup_sessions, "seed": cfg.seed}
+    plane = getattr(cfg, "data_plane", "zmq")
     servers_note = ("--launch: one Llama-3.1-8B-shaped --load-format dummy server per model, GPUs "
-                    f"{cfg.gpus}, first model the sender, KV over ZMQ" if cfg.launch else f"--url {cfg.url}")
+                    f"{cfg.gpus}, first model the sender, KV over data plane {plane}" if cfg.launch
+                    else f"--url {cfg.url}")
     return {"date": time.strftime("%Y-%m-%d"), "card": card, "command": command, "servers_note": servers_note,
             "workload": workload, "systems": systems, "slo_ttft_ms": cfg.slo_ttft_ms,
             "slo_percentile": cfg.slo_percentile, "points": [], "requests": [],
             "todo": ([] if has_blend(systems) else [CACHEBLEND_TODO])
-            + ["NCCL data plane: servers move KV over ZMQ (not run)"]}
+            + ([] if plane == "nccl" else [f"NCCL data plane: not run (KV over {plane})"])}
 
 
 def _point(p: dict) -> PointSummary:

@@ -9,9 +9,11 @@ Llama-3.1-8B-shaped dir, identical random weights everywhere), all on one GPU by
 
 ``--gpus 0`` puts every server on GPU 0; ``--gpus 0,1,1`` gives server i the i-th entry
 (CUDA_VISIBLE_DEVICES), e.g. the sender on one card and the receivers on the other. The
-KV moves over the plugin's ZMQ data plane either way (the NCCL data plane is a cluster
-config field only; servers do not use it yet). Servers start one after another, each
-healthy before the next, so their memory profiling cannot race.
+KV moves over ``--data-plane`` (every server's plugin setting ``data_plane``): ``zmq``
+(host staging, any layout), ``cuda_ipc`` (all on one GPU: the sender copies K/V into the
+receiver's pool) or ``nccl`` (the sender on another GPU than every receiver). Servers
+start one after another, each healthy before the next, so their memory profiling cannot
+race.
 """
 
 from __future__ import annotations
@@ -31,14 +33,14 @@ def plan_groups(plan: str) -> list[list[int]]:
 
 
 def droidspeak_configs(models: list[str], zmq_base: int, fetch_timeout_s: float, auto_plan: str,
-                       num_layers: int) -> dict[str, dict]:
-    """model -> plugin config: ``models[0]`` the sender, the rest its receivers."""
+                       num_layers: int, data_plane: str = "zmq") -> dict[str, dict]:
+    """model -> plugin config: ``models[0]`` the sender, the rest its receivers; all on ``data_plane``."""
     sender, receivers = models[0], models[1:]
     export, announce = f"tcp://127.0.0.1:{zmq_base}", f"tcp://127.0.0.1:{zmq_base + 1}"
-    configs = {sender: {"model": sender, "export_bind": export, "announce_bind": announce}}
+    configs = {sender: {"model": sender, "export_bind": export, "announce_bind": announce, "data_plane": data_plane}}
     for name in receivers:
         configs[name] = {"model": name, "min_foreign_tokens": 16, "fetch_timeout_s": fetch_timeout_s,
-                         "peers": [{"model": sender, "fetch": export, "announce": announce}]}
+                         "data_plane": data_plane, "peers": [{"model": sender, "fetch": export, "announce": announce}]}
         if auto_plan:
             configs[name]["plans"] = [{"sender": sender, "receiver": name, "num_layers": num_layers,
                                        "groups": plan_groups(auto_plan)}]
@@ -53,12 +55,21 @@ def gpu_of(gpus: str, index: int, num_servers: int) -> str:
     return entries[0] if len(entries) == 1 else entries[index]
 
 
+def check_plane_gpus(data_plane: str, gpus: str, num_servers: int) -> None:
+    """nccl needs the sender (server 0) on another GPU than every receiver; ValueError if not."""
+    sender_gpu = gpu_of(gpus, 0, num_servers)
+    if data_plane == "nccl" and any(gpu_of(gpus, i, num_servers) == sender_gpu for i in range(1, num_servers)):
+        raise ValueError(f"--data-plane nccl needs the sender on another GPU than its receivers, got --gpus {gpus!r} "
+                         "(e.g. --gpus 0,1,1)")
+
+
 def start_servers(cfg: Any, models: list[str], model_dir: Path, work: Path, context_len: int,
                   result: dict) -> list[Server]:
     """Sender first, then each receiver; ports ``port_base + i``. Records argv, GPU and
     configs in ``result``. On failure stops what it started and raises."""
+    check_plane_gpus(cfg.data_plane, cfg.gpus, len(models))
     configs = droidspeak_configs(models, cfg.zmq_base, cfg.fetch_timeout, cfg.auto_plan,
-                                 pm.LLAMA_31_8B["num_hidden_layers"])
+                                 pm.LLAMA_31_8B["num_hidden_layers"], cfg.data_plane)
     extra = pm.server_args(cfg, context_len)
     started: list[Server] = []
     try:

@@ -18,9 +18,10 @@ copy itself) and reports a copy that ended late.
 
 Offers are kept by offer id (several replicas of one receiver model each have their own),
 at most ``max_offers``, least recently used dropped first together with its opened
-buffers (a restarted receiver's stale offer ages out this way). With a ``pacer`` (the
-sender's ``throttle_gbps``, transfer/pacing.py) each layer's copy waits for its K+V bytes,
-so the copy takes as long as on that link (the bandwidth sweep). Imports no SGLang.
+buffers (a restarted receiver's stale offer ages out this way). With ``pacing``
+(transfer/pacing.py: the sender's ``throttle_gbps``, or the request's ``link_gbps`` where
+``allow_request_throttle`` permits it) each layer's copy waits for its K+V bytes, so the
+copy takes as long as on that link (the bandwidth sweep). Imports no SGLang.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch
 from sglang_droidspeak.transfer.cuda_ipc import IpcUnavailable, now_ms
 from sglang_droidspeak.transfer.frames import DTYPES, FetchError, FetchRequest
 from sglang_droidspeak.transfer.frames_ipc import IpcPoolOffer
+from sglang_droidspeak.transfer.pacing import PacerPolicy
 
 DEADLINE_MARGIN_S = 0.25
 MAX_DEADLINE_AHEAD_S = 3600.0
@@ -49,8 +51,10 @@ class IpcExporter:
     """
 
     def __init__(self, backend: Any, kv_pool: Any, margin_s: float = DEADLINE_MARGIN_S,
-                 clock_ms: Callable[[], int] = now_ms, max_offers: int = MAX_OFFERS, pacer: Any = None):
-        self.backend, self.kv_pool, self.clock_ms, self.pacer = backend, kv_pool, clock_ms, pacer
+                 clock_ms: Callable[[], int] = now_ms, max_offers: int = MAX_OFFERS,
+                 pacing: Optional[PacerPolicy] = None):
+        self.backend, self.kv_pool, self.clock_ms = backend, kv_pool, clock_ms
+        self.pacing = pacing if pacing is not None else PacerPolicy()
         self.margin_ms = int(margin_s * 1000)
         self.max_offers = max_offers
         self.offers: OrderedDict[str, IpcPoolOffer] = OrderedDict()  # offer id -> offer, LRU first
@@ -127,10 +131,11 @@ class IpcExporter:
         device = self.kv_pool.device
         src = src_slots.to(device=device, dtype=torch.int64)  # [n]
         dst = torch.tensor(request.dst_slots, dtype=torch.int64).to(device)  # [n]
+        pacer = self.pacing.for_request(request.link_gbps)
         for layer in request.reused_layers:
             k, v = self.kv_pool.get_key_buffer(layer)[src], self.kv_pool.get_value_buffer(layer)[src]  # [n, heads, dim]
-            if self.pacer is not None:
-                self.pacer.consume(k.numel() * k.element_size() + v.numel() * v.element_size())
+            if pacer is not None:
+                pacer.consume(k.numel() * k.element_size() + v.numel() * v.element_size())
             k_buffers[layer][dst], v_buffers[layer][dst] = k, v
         if torch.device(device).type == "cuda":
             torch.cuda.current_stream(device).synchronize()

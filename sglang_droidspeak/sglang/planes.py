@@ -39,12 +39,13 @@ def _dtype_name(dtype: Any) -> str:
 
 def build_planes(settings: Any, model: str, parts: Any, num_layers: int, secret: Optional[bytes],
                  server: Any, client: Any, ipc_backend: Any = None, nccl_backend: Any = None,
-                 pacer: Any = None) -> Planes:
+                 pacing: Any = None) -> Planes:
     """The plane objects for a runtime with FetchServer ``server`` / FetchClient ``client``;
-    ``pacer`` (transfer/pacing.py) paces the sender's cuda_ipc copies like its ZMQ stream."""
+    ``pacing`` (transfer/pacing.PacerPolicy) paces the sender's cuda_ipc copies like its
+    ZMQ stream."""
     if settings.data_plane == "cuda_ipc":
         backend = ipc_backend if ipc_backend is not None else CudaIpc()
-        return Planes(ipc_export=IpcExporter(backend, parts.kv_pool, pacer=pacer) if server else None,
+        return Planes(ipc_export=IpcExporter(backend, parts.kv_pool, pacing=pacing) if server else None,
                       ipc_fetch=IpcFetcher(backend, client, model, parts.kv_pool, num_layers) if client else None)
     if settings.data_plane != "nccl" or not (server or client):
         return Planes()

@@ -38,6 +38,7 @@ from sglang_droidspeak.radix.remote_index import RemotePrefixIndex
 from sglang_droidspeak.radix.tags import KVOrigin, ModelTag, exportable_to
 from sglang_droidspeak.sglang.radix_lookup import ForeignLookup
 from sglang_droidspeak.sglang.radix_withdraw import WithdrawOnEvict
+from sglang_droidspeak.sglang.request_options import request_options
 from sglang_droidspeak.sglang.request_plan import OFF, request_plan_choice
 from sglang_droidspeak.sglang.settings import PlanLookup
 
@@ -124,8 +125,9 @@ class DroidSpeakRadixCache(WithdrawOnEvict, ForeignLookup, RadixCache):
     def match_prefix(self, params: MatchPrefixParams) -> MatchResult:
         """SGLang's match; with a request, also find, import and adopt a foreign prefix.
 
-        A DERIVED hit is adopted at once; a REMOTE hit is imported by the runtime first
-        (on failure the native match is returned and the request prefills normally).
+        A DERIVED hit is adopted at once; a REMOTE hit is imported by the runtime first,
+        with the request's own options (``request_options``: pipelined, link rate); on
+        failure the native match is returned and the request prefills normally.
         Adopting sets ``req.extra_key`` to the derived namespace, so SGLang's own
         locking and ``cache_*_req`` inserts apply to the derived subtree.
         """
@@ -145,7 +147,8 @@ class DroidSpeakRadixCache(WithdrawOnEvict, ForeignLookup, RadixCache):
         if hit.tag.origin is KVOrigin.REMOTE:
             base = decode_namespace(params.key.extra_key, self.model).base
             namespace = self.runtime.materialize(self, hit, params.key.raw_token_ids(), base, getattr(req, "rid", "?"),
-                                                 forced=choice is not None)  # a LayerPlan or BlendPlan
+                                                 forced=choice is not None,  # a LayerPlan or BlendPlan
+                                                 options=request_options(req))
         if namespace is None:
             setattr(req, FELL_BACK_ATTR, True)  # prefill normally; never retry per scheduling pass
             return native

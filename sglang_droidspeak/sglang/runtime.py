@@ -20,6 +20,7 @@ logged and ``fallbacks_total{reason}`` counts it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -35,11 +36,12 @@ from sglang_droidspeak.sglang.importer import DEBUG_ENV, ImportFailed, ModelPart
 from sglang_droidspeak.sglang.plan_choice import PlanChooser
 from sglang_droidspeak.sglang.planes import build_planes
 from sglang_droidspeak.sglang.recompute import prefix_inputs, recompute_group
+from sglang_droidspeak.sglang.request_options import RequestOptions
 from sglang_droidspeak.sglang.settings import DroidSpeakSettings
 from sglang_droidspeak.transfer.directory import Announcer, DirectoryListener
 from sglang_droidspeak.transfer.fetch import FetchClient, FetchFailed, FetchServer
 from sglang_droidspeak.transfer.frames import PrefixAnnounce
-from sglang_droidspeak.transfer.pacing import LinkPacer
+from sglang_droidspeak.transfer.pacing import LinkPacer, PacerPolicy
 
 logger = logging.getLogger(__name__)
 PEER_BACKOFF_S = 10.0  # after a timeout or protocol error, skip that peer for this long
@@ -60,12 +62,13 @@ class DroidSpeakRuntime:
         if needs_secret and secret is None:
             raise ValueError(f"droidspeak: export_bind/announce_bind/peers need a shared secret in "
                              f"${settings.secret_env}")
-        pacer = LinkPacer(settings.throttle_gbps) if settings.throttle_gbps else None
-        self.export_server = FetchServer(settings.export_bind, secret, pacer=pacer) if settings.export_bind else None
+        pacing = PacerPolicy(LinkPacer(settings.throttle_gbps) if settings.throttle_gbps else None,
+                             settings.allow_request_throttle)
+        self.export_server = FetchServer(settings.export_bind, secret, pacing=pacing) if settings.export_bind else None
         self.announcer = Announcer(settings.announce_bind, secret) if settings.announce_bind else None
         self.client = FetchClient(secret) if self.peers else None
         planes = build_planes(settings, model, parts, num_layers, secret, self.export_server, self.client,
-                              ipc_backend, nccl_backend, pacer)
+                              ipc_backend, nccl_backend, pacing)
         self.ipc_export, self.ipc_fetch = planes.ipc_export, planes.ipc_fetch
         self.nccl_export, self.nccl_fetch = planes.nccl_export, planes.nccl_fetch
         self.tree: Any = None
@@ -166,11 +169,12 @@ class DroidSpeakRuntime:
         return tuple(peer for peer, until in self._backoff_until.items() if until > now)
 
     def materialize(self, tree: Any, hit: ForeignHit, token_ids, base: Optional[str], rid: str,
-                    forced: bool = False) -> Optional[str]:
+                    forced: bool = False, options: RequestOptions = RequestOptions()) -> Optional[str]:
         """Import a REMOTE hit as derived KV; the namespace to adopt, or None (fallback).
 
         ``forced``: the request named its plan; otherwise the online policy may pick another
-        (``plan_choice``), or decide that a normal prefill is better.
+        (``plan_choice``), or decide that a normal prefill is better. ``options``: the
+        request's own ``pipelined`` (None: the setting) and ``link_gbps`` (asked of the sender).
         """
         # SGLang matches a request while it still sits in waiting_queue: the others waiting
         queue_len = max(0, len(getattr(self.scheduler, "waiting_queue", ()) or ()) - 1)
@@ -190,9 +194,9 @@ class DroidSpeakRuntime:
         start = time.perf_counter()
         try:
             result = import_prefix(
-                self.parts, tree, self._fetcher(hit.peer), sender=hit.sender,
+                self.parts, tree, self._fetcher(hit.peer, options.link_gbps), sender=hit.sender,
                 receiver=self.model, fingerprint=self.fingerprint, token_ids=list(token_ids[:hit.prefix_len]),
-                plan=plan, namespace=namespace, pipelined=self.settings.pipelined)
+                plan=plan, namespace=namespace, pipelined=options.pipelined_or(self.settings.pipelined))
         except (ImportFailed, FetchFailed) as exc:
             reason = getattr(exc, "reason", getattr(exc, "code", "internal"))
             if reason in BACKOFF_REASONS:
@@ -215,13 +219,19 @@ class DroidSpeakRuntime:
         for stage in ("fetch", "recompute", "drain", "total"):
             self.metrics.observe_import_stage(stage, getattr(timings, f"{stage}_ms") / 1e3)
 
-    def _fetcher(self, endpoint: str):
-        timeout = self.settings.fetch_timeout_s
-        plane = self.ipc_fetch or self.nccl_fetch
-        if plane is not None and os.environ.get(DEBUG_ENV) != "1":  # debug keeps sender K/V aside
-            return lambda request, receiver: plane.fetch(endpoint, request, receiver, timeout, idle=self.poll_exports)
-        return lambda request, on_chunk: self.client.fetch(endpoint, request, on_chunk, timeout,
-                                                           idle=self.poll_exports)
+    def _fetcher(self, endpoint: str, link_gbps: float = 0.0):
+        """``fetch(request, receiver)`` from ``endpoint``; ``link_gbps`` > 0 goes into every
+        FetchRequest (DroidSpeak and CacheBlend imports alike), asking the sender to pace."""
+        timeout, plane = self.settings.fetch_timeout_s, self.ipc_fetch or self.nccl_fetch
+        if plane is None or os.environ.get(DEBUG_ENV) == "1":  # debug keeps sender K/V aside
+            plane = self.client  # the same fetch(endpoint, request, on_chunk, timeout, idle)
+
+        def fetch(request, receiver):
+            if link_gbps > 0:
+                request = dataclasses.replace(request, link_gbps=float(link_gbps))
+            return plane.fetch(endpoint, request, receiver, timeout, idle=self.poll_exports)
+
+        return fetch
 
     def _order_after_forward(self) -> None:
         """Overlap scheduler: let every forward in flight finish before we write slots.

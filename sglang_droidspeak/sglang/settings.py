@@ -13,6 +13,9 @@
     nccl_host: 127.0.0.1           # nccl: the address senders reach our pair TCPStores at
     pipelined: true                # receiver: recompute while K/V still arrives (import_pipeline.py)
     throttle_gbps: 10              # sender: pace the ZMQ stream to this link rate (transfer/pacing.py)
+    allow_request_throttle: false  # sender: pace a fetch to the rate its receiver's request names
+                                   #   (custom_params droidspeak_link_gbps); the pacing sleeps on
+                                   #   our scheduler thread, so only where every peer is trusted
     secret_env: DROIDSPEAK_SECRET  # env var holding the shared secret (>= 16 utf-8 bytes)
     export_bind: tcp://127.0.0.1:5601    # answers fetches (sender role); unset: not a sender
     announce_bind: tcp://127.0.0.1:5602  # PUB of cached prefixes; unset: no announcements
@@ -65,6 +68,7 @@ class DroidSpeakSettings:
     data_plane: str = "zmq"
     pipelined: bool = True  # receiver: overlap the recompute with the transfer
     throttle_gbps: Optional[float] = None  # sender: emulated link rate of the ZMQ stream
+    allow_request_throttle: bool = False  # sender: honour a FetchRequest's link_gbps (pacing.py)
     nccl_host: str = "127.0.0.1"
     secret_env: str = DEFAULT_SECRET_ENV
     export_bind: Optional[str] = None
@@ -159,7 +163,7 @@ def _plain_name(name: str) -> bool:
 
 _KEYS = {"model", "allow_derived_export", "min_foreign_tokens", "plans", "profiles_dir", "max_quality_drop",
          "fetch_timeout_s", "data_plane", "nccl_host", "secret_env", "export_bind", "announce_bind", "peers",
-         "slo_ttft_ms", "latency_model", "pipelined", "throttle_gbps"}
+         "slo_ttft_ms", "latency_model", "pipelined", "throttle_gbps", "allow_request_throttle"}
 
 
 def load_settings(path: Optional[str] = None) -> DroidSpeakSettings:
@@ -202,6 +206,7 @@ def parse_settings(data: Any, where: str = "<settings>") -> DroidSpeakSettings:
         data_plane=_choice(data, "data_plane", DATA_PLANES, where),
         pipelined=_flag(data, "pipelined", True, where),
         throttle_gbps=None if data.get("throttle_gbps") is None else _number(data, "throttle_gbps", 0, where, True),
+        allow_request_throttle=_flag(data, "allow_request_throttle", False, where),
         nccl_host=_optional_str(data, "nccl_host", where) or "127.0.0.1",
         secret_env=_secret_env(data.get("secret_env", DEFAULT_SECRET_ENV), f"{where}: secret_env"),
         **_binds(data, where),

@@ -13,9 +13,10 @@ returns (NcclPairAccept or FetchError), or FetchError(nccl_unavailable) without 
 NcclSendStart during a fetch goes to the client's ``on_start``. Every frame is ``wire.encode``d (HMAC over header and payload); anything that does not
 decode is dropped by the server and ends the client's fetch with ``FetchFailed``. The
 server side never blocks: ``poll`` drains what is queued and returns, so it can run on
-SGLang's scheduler thread between batches. With a ``pacer`` (setting ``throttle_gbps``,
-transfer/pacing.py) it sleeps before each frame so the stream keeps to that link rate,
-holding the scheduler thread for the emulated link's time. No SGLang imports.
+SGLang's scheduler thread between batches. With ``pacing`` (transfer/pacing.py: the
+setting ``throttle_gbps``, or the request's ``link_gbps`` where ``allow_request_throttle``
+permits it) it sleeps before each frame so the stream keeps to that link rate, holding
+the scheduler thread for the emulated link's time. No SGLang imports.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from sglang_droidspeak.transfer import wire
 from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, LayerChunk, Message, WireError
 from sglang_droidspeak.transfer.frames_ipc import IpcPoolOffer
 from sglang_droidspeak.transfer.frames_nccl import NcclPairAccept, NcclPairOffer, NcclSendStart
-from sglang_droidspeak.transfer.pacing import LinkPacer
+from sglang_droidspeak.transfer.pacing import PacerPolicy
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[FetchRequest], Iterable[Message]]
@@ -50,8 +51,9 @@ class FetchServer:
     """A ROUTER socket answering FetchRequests with the messages ``handler`` yields."""
 
     def __init__(self, bind: str, secret: bytes, context: Optional[zmq.Context] = None,
-                 limits: wire.WireLimits = wire.WireLimits(), pacer: Optional[LinkPacer] = None):
-        self.secret, self.limits, self.pacer = secret, limits, pacer
+                 limits: wire.WireLimits = wire.WireLimits(), pacing: Optional[PacerPolicy] = None):
+        self.secret, self.limits = secret, limits
+        self.pacing = pacing if pacing is not None else PacerPolicy()
         self.socket = (context or zmq.Context.instance()).socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(bind)
@@ -115,10 +117,11 @@ class FetchServer:
 
     def _answer(self, identity: bytes, request: FetchRequest, handler: Handler) -> None:
         try:
+            pacer = self.pacing.for_request(request.link_gbps)
             for msg in handler(request):
                 frames = wire.encode(msg, self.secret)
-                if self.pacer is not None:
-                    self.pacer.consume(sum(len(frame) for frame in frames))
+                if pacer is not None:
+                    pacer.consume(sum(len(frame) for frame in frames))
                 self.socket.send_multipart([identity, *frames], copy=False)
             self.num_served += 1
         except Exception as exc:  # the handler's bug must not kill the scheduler

@@ -14,7 +14,10 @@ plane (two GPUs) it first opens a pair channel (frames_nccl.py) and names it.
                     ascending), deadline_ms: int (0 = none; cuda_ipc: absolute
                     CLOCK_MONOTONIC ms), offer_id: str ("" = ZMQ plane), dst_slots:
                     tuple[int, ...] (cuda_ipc: one receiver KV slot per token; else ()),
-                    channel_id: str (nccl plane: the open pair channel; "" = not nccl)
+                    channel_id: str (nccl plane: the open pair channel; "" = not nccl),
+                    link_gbps: float (finite, >= 0; > 0: the receiver asks the sender to
+                    pace this fetch to that link rate, honoured only where the sender
+                    allows it, transfer/pacing.py; 0 = no request pacing)
     layer_chunk     request_id: str, what: "k"|"v"|"e", layer, token_start: int,
                     dtype: str (DTYPES), shape: tuple[int, ...] (shape[0] = tokens),
                     data: bytes (raw little-endian elements, len = prod(shape) * itemsize)
@@ -62,6 +65,8 @@ def _check_field(cls_name: str, name: str, annotation: str, value: object) -> No
         ok = type(value) is str
     elif annotation == "int":
         ok = _is_int(value)
+    elif annotation == "float":
+        ok = type(value) is float
     elif annotation == "bytes":
         ok = type(value) is bytes
     elif annotation == "tuple[int, ...]":
@@ -109,6 +114,8 @@ class FetchRequest(_Message):
     With ``offer_id`` (cuda_ipc plane) the sender instead copies that KV on the GPU into
     the offered pool at ``dst_slots`` before ``deadline_ms``; E still comes as chunks. With
     ``channel_id`` (nccl plane, frames_nccl.py) E and K/V come on that pair channel.
+    ``link_gbps`` > 0 asks the sender to pace this request's stream (ZMQ frames or the
+    IPC copy) to that rate; a sender without ``allow_request_throttle`` ignores it.
     """
 
     KIND: ClassVar[str] = "fetch_request"
@@ -123,8 +130,11 @@ class FetchRequest(_Message):
     offer_id: str = ""
     dst_slots: tuple[int, ...] = ()
     channel_id: str = ""
+    link_gbps: float = 0.0
 
     def _check(self) -> None:
+        if not math.isfinite(self.link_gbps) or self.link_gbps < 0:
+            raise WireError(f"FetchRequest.link_gbps must be a finite float >= 0, got {self.link_gbps!r}")
         if self.offer_id and self.channel_id:
             raise WireError("FetchRequest names both an IPC offer and an NCCL channel")
         _check_ascending("FetchRequest", "reused_layers", self.reused_layers)

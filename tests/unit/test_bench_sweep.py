@@ -11,6 +11,7 @@ import pytest
 from sglang_droidspeak.bench import prefill_model
 from sglang_droidspeak.bench import sweep_report as sweep
 from sglang_droidspeak.cli import main
+from sglang_droidspeak.sglang.request_options import parse_request_options
 from sglang_droidspeak.sglang.settings import parse_settings
 from test_bench_prefill import FAKE, free_base, tokenizer_dir
 
@@ -68,11 +69,18 @@ def test_rows_bound_and_table_exact():
     assert sweep.rows_to_json(rows)[1]["within_bound"] is False
 
 
-def test_server_configs_carry_the_sweep_settings():
-    sender, receiver = (parse_settings(c) for c in prefill_model.droidspeak_configs(5801, 60.0, "zmq", False, 25.0))
-    assert (sender.throttle_gbps, receiver.pipelined, receiver.throttle_gbps) == (25.0, False, None)
+def test_one_server_pair_serves_every_config():
     sender, receiver = (parse_settings(c) for c in prefill_model.droidspeak_configs(5801, 60.0))
-    assert (sender.throttle_gbps, receiver.pipelined) == (None, True)
+    assert (sender.allow_request_throttle, sender.throttle_gbps) == (True, None)
+    assert (receiver.allow_request_throttle, receiver.pipelined) == (False, True)
+
+
+def test_each_config_becomes_the_request_options():
+    assert sweep.Config(True, None).custom_params() == {"droidspeak_pipelined": "on"}
+    assert sweep.Config(False, 25.0).custom_params() == {"droidspeak_pipelined": "off", "droidspeak_link_gbps": 25.0}
+    for config in (sweep.Config(True, 10.0), sweep.Config(False, None)):
+        options = parse_request_options(config.custom_params())
+        assert (options.pipelined, options.link_gbps) == (config.pipelined, config.throttle_gbps or 0.0)
 
 
 # the fake adds 10 ms fetch, 4 ms recompute and 12 ms total per foreign hit to its stage sums
@@ -82,11 +90,16 @@ STAGED_FAKE = FAKE.replace("tree = {}\n", "tree = {}\nstages = {'fetch': 0.0, 'r
     "            for s, v in (('fetch', 0.010), ('recompute', 0.004), ('total', 0.012)): stages[s] += v\n").replace(
     'self.send(b"sglang:droidspeak_tokens_reused_total 3.0\\n" if self.path == "/metrics" else b"{}", "text/plain")',
     'self.send("".join(f\'sglang:droidspeak_import_stage_seconds_sum{{model="b",stage="{s}"}} {v}\\n\' '
-    'for s, v in stages.items()).encode() if self.path == "/metrics" else b"{}", "text/plain")')
+    'for s, v in stages.items()).encode() if self.path == "/metrics" else b"{}", "text/plain")').replace(
+    "    hit = longest(ids, tree)\n",
+    "    hit = longest(ids, tree)\n"
+    "    if 'peers' in settings:\n"
+    "        with open(os.environ['FAKE_SGLANG_PARAMS'], 'a') as log:\n"
+    "            log.write(json.dumps(body['sampling_params']['custom_params']) + '\\n')\n")
 
 
 def test_sweep_end_to_end_against_fake_sglang(tmp_path, monkeypatch):
-    assert all(part in STAGED_FAKE for part in ("stages = {", "stages[s] += v", "stages.items()"))
+    assert all(part in STAGED_FAKE for part in ("stages = {", "stages[s] += v", "stages.items()", "FAKE_SGLANG_PARAMS"))
     (tmp_path / "fake" / "sglang").mkdir(parents=True)
     (tmp_path / "fake" / "sglang" / "__init__.py").write_text("")
     (tmp_path / "fake" / "sglang" / "launch_server.py").write_text(STAGED_FAKE)
@@ -95,6 +108,7 @@ def test_sweep_end_to_end_against_fake_sglang(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path / 'fake'}:{Path(__file__).resolve().parents[2]}")
     monkeypatch.setenv("FAKE_SGLANG_SHARED", str(tmp_path / "shared"))
     monkeypatch.setenv("FAKE_SGLANG_UNIT_S", "0.001")
+    monkeypatch.setenv("FAKE_SGLANG_PARAMS", str(tmp_path / "params.jsonl"))
     out = tmp_path / "res" / "sweep.json"
     code = main(["bench-prefill", "--lengths", "64", "--plans", "reuse,0:8", "--repeats", "1", "--warmup", "0",
                  "--announce-wait", "0", "--pipelined", "on,off", "--throttle-gbps", "10,100", "--out", str(out),
@@ -114,5 +128,9 @@ def test_sweep_end_to_end_against_fake_sglang(tmp_path, monkeypatch):
     md = out.with_suffix(".md").read_text()
     assert "## Pipelining and link rate" in md and "| 64 | 0:8 | no | 100 |" in md
     assert (tmp_path / "res" / "sweep-sweep.png").stat().st_size > 1000
-    assert sorted(p.name for p in (tmp_path / "work").iterdir() if p.name.startswith("config-")) == [
-        "config-0", "config-1", "config-2", "config-3"]
+    logs = sorted(p.relative_to(tmp_path / "work").as_posix() for p in (tmp_path / "work").rglob("server-*.log"))
+    assert logs == ["servers/server-a.log", "servers/server-b.log"]  # one pair for all four configs
+    assert result["droidspeak_config"]["a"]["allow_request_throttle"] is True
+    params = [json.loads(line) for line in (tmp_path / "params.jsonl").read_text().splitlines()]
+    assert params == [{"droidspeak_plan": plan, "droidspeak_pipelined": "on" if piped else "off",
+                       "droidspeak_link_gbps": rate} for plan, piped, rate in configs]

@@ -11,7 +11,7 @@ from sglang_droidspeak.sglang.settings import SettingsError, parse_settings
 from sglang_droidspeak.transfer import wire
 from sglang_droidspeak.transfer.fetch import FetchClient
 from sglang_droidspeak.transfer.frames import FetchDone
-from sglang_droidspeak.transfer.pacing import LinkPacer, PacingError
+from sglang_droidspeak.transfer.pacing import LinkPacer, PacerPolicy, PacingError
 from test_fetch import SECRET, chunks_for, request
 from test_ipc_export import DST_SLOTS, export, sides  # noqa: F401 - sides is a fixture
 from test_ipc_export import request as ipc_request
@@ -86,7 +86,7 @@ class RecordingPacer:
 
 def test_fetch_server_paces_every_frame_by_its_encoded_bytes():
     serving = Serving(chunks_for, SECRET)
-    serving.server.pacer = recorder = RecordingPacer()
+    serving.server.pacing = PacerPolicy(recorder := RecordingPacer())
     client = FetchClient(SECRET)
     try:
         done = client.fetch(serving.server.endpoint, request(), lambda chunk: None, timeout_s=5)
@@ -127,7 +127,7 @@ def test_import_stage_metric():
 
 
 def test_ipc_copy_is_paced_per_layer_by_its_k_and_v_bytes(sides):
-    sides.ipc.pacer = recorder = RecordingPacer()
+    sides.ipc.pacing = PacerPolicy(recorder := RecordingPacer())
     messages = export(sides, ipc_request(sides, layers=(0, 2)))
     assert isinstance(messages[-1], FetchDone)
     row = sides.sender.get_key_buffer(0)[0]  # [heads, dim]

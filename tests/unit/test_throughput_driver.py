@@ -137,17 +137,19 @@ def test_launch_starts_sender_then_receivers(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_SGLANG_RECORDS", str(tmp_path / "records"))
     from test_bench_prefill import free_base, tokenizer_dir
     out = tmp_path / "launch.json"
-    code = main(["bench-throughput", "--launch", "--gpus", "0,1,1", "--port-base", str(free_base()),
-                 "--zmq-base", "5990", "--systems", "reuse", "--qps", "50", "--num-sessions", "2", "--warmup-sessions",
-                 "0", "--min-context-len", "16", "--max-context-len", "16", "--min-suffix-len", "2",
-                 "--max-suffix-len", "2", "--max-new-tokens", "2", "--tokenizer-from", str(tokenizer_dir(tmp_path)),
-                 "--work-dir", str(tmp_path / "work"), "--startup-timeout", "30", "--out", str(out)])
+    code = main(["bench-throughput", "--launch", "--gpus", "0,1,1", "--data-plane", "nccl",
+                 "--port-base", str(free_base()), "--zmq-base", "5990", "--systems", "reuse", "--qps", "50",
+                 "--num-sessions", "2", "--warmup-sessions", "0", "--min-context-len", "16", "--max-context-len", "16",
+                 "--min-suffix-len", "2", "--max-suffix-len", "2", "--max-new-tokens", "2",
+                 "--tokenizer-from", str(tokenizer_dir(tmp_path)), "--work-dir", str(tmp_path / "work"),
+                 "--startup-timeout", "30", "--out", str(out)])
     assert code == 0
     records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "records").iterdir()}
     assert sorted(records) == ["coder", "reviewer", "tester"]
     assert [records[m]["gpu"] for m in ("coder", "tester", "reviewer")] == ["0", "1", "1"]
     assert records["coder"]["config"] == {"model": "coder", "export_bind": "tcp://127.0.0.1:5990",
-                                          "announce_bind": "tcp://127.0.0.1:5991"}
+                                          "announce_bind": "tcp://127.0.0.1:5991", "data_plane": "nccl"}
+    assert records["tester"]["config"]["data_plane"] == records["reviewer"]["config"]["data_plane"] == "nccl"
     tester = records["tester"]["config"]
     assert tester["peers"] == [{"model": "coder", "fetch": "tcp://127.0.0.1:5990", "announce": "tcp://127.0.0.1:5991"}]
     assert tester["plans"] == [{"sender": "coder", "receiver": "tester", "num_layers": 32, "groups": [[0, 8]]}]
@@ -156,7 +158,29 @@ def test_launch_starts_sender_then_receivers(tmp_path, monkeypatch):
     assert records["coder"]["plugins"] == "droidspeak"
     result = json.loads(out.read_text())
     assert result["server_gpus"] == {"coder": "0", "tester": "1", "reviewer": "1"} and "error" not in result
+    assert "KV over data plane nccl" in result["servers_note"] and not any("NCCL" in t for t in result["todo"])
     assert result["points"][0]["num_errors"] == 0 and result["warnings"][0].startswith("reuse @ 50: ")
+
+
+def test_the_data_plane_goes_into_every_server_config():
+    from sglang_droidspeak.bench.throughput import ThroughputConfig
+    from sglang_droidspeak.bench.throughput_servers import check_plane_gpus, droidspeak_configs
+    from sglang_droidspeak.sglang.settings import parse_settings
+    models = ["coder", "tester", "reviewer"]
+    for plane in ("zmq", "cuda_ipc", "nccl"):
+        configs = droidspeak_configs(models, 5990, 60.0, "0:8", 32, plane)
+        assert {name: parse_settings(c).data_plane for name, c in configs.items()} == dict.fromkeys(models, plane)
+    assert [c["data_plane"] for c in droidspeak_configs(models, 5990, 60.0, "", 32).values()] == ["zmq"] * 3
+    assert ThroughputConfig().data_plane == "zmq" and ThroughputConfig(data_plane="cuda_ipc").data_plane == "cuda_ipc"
+    with pytest.raises(ValueError, match="--data-plane must be one of zmq, cuda_ipc, nccl, got 'rdma'"):
+        ThroughputConfig(data_plane="rdma")
+    with pytest.raises(ValueError, match="--data-plane must be one of"):
+        main(["bench-throughput", "--url", "http://x", "--data-plane", "ZMQ"])
+    check_plane_gpus("nccl", "0,1,1", 3)
+    check_plane_gpus("cuda_ipc", "0", 3)
+    for gpus in ("0", "0,1,0"):
+        with pytest.raises(ValueError, match="nccl needs the sender on another GPU"):
+            check_plane_gpus("nccl", gpus, 3)
 
 
 def test_blend_systems_are_accepted_and_replace_the_todo():

@@ -244,3 +244,25 @@ def test_announce_token_count_is_bounded_by_the_decoder():
     assert decode(frames, SECRET, WireLimits(max_tokens=10)) == msg
     with pytest.raises(WireError, match="max_tokens"):
         decode(frames, SECRET, WireLimits(max_tokens=9))
+
+
+def test_fetch_request_link_gbps_round_trips_as_a_float():
+    paced = FetchRequest("r1", "a", "b", "fp", (1, 2), (0,), (), 0, link_gbps=12.5)
+    frames = encode(paced, SECRET)
+    assert _header(frames)["link_gbps"] == 12.5 and decode(frames, SECRET) == paced
+    assert decode(encode(REQ, SECRET), SECRET).link_gbps == 0.0  # the default: no request pacing
+    assert list(_header(encode(REQ, SECRET)))[-3:] == ["link_gbps", "payload_len", "mac"]
+
+
+@pytest.mark.parametrize("bad, match", [
+    (25, "link_gbps must be float, got int"), (True, "link_gbps must be float, got bool"),
+    ("10", "link_gbps must be float, got str"), (None, "link_gbps must be float, got NoneType"),
+    (float("nan"), "link_gbps must be a finite float >= 0, got nan"),
+    (float("inf"), "link_gbps must be a finite float >= 0, got inf"),
+    (-1.0, "link_gbps must be a finite float >= 0, got -1.0"),
+])
+def test_bad_link_gbps_is_rejected_on_decode_and_construction(bad, match):
+    with pytest.raises(WireError, match=match):
+        decode(_resigned(REQ, link_gbps=bad), SECRET)
+    with pytest.raises(WireError, match=match):
+        FetchRequest("r1", "a", "b", "fp", (1,), (0,), (), 0, link_gbps=bad)
