@@ -5,7 +5,8 @@ Also spelled ``droidspeak bench prefill``. Run on the GPU machine through
 
     droidspeak bench-prefill [--lengths 1024,...,32768] [--plans reuse,0:4,0:8,0:16,blend:0.125,blend:0.25]
                              [--repeats 3] [--warmup 1] [--out docs/results/bench-prefill-DATE.json]
-                             [--pipelined on,off] [--throttle-gbps 10,25,100]   # the bandwidth sweep
+                             [--pipelined on,off] [--throttle-gbps none,10,25,100]   # the bandwidth sweep
+                             [--sweep-lengths 16384] [--sweep-plans reuse,0:8]  # for configs after the first
     droidspeak bench-prefill --replot RESULT.json   # Markdown + PNG again from a result (no servers)
     droidspeak bench-prefill --replot A.json,B.json --out MERGED.json   # two runs, one table
 
@@ -26,7 +27,8 @@ Also spelled ``droidspeak bench prefill``. Run on the GPU machine through
    sender allows request rates (``allow_request_throttle``), and each timed request names
    its config in custom_params next to ``droidspeak_plan`` (``droidspeak_pipelined``; with
    a rate, ``droidspeak_link_gbps``; sglang/request_options.py). Step 3 per config, full
-   prefill only with the first. Each sample also gets the receiver's import split from
+   prefill only with the first; the configs after the first run ``--sweep-lengths`` x
+   ``--sweep-plans`` (default: all). Each sample also gets the receiver's import split from
    /metrics; the report adds the table and ``-sweep.png`` of bench/sweep_report.py
    (columns, bound). The main table shows the first config only.
 """
@@ -75,8 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--gpus", default="", help="'S,R': --base-gpu-id of the sender and of the receiver (default: both on the "
       "first visible GPU; with --data-plane nccl: 0,1)")
     a("--pipelined", default="on", help="receiver's import: 'on', 'off' or 'on,off' (both; set per request)")
-    a("--throttle-gbps", default="", help="link rates the sender paces each request to, e.g. 10,25,100 (Gbit/s; "
-      "default: unthrottled); every rate and --pipelined mode runs on the same server pair")
+    a("--throttle-gbps", default="", help="link rates the sender paces each request to, e.g. none,10,25,100 "
+      "(Gbit/s; 'none' or default: unthrottled); every rate and --pipelined mode runs on the same server pair, "
+      "the first (rate, mode) gives the main table")
+    a("--sweep-lengths", default="", help="lengths for the configs after the first (default: --lengths)")
+    a("--sweep-plans", default="", help="plans for the configs after the first (default: --plans)")
     a("--mem-fraction", type=float, default=0.8, help="--mem-fraction-static of each server")
     a("--max-total-tokens", type=int, default=0, help="KV slots per server (0: 2 x longest context + 2048)")
     a("--server-args", default="", help="extra sglang.launch_server args for both (later flags win)")
@@ -120,8 +125,13 @@ def run(args: argparse.Namespace) -> int:
     code, servers = 0, ()
     try:
         servers = pm.start_servers(args, model_dir, work / "servers", max(lengths) + SUFFIX_LEN, result)
+        sweep_lengths = [int(x) for x in args.sweep_lengths.split(",")] if args.sweep_lengths else lengths
+        sweep_plans = parse_plans(args.sweep_plans, num_layers)[1:] if args.sweep_plans else plans[1:]
         for index, config in enumerate(configs):
-            bench(servers, lengths, plans if index == 0 else plans[1:], args, result, out, config)
+            if index == 0:
+                bench(servers, lengths, plans, args, result, out, config)
+            else:
+                bench(servers, sweep_lengths, sweep_plans, args, result, out, config)
         result["receiver_metrics"] = pm.metric_lines(servers[1].metrics())
     except Exception as exc:  # keep what was measured
         result["error"] = repr(exc)

@@ -54,18 +54,18 @@ class Config:
 
 
 def parse_configs(pipelined: str, throttles: str) -> list[Config]:
-    """``--pipelined on,off`` x ``--throttle-gbps 10,25,100`` (empty: unthrottled), throttle-major."""
+    """``--pipelined on,off`` x ``--throttle-gbps none,10,25,100`` (empty or 'none': unthrottled),
+    throttle-major, in the order given (the first config is the main table's)."""
     modes = [{"on": True, "off": False}.get(p.strip()) for p in pipelined.split(",") if p.strip()]
     if not modes or None in modes:
         raise ValueError(f"--pipelined: a list of 'on' and 'off', got {pipelined!r}")
-    rates: list[Optional[float]] = [None]
-    if throttles.strip():
-        try:
-            rates = [float(t) for t in throttles.split(",") if t.strip()]
-        except ValueError:
-            raise ValueError(f"--throttle-gbps: comma-separated numbers > 0, got {throttles!r}") from None
-        if not rates or min(rates) <= 0:
-            raise ValueError(f"--throttle-gbps: comma-separated numbers > 0, got {throttles!r}")
+    words = [t.strip() for t in throttles.split(",") if t.strip()] or ["none"]
+    try:
+        rates = [None if word == "none" else float(word) for word in words]
+    except ValueError:
+        raise ValueError(f"--throttle-gbps: comma-separated numbers > 0 or 'none', got {throttles!r}") from None
+    if any(rate is not None and not rate > 0 for rate in rates):
+        raise ValueError(f"--throttle-gbps: comma-separated numbers > 0 or 'none', got {throttles!r}")
     return [Config(mode, rate) for rate in dict.fromkeys(rates) for mode in dict.fromkeys(modes)]
 
 

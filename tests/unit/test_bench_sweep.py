@@ -30,6 +30,9 @@ def test_parse_configs():
                                        ("on", "10,x", "--throttle-gbps"), ("on", "0", "--throttle-gbps")):
         with pytest.raises(ValueError, match=flag):
             sweep.parse_configs(pipelined, throttles)
+    assert sweep.parse_configs("on,off", "none,10") == [
+        sweep.Config(True, None), sweep.Config(False, None), sweep.Config(True, 10.0), sweep.Config(False, 10.0)]
+    assert sweep.parse_configs("on", "25,none") == [sweep.Config(True, 25.0), sweep.Config(True, None)]
     assert sweep.Config(False, 25.0).label() == "serial, 25 Gbit/s"
     assert sweep.Config(True, None).label() == "pipelined, host path"
 
@@ -112,15 +115,15 @@ def test_sweep_end_to_end_against_fake_sglang(tmp_path, monkeypatch):
     out = tmp_path / "res" / "sweep.json"
     code = main(["bench-prefill", "--lengths", "64", "--plans", "reuse,0:8", "--repeats", "1", "--warmup", "0",
                  "--announce-wait", "0", "--pipelined", "on,off", "--throttle-gbps", "10,100", "--out", str(out),
+                 "--sweep-lengths", "64", "--sweep-plans", "0:8",
                  "--tokenizer-from", str(tokenizer_dir(tmp_path)), "--work-dir", str(tmp_path / "work"),
                  "--port-base", str(free_base()), "--zmq-base", "5999", "--startup-timeout", "30"])
     assert code == 0
     result = json.loads(out.read_text())
     assert "error" not in result and len(result["configs"]) == 4
     configs = [(s["plan"], s["pipelined"], s["throttle_gbps"]) for s in result["samples"]]
-    assert configs == [("off", True, 10.0), ("reuse", True, 10.0), ("0:8", True, 10.0),
-                       ("reuse", False, 10.0), ("0:8", False, 10.0), ("reuse", True, 100.0), ("0:8", True, 100.0),
-                       ("reuse", False, 100.0), ("0:8", False, 100.0)]
+    assert configs == [("off", True, 10.0), ("reuse", True, 10.0), ("0:8", True, 10.0),  # the main table
+                       ("0:8", False, 10.0), ("0:8", True, 100.0), ("0:8", False, 100.0)]  # --sweep-plans
     assert [len(r) for r in result["rows"]] and [r["plan"] for r in result["rows"]] == ["off", "reuse", "0:8"]
     split = result["sweep_rows"][0]
     assert (split["fetch_ms"], split["recompute_ms"], split["import_ms"]) == pytest.approx((10.0, 4.0, 12.0))
