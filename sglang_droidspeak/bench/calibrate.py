@@ -24,9 +24,10 @@ import argparse
 import json
 import statistics
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 from sglang_droidspeak.bench import prefill_report as rep
+from sglang_droidspeak.bench.prefill import first_config_samples
 from sglang_droidspeak.plan.latency import PrefillLatencyModel
 from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.sglang.request_plan import parse_plan_choice
@@ -49,11 +50,14 @@ def layer_plan(plan: str, num_layers: int) -> LayerPlan | None:
     return choice if isinstance(choice, LayerPlan) else None
 
 
-def fit(result: dict) -> tuple[PrefillLatencyModel, list[Prediction]]:
-    """The latency model of one bench-prefill result and its predictions of the plan rows."""
+def fit(result: dict, lengths: Optional[set[int]] = None) -> tuple[PrefillLatencyModel, list[Prediction]]:
+    """The latency model of one bench-prefill result and its predictions of the plan rows:
+    the first config's samples only (a sweep's paced or serial rows would skew the link),
+    at ``lengths`` (None: all)."""
     config, num_layers, suffix = result["model"], result["num_layers"], result["suffix_len"]
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    medians = rep.median_ttft(result["samples"])
+    samples = [s for s in first_config_samples(result) if lengths is None or s["length"] in lengths]
+    medians = rep.median_ttft(samples)
     full = sorted((length, ms) for (length, plan), ms in medians.items() if plan == rep.FULL)
     base = PrefillLatencyModel(1.0, 0.0, 2 * config["num_key_value_heads"] * head_dim * DTYPE_BYTES,
                                config["hidden_size"] * DTYPE_BYTES, 1.0, pipelined=False)
@@ -80,15 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("result", type=Path, help="a bench-prefill result JSON")
     parser.add_argument("--out", type=Path, default=None, help="write the model and predictions here (JSON)")
+    parser.add_argument("--lengths", default="", help="fit to these context lengths only, e.g. 4096,16384 "
+                        "(the model is linear in tokens; attention makes long contexts superlinear)")
     args = parser.parse_args(argv)
     result = json.loads(args.result.read_text())
-    model, predictions = fit(result)
+    model, predictions = fit(result, {int(x) for x in args.lengths.split(",")} if args.lengths else None)
     print(f"latency_model (for DROIDSPEAK_CONFIG / cluster slo): {json.dumps(model.to_dict())}")
     print(f"{'length':>7} {'plan':>6} {'measured ms':>12} {'predicted ms':>13} {'error':>7}")
     for p in predictions:
         print(f"{p.length:>7} {p.plan:>6} {p.measured_ms:>12.1f} {p.predicted_ms:>13.1f} {p.rel_error:>+7.1%}")
     if args.out:
-        args.out.write_text(json.dumps({"source": str(args.result), "card": result.get("card"),
+        args.out.write_text(json.dumps({"source": str(args.result), "lengths": args.lengths or "all",
+                                        "card": result.get("card"),
                                         "date": result.get("date"), "latency_model": model.to_dict(),
                                         "predictions": [p._asdict() for p in predictions]}, indent=1))
     return 0

@@ -42,3 +42,19 @@ def test_main_writes_model_and_predictions(tmp_path, capsys):
     written = json.loads(out.read_text())
     assert written["latency_model"]["ms_per_layer_token"] == pytest.approx(0.002)
     assert len(written["predictions"]) == 4 and "latency_model" in capsys.readouterr().out
+
+
+def test_sweep_rows_and_other_lengths_do_not_enter_the_fit():
+    result = _result(0.001, 1000.0)
+    result["configs"] = [{"pipelined": True, "throttle_gbps": None}, {"pipelined": True, "throttle_gbps": 10.0}]
+    for sample in result["samples"]:
+        sample.update(pipelined=True, throttle_gbps=None)
+    paced = [{"length": 4096, "plan": "reuse", "ttft_ms": 1e6, "pipelined": True, "throttle_gbps": 10.0}] * 3
+    result["samples"] += paced  # a sweep config's rows: far slower, must not move the link
+    model, predictions = calibrate.fit(result)
+    assert model.link_gbps == pytest.approx(8.0 * 1e6 / 1e9 * 1e3 / 1e3)
+    assert all(abs(p.rel_error) < 1e-9 for p in predictions)
+    result["samples"] += [{"length": 8192, "plan": "off", "ttft_ms": 1e5, "pipelined": True, "throttle_gbps": None}]
+    model, predictions = calibrate.fit(result, {1024, 4096})  # the superlinear long context left out
+    assert model.ms_per_layer_token == pytest.approx(0.001)
+    assert {p.length for p in predictions} == {1024, 4096}
