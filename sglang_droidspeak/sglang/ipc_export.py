@@ -61,6 +61,7 @@ class IpcExporter:
         self._opened: dict[str, tuple[list, list]] = {}  # offer id -> (K buffers, V buffers)
         self._uuid: Optional[str] = None
         self.num_late = 0
+        self.num_bytes_out = 0  # K/V bytes copied into receivers' pools (bytes_moved{out})
 
     def accept_offer(self, offer: IpcPoolOffer) -> None:
         known = self.offers.get(offer.offer_id)
@@ -134,9 +135,11 @@ class IpcExporter:
         pacer = self.pacing.for_request(request.link_gbps)
         for layer in request.reused_layers:
             k, v = self.kv_pool.get_key_buffer(layer)[src], self.kv_pool.get_value_buffer(layer)[src]  # [n, heads, dim]
+            num_bytes = k.numel() * k.element_size() + v.numel() * v.element_size()
             if pacer is not None:
-                pacer.consume(k.numel() * k.element_size() + v.numel() * v.element_size())
+                pacer.consume(num_bytes)
             k_buffers[layer][dst], v_buffers[layer][dst] = k, v
+            self.num_bytes_out += num_bytes
         if torch.device(device).type == "cuda":
             torch.cuda.current_stream(device).synchronize()
         late_ms = self.clock_ms() - request.deadline_ms

@@ -50,6 +50,7 @@ class NcclExporter:
         self.channels: OrderedDict[str, PairChannel] = OrderedDict()  # channel id -> our end, LRU first
         self.e_dtypes: dict[str, str] = {}  # channel id -> the receiver's E dtype
         self._uuid: Optional[str] = None
+        self.num_bytes_out = 0  # E and K/V bytes sent over pair channels (bytes_moved{out})
 
     def accept_offer(self, offer: NcclPairOffer):
         """NcclPairAccept once joining has begun, else FetchError(nccl_unavailable)."""
@@ -106,7 +107,9 @@ class NcclExporter:
         in_flight: deque = deque()
         try:
             for what, layer in tensor_order(request):
-                in_flight.append(channel.send(self._gather(what, layer, src, e, e_dtype)))
+                tensor = self._gather(what, layer, src, e, e_dtype)
+                in_flight.append(channel.send(tensor))
+                self.num_bytes_out += tensor.numel() * tensor.element_size()
                 if len(in_flight) > self.window:
                     wait_all([in_flight.popleft()], deadline)
             wait_all(in_flight, deadline)

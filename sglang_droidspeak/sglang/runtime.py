@@ -107,11 +107,16 @@ class DroidSpeakRuntime:
 
     def _export(self, request):
         self.metrics.record_export()
+        planes_before = self._plane_bytes_out()
         for msg in export_messages(request, model=self.model, fingerprint=self.fingerprint, tree=self.tree,
                                    kv_pool=self.parts.kv_pool, compute_e=self.compute_e,
                                    num_layers=self.num_layers, ipc=self.ipc_export, nccl=self.nccl_export):
             self.metrics.record_bytes("out", len(getattr(msg, "data", b"")))
             yield msg
+        self.metrics.record_bytes("out", self._plane_bytes_out() - planes_before)  # IPC copies, NCCL sends
+
+    def _plane_bytes_out(self) -> int:
+        return sum(plane.num_bytes_out for plane in (self.ipc_export, self.nccl_export) if plane is not None)
 
     def compute_e(self, token_ids: list, layers: tuple) -> dict:
         """E entering each of ``layers`` for the prefix, by this model's own layers (no KV writes)."""

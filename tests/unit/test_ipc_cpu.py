@@ -85,6 +85,9 @@ def test_same_weights_receiver_gets_the_reference_kv_without_kv_frames(ipc_pair,
     row_bytes = b.pool.get_key_buffer(0)[0].numel() * 4  # fp32 K or V row
     e_bytes = len(layer_plan.e_layers()) * len(CONTEXT) * b.runtime.parts.hidden_size * 4
     assert b.metrics.bytes["in"] == 2 * len(layer_plan.reused_layers()) * len(CONTEXT) * row_bytes + e_bytes
+    # the sender counts what it copied into our pool as well as its frames (E, stand-in fp32)
+    assert a.metrics.bytes["out"] >= b.metrics.bytes["in"] - e_bytes
+    assert a.runtime.ipc_export.num_bytes_out == 2 * len(layer_plan.reused_layers()) * len(CONTEXT) * row_bytes
     import_and_check(a, b, OTHER, plan)
     assert b.runtime.ipc_fetch.backend.num_shared == 1 and a.runtime.ipc_export.backend.num_opened == 1
 

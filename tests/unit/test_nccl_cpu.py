@@ -55,6 +55,8 @@ def test_the_receiver_gets_the_reference_kv_over_the_channel(nccl_pair, plan):
     backend_b, backend_a = b.runtime.nccl_fetch.backend, a.runtime.nccl_export.backend
     assert (backend_b.num_hosted, backend_a.num_joined) == (1, 1)  # one channel, reused
     assert b.runtime.nccl_fetch.channels[endpoint(a)].is_open
+    assert a.metrics.bytes["out"] == b.metrics.bytes["in"]  # both ends count the channel's bytes
+    assert (b.metrics.bytes["in"] > 0) == (plan != "0:4")  # 0:4 recomputes every layer from E_0: no transfer
 
 
 @pytest.mark.parametrize("nccl_pair", [("GPU-receiver", "nccl"), ("GPU-sender", "zmq")], indirect=True)
