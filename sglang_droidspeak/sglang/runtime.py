@@ -37,10 +37,10 @@ from sglang_droidspeak.sglang.plan_choice import PlanChooser
 from sglang_droidspeak.sglang.planes import build_planes
 from sglang_droidspeak.sglang.recompute import prefix_inputs, recompute_group
 from sglang_droidspeak.sglang.request_options import RequestOptions
+from sglang_droidspeak.sglang.runtime_directory import DirectoryRole
 from sglang_droidspeak.sglang.settings import DroidSpeakSettings
 from sglang_droidspeak.transfer.directory import Announcer, DirectoryListener
 from sglang_droidspeak.transfer.fetch import FetchClient, FetchFailed, FetchServer
-from sglang_droidspeak.transfer.frames import PrefixAnnounce
 from sglang_droidspeak.transfer.pacing import LinkPacer, PacerPolicy
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ PEER_BACKOFF_S = 10.0  # after a timeout or protocol error, skip that peer for t
 BACKOFF_REASONS = ("timeout", "protocol", "internal", "deadline", "nccl_error")
 
 
-class DroidSpeakRuntime:
+class DroidSpeakRuntime(DirectoryRole):
     def __init__(self, settings: DroidSpeakSettings, model: str, fingerprint: str, parts: ModelParts,
                  num_layers: int, metrics: Any, secret: Optional[bytes], ipc_backend: Any = None,
                  nccl_backend: Any = None):
@@ -127,44 +127,6 @@ class DroidSpeakRuntime:
             e_last = recompute_group(self.parts.layers, 0, last, self.parts.embed(ids), positions, None, None, trace)
         trace[last] = e_last
         return {layer: trace[layer] for layer in layers}
-
-    # ---- directory ----
-
-    def announce(self, token_ids, base: Optional[str]) -> None:
-        """Tell peers this server now holds native KV for ``token_ids`` (non-blocking)."""
-        self._publish(token_ids, base, 1)
-
-    def withdraw(self, token_ids, base: Optional[str]) -> None:
-        """Tell peers this server holds nothing that starts with ``token_ids`` any more (it
-        may still hold ``token_ids[:-1]``); receivers cut their entries back to that
-        (``RemotePrefixIndex.withdraw_prefix``). Non-blocking; a lost message leaves a stale
-        hint, whose fetch then ends in FetchError("evicted") and a fallback."""
-        self._publish(token_ids, base, 0)
-
-    def _publish(self, token_ids, base: Optional[str], stored: int) -> None:
-        if self.announcer is None or len(token_ids) == 0:
-            return
-        msg = PrefixAnnounce(self.model, self.fingerprint, base or "", tuple(int(t) for t in token_ids),
-                             self.settings.export_bind or "", stored)
-        self.announcer.publish(msg)
-
-    def _on_announce(self, msg: PrefixAnnounce, peer: Any = None) -> None:
-        if peer is None or self.tree is None:
-            return
-        if msg.sender_model != peer.model:
-            self._warn_once(f"model:{peer.announce}", "droidspeak: peer at %s announces model %r, configured as "
-                            "%r; ignoring it", peer.announce, msg.sender_model, peer.model)
-            return
-        if msg.fingerprint != self.fingerprint:
-            self._warn_once(f"incompatible:{msg.sender_model}", "droidspeak: peer %r has a different model "
-                            "fingerprint; never sharing KV with it", msg.sender_model)
-            self.metrics.record_fallback("incompatible")
-            return
-        base = msg.base or None
-        if msg.stored:
-            self.tree.remote_index.advertise(msg.sender_model, msg.token_ids, peer=peer.fetch, base=base)
-        else:
-            self.tree.remote_index.withdraw_prefix(msg.sender_model, msg.token_ids, base=base, peer=peer.fetch)
 
     # ---- receiver ----
 
