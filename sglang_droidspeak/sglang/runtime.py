@@ -41,6 +41,7 @@ from sglang_droidspeak.sglang.runtime_directory import DirectoryRole
 from sglang_droidspeak.sglang.settings import DroidSpeakSettings
 from sglang_droidspeak.transfer.directory import Announcer, DirectoryListener
 from sglang_droidspeak.transfer.fetch import FetchClient, FetchFailed, FetchServer
+from sglang_droidspeak.transfer.frames import FetchDone, FetchError
 from sglang_droidspeak.transfer.pacing import LinkPacer, PacerPolicy
 
 logger = logging.getLogger(__name__)
@@ -111,9 +112,10 @@ class DroidSpeakRuntime(DirectoryRole):
         for msg in export_messages(request, model=self.model, fingerprint=self.fingerprint, tree=self.tree,
                                    kv_pool=self.parts.kv_pool, compute_e=self.compute_e,
                                    num_layers=self.num_layers, ipc=self.ipc_export, nccl=self.nccl_export):
+            if isinstance(msg, (FetchDone, FetchError)):  # the last message: IPC copies, NCCL sends are done
+                self.metrics.record_bytes("out", self._plane_bytes_out() - planes_before)
             self.metrics.record_bytes("out", len(getattr(msg, "data", b"")))
             yield msg
-        self.metrics.record_bytes("out", self._plane_bytes_out() - planes_before)  # IPC copies, NCCL sends
 
     def _plane_bytes_out(self) -> int:
         return sum(plane.num_bytes_out for plane in (self.ipc_export, self.nccl_export) if plane is not None)
