@@ -13,6 +13,7 @@ Imports no SGLang.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, NamedTuple, Optional
 
@@ -35,14 +36,16 @@ class PlanChooser:
         self._profiles = settings.profile_lookup() if settings.policy_enabled else None
 
     def choose(self, sender: str, default: LayerPlan, forced: bool, prefix_len: int, suffix_len: int,
-               queue_len: int) -> PlanChoice:
-        """The plan for one REMOTE hit of ``prefix_len`` tokens (``default``: the pair's plan)."""
+               queue_len: int, pipelined: Optional[bool] = None) -> PlanChoice:
+        """The plan for one REMOTE hit of ``prefix_len`` tokens (``default``: the pair's plan).
+        ``pipelined``: the request's own import mode (None: the latency model's)."""
         profile = None if forced or self._profiles is None else self._profiles(sender, self.model)
         if profile is None:
             return PlanChoice(default, STATIC)
         s = self.settings
+        model = s.latency_model if pipelined is None else dataclasses.replace(s.latency_model, pipelined=pipelined)
         try:
-            decision = choose_plan(profile.frontier, queue_len=queue_len, latency_model=s.latency_model,
+            decision = choose_plan(profile.frontier, queue_len=queue_len, latency_model=model,
                                    slo_ttft_ms=s.slo_ttft_ms, max_quality_drop=s.max_quality_drop,
                                    prefix_len=prefix_len, suffix_len=max(1, suffix_len),
                                    num_layers=self.num_layers)

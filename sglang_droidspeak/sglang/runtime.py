@@ -148,7 +148,7 @@ class DroidSpeakRuntime(DirectoryRole):
         # SGLang matches a request while it still sits in waiting_queue: the others waiting
         queue_len = max(0, len(getattr(self.scheduler, "waiting_queue", ()) or ()) - 1)
         choice = self.chooser.choose(hit.sender, hit.plan, forced, hit.prefix_len,
-                                     len(token_ids) - hit.prefix_len, queue_len)
+                                     len(token_ids) - hit.prefix_len, queue_len, options.pipelined)
         if choice.plan is None:
             return self._fallback("policy", rid, choice.reason)
         plan: LayerPlan = choice.plan

@@ -95,3 +95,22 @@ def test_the_queue_counts_the_other_waiting_requests(tmp_path, num_others, plan,
         b.runtime.scheduler = SimpleNamespace(waiting_queue=[req] + [request([9]) for _ in range(num_others)])
         m = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
         assert b.tree.tag_of(m.last_device_node).plan == plan and b.metrics.decisions == [reason]
+
+
+# 10 ms per layer-token, a link that moves [0, 2)'s 16384 bytes of K/V in 300 ms and [0, 1)'s
+# 24576 in 450 ms; SLO 1000 ms. Serial: [0, 2) = 640 + 80 + 300 = 1020 (misses), [0, 1) = 850.
+# Pipelined: [0, 2) = max(640, 300) + 80 = 720, [0, 1) = 530; full prefill 1360.
+SLOW_COMPUTE = {"ms_per_layer_token": 10.0, "ms_fixed": 0.0, "kv_bytes_per_layer_token": 256,
+                "e_bytes_per_token": 256, "link_gbps": 16384 / 300 / 125000, "pipelined": False}
+
+
+@pytest.mark.parametrize("pipelined, plan", [(None, "[0, 1)"), ("off", "[0, 1)"), ("on", "[0, 2)")])
+def test_the_request_import_mode_enters_the_policy(tmp_path, pipelined, plan):
+    model = tiny_llama()
+    with two_servers(model, model, receiver_settings(tmp_path, SLOW_COMPUTE)) as (a, b):
+        announce_and_wait(a, b, CONTEXT)
+        req = request(CONTEXT + [3, 4])
+        if pipelined is not None:
+            req.sampling_params.custom_params = {"droidspeak_pipelined": pipelined}
+        m = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+        assert b.tree.tag_of(m.last_device_node).plan == plan and b.metrics.decisions == [IDLE_MOST]
