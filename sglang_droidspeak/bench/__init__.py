@@ -4,6 +4,7 @@
                      full prefill, full KV reuse and DroidSpeak plans (runs the servers)
     prefill_model    its model dir (Llama-3.1-8B shapes, dummy weights) and servers
     prefill_report   its pure part: table rows, speedup / ideal / efficiency, Markdown, plot
+    prefill_outputs  its result JSON, .md and .png (written after every length) and --replot
     quality_latency  ``droidspeak quality-latency``: quality (micro family, CPU) against TTFT
                      (8B bench, GPU) by compute budget; DroidSpeak vs CacheBlend at equal latency
     quality_latency_map, _compare, _report   its budget -> TTFT mapping, comparison, outputs

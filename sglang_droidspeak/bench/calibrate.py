@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 from sglang_droidspeak.bench import prefill_report as rep
-from sglang_droidspeak.bench.prefill import first_config_samples
+from sglang_droidspeak.bench.prefill_outputs import first_config_samples
 from sglang_droidspeak.plan.latency import PrefillLatencyModel
 from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.sglang.request_plan import parse_plan_choice

@@ -22,7 +22,8 @@ Also spelled ``droidspeak bench prefill``. Run on the GPU machine through
    (max_new_tokens=1), ``--announce-wait``, then the receiver's request context + 16-token
    suffix with that plan is timed client-side (TTFT = its wall time); both caches flushed.
    Full prefill = plan "off" (stock prefix caching on a context the receiver never saw).
-4. JSON (``--out``, rewritten after every length), ``.md`` table and ``.png`` plot beside it.
+4. JSON (``--out``, rewritten after every length), ``.md`` table and ``.png`` plot beside it
+   (prefill_outputs.py, which also does ``--replot``).
 5. Sweep: every config (``--throttle-gbps`` x ``--pipelined``) on the one server pair: the
    sender allows request rates (``allow_request_throttle``), and each timed request names
    its config in custom_params next to ``droidspeak_plan`` (``droidspeak_pipelined``; with
@@ -36,7 +37,6 @@ Also spelled ``droidspeak bench prefill``. Run on the GPU machine through
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shlex
@@ -46,6 +46,12 @@ from pathlib import Path
 from sglang_droidspeak.bench import prefill_model as pm
 from sglang_droidspeak.bench import prefill_report as rep
 from sglang_droidspeak.bench import sweep_report as sweep
+from sglang_droidspeak.bench.prefill_outputs import (  # noqa: F401 (first_config_samples, reuse_warnings: re-exported)
+    first_config_samples,
+    replot,
+    reuse_warnings,
+    write_outputs,
+)
 
 SUFFIX_LEN = 16
 VOCAB_LIMIT = 2048  # context ids stay below the small tokenizer's vocabulary
@@ -193,69 +199,3 @@ def measure(servers, plan: str, length: int, rng: random.Random, wait_s: float,
     return {"length": length, "plan": plan, "ttft_ms": ttft_ms, "sender_ms": sender_ms, "cached_tokens": cached,
             "reused_context": cached is not None and cached >= length - 1,
             "meta": {k: meta[k] for k in META_KEYS if k in meta}, **stages}
-
-
-def reuse_warnings(samples: list[dict]) -> list[str]:
-    """Samples whose cache hit contradicts their plan (a fallback: the number is not that system's)."""
-    return [f"length {s['length']} plan {s['plan']} repeat {s['repeat']}: cached_tokens {s['cached_tokens']}"
-            + (" but plan 'off' must not reuse" if s["plan"] == rep.FULL else " < context: fell back to prefill")
-            for s in samples if s["reused_context"] == (s["plan"] == rep.FULL)]
-
-
-def replot(paths: list[Path], out: Path) -> list[Path]:
-    """One result: its .md and .png again, beside it. Several: their samples merged (plans in
-    first-seen order, the first one's header fields, every card kept) into ``out`` and beside it."""
-    results = [json.loads(p.read_text()) for p in paths]
-    if len(results) == 1:
-        return write_outputs(results[0], paths[0], json_too=False)
-    merged = {**results[0], "merged_from": [str(p) for p in paths],
-              "command": " + ".join(r.get("command", "?") for r in results),
-              "card": "; ".join(dict.fromkeys(r.get("card", "?") for r in results)),
-              "plans": list(dict.fromkeys(p for r in results for p in r["plans"])),
-              "samples": [s for r in results for s in r["samples"]]}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return write_outputs(merged, out)
-
-
-def write_outputs(result: dict, out: Path, plot: bool = True, json_too: bool = True) -> list[Path]:
-    """``out`` (JSON, with rows and warnings), ``out``.md and, if ``plot``, ``out``.png."""
-    rows = rep.table_rows(rep.median_ttft(first_config_samples(result)), result["plans"], result["num_layers"])
-    result["rows"] = rep.rows_to_json(rows)
-    result["warnings"] = reuse_warnings(result["samples"])
-    md, png = out.with_suffix(".md"), out.with_suffix(".png")
-    report = rep.markdown_report(result, rows) + sweep_section(result, out, plot)
-    if result["warnings"]:
-        report += "\nWarnings (these samples did not run the named system):\n\n" + "".join(
-            f"- {w}\n" for w in result["warnings"])
-    md.write_text(report)
-    if plot:
-        result["plot"] = rep.plot(rows, png) or str(png)
-    if json_too:
-        out.write_text(json.dumps(result, indent=1))
-    return [out, md] + ([png] if plot and result["plot"] == str(png) else [])
-
-
-def first_config_samples(result: dict) -> list[dict]:
-    """Full prefill and the first config's samples: the main table (old results: all)."""
-    configs = result.get("configs") or []
-    if not configs:
-        return result["samples"]
-    first = sweep.Config(**configs[0])
-    return [s for s in result["samples"] if s["plan"] == rep.FULL or sweep.config_of(s) == first]
-
-
-def sweep_section(result: dict, out: Path, plot: bool) -> str:
-    """The pipelining / link table (and ``-sweep.png``) when the run is a sweep or has import splits."""
-    configs = result.get("configs") or []
-    has_split = any(s.get("total_ms") is not None for s in result["samples"])
-    if len(configs) < 2 and not has_split:
-        return ""
-    rows = sweep.sweep_rows(result["samples"], rep.FULL)
-    result["sweep_rows"] = sweep.rows_to_json(rows)
-    text = ("\n## Pipelining and link rate\n\n" + "Import split from the receiver's /metrics; bound = "
-            f"{sweep.BOUND_FACTOR} x max(recompute, fetch) + suffix (suffix = TTFT - import).\n\n"
-            + sweep.markdown_table(rows))
-    if plot:
-        png = out.with_name(out.stem + "-sweep.png")
-        result["sweep_plot"] = sweep.plot(rows, png) or str(png)
-    return text

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 from sglang_droidspeak.bench import prefill_report as rep
-from sglang_droidspeak.bench.prefill import first_config_samples
+from sglang_droidspeak.bench.prefill_outputs import first_config_samples
 from sglang_droidspeak.plan.blend_plan import DEFAULT_SELECT_LAYER, is_blend, parse_blend
 
 METRICS = ("agreement", "target_acc", "target_nll", "edit_sim")

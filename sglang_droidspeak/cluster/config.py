@@ -24,8 +24,9 @@ others fall back to zmq per peer) | nccl (servers on different GPUs move K/V / E
 NCCL channel; until it is open, or where a peer cannot, zmq). Relative
 paths are relative to the working directory of whoever checks or launches the cluster.
 Every error is a ``ClusterConfigError`` naming the file and the field path; unknown keys
-are errors. Each replica uses two transfer ports on ``bind_host`` (see ``layout``); those
-must not collide with the router or a server either. Imports no SGLang.
+are errors. One ``models`` entry (its checks and dataclasses): model_config.py. Each
+replica uses two transfer ports on ``bind_host`` (see ``layout``); those must not collide
+with the router or a server either. Imports no SGLang.
 """
 
 from __future__ import annotations
@@ -36,13 +37,15 @@ from typing import Any, Iterator, NamedTuple, Optional
 
 import yaml
 
-from sglang_droidspeak.cluster.fields import ClusterConfigError, Section, env_name, is_int
-from sglang_droidspeak.plan.latency import LatencyModelError, PrefillLatencyModel
+from sglang_droidspeak.cluster.fields import ClusterConfigError, Section, env_name
+from sglang_droidspeak.cluster.model_config import (  # noqa: F401 (RESERVED_FLAGS: re-exported)
+    RESERVED_FLAGS,
+    ModelConfig,
+    ReplicaConfig,
+    parse_model,
+)
 from sglang_droidspeak.yaml_io import load_yaml
 
-# launch_server flags the cluster sets itself; server_args may not repeat them
-RESERVED_FLAGS = ("--model-path", "--served-model-name", "--host", "--port", "--radix-cache-backend",
-                  "--mem-fraction-static", "--tp-size")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "*")
 DATA_PLANES = ("zmq", "nccl", "cuda_ipc")
 
@@ -67,23 +70,6 @@ class TransferConfig:
     base_port: int = 5600
     secret_env: str = "DROIDSPEAK_SECRET"
     fetch_timeout_s: float = 2.0
-
-
-@dataclass(frozen=True)
-class ReplicaConfig:
-    host: str
-    port: int
-    gpus: tuple[int, ...]
-    mem_fraction: float
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str
-    path: str
-    replicas: tuple[ReplicaConfig, ...]
-    server_args: tuple[str, ...] = ()
-    latency_model: Optional[PrefillLatencyModel] = None  # with slo.ttft_ms: the online policy
 
 
 class ReplicaRef(NamedTuple):
@@ -139,7 +125,7 @@ def parse_cluster_config(data: Any, where: str = "<cluster>") -> ClusterConfig:
                   required=("router", "models"))
     router = Section(top.get("router"), where, "router", ("host", "port"), required=("host", "port"))
     router_config = RouterConfig(router.string("host"), router.port("port"))
-    models = tuple(_model(entry, where, f"models[{i}]") for i, entry in enumerate(top.items("models")))
+    models = tuple(parse_model(entry, where, f"models[{i}]") for i, entry in enumerate(top.items("models")))
     config = ClusterConfig(
         router=router_config,
         models=models,
@@ -171,51 +157,6 @@ def _transfer(s: Section) -> TransferConfig:
         secret_env=env_name(s, "secret_env", "DROIDSPEAK_SECRET"),
         fetch_timeout_s=s.number("fetch_timeout_s", 0.0, default=2.0, low_open=True),
     )
-
-
-def _model(entry: Any, where: str, path: str) -> ModelConfig:
-    s = Section(entry, where, path, ("name", "path", "replicas", "server_args", "latency_model"),
-                required=("name", "path", "replicas"))
-    replicas = tuple(_replica(r, where, f"{s.sub('replicas')}[{i}]") for i, r in enumerate(s.items("replicas")))
-    args = s.items("server_args", [], non_empty=False)
-    for i, arg in enumerate(args):
-        if not isinstance(arg, str):
-            s.fail(f"server_args[{i}]", "must be a string", arg)
-        if arg.split("=", 1)[0] in RESERVED_FLAGS:
-            s.fail(f"server_args[{i}]", f"{arg.split('=', 1)[0]} is set by the cluster config, not server_args")
-    return ModelConfig(s.name("name"), s.string("path"), replicas, tuple(args), _latency_model(s))
-
-
-def _latency_model(s: Section) -> Optional[PrefillLatencyModel]:
-    """``latency_model``: a mapping of plan/latency.py constants, or a JSON/YAML file holding
-    one (at the top or under ``latency_model``, as bench/calibrate.py writes it)."""
-    value = s.get("latency_model", None)
-    if isinstance(value, str):
-        try:
-            value = load_yaml(Path(value).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            s.fail("latency_model", f"cannot read a latency model from {value!r} ({exc})")
-        if isinstance(value, dict) and "latency_model" in value:
-            value = value["latency_model"]
-    if value is None:
-        return None
-    try:
-        return PrefillLatencyModel.from_dict(value)
-    except LatencyModelError as exc:
-        s.fail("latency_model", str(exc))
-
-
-def _replica(entry: Any, where: str, path: str) -> ReplicaConfig:
-    s = Section(entry, where, path, ("host", "port", "gpus", "mem_fraction"),
-                required=("host", "port", "gpus", "mem_fraction"))
-    gpus = s.items("gpus")
-    for i, gpu in enumerate(gpus):
-        if not is_int(gpu) or gpu < 0:
-            s.fail(f"gpus[{i}]", "must be an integer >= 0", gpu)
-        if gpu in gpus[:i]:
-            s.fail(f"gpus[{i}]", f"GPU {gpu} is listed twice")
-    fraction = s.number("mem_fraction", 0.0, 1.0, low_open=True, high_open=True)
-    return ReplicaConfig(s.string("host"), s.port("port"), tuple(gpus), fraction)
 
 
 def _check_unique_names(config: ClusterConfig) -> None:

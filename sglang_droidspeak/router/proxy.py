@@ -8,9 +8,10 @@ headers. A connection error, a body that fails before its first byte, or a 5xx b
 anything reached the client marks the replica failed and retries on another replica of
 the same model, at most once per replica; the last replica's 5xx is passed through.
 Once bytes reached the client, an upstream failure closes the client's connection, so
-the client sees a truncated response rather than a clean end. GET /v1/models lists the
-models, GET /health reports replica state, GET /status adds each replica's /metrics
-summary (``summarize_metrics``; scraped with a 2 s timeout, null with an error on failure).
+the client sees a truncated response rather than a clean end (one attempt: relay.py).
+GET /v1/models lists the models, GET /health reports replica state, GET /status adds
+each replica's /metrics summary (``summarize_metrics``; scraped with a 2 s timeout, null
+with an error on failure).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from sglang_droidspeak.router.relay import UPSTREAM_ERRORS, relay
 from sglang_droidspeak.router.replicas import (
     PickConfig,
     Replica,
@@ -34,10 +36,6 @@ from sglang_droidspeak.router.replicas import (
 SETS = web.AppKey("replica_sets", dict)
 SESSION = web.AppKey("client_session", aiohttp.ClientSession)
 CONNECT_TIMEOUT = web.AppKey("connect_timeout_s", float)
-# Hop-by-hop and length headers are the transport's business, not the payload's.
-_DROP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
-         "proxy-authorization", "proxy-authenticate", "host", "content-length"}
-_UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 
 def error_response(status: int, message: str, kind: str) -> web.Response:
@@ -75,10 +73,6 @@ def prompt_hint(payload: dict, limit: int) -> str:
     return ""
 
 
-def _forward_headers(headers) -> dict[str, str]:
-    return {k: v for k, v in headers.items() if k.lower() not in _DROP}
-
-
 def _resolve_model(payload: dict, sets: dict[str, ReplicaSet]) -> tuple[str | None, web.Response | None]:
     model = payload.get("model")
     if model is None:
@@ -90,63 +84,6 @@ def _resolve_model(payload: dict, sets: dict[str, ReplicaSet]) -> tuple[str | No
         return None, error_response(404, f"unknown model {model!r}; known: {', '.join(sets)}",
                                     "model_not_found")
     return model, None
-
-
-async def _relay(request: web.Request, rset: ReplicaSet, replica: Replica, body: bytes,
-                 final: bool) -> web.StreamResponse | str:
-    """Forward once to ``replica``; the relayed response, or why it may be retried."""
-    session = request.app[SESSION]
-    try:
-        upstream = await session.post(replica.url + request.path, data=body,
-                                      headers=_forward_headers(request.headers),
-                                      params=request.query)
-    except _UPSTREAM_ERRORS as exc:
-        rset.fail(replica)
-        return f"{replica.url}: {type(exc).__name__}: {exc}"
-    done = False
-    try:
-        if upstream.status >= 500:
-            rset.fail(replica)
-            if not final:
-                return f"{replica.url}: HTTP {upstream.status}"
-        try:
-            chunk = await upstream.content.readany()
-        except _UPSTREAM_ERRORS as exc:
-            rset.fail(replica)
-            return f"{replica.url}: body failed before its first byte: {type(exc).__name__}"
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                      headers=_forward_headers(upstream.headers))
-        if upstream.content_length is not None:
-            response.content_length = upstream.content_length
-        done = await _pump(request, rset, replica, upstream, response, chunk)
-        return response
-    finally:
-        if done:
-            upstream.release()
-        else:
-            upstream.close()
-
-
-async def _pump(request, rset, replica, upstream, response, chunk: bytes) -> bool:
-    """Send the headers and copy the body; True when it ended cleanly (the upstream
-    connection is reusable). An upstream failure closes the client connection."""
-    try:
-        await response.prepare(request)
-        while chunk:
-            await response.write(chunk)
-            try:
-                chunk = await upstream.content.readany()
-            except _UPSTREAM_ERRORS:
-                rset.fail(replica)
-                if request.transport is not None:
-                    request.transport.close()  # no clean end: the client sees the truncation
-                return False
-        await response.write_eof()
-    except ConnectionResetError:  # the client went away
-        return False
-    if upstream.status < 500:
-        replica.mark_ok()
-    return True
 
 
 async def handle_forward(request: web.Request) -> web.StreamResponse:
@@ -170,7 +107,8 @@ async def handle_forward(request: web.Request) -> web.StreamResponse:
         tried.append(replica)
         replica.in_flight += 1
         try:
-            outcome = await _relay(request, rset, replica, body, final=len(tried) == len(rset))
+            outcome = await relay(request, request.app[SESSION], rset, replica, body,
+                                  final=len(tried) == len(rset))
         finally:
             replica.in_flight -= 1
         if not isinstance(outcome, str):
@@ -221,7 +159,7 @@ async def _replica_status(session: aiohttp.ClientSession, replica: Replica) -> d
             if upstream.status != 200:
                 raise aiohttp.ClientError(f"HTTP {upstream.status}")
             status["metrics"] = summarize_metrics(await upstream.text(errors="replace"))
-    except _UPSTREAM_ERRORS as exc:
+    except UPSTREAM_ERRORS as exc:
         status["metrics_error"] = f"{type(exc).__name__}: {exc}"
     return status
 

@@ -27,8 +27,9 @@ import torch
 from sglang_droidspeak.plan.blend_plan import BlendPlan
 from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.sglang.blend import blend_layers, receiver_v, select_positions
+from sglang_droidspeak.sglang.import_receiver import _Receiver
 from sglang_droidspeak.sglang.import_streams import ImportStreams
-from sglang_droidspeak.sglang.importer import Filled, ImportResult, ModelParts, _Receiver, import_into_slots
+from sglang_droidspeak.sglang.importer import Filled, ImportResult, ModelParts, import_into_slots
 from sglang_droidspeak.sglang.recompute import prefix_inputs, recompute_group
 from sglang_droidspeak.transfer.frames import FetchRequest
 

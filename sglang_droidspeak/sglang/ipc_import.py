@@ -39,7 +39,7 @@ class IpcFetcher:
     """Fetches over the cuda_ipc plane where it can, over ZMQ where it cannot.
 
     ``backend.share_pool(model, kv_pool, num_layers)`` makes the offer (cuda_ipc.CudaIpc on
-    a GPU; a CPU stand-in in tests). ``receiver`` is the importer's ``_Receiver``: its
+    a GPU; a CPU stand-in in tests). ``receiver`` is import_receiver's ``_Receiver``: its
     ``slots`` are the destination, ``note_copied`` records what arrived by IPC.
     """
 

@@ -1,0 +1,123 @@
+"""The receiver's sink for arriving KV: writes each chunk into the prefix's slots or E buffers.
+
+    call                          from                    checks / effect
+    _Receiver(chunk)              ZMQ fetch (per chunk)   rows in token order, within the prefix;
+                                                          E shape, K/V shape and dtype vs the pool;
+                                                          layer reused by the plan (K/V) or an
+                                                          E layer; writes on the copy stream
+    note_copied(layers)           cuda_ipc plane          layers reused; counts them as complete
+                                                          (the sender wrote the slots itself)
+    take_whole(what, layer, t)    nccl plane              all rows of E [n, hidden] or K/V at once
+    check_complete()              import_prefix           every expected (what, layer) has n rows
+Every violation raises ``ImportFailed("protocol", ...)``; importer.py frees the slots.
+A key's last rows record its event (``streams.mark``); a complete E_s calls ``on_e_ready(s)``
+(the pipelined launcher, import_pipeline.py). Imports no SGLang.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Optional
+
+import torch
+
+from sglang_droidspeak.plan.layer_plan import LayerPlan
+from sglang_droidspeak.sglang.import_streams import ImportStreams
+from sglang_droidspeak.transfer.frames import LayerChunk
+
+if TYPE_CHECKING:
+    from sglang_droidspeak.sglang.importer import ModelParts
+
+
+class ImportFailed(RuntimeError):
+    def __init__(self, reason: str, message: str):
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+class _Receiver:
+    """Writes arriving chunks into the prefix's slots and E buffers, checking every bound.
+
+    Writes go through ``streams`` (the copy stream when pipelined); when a key's last
+    rows are written its event is recorded, and a complete E_s calls ``on_e_ready(s)``.
+    """
+
+    def __init__(self, parts: ModelParts, plan: LayerPlan, slots, e_layers, debug_layers=(),
+                 streams: Optional[ImportStreams] = None, on_e_ready: Callable[[int], None] = lambda layer: None):
+        self.parts, self.slots, self.num_tokens = parts, slots, slots.shape[0]
+        self.streams = streams or ImportStreams(parts.device, pipelined=False)
+        self.on_e_ready = on_e_ready
+        self.reused = set(plan.reused_layers())
+        self.debug_kv: dict[tuple[str, int], torch.Tensor] = {}  # recomputed layers, sender's K/V
+        self.debug_layers = set(debug_layers)
+        self.e = {l: torch.empty(self.num_tokens, parts.hidden_size, dtype=parts.dtype, device=parts.device)
+                  for l in e_layers}  # layer -> [n, hidden]
+        self.rows: dict[tuple[str, int], int] = {}
+        self.num_bytes = 0
+
+    def __call__(self, chunk: LayerChunk) -> None:
+        rows, key = chunk.shape[0], (chunk.what, chunk.layer)
+        if chunk.token_start != self.rows.get(key, 0) or chunk.token_start + rows > self.num_tokens:
+            raise ImportFailed("protocol", f"{chunk.what} chunk rows [{chunk.token_start}, +{rows}) of layer "
+                               f"{chunk.layer}: out of order or beyond {self.num_tokens}")
+        tensor = self.streams.to_device(chunk)
+        with self.streams.copying():
+            self._write(chunk, tensor)
+        self.rows[key] = chunk.token_start + rows
+        self.num_bytes += len(chunk.data)
+        if self.rows[key] == self.num_tokens:
+            self.streams.mark(key)
+            if chunk.what == "e":
+                self.on_e_ready(chunk.layer)
+
+    def _write(self, chunk: LayerChunk, tensor: torch.Tensor) -> None:
+        end = chunk.token_start + chunk.shape[0]
+        if chunk.what == "e":
+            target = self.e.get(chunk.layer)
+            if target is None or tuple(tensor.shape[1:]) != tuple(target.shape[1:]):
+                raise ImportFailed("protocol", f"unexpected E chunk for layer {chunk.layer} {chunk.shape}")
+            target[chunk.token_start:end] = tensor.to(target.dtype)
+        elif chunk.layer in self.debug_layers:
+            self._keep_debug(chunk, tensor)
+        else:
+            if chunk.layer not in self.reused:
+                raise ImportFailed("protocol", f"unexpected {chunk.what} chunk for layer {chunk.layer}")
+            pool = self.parts.kv_pool
+            buffer = (pool.get_key_buffer if chunk.what == "k" else pool.get_value_buffer)(chunk.layer)
+            if tuple(tensor.shape[1:]) != tuple(buffer.shape[1:]) or tensor.dtype != buffer.dtype:
+                raise ImportFailed("protocol", f"{chunk.what} chunk {chunk.shape} {chunk.dtype} does not "
+                                   f"fit the pool's {tuple(buffer.shape[1:])} {buffer.dtype}")
+            buffer[self.slots[chunk.token_start:end]] = tensor  # [rows, heads, head_dim]
+
+    def _keep_debug(self, chunk: LayerChunk, tensor: torch.Tensor) -> None:
+        key = (chunk.what, chunk.layer)
+        if key not in self.debug_kv:
+            self.debug_kv[key] = torch.empty(self.num_tokens, *tensor.shape[1:], dtype=tensor.dtype,
+                                             device=tensor.device)
+        self.debug_kv[key][chunk.token_start:chunk.token_start + chunk.shape[0]] = tensor
+
+    def note_copied(self, layers) -> None:
+        """The cuda_ipc plane wrote K/V of ``layers`` straight into our slots (ipc_import.py)."""
+        for layer in layers:
+            if layer not in self.reused:
+                raise ImportFailed("protocol", f"IPC copy of layer {layer}, which the plan recomputes")
+            self.rows[("k", layer)] = self.rows[("v", layer)] = self.num_tokens
+            for buffer in (self.parts.kv_pool.get_key_buffer(layer), self.parts.kv_pool.get_value_buffer(layer)):
+                self.num_bytes += self.num_tokens * buffer[0].numel() * buffer.element_size()  # K or V rows
+
+    def take_whole(self, what: str, layer: int, tensor: torch.Tensor) -> None:
+        """The nccl plane received all rows of one tensor: E [n, hidden] or K/V [n, heads, dim]."""
+        if what == "e":
+            self.e[layer][:] = tensor.to(self.e[layer].dtype)
+        else:
+            if layer not in self.reused:
+                raise ImportFailed("protocol", f"NCCL {what} of layer {layer}, which the plan recomputes")
+            pool = self.parts.kv_pool
+            (pool.get_key_buffer if what == "k" else pool.get_value_buffer)(layer)[self.slots] = tensor
+        self.rows[(what, layer)] = self.num_tokens
+        self.num_bytes += tensor.numel() * tensor.element_size()
+
+    def check_complete(self) -> None:
+        expected = [("e", l) for l in self.e] + [(w, l) for l in self.reused for w in ("k", "v")]
+        short = [key for key in expected if self.rows.get(key, 0) != self.num_tokens]
+        if short:
+            raise ImportFailed("protocol", f"incomplete transfer for {short[:4]}")
