@@ -8,7 +8,9 @@ Llama-3.1-8B-shaped dir, identical random weights everywhere), all on one GPU by
                                        a pair plan, so the request plan "auto" means it
 
 ``--gpus 0`` puts every server on GPU 0; ``--gpus 0,1,1`` gives server i the i-th entry
-(CUDA_VISIBLE_DEVICES), e.g. the sender on one card and the receivers on the other. The
+(its ``--base-gpu-id``, as bench-prefill does; every server sees every GPU, because NCCL
+cannot use CUDA IPC / NVLink between processes that CUDA_VISIBLE_DEVICES hides from each
+other), e.g. the sender on one card and the receivers on the other. The
 KV moves over ``--data-plane`` (every server's plugin setting ``data_plane``): ``zmq``
 (host staging, any layout), ``cuda_ipc`` (all on one GPU: the sender copies K/V into the
 receiver's pool) or ``nccl`` (the sender on another GPU than every receiver). Servers
@@ -48,7 +50,7 @@ def droidspeak_configs(models: list[str], zmq_base: int, fetch_timeout_s: float,
 
 
 def gpu_of(gpus: str, index: int, num_servers: int) -> str:
-    """The CUDA_VISIBLE_DEVICES of server ``index``: one entry for all, or one per server."""
+    """The GPU (``--base-gpu-id``) of server ``index``: one entry for all, or one per server."""
     entries = [g.strip() for g in gpus.split(",") if g.strip()]
     if len(entries) not in (1, num_servers):
         raise ValueError(f"--gpus {gpus!r}: give one GPU for all servers or one per server ({num_servers})")
@@ -74,9 +76,9 @@ def start_servers(cfg: Any, models: list[str], model_dir: Path, work: Path, cont
     started: list[Server] = []
     try:
         for index, name in enumerate(models):
-            env = {"CUDA_VISIBLE_DEVICES": gpu_of(cfg.gpus, index, len(models))}
+            own = ("--base-gpu-id", gpu_of(cfg.gpus, index, len(models)))
             started.append(Server(name, str(model_dir), cfg.port_base + index, work, plugin=True,
-                                  config=configs[name], extra=extra, env=env))
+                                  config=configs[name], extra=(*own, *extra)))
             wait_healthy([started[-1]], cfg.startup_timeout)
     except Exception:
         for server in started:

@@ -7,7 +7,9 @@ For each replica, in config order (models, then their replicas), a ``ServerPlan`
   --enable-metrics`` (+ ``--tp-size N`` when the replica has N > 1 GPUs) + server_args;
 - ``env``: ``CUDA_VISIBLE_DEVICES`` (the replica's gpus, comma-separated) and
   ``SGLANG_PLUGINS=droidspeak``; the launcher writes ``settings`` to a file and adds
-  ``DROIDSPEAK_CONFIG`` pointing at it;
+  ``DROIDSPEAK_CONFIG`` pointing at it. With ``data_plane: nccl`` and evenly spaced gpus,
+  ``--base-gpu-id`` (+ ``--gpu-id-step``) instead of CUDA_VISIBLE_DEVICES: NCCL cannot use
+  CUDA IPC / NVLink between processes that CUDA_VISIBLE_DEVICES hides from each other;
 - ``settings``: that file's content, accepted by ``sglang.settings.parse_settings``.
 
 Transfer ports: the k-th replica of the cluster (0-based, config order) binds its export
@@ -91,13 +93,29 @@ def _server(config: ClusterConfig, ref: ReplicaRef, refs: list[ReplicaRef], repo
     replica = ref.replica
     return ServerPlan(
         model=ref.model.name, replica_index=ref.replica_index, host=replica.host, port=replica.port,
-        gpus=replica.gpus, command=_command(ref, python),
-        env={"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in replica.gpus), "SGLANG_PLUGINS": "droidspeak"},
+        gpus=replica.gpus, command=_command(ref, python, config.transfer.data_plane),
+        env={**_visible_gpus(replica.gpus, config.transfer.data_plane), "SGLANG_PLUGINS": "droidspeak"},
         settings=_settings(config, ref, refs, report),
     )
 
 
-def _command(ref: ReplicaRef, python: str) -> tuple[str, ...]:
+def gpu_step(gpus: tuple[int, ...]) -> Optional[int]:
+    """The step of an evenly spaced, increasing GPU list (1 for a single GPU); None otherwise."""
+    steps = {b - a for a, b in zip(gpus, gpus[1:])}
+    return 1 if not steps else (steps.pop() if len(steps) == 1 and min(steps) > 0 else None)
+
+
+def _by_gpu_id(gpus: tuple[int, ...], data_plane: str) -> bool:
+    """nccl: place by --base-gpu-id (every GPU visible), since NCCL cannot use CUDA IPC /
+    NVLink between processes that CUDA_VISIBLE_DEVICES hides from each other."""
+    return data_plane == "nccl" and gpu_step(gpus) is not None
+
+
+def _visible_gpus(gpus: tuple[int, ...], data_plane: str) -> dict[str, str]:
+    return {} if _by_gpu_id(gpus, data_plane) else {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)}
+
+
+def _command(ref: ReplicaRef, python: str, data_plane: str = "zmq") -> tuple[str, ...]:
     replica = ref.replica
     command = [python, "-m", "sglang.launch_server", "--model-path", ref.model.path,
                "--served-model-name", ref.model.name, "--host", replica.host, "--port", str(replica.port),
@@ -105,6 +123,10 @@ def _command(ref: ReplicaRef, python: str) -> tuple[str, ...]:
                "--enable-metrics"]
     if len(replica.gpus) > 1:
         command += ["--tp-size", str(len(replica.gpus))]
+    if _by_gpu_id(replica.gpus, data_plane):
+        command += ["--base-gpu-id", str(replica.gpus[0])]
+        if gpu_step(replica.gpus) != 1:
+            command += ["--gpu-id-step", str(gpu_step(replica.gpus))]
     return tuple(command) + ref.model.server_args
 
 

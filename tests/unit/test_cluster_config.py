@@ -239,6 +239,22 @@ def test_latency_model_turns_the_policy_on_for_that_model_only(tmp_path):
     assert not parse_settings(tester).policy_enabled
 
 
+def test_nccl_places_servers_by_gpu_id_so_nccl_sees_every_gpu():
+    data = _with("transfer.data_plane", "nccl")
+    data["models"][1]["replicas"][0]["gpus"] = [0, 2]  # evenly spaced, step 2
+    data["models"][2]["replicas"][0]["gpus"] = [5, 3]  # not increasing: only CUDA_VISIBLE_DEVICES can say it
+    config = parse_cluster_config(data)
+    plan = plan_cluster(config, _report(config))
+    tail = {s.model + str(s.replica_index): s.command[s.command.index("--enable-metrics") + 1:] for s in plan.servers}
+    assert tail["tester0"] == ("--base-gpu-id", "0", "--attention-backend", "triton")
+    assert tail["tester1"] == ("--tp-size", "2", "--base-gpu-id", "1", "--attention-backend", "triton")
+    assert tail["libwriter0"][:6] == ("--tp-size", "2", "--base-gpu-id", "0", "--gpu-id-step", "2")
+    assert "--base-gpu-id" not in tail["other0"]
+    assert [s.env.get("CUDA_VISIBLE_DEVICES") for s in plan.servers] == [None, None, None, "5,3"]
+    zmq = parse_cluster_config(_cluster())  # other planes keep CUDA_VISIBLE_DEVICES
+    assert all("--base-gpu-id" not in s.command for s in plan_cluster(zmq, _report(zmq)).servers)
+
+
 def test_calibrated_latency_file_with_an_exponent_float(tmp_path):
     # calibrate_latency.py on the H200 (2026-11-28) clamped a flat slope to 1e-06, which
     # json.dumps writes as "1e-06" and PyYAML alone reads as a string

@@ -135,6 +135,7 @@ def test_launch_starts_sender_then_receivers(tmp_path, monkeypatch):
     here = Path(__file__).resolve()
     monkeypatch.setenv("PYTHONPATH", f"{fake.parent}:{here.parents[2]}:{here.parent}")
     monkeypatch.setenv("FAKE_SGLANG_RECORDS", str(tmp_path / "records"))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     from test_bench_prefill import free_base, tokenizer_dir
     out = tmp_path / "launch.json"
     code = main(["bench-throughput", "--launch", "--gpus", "0,1,1", "--data-plane", "nccl",
@@ -146,7 +147,9 @@ def test_launch_starts_sender_then_receivers(tmp_path, monkeypatch):
     assert code == 0
     records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "records").iterdir()}
     assert sorted(records) == ["coder", "reviewer", "tester"]
-    assert [records[m]["gpu"] for m in ("coder", "tester", "reviewer")] == ["0", "1", "1"]
+    gpu_ids = [records[m]["argv"][records[m]["argv"].index("--base-gpu-id") + 1] for m in ("coder", "tester", "reviewer")]
+    assert gpu_ids == ["0", "1", "1"]  # --base-gpu-id, not CUDA_VISIBLE_DEVICES (NCCL needs every GPU visible)
+    assert [records[m]["gpu"] for m in ("coder", "tester", "reviewer")] == [None] * 3
     assert records["coder"]["config"] == {"model": "coder", "export_bind": "tcp://127.0.0.1:5990",
                                           "announce_bind": "tcp://127.0.0.1:5991", "data_plane": "nccl"}
     assert records["tester"]["config"]["data_plane"] == records["reviewer"]["config"]["data_plane"] == "nccl"
