@@ -105,16 +105,24 @@ class _Receiver:
                 self.num_bytes += self.num_tokens * buffer[0].numel() * buffer.element_size()  # K or V rows
 
     def take_whole(self, what: str, layer: int, tensor: torch.Tensor) -> None:
-        """The nccl plane received all rows of one tensor: E [n, hidden] or K/V [n, heads, dim]."""
-        if what == "e":
-            self.e[layer][:] = tensor.to(self.e[layer].dtype)
-        else:
-            if layer not in self.reused:
-                raise ImportFailed("protocol", f"NCCL {what} of layer {layer}, which the plan recomputes")
-            pool = self.parts.kv_pool
-            (pool.get_key_buffer if what == "k" else pool.get_value_buffer)(layer)[self.slots] = tensor
+        """The nccl plane received all rows of one tensor: E [n, hidden] or K/V [n, heads, dim].
+
+        Written on the copy stream like a chunk (pipelined: never queued behind the
+        recompute on the compute stream), its event recorded; a complete E_s launches
+        group s (``on_e_ready``), which waits for that event only."""
+        if what != "e" and layer not in self.reused:
+            raise ImportFailed("protocol", f"NCCL {what} of layer {layer}, which the plan recomputes")
+        with self.streams.copying():
+            if what == "e":
+                self.e[layer][:] = tensor.to(self.e[layer].dtype)
+            else:
+                pool = self.parts.kv_pool
+                (pool.get_key_buffer if what == "k" else pool.get_value_buffer)(layer)[self.slots] = tensor
         self.rows[(what, layer)] = self.num_tokens
         self.num_bytes += tensor.numel() * tensor.element_size()
+        self.streams.mark((what, layer))
+        if what == "e":
+            self.on_e_ready(layer)
 
     def check_complete(self) -> None:
         expected = [("e", l) for l in self.e] + [(w, l) for l in self.reused for w in ("k", "v")]

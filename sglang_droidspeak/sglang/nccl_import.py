@@ -12,7 +12,11 @@
     open channel                         FetchRequest(channel_id); on NcclSendStart post
                                          the recvs (at most ``window`` in flight) into
                                          scratch buffers and scatter each into our slots
-                                         (``k_cache[slots] = buf``), until the deadline
+                                         (``k_cache[slots] = buf``), until the deadline;
+                                         recvs and scatters go on the import's copy stream,
+                                         so (pipelined) they never queue behind the
+                                         recompute on the compute stream, and a complete
+                                         E_s launches group s at once
     FetchError no_channel                tear down, re-offer once (refusals precede any send)
     any channel failure or timeout       tear down; FetchFailed: the importer frees the
                                          slots and the request prefills normally
@@ -23,6 +27,7 @@ waits on the channel longer than the fetch timeout. Imports no SGLang (the backe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -111,9 +116,11 @@ class NcclFetcher:
             raise ImportFailed("protocol", f"sender announces {start.num_tensors} tensors on "
                                f"{start.channel_id[:12]}, we expect {len(order)}")
         in_flight: deque = deque()
+        copying = getattr(getattr(receiver, "streams", None), "copying", contextlib.nullcontext)
         for what, layer in order:
-            buf = self._scratch(what, len(request.token_ids))
-            in_flight.append((what, layer, buf, channel.recv(buf)))
+            with copying():  # the channel stream then waits for the copy stream, not the recompute
+                buf = self._scratch(what, len(request.token_ids))
+                in_flight.append((what, layer, buf, channel.recv(buf)))
             if len(in_flight) > self.window:
                 self._finish(in_flight.popleft(), receiver, deadline, idle)
         while in_flight:

@@ -160,3 +160,25 @@ def test_an_evicted_prefix_falls_back_and_keeps_the_channel(nccl_pair):
     fallback_case(a, b, "evicted")
     assert b.runtime.nccl_fetch.channels[endpoint(a)].is_open
     assert leak_free(a) and leak_free(b) and NUM_LAYERS == 4
+
+
+def test_pipelined_groups_start_as_their_e_lands_on_the_channel(nccl_pair, monkeypatch):
+    """Plan 0:1,3:4 over the channel: group 0 before anything arrives, group 3 right after
+    E_3 (it waits for E_3's copy only), then the reused layers' K/V; the KV stays exact."""
+    from sglang_droidspeak.sglang import importer, import_receiver
+    a, b = nccl_pair
+    log, real_take, real_group = [], import_receiver._Receiver.take_whole, importer.recompute_group
+
+    def take_whole(self, what, layer, tensor):
+        log.append((what, layer))
+        return real_take(self, what, layer, tensor)
+
+    def group(layers, start, *args, **kwargs):
+        log.append(("group", start))
+        return real_group(layers, start, *args, **kwargs)
+
+    monkeypatch.setattr(import_receiver._Receiver, "take_whole", take_whole)
+    monkeypatch.setattr(importer, "recompute_group", group)
+    import_and_check(a, b, CONTEXT, "0:1,3:4")
+    assert a.sent == [SEND_START, DONE]
+    assert log == [("group", 0), ("e", 3), ("group", 3), ("k", 1), ("v", 1), ("k", 2), ("v", 2)]
