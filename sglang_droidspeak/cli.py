@@ -9,6 +9,7 @@
     droidspeak status [--url URL]   per-replica health, load and cache metrics from the router
     droidspeak bench-prefill [--...] receiver TTFT vs context length per system (GPU, SGLang)
     droidspeak bench-throughput [--...]  multi-agent TTFT/TBT/E2E vs QPS per system, max QPS at SLO
+    droidspeak bench-reference [--...]   receiver prefill latency per system on the micro family (CPU)
     droidspeak quality-latency --quality Q.json --bench B.json  quality at equal prefill latency (docs/)
     (``droidspeak bench prefill`` and ``droidspeak bench throughput`` are the same commands)
 """
@@ -30,8 +31,11 @@ SUBCOMMANDS = {
     "status": ("sglang_droidspeak.cluster.status", "replica health and cache metrics from the router"),
     "bench-prefill": ("sglang_droidspeak.bench.prefill", "TTFT vs context length: full prefill, reuse, plans"),
     "bench-throughput": ("sglang_droidspeak.bench.throughput", "multi-agent latency vs QPS and max QPS at a TTFT SLO"),
+    "bench-reference": ("sglang_droidspeak.bench.reference_latency",
+                        "receiver prefill latency per system on the micro family (CPU reference engine)"),
     "quality-latency": ("sglang_droidspeak.bench.quality_latency",
-                        "quality (micro, CPU) against prefill latency (8B bench, GPU): DroidSpeak vs CacheBlend"),
+                        "quality (micro, CPU) against prefill latency (a bench-prefill or bench-reference "
+                        "result): DroidSpeak vs CacheBlend"),
 }
 BENCH_WORDS = ("prefill", "throughput")  # `droidspeak bench X` == `droidspeak bench-X`
 

@@ -5,10 +5,13 @@
 
 writes OUT.md, OUT.png and OUT.json (default OUT: docs/quality-latency-<sender>__<receiver>-<length>-<bench
 date>). Quality: one ``droidspeak quality`` result (micro family, 8 layers, CPU reference engine).
-Latency: one ``droidspeak bench-prefill`` result (Llama-3.1-8B shapes, 32 layers, GPU), the median
-TTFT at ``--length`` relative to full prefill. The two are joined by compute budget only
-(quality_latency_map: DroidSpeak [0, k) of 8 layers <-> "0:m" with m/32 = k/8, CacheBlend-style at
-budget f <-> "blend:f", full reuse <-> "reuse", receiver <-> "off"; budgets between measured ones
+Latency: the median TTFT at ``--length`` relative to full prefill, from one ``droidspeak
+bench-prefill`` result (e.g. Llama-3.1-8B shapes, 32 layers, GPU) or one ``droidspeak
+bench-reference`` result (the micro pair itself on the CPU reference engine, the code paths the
+quality study scores; then --length 768, the quality study's context). Either way the two are
+joined by compute budget (quality_latency_map: DroidSpeak [0, k) of 8 layers <-> "0:m" with
+m/L = k/8 for the bench's L, CacheBlend-style at budget f <-> "blend:f", full reuse <->
+"reuse", receiver <-> "off"; budgets between measured ones
 interpolated linearly and marked, budgets outside them left out). Then each DroidSpeak point
 against CacheBlend-style's quality at the same TTFT (quality_latency_compare) and the verdict on
 the target "strictly better at equal latency" for agreement and target_nll. Outputs:
@@ -27,7 +30,8 @@ from sglang_droidspeak.bench import quality_latency_map as qmap
 from sglang_droidspeak.bench.quality_latency_report import Study, write_outputs
 
 VERDICT_METRICS = ("agreement", "target_nll")
-BENCH_META_KEYS = ("date", "card", "command", "model_note", "num_layers", "repeats", "configs")
+BENCH_META_KEYS = ("date", "card", "command", "model_note", "num_layers", "repeats", "configs",
+                   "engine", "sender", "receiver", "sender_weights", "receiver_weights", "ttft_note")
 OUT_SUFFIXES = (".json", ".md", ".png")
 
 

@@ -1,7 +1,8 @@
 """The mapping of ``droidspeak quality-latency``: quality rows to TTFT by compute budget.
 
 The compute budget f = ``recompute_fraction`` (share of the prefix's layer-token compute) is
-the same on the 8-layer micro model and the 32-layer 8B shape:
+the same on the 8-layer micro model and a bench of L layers (the 32-layer 8B shape of
+bench-prefill; the micro model itself, L = 8, for bench-reference):
 
     quality row        kind         the bench plans that anchor its TTFT curve
     receiver           receiver     "off" (f = 1)

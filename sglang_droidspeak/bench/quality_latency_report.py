@@ -2,7 +2,10 @@
 
 A Study holds one run: both inputs' provenance, the mapped points, what was left out and
 why, the equal-latency comparisons and the verdicts. The Markdown header says where each
-half comes from (quality: micro family, CPU reference engine; latency: 8B-shaped GPU bench).
+half comes from (quality: micro family, CPU reference engine; latency: whatever the bench's
+own fields say: a bench-prefill GPU run, e.g. Llama-3.1-8B-shaped, joined by compute budget
+only, or a ``droidspeak bench-reference`` run, ``engine: reference``, which timed the same
+code paths, self-consistent when its pair's weights are the quality study's).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from sglang_droidspeak.bench.quality_latency_compare import Comparison, Verdict
 from sglang_droidspeak.bench.quality_latency_map import (CACHEBLEND, DROIDSPEAK, METRICS, RECEIVER, LeftOut, Point,
@@ -41,20 +44,52 @@ class Study:
     verdicts: list[Verdict]
 
 
+class LatencySource(NamedTuple):
+    sentence: str  # ends the header's bold sentence "Quality comes from ...; latency from ..."
+    label: str  # where the TTFTs come from, for the plot
+
+
+FIRST_CONFIG = "the bench's first config"  # a bench-prefill TTFT; bench-reference says its own (ttft_note)
+JOINED_BY_BUDGET = "They are joined only by compute budget (recompute fraction): no system here was both scored and timed."
+
+
+def latency_source(study: Study) -> LatencySource:
+    """What the bench is, from its own fields (``engine``, ``model_note``, pair weights)."""
+    b, cfg, n = study.bench_meta, study.quality_meta.get("config", {}), study.length
+    if b.get("engine") != "reference":
+        note = b.get("model_note", "")
+        label = (note.split(" shapes")[0] if " shapes" in note else "SGLang") + "-shaped GPU bench"
+        return LatencySource(f"latency from the {label} ({b.get('num_layers', '?')} layers) at {n} tokens.** "
+                             + JOINED_BY_BUDGET, label)
+    pair = f"{b.get('receiver', '?')} reusing {b.get('sender', '?')}'s KV"
+    label = f"{b.get('receiver', '?')}, CPU reference engine"
+    if any(b.get(f"{r}_weights") != cfg.get(f"{r}_weights") for r in ("sender", "receiver")):
+        return LatencySource(f"latency from {pair} on the CPU reference engine at {n} tokens, weights "
+                             f"{b.get('receiver_weights')} / {b.get('sender_weights')}, not the scored pair's "
+                             f"{cfg.get('receiver_weights')} / {cfg.get('sender_weights')}.** " + JOINED_BY_BUDGET,
+                             label)
+    scored = "" if cfg.get("context_len") in (None, n) else f" (the quality study scored {cfg['context_len']})"
+    return LatencySource(
+        f"latency from the same pair ({pair}, same weights, {b.get('num_layers', '?')} layers) timed on the CPU "
+        f"reference engine at {n} tokens{scored}.** Each system here was both scored and timed by the same code "
+        "(profiler.evaluate.system_prefix_kv): plan:[0, k) as 0:k, cacheblend:k as blend:k/L, on seeded token ids "
+        "of its own (a dense model's cost does not depend on them).", label)
+
+
 def header(study: Study) -> list[str]:
     q, b, cfg = study.quality_meta, study.bench_meta, study.quality_meta.get("config", {})
     return [
         f"# Quality against prefill latency: {cfg.get('sender', '?')} -> {cfg.get('receiver', '?')}, "
         f"{study.length} tokens", "",
-        f"**Quality comes from the micro family (8 layers) on the CPU reference engine; latency from the "
-        f"Llama-3.1-8B-shaped GPU bench ({b.get('num_layers', '?')} layers) at {study.length} tokens.** "
-        "They are joined only by compute budget (recompute fraction): no system here was both scored and timed.", "",
+        "**Quality comes from the micro family (8 layers) on the CPU reference engine; "
+        + latency_source(study).sentence, "",
         f"- quality: {q.get('date', '?')}, {q.get('machine', '?')}, `{q.get('command', '?')}` "
         f"({q.get('num_examples', '?')} examples, {cfg.get('dataset', '?')} / {cfg.get('split', '?')}); "
         f"`{study.quality_file}`",
         f"- latency: {b.get('date', '?')}, {b.get('card', '?')}, `{b.get('command', '?')}`; "
         f"{b.get('model_note', '?')}; `{study.bench_file}`",
-        f"- TTFT: median of {b.get('repeats', '?')} runs at {study.length} tokens (the bench's first config); "
+        f"- TTFT: median of {b.get('repeats', '?')} runs at {study.length} tokens "
+        f"({b.get('ttft_note', FIRST_CONFIG)}); "
         f"full prefill {study.full_ms:.1f} ms",
         f"- made by: `{study.command}`", ""]
 
@@ -105,7 +140,7 @@ def markdown(study: Study, png_name: Optional[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _draw_panel(ax, points: list[Point], metric: str) -> None:
+def _draw_panel(ax, points: list[Point], metric: str, source: str) -> None:
     for kind, label, color in CURVES:
         mine = [p for p in curve(points, kind) if metric in p.quality]
         if not any(p.kind == kind for p in mine):
@@ -122,7 +157,7 @@ def _draw_panel(ax, points: list[Point], metric: str) -> None:
     ax.scatter([], [], color="gray", label="measured TTFT")
     ax.scatter([], [], facecolors="none", edgecolors="gray", label="interpolated TTFT")
     ax.axvline(1.0, color="gray", linestyle=":", linewidth=1)
-    ax.set_xlabel("TTFT / full prefill TTFT (8B-shaped GPU bench)")
+    ax.set_xlabel(f"TTFT / full prefill TTFT ({source})")
     ax.set_ylabel(f"{metric} (micro family, CPU)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="x-small")
@@ -137,11 +172,12 @@ def plot(study: Study, path: Path) -> Optional[str]:
     except ImportError as exc:
         return f"no plot: {exc}"
     fig, axes = plt.subplots(1, len(PLOT_METRICS), figsize=(11, 4.4))
+    label = latency_source(study).label
     for ax, metric in zip(axes, PLOT_METRICS):
-        _draw_panel(ax, study.points, metric)
+        _draw_panel(ax, study.points, metric, label)
     cfg = study.quality_meta.get("config", {})
     fig.suptitle(f"{cfg.get('sender', '?')} -> {cfg.get('receiver', '?')}: quality (micro, CPU) vs "
-                 f"TTFT at {study.length} tokens (8B shape, GPU)", fontsize="medium")
+                 f"TTFT at {study.length} tokens ({label})", fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

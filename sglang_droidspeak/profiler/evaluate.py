@@ -70,20 +70,27 @@ class PairEvaluator:
     def prefix_kv(self, system: System, context: torch.Tensor, sender_cache: SenderCache,
                   receiver_kv: PrefixKV | None = None) -> PrefixKV:
         """The prefix KV ``system`` answers from (``receiver_kv``: the receiver's own, if known)."""
-        if system.kind == "sender":
-            return sender_cache.kv
-        if system.kind == "receiver":
-            return receiver_kv if receiver_kv is not None else self.receiver.prefill(context).kv
-        if system.kind == "plan":
-            return self.receiver.build_receiver_cache(sender_cache, system.plan, context)
-        num_tokens = cacheblend_tokens(self.receiver, system.cacheblend_layers, len(context))
-        if num_tokens is None:
-            raise ValueError(f"{system.key}: the budget does not cover CacheBlend's selection pass")
-        return cacheblend_receiver_cache(self.receiver, sender_cache, context, num_tokens, keep_selection_kv=True)
+        return system_prefix_kv(self.receiver, system, context, sender_cache, receiver_kv)
 
     def _generate(self, model: ReferenceModel, prefix: PrefixKV, example: TaskExample) -> list[int]:
         query = torch.tensor(example.query_ids)
         return model.generate(prefix, query, self.max_new_tokens, stop_token_ids=self.stop_ids)
+
+
+def system_prefix_kv(receiver: ReferenceModel, system: System, context: torch.Tensor, sender_cache: SenderCache,
+                     receiver_kv: PrefixKV | None = None) -> PrefixKV:
+    """The prefix KV ``system`` answers from: what the quality study scores and
+    ``droidspeak bench-reference`` times (``receiver_kv``: the receiver's own, if known)."""
+    if system.kind == "sender":
+        return sender_cache.kv
+    if system.kind == "receiver":
+        return receiver_kv if receiver_kv is not None else receiver.prefill(context).kv
+    if system.kind == "plan":
+        return receiver.build_receiver_cache(sender_cache, system.plan, context)
+    num_tokens = cacheblend_tokens(receiver, system.cacheblend_layers, len(context))
+    if num_tokens is None:
+        raise ValueError(f"{system.key}: the budget does not cover CacheBlend's selection pass")
+    return cacheblend_receiver_cache(receiver, sender_cache, context, num_tokens, keep_selection_kv=True)
 
 
 def _teacher_forced_logits(model: ReferenceModel, prefix: PrefixKV, query_ids: Sequence[int],
