@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from typing import Any, Callable, Optional
 
 from sglang_droidspeak.transfer.cuda_ipc import IpcUnavailable, now_ms

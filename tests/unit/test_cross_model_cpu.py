@@ -12,13 +12,9 @@ from array import array
 import pytest
 import torch
 
-from sglang_droidspeak.sglang.cpu_import import SGLangImportOrderError, prepare_cpu_sglang
+from cpu_sglang import require_cpu_sglang
 
-try:
-    prepare_cpu_sglang()
-except SGLangImportOrderError as exc:
-    pytest.skip(str(exc), allow_module_level=True)
-pytest.importorskip("sglang.srt.mem_cache.radix_cache")
+require_cpu_sglang()
 
 from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams  # noqa: E402
 from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402

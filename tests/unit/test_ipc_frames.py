@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sglang_droidspeak.transfer import FetchRequest, WireError, WireLimits, decode, encode
-from sglang_droidspeak.transfer.frames_ipc import MAX_HANDLE_BYTES, IpcPoolOffer, view_extent
+from sglang_droidspeak.transfer.frames_ipc import MAX_HANDLE_BYTES, view_extent
 from cpu_ipc import offer_for
 
 SECRET = b"0123456789abcdef-test-secret"

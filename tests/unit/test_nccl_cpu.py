@@ -15,13 +15,9 @@ import time
 import pytest
 import torch
 
-from sglang_droidspeak.sglang.cpu_import import SGLangImportOrderError, prepare_cpu_sglang
+from cpu_sglang import require_cpu_sglang
 
-try:
-    prepare_cpu_sglang()
-except SGLangImportOrderError as exc:
-    pytest.skip(str(exc), allow_module_level=True)
-pytest.importorskip("sglang.srt.mem_cache.radix_cache")
+require_cpu_sglang()
 
 from sglang_droidspeak.transfer.pair_channel import GlooPairBackend, PairChannel  # noqa: E402
 from test_ipc_cpu import CONTEXT, OTHER, fallback_case, import_and_check, record_sent  # noqa: E402

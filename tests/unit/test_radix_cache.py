@@ -20,13 +20,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sglang_droidspeak.sglang.cpu_import import SGLangImportOrderError, prepare_cpu_sglang
+from cpu_sglang import require_cpu_sglang
 
-try:
-    prepare_cpu_sglang()
-except SGLangImportOrderError as exc:  # tests/conftest.py must call it before transformers
-    pytest.skip(str(exc), allow_module_level=True)
-pytest.importorskip("sglang.srt.mem_cache.radix_cache")
+require_cpu_sglang()
 
 from sglang.srt.mem_cache.allocator import (  # noqa: E402
     PagedTokenToKVPoolAllocator,

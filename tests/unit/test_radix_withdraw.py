@@ -14,13 +14,9 @@ import pytest
 import torch
 
 from sglang_droidspeak.radix.remote_index import RemotePrefixIndex
-from sglang_droidspeak.sglang.cpu_import import SGLangImportOrderError, prepare_cpu_sglang
+from cpu_sglang import require_cpu_sglang
 
-try:
-    prepare_cpu_sglang()
-except SGLangImportOrderError as exc:
-    pytest.skip(str(exc), allow_module_level=True)
-pytest.importorskip("sglang.srt.mem_cache.radix_cache")
+require_cpu_sglang()
 
 from sglang.srt.mem_cache.allocator import PagedTokenToKVPoolAllocator, TokenToKVPoolAllocator  # noqa: E402
 from sglang.srt.mem_cache.base_prefix_cache import EvictParams, InsertParams, MatchPrefixParams  # noqa: E402

@@ -12,13 +12,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sglang_droidspeak.sglang.cpu_import import SGLangImportOrderError, prepare_cpu_sglang
+from cpu_sglang import require_cpu_sglang
 
-try:
-    prepare_cpu_sglang()
-except SGLangImportOrderError as exc:
-    pytest.skip(str(exc), allow_module_level=True)
-pytest.importorskip("sglang.srt.mem_cache.radix_cache")
+require_cpu_sglang()
 
 from sglang.srt.mem_cache.allocator import TokenToKVPoolAllocator  # noqa: E402
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams  # noqa: E402
