@@ -104,3 +104,30 @@ def test_hooks_follow_the_roles():
         assert set(HookRegistry._hooks) == {TICK_TARGET}
     finally:
         HookRegistry.reset()
+
+
+def test_the_recompute_path_is_warmed_up_once_and_a_failure_only_logs(tmp_path, monkeypatch, caplog):
+    from sglang_droidspeak.sglang import runtime_factory
+    from sglang_droidspeak.sglang.runtime import DroidSpeakRuntime
+    monkeypatch.setenv("DROIDSPEAK_SECRET", "x" * 16)
+    calls, real = [], DroidSpeakRuntime.compute_e
+
+    def spy(self, token_ids, layers):
+        calls.append((len(token_ids), layers))
+        return real(self, token_ids, layers)
+
+    monkeypatch.setattr(DroidSpeakRuntime, "compute_e", spy)
+    ctx = make_ctx(tmp_path)
+    cache = build_droidspeak_cache(ctx, parse_settings({"export_bind": "tcp://127.0.0.1:*"}))
+    cache.runtime.close()
+    assert calls == [(runtime_factory.WARMUP_TOKENS, (3,))]  # layers [0, 3) of 4, once
+    assert torch.count_nonzero(ctx.tp_worker.model_runner.token_to_kv_pool.get_key_buffer(0)) == 0
+
+    def broken(self, token_ids, layers):
+        raise RuntimeError("no kernel")
+
+    monkeypatch.setattr(DroidSpeakRuntime, "compute_e", broken)
+    with caplog.at_level("WARNING"):
+        cache = build_droidspeak_cache(make_ctx(tmp_path), parse_settings({"export_bind": "tcp://127.0.0.1:*"}))
+    assert cache.runtime is not None and "warm-up failed" in caplog.text
+    cache.runtime.close()
