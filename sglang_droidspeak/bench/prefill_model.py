@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from sglang_droidspeak.bench.servers import Server, wait_healthy
+from sglang_droidspeak.bench.servers import ServerSpec, argv_of, start_one_by_one
 
 LLAMA_31_8B: dict[str, Any] = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "attention_bias": False, "attention_dropout": 0.0,
@@ -96,18 +96,11 @@ def start_servers(args: Any, model_dir: Path, work: Path, context_len: int, resu
     work.mkdir(parents=True, exist_ok=True)
     extra = server_args(args, context_len)
     gpus = gpu_ids(getattr(args, "gpus", ""), args.data_plane)
-    started = []
-    try:
-        sides = (("a", args.port_base, sender_cfg), ("b", args.port_base + 1, receiver_cfg))
-        for i, (name, port, cfg) in enumerate(sides):
-            own = ("--base-gpu-id", gpus[i]) if gpus else ()
-            started.append(Server(name, str(model_dir), port, work, plugin=True, config=cfg, extra=(*own, *extra)))
-            wait_healthy([started[-1]], args.startup_timeout)
-    except Exception:
-        for server in started:
-            server.stop()
-        raise
-    result["server_args"] = {s.name: [str(x) for x in s.proc.args[1:]] for s in started}
+    sides = (("a", args.port_base, sender_cfg), ("b", args.port_base + 1, receiver_cfg))
+    specs = [ServerSpec(name, port, cfg, (*(("--base-gpu-id", gpus[i]) if gpus else ()), *extra))
+             for i, (name, port, cfg) in enumerate(sides)]
+    started = start_one_by_one(specs, str(model_dir), work, args.startup_timeout)
+    result["server_args"] = argv_of(started)
     result["droidspeak_config"] = {"a": sender_cfg, "b": receiver_cfg}
     return tuple(started)
 

@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 
 class Server:
@@ -98,6 +98,35 @@ def wait_healthy(servers: list[Server], timeout: float) -> None:
         if time.time() > deadline:
             raise RuntimeError("not healthy in time: " + ", ".join(f"{s.name}:\n{s.tail(8)}" for s in pending))
         time.sleep(2)
+
+
+class ServerSpec(NamedTuple):
+    """One plugin server of a benchmark: its name, HTTP port, plugin config and extra args."""
+
+    name: str
+    port: int
+    config: Optional[dict]
+    extra: tuple[str, ...] = ()
+
+
+def start_one_by_one(specs: list[ServerSpec], model: str, out: Path, timeout: float) -> list[Server]:
+    """Start each plugin server once the one before is healthy (so their memory profiling
+    cannot race); on any failure stop what was started and raise."""
+    started: list[Server] = []
+    try:
+        for spec in specs:
+            started.append(Server(spec.name, model, spec.port, out, plugin=True, config=spec.config, extra=spec.extra))
+            wait_healthy([started[-1]], timeout)
+    except Exception:
+        for server in started:
+            server.stop()
+        raise
+    return started
+
+
+def argv_of(servers: list[Server]) -> dict[str, list[str]]:
+    """Each server's launch arguments (after the interpreter), for a result's record."""
+    return {s.name: [str(x) for x in s.proc.args[1:]] for s in servers}
 
 
 def metric_lines(text: str, needle: str = "droidspeak") -> list[str]:

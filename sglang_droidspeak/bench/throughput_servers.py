@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sglang_droidspeak.bench import prefill_model as pm
-from sglang_droidspeak.bench.servers import Server, wait_healthy
+from sglang_droidspeak.bench.servers import Server, ServerSpec, argv_of, start_one_by_one
 
 
 def plan_groups(plan: str) -> list[list[int]]:
@@ -73,18 +73,11 @@ def start_servers(cfg: Any, models: list[str], model_dir: Path, work: Path, cont
     configs = droidspeak_configs(models, cfg.zmq_base, cfg.fetch_timeout, cfg.auto_plan,
                                  pm.LLAMA_31_8B["num_hidden_layers"], cfg.data_plane)
     extra = pm.server_args(cfg, context_len)
-    started: list[Server] = []
-    try:
-        for index, name in enumerate(models):
-            own = ("--base-gpu-id", gpu_of(cfg.gpus, index, len(models)))
-            started.append(Server(name, str(model_dir), cfg.port_base + index, work, plugin=True,
-                                  config=configs[name], extra=(*own, *extra)))
-            wait_healthy([started[-1]], cfg.startup_timeout)
-    except Exception:
-        for server in started:
-            server.stop()
-        raise
-    result["server_args"] = {s.name: [str(x) for x in s.proc.args[1:]] for s in started}
+    specs = [ServerSpec(name, cfg.port_base + index, configs[name],
+                        ("--base-gpu-id", gpu_of(cfg.gpus, index, len(models)), *extra))
+             for index, name in enumerate(models)]
+    started = start_one_by_one(specs, str(model_dir), work, cfg.startup_timeout)
+    result["server_args"] = argv_of(started)
     result["server_gpus"] = {name: gpu_of(cfg.gpus, i, len(models)) for i, name in enumerate(models)}
     result["droidspeak_config"] = configs
     return started
