@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
+from sglang_droidspeak.bench.plotting import load_pyplot, save
 from sglang_droidspeak.plan.blend_plan import BLEND_PREFIX, is_blend, parse_blend
 from sglang_droidspeak.plan.layer_plan import LayerPlan, PlanError
 
@@ -139,12 +140,9 @@ def markdown_report(result: dict, rows: list[TableRow]) -> str:
 
 def plot(rows: list[TableRow], path: Path) -> Optional[str]:
     """TTFT vs length (log-x), one line per system, to ``path``; the reason if it could not."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        return f"no plot: {exc}"
+    plt, problem = load_pyplot()
+    if problem:
+        return problem
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for system in dict.fromkeys(r.system for r in rows):
         mine = [r for r in rows if r.system == system]
@@ -158,9 +156,7 @@ def plot(rows: list[TableRow], path: Path) -> Optional[str]:
     ax.set_title("receiver TTFT vs context length")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(plt, fig, path, dpi=120)
     return None
 
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional
 
+from sglang_droidspeak.bench.plotting import load_pyplot, save
 from sglang_droidspeak.bench.quality_latency_compare import Comparison, Verdict
 from sglang_droidspeak.bench.quality_latency_map import (CACHEBLEND, DROIDSPEAK, METRICS, RECEIVER, LeftOut, Point,
                                                           curve)
@@ -165,12 +166,9 @@ def _draw_panel(ax, points: list[Point], metric: str, source: str) -> None:
 
 def plot(study: Study, path: Path) -> Optional[str]:
     """Agreement and target_nll against relative TTFT to ``path``; the reason if it could not."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        return f"no plot: {exc}"
+    plt, problem = load_pyplot()
+    if problem:
+        return problem
     fig, axes = plt.subplots(1, len(PLOT_METRICS), figsize=(11, 4.4))
     label = latency_source(study).label
     for ax, metric in zip(axes, PLOT_METRICS):
@@ -178,9 +176,7 @@ def plot(study: Study, path: Path) -> Optional[str]:
     cfg = study.quality_meta.get("config", {})
     fig.suptitle(f"{cfg.get('sender', '?')} -> {cfg.get('receiver', '?')}: quality (micro, CPU) vs "
                  f"TTFT at {study.length} tokens ({label})", fontsize="medium")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(plt, fig, path, dpi=120)
     return None
 
 

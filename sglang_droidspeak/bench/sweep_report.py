@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
+from sglang_droidspeak.bench.plotting import load_pyplot, save
 from sglang_droidspeak.sglang.request_options import LINK_GBPS_PARAM, PIPELINED_PARAM
 
 STAGES = ("fetch", "recompute", "drain", "total")
@@ -163,12 +164,9 @@ def rows_to_json(rows: list[SweepRow]) -> list[dict]:
 def plot(rows: list[SweepRow], path: Path) -> Optional[str]:
     """TTFT against link rate, one line per (length, plan, pipelined), as the paper's Fig. 20."""
     throttled = [r for r in rows if r.config.throttle_gbps is not None]
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        return f"no plot: {exc}"
+    plt, problem = load_pyplot()
+    if problem:
+        return problem
     if not throttled:
         return "no plot: no throttled rows"
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -183,7 +181,5 @@ def plot(rows: list[SweepRow], path: Path) -> Optional[str]:
     ax.set_title("receiver TTFT vs link bandwidth")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="x-small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(plt, fig, path, dpi=120)
     return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from sglang_droidspeak.bench.plotting import load_pyplot, save
 from sglang_droidspeak.bench.prefill_report import CACHEBLEND_TODO, has_blend, system_name
 
 COLUMNS = ("system", "QPS", "requests", "errors", "req/s", "TTFT mean", "TTFT p50", "TTFT p90", "TTFT p99",
@@ -66,12 +67,9 @@ def markdown_report(result: dict) -> str:
 def plot(points: list[dict], path: Path, slo_ttft_ms: float, slo_percentile: float) -> Optional[str]:
     """Three panels vs QPS, one line per system: TTFT at the SLO percentile (with the SLO
     line), mean TBT, mean E2E. Returns why not, or None when written."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        return f"no plot: {exc}"
+    plt, problem = load_pyplot()
+    if problem:
+        return problem
     panels = (("ttft_slo_ms", f"p{slo_percentile:g} TTFT (ms)"), ("tbt_mean_ms", "mean TBT (ms)"),
               ("e2e_mean_ms", "mean E2E latency (ms)"))
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
@@ -87,7 +85,5 @@ def plot(points: list[dict], path: Path, slo_ttft_ms: float, slo_percentile: flo
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize="small")
     fig.suptitle("multi-agent throughput: latency vs offered load")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(plt, fig, path, dpi=110)
     return None
