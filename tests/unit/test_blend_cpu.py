@@ -18,10 +18,9 @@ from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
 
 from sglang_droidspeak.plan.blend_plan import BlendPlan  # noqa: E402
 from sglang_droidspeak.reference import ReferenceModel, cacheblend_receiver_cache  # noqa: E402
-from sglang_droidspeak.reference.tiny import perturbed_copy  # noqa: E402
 from sglang_droidspeak.sglang import blend_import  # noqa: E402
 from sglang_droidspeak.sglang.radix_cache import FELL_BACK_ATTR  # noqa: E402
-from two_servers import NUM_LAYERS, announce_and_wait, leak_free, request, tiny_llama, two_servers  # noqa: E402
+from two_servers import NUM_LAYERS, announce_and_wait, leak_free, request, tiny_pair_models, two_servers  # noqa: E402
 
 CONTEXT = list(range(20, 52))  # 32 tokens
 SUFFIX = [3, 4, 5]
@@ -29,19 +28,13 @@ SUFFIX = [3, 4, 5]
 
 @pytest.fixture
 def pair(request):
-    torch.manual_seed(0)
-    sender_model = tiny_llama()
-    receiver_model = sender_model if request.param == "same" else perturbed_copy(sender_model, 0.2, seed=1)
-    with two_servers(sender_model, receiver_model) as sides:
+    with two_servers(*tiny_pair_models(request.param == "same")) as sides:
         yield sides
 
 
 @pytest.fixture
 def serial_pair():
-    torch.manual_seed(0)
-    sender_model = tiny_llama()
-    with two_servers(sender_model, perturbed_copy(sender_model, 0.2, seed=1),
-                     receiver_settings={"pipelined": False}) as sides:
+    with two_servers(*tiny_pair_models(), receiver_settings={"pipelined": False}) as sides:
         yield sides
 
 
@@ -149,12 +142,9 @@ def test_serial_import_matches_too(serial_pair):
 def test_blend_over_the_cuda_ipc_plane():
     from cpu_ipc import CpuIpc
 
-    torch.manual_seed(0)
-    sender_model = tiny_llama()
     registry = {}
     backends = (CpuIpc(registry, gpu_uuid="GPU-cpu-stand-in"), CpuIpc(registry))
-    with two_servers(sender_model, perturbed_copy(sender_model, 0.2, seed=1), data_planes=("cuda_ipc", "cuda_ipc"),
-                     ipc_backends=backends) as (a, b):
+    with two_servers(*tiny_pair_models(), data_planes=("cuda_ipc", "cuda_ipc"), ipc_backends=backends) as (a, b):
         cache = announce_and_wait(a, b, CONTEXT)
         _, match = import_with(b, "blend:0.25")
         assert len(match.device_indices) == len(CONTEXT) and b.metrics.fallbacks == []

@@ -21,11 +21,10 @@ from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
 
 from sglang_droidspeak.plan.layer_plan import LayerPlan  # noqa: E402
 from sglang_droidspeak.reference import ReferenceModel  # noqa: E402
-from sglang_droidspeak.reference.tiny import perturbed_copy  # noqa: E402
 from sglang_droidspeak.sglang.radix_cache import FELL_BACK_ATTR  # noqa: E402
 from sglang_droidspeak.sglang.request_plan import parse_plan_choice  # noqa: E402
 from two_servers import (  # noqa: E402
-    NUM_LAYERS, POOL_SIZE, announce_and_wait, leak_free, request, sender_prefill, tiny_llama, two_servers,
+    NUM_LAYERS, POOL_SIZE, announce_and_wait, leak_free, request, sender_prefill, tiny_pair_models, two_servers,
     wait_for)
 
 CONTEXT = list(range(20, 52))  # 32 tokens
@@ -34,10 +33,7 @@ SUFFIX = [3, 4, 5]
 
 @pytest.fixture
 def pair(request):
-    torch.manual_seed(0)
-    sender_model = tiny_llama()
-    receiver_model = sender_model if request.param == "same" else perturbed_copy(sender_model, 0.2, seed=1)
-    with two_servers(sender_model, receiver_model) as sides:
+    with two_servers(*tiny_pair_models(request.param == "same")) as sides:
         yield sides
 
 

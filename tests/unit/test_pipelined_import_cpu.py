@@ -19,12 +19,11 @@ from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
 
 from sglang_droidspeak.plan.layer_plan import LayerPlan  # noqa: E402
 from sglang_droidspeak.reference import ReferenceModel  # noqa: E402
-from sglang_droidspeak.reference.tiny import perturbed_copy  # noqa: E402
 from sglang_droidspeak.sglang import importer  # noqa: E402
 from sglang_droidspeak.sglang.import_pipeline import GroupLauncher  # noqa: E402
 from sglang_droidspeak.sglang.request_plan import parse_plan_choice  # noqa: E402
 from two_servers import (  # noqa: E402
-    NUM_LAYERS, PLAN_GROUPS, announce_and_wait, leak_free, request, tiny_llama, two_servers)
+    NUM_LAYERS, PLAN_GROUPS, announce_and_wait, leak_free, request, tiny_llama, tiny_pair_models, two_servers)
 
 CONTEXT = list(range(20, 52))  # 32 tokens: one block per (what, layer)
 SUFFIX = [3, 4, 5]
@@ -38,10 +37,7 @@ def settings(pipelined: bool) -> dict:
 @pytest.fixture
 def pair(request):
     same, pipelined = request.param
-    torch.manual_seed(0)
-    sender_model = tiny_llama()
-    receiver_model = sender_model if same else perturbed_copy(sender_model, 0.2, seed=1)
-    with two_servers(sender_model, receiver_model, settings(pipelined)) as sides:
+    with two_servers(*tiny_pair_models(same), settings(pipelined)) as sides:
         yield sides
 
 

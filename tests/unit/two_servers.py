@@ -26,7 +26,7 @@ from sglang.srt.mem_cache.radix_cache import RadixKey
 
 from hf_as_sglang import sglang_shaped_layers
 from sglang_droidspeak.reference import ReferenceModel
-from sglang_droidspeak.reference.tiny import tiny_model
+from sglang_droidspeak.reference.tiny import perturbed_copy, tiny_model
 from sglang_droidspeak.sglang.importer import ModelParts
 from sglang_droidspeak.sglang.metrics import NullMetrics
 from sglang_droidspeak.sglang.radix_cache import DroidSpeakRadixCache
@@ -142,6 +142,14 @@ def announce_and_wait(a, b, tokens):
 def tiny_llama():
     return tiny_model("llama", seed=7, num_layers=NUM_LAYERS, hidden_size=HIDDEN, num_heads=4,
                       num_kv_heads=2, vocab_size=128)
+
+
+def tiny_pair_models(same: bool = False):
+    """(sender, receiver) tiny Llamas, seeded: the same weights, or the receiver perturbed
+    (noise 0.2, seed 1), the pair most CPU tests run."""
+    torch.manual_seed(0)
+    sender = tiny_llama()
+    return sender, sender if same else perturbed_copy(sender, 0.2, seed=1)
 
 
 @contextlib.contextmanager
