@@ -27,7 +27,6 @@ waits on the channel longer than the fetch timeout. Imports no SGLang (the backe
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import time
@@ -116,9 +115,8 @@ class NcclFetcher:
             raise ImportFailed("protocol", f"sender announces {start.num_tensors} tensors on "
                                f"{start.channel_id[:12]}, we expect {len(order)}")
         in_flight: deque = deque()
-        copying = getattr(getattr(receiver, "streams", None), "copying", contextlib.nullcontext)
         for what, layer in order:
-            with copying():  # the channel stream then waits for the copy stream, not the recompute
+            with receiver.streams.copying():  # the channel stream then waits for it, not the recompute
                 buf = self._scratch(what, len(request.token_ids))
                 in_flight.append((what, layer, buf, channel.recv(buf)))
             if len(in_flight) > self.window:
