@@ -124,9 +124,8 @@ def _command(ref: ReplicaRef, python: str, data_plane: str = "zmq") -> tuple[str
     if len(replica.gpus) > 1:
         command += ["--tp-size", str(len(replica.gpus))]
     if _by_gpu_id(replica.gpus, data_plane):
-        command += ["--base-gpu-id", str(replica.gpus[0])]
-        if gpu_step(replica.gpus) != 1:
-            command += ["--gpu-id-step", str(gpu_step(replica.gpus))]
+        step = gpu_step(replica.gpus)
+        command += ["--base-gpu-id", str(replica.gpus[0])] + (["--gpu-id-step", str(step)] if step != 1 else [])
     return tuple(command) + ref.model.server_args
 
 
