@@ -7,7 +7,8 @@
 #               (each STEP runs `bash scripts/gpu/STEP.sh` with OUT=/tmp/ds-session/STEP;
 #               STEP=name:arg+arg passes args, e.g. bench_prefill:--lengths+1024,16384+--plans+0:4,0:8;
 #               the first ':' ends the name, '+' separates args (runs of 2026-11-28 before
-#               commit "session.sh: '+' separates step args" used ':', which split plans))
+#               commit "session.sh: '+' separates step args" used ':', which split plans);
+#               'overhead&suffix_profile:--gpu+1' runs two steps at once, then goes on)
 # Next calls:   command `bash scripts/gpu/session.sh wait 560`  (within the machine's
 #               30 s idle window, or the machine and the run are gone)
 # Each call waits up to N seconds, prints progress, and copies every step's *.json and one
@@ -20,11 +21,16 @@ start() {
   printf '%s\n' "$@" >"$ROOT/steps"
   setsid nohup bash -c '
     cd '"$REPO"'
-    for step in "$@"; do
-      name=${step%%:*}; args=""; [ "$name" != "$step" ] && args=${step#*:}
+    run_step() {  # NAME[:ARG+ARG...]
+      local step=$1 name=${1%%:*} args=""; [ "$name" != "$step" ] && args=${step#*:}
       echo "$(date +%T) start $name" >>'"$ROOT"'/progress
-      OUT='"$ROOT"'/$name bash scripts/gpu/$name.sh ${args//+/ } >'"$ROOT"'/$name.log 2>&1; rc=$?
+      OUT='"$ROOT"'/$name bash scripts/gpu/$name.sh ${args//+/ } >'"$ROOT"'/$name.log 2>&1; local rc=$?
       echo "$(date +%T) end $name rc=$rc" >>'"$ROOT"'/progress
+    }
+    for step in "$@"; do  # A&B: run A and B at once (e.g. on GPUs 0 and 1), then go on
+      IFS="&" read -ra group <<<"$step"
+      for member in "${group[@]}"; do run_step "$member" & done
+      wait
     done
     touch '"$ROOT"'/DONE' _ "$@" >/dev/null 2>&1 &
 }
@@ -33,8 +39,8 @@ wait_for() {
   local deadline=$(( $(date +%s) + $1 ))
   while [ ! -f "$ROOT/DONE" ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 5; done
   cat "$ROOT/progress" 2>/dev/null
-  local current; current=$(tail -1 "$ROOT/progress" 2>/dev/null | awk '$2=="start"{print $3}')
-  [ -n "$current" ] && { echo "--- running: $current"; tail -5 "$ROOT/$current.log"; }
+  local running; running=$(awk '$2=="start"{r[$3]=1} $2=="end"{delete r[$3]} END{for(k in r) print k}' "$ROOT/progress" 2>/dev/null)
+  for step in $running; do echo "--- running: $step"; tail -5 "$ROOT/$step.log"; done
   [ -f "$ROOT/DONE" ] && echo "--- all steps done"
 }
 

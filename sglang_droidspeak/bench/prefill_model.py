@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from sglang_droidspeak.bench.servers import ServerSpec, argv_of, start_one_by_one
+from sglang_droidspeak.bench.servers import ServerSpec, argv_of, start_in_waves
 
 LLAMA_31_8B: dict[str, Any] = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "attention_bias": False, "attention_dropout": 0.0,
@@ -90,8 +90,8 @@ def gpu_ids(gpus: str, data_plane: str) -> tuple[str, str] | None:
 
 
 def start_servers(args: Any, model_dir: Path, work: Path, context_len: int, result: dict) -> tuple:
-    """Sender then receiver, each healthy before the next starts; records their argv and
-    configs in ``result``. On failure stops what it started and raises."""
+    """Sender then receiver: together on two GPUs, else the receiver once the sender is
+    healthy (``servers.startup_waves``). Records their argv and configs in ``result``. On failure stops what it started and raises."""
     sender_cfg, receiver_cfg = droidspeak_configs(args.zmq_base, args.fetch_timeout, args.data_plane)
     work.mkdir(parents=True, exist_ok=True)
     extra = server_args(args, context_len)
@@ -99,7 +99,7 @@ def start_servers(args: Any, model_dir: Path, work: Path, context_len: int, resu
     sides = (("a", args.port_base, sender_cfg), ("b", args.port_base + 1, receiver_cfg))
     specs = [ServerSpec(name, port, cfg, (*(("--base-gpu-id", gpus[i]) if gpus else ()), *extra))
              for i, (name, port, cfg) in enumerate(sides)]
-    started = start_one_by_one(specs, str(model_dir), work, args.startup_timeout)
+    started = start_in_waves(specs, str(model_dir), work, args.startup_timeout)
     result["server_args"] = argv_of(started)
     result["droidspeak_config"] = {"a": sender_cfg, "b": receiver_cfg}
     return tuple(started)

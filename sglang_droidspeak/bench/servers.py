@@ -109,14 +109,39 @@ class ServerSpec(NamedTuple):
     extra: tuple[str, ...] = ()
 
 
-def start_one_by_one(specs: list[ServerSpec], model: str, out: Path, timeout: float) -> list[Server]:
-    """Start each plugin server once the one before is healthy (so their memory profiling
-    cannot race); on any failure stop what was started and raise."""
+def gpu_of_spec(spec: "ServerSpec") -> str:
+    """The GPU a spec's server starts on: its ``--base-gpu-id`` (the last one wins, as in
+    SGLang's argparse), else "0"."""
+    gpu = "0"
+    for flag, value in zip(spec.extra, spec.extra[1:]):
+        if flag == "--base-gpu-id":
+            gpu = str(value)
+    return gpu
+
+
+def startup_waves(specs: list["ServerSpec"]) -> list[list["ServerSpec"]]:
+    """Specs in order, cut into waves with at most one server per GPU: servers of one wave
+    start together; two on one GPU never do (their memory profiling would race).
+
+        GPUs 0,1,1  ->  [a@0, b@1], [c@1]        GPUs 0,0  ->  [a@0], [b@0]
+    """
+    waves: list[list[ServerSpec]] = []
+    for spec in specs:
+        if not waves or gpu_of_spec(spec) in {gpu_of_spec(s) for s in waves[-1]}:
+            waves.append([])
+        waves[-1].append(spec)
+    return waves
+
+
+def start_in_waves(specs: list["ServerSpec"], model: str, out: Path, timeout: float) -> list[Server]:
+    """Start the servers wave by wave (``startup_waves``), each wave healthy before the next;
+    on any failure stop what was started and raise. Returns them in the order of ``specs``."""
     started: list[Server] = []
     try:
-        for spec in specs:
-            started.append(Server(spec.name, model, spec.port, out, plugin=True, config=spec.config, extra=spec.extra))
-            wait_healthy([started[-1]], timeout)
+        for wave in startup_waves(specs):
+            batch = [Server(s.name, model, s.port, out, plugin=True, config=s.config, extra=s.extra) for s in wave]
+            started += batch
+            wait_healthy(batch, timeout)
     except Exception:
         for server in started:
             server.stop()

@@ -14,8 +14,8 @@ other), e.g. the sender on one card and the receivers on the other. The
 KV moves over ``--data-plane`` (every server's plugin setting ``data_plane``): ``zmq``
 (host staging, any layout), ``cuda_ipc`` (all on one GPU: the sender copies K/V into the
 receiver's pool) or ``nccl`` (the sender on another GPU than every receiver). Servers
-start one after another, each healthy before the next, so their memory profiling cannot
-race.
+start in waves of at most one per GPU, each wave healthy before the next, so that two
+servers' memory profiling on one GPU cannot race (``servers.startup_waves``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sglang_droidspeak.bench import prefill_model as pm
-from sglang_droidspeak.bench.servers import Server, ServerSpec, argv_of, start_one_by_one
+from sglang_droidspeak.bench.servers import Server, ServerSpec, argv_of, start_in_waves
 
 
 def plan_groups(plan: str) -> list[list[int]]:
@@ -76,7 +76,7 @@ def start_servers(cfg: Any, models: list[str], model_dir: Path, work: Path, cont
     specs = [ServerSpec(name, cfg.port_base + index, configs[name],
                         ("--base-gpu-id", gpu_of(cfg.gpus, index, len(models)), *extra))
              for index, name in enumerate(models)]
-    started = start_one_by_one(specs, str(model_dir), work, cfg.startup_timeout)
+    started = start_in_waves(specs, str(model_dir), work, cfg.startup_timeout)
     result["server_args"] = argv_of(started)
     result["server_gpus"] = {name: gpu_of(cfg.gpus, i, len(models)) for i, name in enumerate(models)}
     result["droidspeak_config"] = configs

@@ -247,3 +247,20 @@ def test_the_nccl_plane_puts_the_servers_on_two_gpus():
     for bad, plane in (("0", "zmq"), ("a,b", "zmq"), ("1,1", "nccl")):
         with pytest.raises(SystemExit, match="--gpus|different GPUs"):
             prefill_model.gpu_ids(bad, plane)
+
+
+def test_servers_start_in_waves_of_one_per_gpu():
+    from sglang_droidspeak.bench.servers import ServerSpec, startup_waves
+
+    def specs(*gpus):
+        return [ServerSpec(f"s{i}", 30000 + i, None, () if g is None else ("--x", "1", "--base-gpu-id", g))
+                for i, g in enumerate(gpus)]
+
+    def names(waves):
+        return [[s.name for s in wave] for wave in waves]
+
+    assert names(startup_waves(specs("0", "1", "1"))) == [["s0", "s1"], ["s2"]]
+    assert names(startup_waves(specs("0", "0"))) == [["s0"], ["s1"]]
+    assert names(startup_waves(specs(None, "0", "1"))) == [["s0"], ["s1", "s2"]]  # no flag: GPU 0
+    assert names(startup_waves(specs("1", "0", "2", "0"))) == [["s0", "s1", "s2"], ["s3"]]
+    assert startup_waves([]) == []
