@@ -27,11 +27,12 @@ import os
 import random
 import statistics
 import time
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
 from sglang_droidspeak.bench import prefill_model
-from sglang_droidspeak.bench.servers import Server, post, wait_healthy
+from sglang_droidspeak.bench.servers import Server, wait_healthy
 
 MICRO = Path(".cache/gpu-models/libwriter")
 SUFFIX_LEN, VOCAB_LIMIT, REPEATS = 16, 120000, 3
@@ -78,12 +79,19 @@ def measure(server: Server, length: int, rng: random.Random) -> dict:
             "prefill_all_ms": prefill, "suffix_all_ms": suffix}
 
 
+def post_text(url: str, body: dict, timeout: float) -> str:
+    """POST JSON, return the text answer (/start_profile and /stop_profile answer plain text)."""
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.read().decode()
+
+
 def profile_suffix(server: Server, length: int, rng: random.Random, trace_dir: Path) -> dict:
     ctx = [rng.randrange(3, VOCAB_LIMIT) for _ in range(length)]
     timed(server, ctx)
-    post(server.url + "/start_profile", {"output_dir": str(trace_dir), "activities": ["CPU", "GPU"]}, 60)
+    post_text(server.url + "/start_profile", {"output_dir": str(trace_dir), "activities": ["CPU", "GPU"]}, 60)
     wall_ms = timed(server, ctx + [rng.randrange(3, VOCAB_LIMIT) for _ in range(SUFFIX_LEN)])
-    post(server.url + "/stop_profile", {}, 300)
+    post_text(server.url + "/stop_profile", {}, 300)
     deadline = time.time() + 120
     while time.time() < deadline and not glob.glob(str(trace_dir / "*.json*")):
         time.sleep(2)
@@ -100,20 +108,22 @@ def run_backend(backend: str, args, model: Path, work: Path) -> dict:
     trace_dir = work / f"trace-{backend}"
     server = Server(f"stock-{backend}", str(model), args.port, work, plugin=False, extra=extra,
                     env={"SGLANG_TORCH_PROFILER_DIR": str(trace_dir)})
-    rng = random.Random(0)
-    try:
+    rng, result = random.Random(0), {"backend": backend, "rows": []}
+    try:  # a failure keeps what was measured, and the other backend still runs
         wait_healthy([server], args.startup_timeout)
         timed(server, [rng.randrange(3, VOCAB_LIMIT) for _ in range(1024)])  # first-request JIT
         timed(server, [rng.randrange(3, VOCAB_LIMIT) for _ in range(1024)] + [5] * SUFFIX_LEN)
-        rows = [measure(server, n, rng) for n in args.lengths]
-        for row in rows:
-            print(f"{backend:>10} L={row['length']:>6}: prefill {row['prefill_ms']:8.1f} ms, "
-                  f"suffix {row['suffix_ms']:6.1f} ms", flush=True)
-        return {"backend": backend, "rows": rows, "profile": profile_suffix(server, args.profile_length, rng, trace_dir)}
-    except Exception as exc:  # one backend failing must not lose the other's numbers
-        return {"backend": backend, "error": repr(exc), "log_tail": server.tail(15)}
+        for n in args.lengths:
+            row = measure(server, n, rng)
+            result["rows"].append(row)
+            print(f"{backend:>10} L={n:>6}: prefill {row['prefill_ms']:8.1f} ms, suffix {row['suffix_ms']:6.1f} ms",
+                  flush=True)
+        result["profile"] = profile_suffix(server, args.profile_length, rng, trace_dir)
+    except Exception as exc:
+        result.update(error=repr(exc), log_tail=server.tail(15))
     finally:
         server.stop()
+    return result
 
 
 def main() -> None:
