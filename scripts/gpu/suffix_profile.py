@@ -19,13 +19,13 @@ Results: $OUT/suffix-profile.json and a table; server logs under $OUT/work.
 from __future__ import annotations
 
 import argparse
-import sys
 import glob
 import gzip
 import json
 import os
 import random
 import statistics
+import sys
 import time
 import urllib.request
 from collections import defaultdict

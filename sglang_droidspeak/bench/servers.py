@@ -109,7 +109,7 @@ class ServerSpec(NamedTuple):
     extra: tuple[str, ...] = ()
 
 
-def gpu_of_spec(spec: "ServerSpec") -> str:
+def gpu_of_spec(spec: ServerSpec) -> str:
     """The GPU a spec's server starts on: its ``--base-gpu-id`` (the last one wins, as in
     SGLang's argparse), else "0"."""
     gpu = "0"
@@ -119,7 +119,7 @@ def gpu_of_spec(spec: "ServerSpec") -> str:
     return gpu
 
 
-def startup_waves(specs: list["ServerSpec"]) -> list[list["ServerSpec"]]:
+def startup_waves(specs: list[ServerSpec]) -> list[list[ServerSpec]]:
     """Specs in order, cut into waves with at most one server per GPU: servers of one wave
     start together; two on one GPU never do (their memory profiling would race).
 
@@ -133,7 +133,7 @@ def startup_waves(specs: list["ServerSpec"]) -> list[list["ServerSpec"]]:
     return waves
 
 
-def start_in_waves(specs: list["ServerSpec"], model: str, out: Path, timeout: float) -> list[Server]:
+def start_in_waves(specs: list[ServerSpec], model: str, out: Path, timeout: float) -> list[Server]:
     """Start the servers wave by wave (``startup_waves``), each wave healthy before the next;
     on any failure stop what was started and raise. Returns them in the order of ``specs``."""
     started: list[Server] = []
