@@ -24,6 +24,10 @@ Checks, each printed as one row and written to $OUT/integration.json:
 3. fallbacks: incompatible sender, no profile, KV memory pressure, a frozen (SIGSTOP)
    sender: each answered exactly as stock, with the fallback counted
 4. /metrics shows the droidspeak counters; no leak warning or traceback in the logs
+
+DS_DATA_PLANE (zmq, cuda_ipc or nccl) sets every server's data plane. With nccl (kind
+nvidia-h200-x2) the receivers lw-b and libwriter start on GPU 1 (--base-gpu-id 1) and the
+rest on GPU 0, since NCCL cannot join two processes on one GPU.
 """
 
 from __future__ import annotations
@@ -48,7 +52,13 @@ def peer(model, base):
     return {"model": model, "fetch": f"tcp://127.0.0.1:{base}", "announce": f"tcp://127.0.0.1:{base + 1}"}
 
 
-DATA_PLANE = os.environ.get("DS_DATA_PLANE", "zmq")  # zmq | cuda_ipc (lw-a -> lw-b and tester -> libwriter)
+DATA_PLANE = os.environ.get("DS_DATA_PLANE", "zmq")  # zmq | cuda_ipc | nccl (lw-a -> lw-b, tester -> libwriter)
+RECEIVERS = ("lw-b", "libwriter")
+
+
+def placement(name: str, data_plane: str = DATA_PLANE) -> tuple[str, ...]:
+    """nccl cannot join two processes on one GPU: receivers go to GPU 1, the rest stay on 0."""
+    return ("--base-gpu-id", "1") if data_plane == "nccl" and name in RECEIVERS else ()
 
 
 def sender_config(name, base):
@@ -71,7 +81,7 @@ def start_servers(out: Path) -> dict[str, Server]:
     tokens = ("--max-total-tokens", "65536")
     return {
         "lw-a": Server("lw-a", lw, 30100, out, plugin=True, config=sender_config("lw-a", 5601), extra=COMMON + tokens),
-        "lw-b": Server("lw-b", lw, 30200, out, plugin=True, extra=COMMON + ("--max-total-tokens", "4096"), config={
+        "lw-b": Server("lw-b", lw, 30200, out, plugin=True, extra=COMMON + ("--max-total-tokens", "4096") + placement("lw-b"), config={
             "model": "lw-b", "min_foreign_tokens": 16, "fetch_timeout_s": 2.0, "data_plane": DATA_PLANE,
             "peers": [peer("lw-a", 5601), peer("odd", 5611)], "plans": [plan("lw-a"), plan("odd")]}),
         "odd": Server("odd", str(make_odd_model(out)), 30300, out, plugin=True, config=sender_config("odd", 5611),
@@ -80,7 +90,8 @@ def start_servers(out: Path) -> dict[str, Server]:
         "tester": Server("tester", str(MODELS / "tester"), 30500, out, plugin=True,
                          config=sender_config("tester", 5621),
                          extra=COMMON + tokens),
-        "libwriter": Server("libwriter", lw, 30600, out, plugin=True, extra=COMMON + tokens, config={
+        "libwriter": Server("libwriter", lw, 30600, out, plugin=True, extra=COMMON + tokens + placement("libwriter"),
+                            config={
             "model": "libwriter", "profiles_dir": "profiles", "max_quality_drop": 0.06, "min_foreign_tokens": 16,
             "data_plane": DATA_PLANE,
             "peers": [peer("tester", 5621), peer("lw-a", 5601)]}),

@@ -198,7 +198,7 @@ def sweep(cfg, spec, systems: list[str], qps_list: list[float], targets: dict[st
                 continue
             records, point = measure_point(cfg, spec, system, qps, cfg.num_sessions, targets, f"{system}@{qps}",
                                            result)
-            result["requests"] += [{"qps": qps, **dataclasses.asdict(r)} for r in records]
+            result["requests"] += [outputs.request_row(qps, r) for r in records]
             result["points"].append(dataclasses.asdict(point))
             if cfg.skip_after_miss and not point.slo_met:
                 missed.add(system)

@@ -202,3 +202,17 @@ def test_blend_systems_are_accepted_and_replace_the_todo():
     assert not any("cacheblend" in t for t in result["todo"])
     table = throughput_report.max_qps_table({"off": None, "blend:0.25": 2.0}, "slo")
     assert "| cacheblend 0.25 | 2 |" in table and "not run" not in table
+
+
+def test_request_rows_keep_times_to_the_microsecond():
+    from sglang_droidspeak.bench.load_driver import RequestRecord
+    from sglang_droidspeak.bench.throughput_outputs import request_row
+
+    record = RequestRecord(3, 1, "tester", "0:8", 4096, 4200, 1.23456789, 250.0004999, 900.1236,
+                           (7.8881739, 3.9670049), 3, 4096)
+    assert request_row(2.0, record) == {
+        "qps": 2.0, "session_id": 3, "step": 1, "model": "tester", "plan": "0:8", "context_len": 4096,
+        "prompt_len": 4200, "send_s": 1.235, "ttft_ms": 250.0, "e2e_ms": 900.124, "itl_ms": [7.888, 3.967],
+        "num_output_tokens": 3, "cached_tokens": 4096, "error": None}
+    failed = RequestRecord(0, 0, "coder", "off", 10, 20, 0.5, None, 12.0, (), 0, None, "timeout")
+    assert request_row(1.0, failed)["ttft_ms"] is None and request_row(1.0, failed)["itl_ms"] == []
