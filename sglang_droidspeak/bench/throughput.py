@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import math
 import os
 import shlex
 import time
@@ -51,6 +52,7 @@ class ThroughputConfig:
     systems: str = "off,reuse,0:8"
     qps: str = "0.25,0.5,1,2"
     num_sessions: int = 16
+    arrival_s: float = 0.0
     warmup_sessions: int = 1
     mix: str = "coder>tester:1,coder>tester>reviewer:1"
     min_context_len: int = 4096
@@ -89,7 +91,9 @@ HELP = {
     "launch": "start one 8B-shaped dummy-weight server per model of --mix (needs SGLang and a GPU)",
     "systems": "plans sent per request: off, reuse, auto, s:e[,s:e], blend:R; ';' separates when plans "
                "hold ','",
-    "qps": "session arrival rates (sessions/s), comma-separated", "num_sessions": "sessions per point",
+    "qps": "session arrival rates (sessions/s), comma-separated", "num_sessions": "sessions per point (at least)",
+    "arrival_s": "also at least QPS x this many seconds of arrivals per point, so that high rates reach a steady "
+                 "state instead of one burst (0: --num-sessions only)",
     "mix": "pipelines 'a>b[>c][:weight]', comma-separated; the first model is --launch's sender",
     "slo_percentile": "TTFT percentile checked against --slo-ttft-ms",
     "gpus": "--launch: one CUDA device for all servers, or one per model (e.g. 0,1,1)",
@@ -139,8 +143,9 @@ def run(args: argparse.Namespace) -> int:
     spec = workload_spec(cfg)
     systems = parse_systems(cfg.systems, pm.LLAMA_31_8B["num_hidden_layers"])
     qps_list = sorted(float(q) for q in cfg.qps.split(","))
-    if min(qps_list) <= 0 or cfg.num_sessions < 1 or not 0 <= cfg.slo_percentile <= 100:
-        raise SystemExit("--qps entries must be > 0, --num-sessions >= 1, 0 <= --slo-percentile <= 100")
+    if min(qps_list) <= 0 or cfg.num_sessions < 1 or cfg.arrival_s < 0 or not 0 <= cfg.slo_percentile <= 100:
+        raise SystemExit("--qps entries must be > 0, --num-sessions >= 1, --arrival-s >= 0, "
+                         "0 <= --slo-percentile <= 100")
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = outputs.new_result(cfg, spec, systems, command_line(cfg), pm.card())
@@ -173,6 +178,11 @@ def launch(cfg: ThroughputConfig, spec: wl.WorkloadSpec, result: dict) -> list:
     return start_servers(cfg, wl.models_of(spec.mix), model_dir, work, context_len, result)
 
 
+def sessions_at(cfg: ThroughputConfig, qps: float) -> int:
+    """Sessions of one point: --num-sessions, or QPS x --arrival-s if that is more."""
+    return max(cfg.num_sessions, math.ceil(qps * cfg.arrival_s - 1e-9))
+
+
 def measure_point(cfg, spec, system: str, qps: float, num_sessions: int, targets: dict[str, str], salt: str,
                   result: dict):
     """One run of ``num_sessions`` sessions with ``system``; then the caches flushed (URLs
@@ -196,7 +206,7 @@ def sweep(cfg, spec, systems: list[str], qps_list: list[float], targets: dict[st
         for system in systems:
             if system in missed:
                 continue
-            records, point = measure_point(cfg, spec, system, qps, cfg.num_sessions, targets, f"{system}@{qps}",
+            records, point = measure_point(cfg, spec, system, qps, sessions_at(cfg, qps), targets, f"{system}@{qps}",
                                            result)
             result["requests"] += [outputs.request_row(qps, r) for r in records]
             result["points"].append(dataclasses.asdict(point))

@@ -26,6 +26,7 @@ from sglang_droidspeak.bench.throughput_stats import PointSummary, hit_warnings,
 
 def new_result(cfg: Any, spec: Any, systems: list[str], command: str, card: str) -> dict:
     workload = {**dataclasses.asdict(spec), "mix": cfg.mix, "num_sessions": cfg.num_sessions,
+                "arrival_s": getattr(cfg, "arrival_s", 0.0),
                 "warmup_sessions": cfg.warmup_sessions, "seed": cfg.seed}
     plane = getattr(cfg, "data_plane", "zmq")
     servers_note = ("--launch: one Llama-3.1-8B-shaped --load-format dummy server per model, GPUs "

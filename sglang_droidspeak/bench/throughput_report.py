@@ -45,6 +45,12 @@ def max_qps_table(max_qps: dict[str, Optional[float]], slo: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sessions_note(workload: dict) -> str:
+    """'12 sessions', or 'max(12, QPS x 30 s) sessions' when --arrival-s was set."""
+    n, arrival_s = workload.get("num_sessions", "?"), workload.get("arrival_s") or 0
+    return f"max({n}, QPS x {arrival_s:g} s) sessions" if arrival_s else f"{n} sessions"
+
+
 def markdown_report(result: dict) -> str:
     w = result.get("workload", {})
     slo = f"p{result.get('slo_percentile', '?'):g} TTFT <= {result.get('slo_ttft_ms', '?'):g} ms"
@@ -55,7 +61,7 @@ def markdown_report(result: dict) -> str:
             f"- workload: mix `{w.get('mix', '?')}`, context {w.get('min_context_len', '?')}-"
             f"{w.get('max_context_len', '?')} tokens (log-uniform), suffix {w.get('min_suffix_len', '?')}-"
             f"{w.get('max_suffix_len', '?')}, {w.get('max_new_tokens', '?')} new tokens (ignore_eos), "
-            f"{w.get('num_sessions', '?')} sessions per point, Poisson session arrivals at QPS",
+            f"{sessions_note(w)} per point, Poisson session arrivals at QPS",
             f"- SLO: {slo}; times in ms; TTFT/E2E client-side; failures count as infinite TTFT at the SLO "
             "percentile; receiver hits: later agents whose cached_tokens cover the shared context", "", ""]
     report = "\n".join(head) + max_qps_table(result.get("max_qps", {}), slo) + "\n" + markdown_table(result["points"])

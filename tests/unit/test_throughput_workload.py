@@ -136,3 +136,23 @@ def test_module_imports_no_sglang_or_torch():
             "print(sorted(m for m in sys.modules if m in ('torch', 'sglang', 'matplotlib')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_sessions_per_point_grow_with_qps_under_arrival_s():
+    from sglang_droidspeak.bench.throughput import ThroughputConfig, sessions_at
+    from sglang_droidspeak.bench.throughput_report import sessions_note
+
+    burst = ThroughputConfig(num_sessions=12)
+    steady = ThroughputConfig(num_sessions=12, arrival_s=10.0)
+    assert [sessions_at(burst, q) for q in (0.5, 1, 8)] == [12, 12, 12]
+    assert [sessions_at(steady, q) for q in (0.5, 1, 1.25, 2, 3.3, 8)] == [12, 12, 13, 20, 33, 80]
+    assert sessions_note({"num_sessions": 12, "arrival_s": 0.0}) == "12 sessions"
+    assert sessions_note({"num_sessions": 12, "arrival_s": 10.0}) == "max(12, QPS x 10 s) sessions"
+    assert sessions_note({"num_sessions": 12}) == "12 sessions"  # results written before --arrival-s
+
+
+def test_negative_arrival_s_is_refused(tmp_path):
+    from sglang_droidspeak.cli import main
+    with pytest.raises(SystemExit, match="--arrival-s >= 0"):
+        main(["bench-throughput", "--url", "http://127.0.0.1:9", "--arrival-s", "-1", "--out",
+              str(tmp_path / "x.json")])
