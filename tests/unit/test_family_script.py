@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-from pathlib import Path
+
+from script_module import load_script
 
 from sglang_droidspeak.family import FamilyConfig, family_dir
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_family.py"
-
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("build_family_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("build_family.py")
 
 
 def test_defaults_come_from_family_config():

@@ -1,21 +1,10 @@
 """scripts/gpu/integration.py's server placement (the script itself needs a GPU)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
-GPU_SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "gpu"
+from script_module import load_script
 
 
 def load_integration():
-    sys.path.insert(0, str(GPU_SCRIPTS))
-    try:
-        spec = importlib.util.spec_from_file_location("gpu_integration", GPU_SCRIPTS / "integration.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(GPU_SCRIPTS))
+    return load_script("gpu/integration.py")
 
 
 def test_nccl_puts_only_the_receivers_on_gpu_1():

@@ -1,18 +1,13 @@
 """scripts/gpu/link_peak.py's host rows on the CPU, over a real ZMQ socket pair (the CUDA
 and NCCL rows need GPUs: scripts/gpu/link_peak.sh on the device machine)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu" / "link_peak.py"
+from script_module import load_script
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("link_peak", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gpu/link_peak.py")
 
 
 def test_timed_rate_counts_bytes_over_wall_time():

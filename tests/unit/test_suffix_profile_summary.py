@@ -2,20 +2,14 @@
 script itself runs only on the device machine)."""
 
 import gzip
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu" / "suffix_profile.py"
+from script_module import load_script
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("suffix_profile", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gpu/suffix_profile.py")
 
 
 def test_kernel_summary_sums_gpu_kernels_by_name_and_kind(tmp_path):
