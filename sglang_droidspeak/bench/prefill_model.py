@@ -97,8 +97,7 @@ def start_servers(args: Any, model_dir: Path, work: Path, context_len: int, resu
     extra = server_args(args, context_len)
     gpus = gpu_ids(getattr(args, "gpus", ""), args.data_plane)
     sides = (("a", args.port_base, sender_cfg), ("b", args.port_base + 1, receiver_cfg))
-    specs = [ServerSpec(name, port, cfg, (*(("--base-gpu-id", gpus[i]) if gpus else ()), *extra))
-             for i, (name, port, cfg) in enumerate(sides)]
+    specs = [ServerSpec(name, port, cfg, extra, gpus[i] if gpus else None) for i, (name, port, cfg) in enumerate(sides)]
     started = start_in_waves(specs, str(model_dir), work, args.startup_timeout)
     result["server_args"] = argv_of(started)
     result["droidspeak_config"] = {"a": sender_cfg, "b": receiver_cfg}

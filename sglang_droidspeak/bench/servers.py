@@ -101,33 +101,30 @@ def wait_healthy(servers: list[Server], timeout: float) -> None:
 
 
 class ServerSpec(NamedTuple):
-    """One plugin server of a benchmark: its name, HTTP port, plugin config and extra args."""
+    """One plugin server of a benchmark: its name, HTTP port, plugin config, extra args and
+    GPU (``--base-gpu-id``, put before ``extra``; None: SGLang's default, the first visible)."""
 
     name: str
     port: int
     config: Optional[dict]
     extra: tuple[str, ...] = ()
+    gpu: Optional[str] = None
 
-
-def gpu_of_spec(spec: ServerSpec) -> str:
-    """The GPU a spec's server starts on: its ``--base-gpu-id`` (the last one wins, as in
-    SGLang's argparse), else "0"."""
-    gpu = "0"
-    for flag, value in zip(spec.extra, spec.extra[1:]):
-        if flag == "--base-gpu-id":
-            gpu = str(value)
-    return gpu
+    @property
+    def args(self) -> tuple[str, ...]:
+        return (*(() if self.gpu is None else ("--base-gpu-id", self.gpu)), *self.extra)
 
 
 def startup_waves(specs: list[ServerSpec]) -> list[list[ServerSpec]]:
     """Specs in order, cut into waves with at most one server per GPU: servers of one wave
-    start together; two on one GPU never do (their memory profiling would race).
+    start together; two on one GPU never do (their memory profiling would race). No GPU
+    given counts as GPU "0".
 
         GPUs 0,1,1  ->  [a@0, b@1], [c@1]        GPUs 0,0  ->  [a@0], [b@0]
     """
     waves: list[list[ServerSpec]] = []
     for spec in specs:
-        if not waves or gpu_of_spec(spec) in {gpu_of_spec(s) for s in waves[-1]}:
+        if not waves or (spec.gpu or "0") in {s.gpu or "0" for s in waves[-1]}:
             waves.append([])
         waves[-1].append(spec)
     return waves
@@ -139,7 +136,7 @@ def start_in_waves(specs: list[ServerSpec], model: str, out: Path, timeout: floa
     started: list[Server] = []
     try:
         for wave in startup_waves(specs):
-            batch = [Server(s.name, model, s.port, out, plugin=True, config=s.config, extra=s.extra) for s in wave]
+            batch = [Server(s.name, model, s.port, out, plugin=True, config=s.config, extra=s.args) for s in wave]
             started += batch
             wait_healthy(batch, timeout)
     except Exception:

@@ -73,8 +73,7 @@ def start_servers(cfg: Any, models: list[str], model_dir: Path, work: Path, cont
     configs = droidspeak_configs(models, cfg.zmq_base, cfg.fetch_timeout, cfg.auto_plan,
                                  pm.LLAMA_31_8B["num_hidden_layers"], cfg.data_plane)
     extra = pm.server_args(cfg, context_len)
-    specs = [ServerSpec(name, cfg.port_base + index, configs[name],
-                        ("--base-gpu-id", gpu_of(cfg.gpus, index, len(models)), *extra))
+    specs = [ServerSpec(name, cfg.port_base + index, configs[name], extra, gpu_of(cfg.gpus, index, len(models)))
              for index, name in enumerate(models)]
     started = start_in_waves(specs, str(model_dir), work, cfg.startup_timeout)
     result["server_args"] = argv_of(started)

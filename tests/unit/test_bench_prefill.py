@@ -253,14 +253,14 @@ def test_servers_start_in_waves_of_one_per_gpu():
     from sglang_droidspeak.bench.servers import ServerSpec, startup_waves
 
     def specs(*gpus):
-        return [ServerSpec(f"s{i}", 30000 + i, None, () if g is None else ("--x", "1", "--base-gpu-id", g))
-                for i, g in enumerate(gpus)]
+        return [ServerSpec(f"s{i}", 30000 + i, None, ("--x", "1"), g) for i, g in enumerate(gpus)]
 
     def names(waves):
         return [[s.name for s in wave] for wave in waves]
 
     assert names(startup_waves(specs("0", "1", "1"))) == [["s0", "s1"], ["s2"]]
     assert names(startup_waves(specs("0", "0"))) == [["s0"], ["s1"]]
-    assert names(startup_waves(specs(None, "0", "1"))) == [["s0"], ["s1", "s2"]]  # no flag: GPU 0
+    assert names(startup_waves(specs(None, "0", "1"))) == [["s0"], ["s1", "s2"]]  # no GPU given: GPU 0
+    assert [s.args for s in specs("1", None)] == [("--base-gpu-id", "1", "--x", "1"), ("--x", "1")]
     assert names(startup_waves(specs("1", "0", "2", "0"))) == [["s0", "s1", "s2"], ["s3"]]
     assert startup_waves([]) == []
