@@ -32,10 +32,11 @@ from collections import defaultdict
 from pathlib import Path
 
 from sglang_droidspeak.bench import prefill_model
+from sglang_droidspeak.bench.prefill import SUFFIX_LEN
 from sglang_droidspeak.bench.servers import Server, wait_healthy
 
 MICRO = Path(".cache/gpu-models/libwriter")
-SUFFIX_LEN, VOCAB_LIMIT, REPEATS = 16, 120000, 3
+VOCAB_LIMIT, REPEATS = 120000, 3  # ids below the 8B config's vocabulary (run 6 used these)
 KINDS = (("attention", ("attention", "attn", "fwd_kernel", "flash", "prefill")),
          ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "sm90")))
 
@@ -62,6 +63,10 @@ def kernel_summary(trace_path: str, top: int = 12) -> dict:
             "top_kernels_ms": [[name[:120], ms] for name, ms in ranked]}
 
 
+def random_ids(rng: random.Random, n: int) -> list[int]:
+    return [rng.randrange(3, VOCAB_LIMIT) for _ in range(n)]
+
+
 def timed(server: Server, ids: list[int]) -> float:
     start = time.perf_counter()
     server.generate({"input_ids": ids, "sampling_params": {"max_new_tokens": 1, "temperature": 0}})
@@ -71,9 +76,9 @@ def timed(server: Server, ids: list[int]) -> float:
 def measure(server: Server, length: int, rng: random.Random) -> dict:
     prefill, suffix = [], []
     for _ in range(REPEATS):
-        ctx = [rng.randrange(3, VOCAB_LIMIT) for _ in range(length)]
+        ctx = random_ids(rng, length)
         prefill.append(timed(server, ctx))
-        suffix.append(timed(server, ctx + [rng.randrange(3, VOCAB_LIMIT) for _ in range(SUFFIX_LEN)]))
+        suffix.append(timed(server, ctx + random_ids(rng, SUFFIX_LEN)))
         prefill_model.flush(server)
     return {"length": length, "prefill_ms": statistics.median(prefill), "suffix_ms": statistics.median(suffix),
             "prefill_all_ms": prefill, "suffix_all_ms": suffix}
@@ -87,10 +92,10 @@ def post_text(url: str, body: dict, timeout: float) -> str:
 
 
 def profile_suffix(server: Server, length: int, rng: random.Random, trace_dir: Path) -> dict:
-    ctx = [rng.randrange(3, VOCAB_LIMIT) for _ in range(length)]
+    ctx = random_ids(rng, length)
     timed(server, ctx)
     post_text(server.url + "/start_profile", {"output_dir": str(trace_dir), "activities": ["CPU", "GPU"]}, 60)
-    wall_ms = timed(server, ctx + [rng.randrange(3, VOCAB_LIMIT) for _ in range(SUFFIX_LEN)])
+    wall_ms = timed(server, ctx + random_ids(rng, SUFFIX_LEN))
     post_text(server.url + "/stop_profile", {}, 300)
     deadline = time.time() + 120
     while time.time() < deadline and not glob.glob(str(trace_dir / "*.json*")):
@@ -111,8 +116,8 @@ def run_backend(backend: str, args, model: Path, work: Path) -> dict:
     rng, result = random.Random(0), {"backend": backend, "rows": []}
     try:  # a failure keeps what was measured, and the other backend still runs
         wait_healthy([server], args.startup_timeout)
-        timed(server, [rng.randrange(3, VOCAB_LIMIT) for _ in range(1024)])  # first-request JIT
-        timed(server, [rng.randrange(3, VOCAB_LIMIT) for _ in range(1024)] + [5] * SUFFIX_LEN)
+        timed(server, random_ids(rng, 1024))  # first-request JIT
+        timed(server, random_ids(rng, 1024) + [5] * SUFFIX_LEN)
         for n in args.lengths:
             row = measure(server, n, rng)
             result["rows"].append(row)
