@@ -13,6 +13,7 @@ import time
 
 import pytest
 import torch
+from cpu_sglang import require_cpu_sglang
 
 from sglang_droidspeak.transfer.pair_channel import ChannelError, GlooPairChannel, host_store, join_store, wait_all
 
@@ -107,10 +108,7 @@ def test_wait_open_is_bounded_by_the_callers_deadline_and_runs_idle():
 
 
 def test_the_nccl_unique_id_crosses_the_store_as_authenticated_raw_bytes():
-    from sglang_droidspeak.sglang.cpu_import import prepare_cpu_sglang
-
-    if not prepare_cpu_sglang():
-        pytest.skip("SGLang is not importable")
+    require_cpu_sglang("sglang.srt.distributed.device_communicators.pynccl_wrapper", at_module_level=False)
     import torch.distributed as dist
     from sglang.srt.distributed.device_communicators.pynccl_wrapper import ncclUniqueId
 

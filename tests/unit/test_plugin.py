@@ -15,10 +15,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from cpu_sglang import require_cpu_sglang
 
 from sglang_droidspeak.plan import LayerPlan
 from sglang_droidspeak.sglang import plugin
-from sglang_droidspeak.sglang.cpu_import import SGLangImportOrderError, prepare_cpu_sglang
 from sglang_droidspeak.sglang.settings import (
     CONFIG_ENV,
     DroidSpeakSettings,
@@ -94,11 +94,7 @@ def test_entry_point_resolves_to_load():
 
 @pytest.fixture
 def sglang_mem_cache():
-    try:
-        prepare_cpu_sglang()
-    except SGLangImportOrderError as exc:  # tests/conftest.py must call it before transformers
-        pytest.skip(str(exc))
-    pytest.importorskip("sglang.srt.mem_cache.radix_cache")
+    require_cpu_sglang(at_module_level=False)
     from sglang.srt.mem_cache import registry
 
     return registry
