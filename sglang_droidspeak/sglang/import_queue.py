@@ -19,8 +19,9 @@ launched as batched engine forwards (one per layer slice) on the compute stream,
 ``chunk_tokens`` tokens and ``MAX_INFLIGHT`` unfinished launches at a time; a finished job
 is inserted (its request then adopts the DERIVED prefix in ``match_prefix``); a failed job
 frees its slots once drained and its request prefills normally (``FELL_BACK_ATTR``).
-``blocking`` (setting ``import_mode: blocking``) runs each job to its end inside the tick
-that starts it: the old synchronous behaviour, kept for comparison.
+``blocking`` (setting ``import_mode: blocking``, or a request's ``droidspeak_import_mode``)
+runs the job to its end inside the tick that starts it: the old synchronous behaviour,
+kept for comparison.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch
 
 from sglang_droidspeak.radix.tags import KVOrigin
 from sglang_droidspeak.sglang.import_job import ImportJob, WorkItem, record_event
+from sglang_droidspeak.sglang.request_options import request_options
 
 logger = logging.getLogger(__name__)
 JOB_ATTR = "droidspeak_import"  # on a request: its ImportJob, or None once examined
@@ -50,9 +52,13 @@ class ImportQueue:
 
     # ---- hooks ----
 
-    def tick(self, scheduler: Any) -> None:
+    def bind(self, scheduler: Any) -> None:
+        """Launch on the scheduler's forward stream: ordered with its own batches."""
         if self.compute_stream is None and torch.cuda.is_available():
             self.compute_stream = getattr(scheduler, "forward_stream", None) or torch.cuda.current_stream()
+
+    def tick(self, scheduler: Any) -> None:
+        self.bind(scheduler)
         self.scan(scheduler)
         if self.jobs:
             self.advance(scheduler.waiting_queue)
@@ -90,22 +96,25 @@ class ImportQueue:
             return
         setattr(req, JOB_ATTR, job)
         self.jobs.append(job)
-        if self.blocking:
+        if self.blocking or request_options(req).blocking:  # the old behaviour: this tick waits for it
             while job in self.jobs:
-                self.advance([req])
+                self.advance([req], only=job)
                 time.sleep(0)
 
     # ---- advance ----
 
-    def advance(self, waiting: list) -> None:
+    def advance(self, waiting: list, only: Optional[ImportJob] = None) -> None:
+        """Check, launch and finish jobs (``only``: that job, launching without the in-flight
+        bound: a blocking import)."""
+        jobs = self.jobs if only is None else [only]
         waiting_ids = {id(req) for req in waiting}
         now = time.monotonic()
-        for job in self.jobs:
+        for job in jobs:
             self._check(job, waiting_ids, now)
         self._inflight = [event for event in self._inflight if not event.query()]
-        if len(self._inflight) < MAX_INFLIGHT or self.blocking:
-            self._launch_ready()
-        for job in list(self.jobs):
+        if len(self._inflight) < MAX_INFLIGHT or only is not None:
+            self._launch_ready(jobs)
+        for job in list(jobs):
             if job.failure is None and job.succeeded():
                 self.jobs.remove(job)
                 if self._guarded([job], self.runtime.finish_import, job):
@@ -137,11 +146,11 @@ class ImportQueue:
 
     # ---- launch ----
 
-    def _launch_ready(self) -> None:
+    def _launch_ready(self, jobs: list[ImportJob]) -> None:
         budget = self.chunk_tokens
         by_slice: dict[tuple[int, int], list[WorkItem]] = defaultdict(list)
         blends = []
-        for job in self.jobs:
+        for job in jobs:
             if budget <= 0:
                 break
             step = job.blend_step()

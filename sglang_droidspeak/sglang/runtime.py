@@ -91,6 +91,7 @@ class DroidSpeakRuntime(ImportRole, DirectoryRole):
         start and advance imports."""
         if self.scheduler is None:
             self.scheduler = scheduler
+            self.imports.bind(scheduler)  # before the first export: E runs on the forward stream
             sleeper = getattr(scheduler, "idle_sleeper", None)
             if sleeper is not None and self.export_server is not None:
                 import zmq

@@ -210,8 +210,8 @@ def parse_settings(data: Any, where: str = "<settings>") -> DroidSpeakSettings:
         raise SettingsError(f"{where}: 'plans' must be a list, got {plans!r}")
     pair_plans = tuple(_pair_plan(entry, f"{where}: plans[{i}]") for i, entry in enumerate(plans))
     chunk = data.get("import_chunk_tokens", 8192)
-    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 16:
-        raise SettingsError(f"{where}: 'import_chunk_tokens' must be an int >= 16, got {chunk!r}")
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 8:
+        raise SettingsError(f"{where}: 'import_chunk_tokens' must be an int >= 8, got {chunk!r}")
     return DroidSpeakSettings(
         model, allow, min_tokens, pair_plans,
         profiles_dir=_optional_str(data, "profiles_dir", where),
