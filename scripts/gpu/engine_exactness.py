@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ from pathlib import Path
 from sglang_droidspeak.bench.prefill_model import flush
 from sglang_droidspeak.bench.servers import Server, metric_sum, post, wait_healthy
 
+TOKENIZER = Path(".cache/gpu-tok")  # carried: any tokenizer files (--skip-tokenizer-init: ids in and out)
 ARCHS = ("llama3", "qwen2", "qwen3", "gemma2")
 BACKENDS = ("triton", "flashinfer")
 PLANS = ("reuse", "0:2", "3:5", "0:8")
@@ -45,7 +47,7 @@ DIMS = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_a
 
 
 def make_model(arch: str, dest: Path) -> Path:
-    """A seeded random bf16 model of ``arch`` saved as safetensors (no tokenizer)."""
+    """A seeded random bf16 model of ``arch`` saved as safetensors, with TOKENIZER's files."""
     import torch
     import transformers
 
@@ -60,6 +62,8 @@ def make_model(arch: str, dest: Path) -> Path:
     torch.manual_seed(ARCHS.index(arch))
     model = getattr(transformers, f"{name}ForCausalLM")(config).to(torch.bfloat16)
     model.save_pretrained(dest)
+    for tok in TOKENIZER.glob("tokenizer*.json"):  # the plugin fingerprints the tokenizer too (ids go in raw)
+        shutil.copyfile(tok, dest / tok.name)
     return dest
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Engine-native receiver exactness on the lent GPU: 4 architectures x {triton, flashinfer},
 # every plan against the receiver's own full prefill (scripts/gpu/engine_exactness.py).
-# Here (CPU):   bash ../shared/device/stage.sh
-# Device call:  carry [".device"], command `bash scripts/gpu/engine_exactness.sh`
+# Here (CPU):   bash ../shared/device/stage.sh; mkdir -p .cache/gpu-tok && cp TOKENIZER_DIR/tokenizer*.json .cache/gpu-tok/
+#               (any tokenizer: ids go in raw; scripts/gpu/prepare.py makes .cache/gpu-models/libwriter)
+# Device call:  carry [".device", ".cache/gpu-tok"], command `bash scripts/gpu/engine_exactness.sh`
 #               (DS_ARCHS=llama3,gemma2 DS_BACKENDS=triton narrow it down)
 # Results: $OUT/engine-exactness.json and a table on stdout.
 source scripts/gpu/device_env.sh || exit 1

@@ -63,6 +63,11 @@ def build_runtime(ctx: Any, settings: DroidSpeakSettings, model_name: str):
         logger.warning("droidspeak: cross-model reuse off for %r: %s", model_name, reason)
         metrics.record_fallback("unsupported")
         return None
-    fingerprint = fingerprint_model_dir(ctx.model_config.model_path).digest
+    try:
+        fingerprint = fingerprint_model_dir(ctx.model_config.model_path).digest
+    except (OSError, ValueError) as exc:  # e.g. no tokenizer files: never share, never crash the server
+        logger.warning("droidspeak: cross-model reuse off for %r: cannot fingerprint the model: %s", model_name, exc)
+        metrics.record_fallback("unsupported")
+        return None
     return DroidSpeakRuntime(settings, model_name, fingerprint, _model_parts(ctx, runner), num_model_layers(ctx),
                              metrics, settings.secret())

@@ -134,3 +134,11 @@ def test_the_engine_is_warmed_up_over_chunk_shapes_and_a_failure_only_logs(tmp_p
     assert cache.runtime is not None and "warm-up failed" in caplog.text
     assert ctx.params.token_to_kv_pool_allocator.available_size() == 64
     cache.runtime.close()
+
+
+def test_a_model_that_cannot_be_fingerprinted_runs_tree_only(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("DROIDSPEAK_SECRET", "x" * 16)
+    ctx = make_ctx(tmp_path)
+    (tmp_path / "tokenizer.json").unlink()  # KV is never shared without the tokenizer's identity
+    cache = build_droidspeak_cache(ctx, sender_settings())
+    assert cache.runtime is None and "cannot fingerprint the model" in caplog.text
