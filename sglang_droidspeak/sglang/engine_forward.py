@@ -52,14 +52,27 @@ class EngineSegment(NamedTuple):
 
 
 def engine_unsupported(model: Any, backend_name: str, tp_size: int = 1, pp_size: int = 1) -> Optional[str]:
-    """Why this server's model cannot run layer slices through the engine (None: it can)."""
+    """Why this server's model cannot run layer slices through the engine (None: it can).
+
+    Sliding-window models on flashinfer are refused: on an H100 (2026-12-06,
+    docs/BENCHMARKS.md) Gemma 2's recomputed plans there left the receiver's own prefill
+    by up to 0.95 nats teacher-forced (0.03 on triton), so they are not served until that
+    is understood.
+    """
     if tp_size != 1 or pp_size != 1:
         return f"tensor/pipeline parallelism {tp_size}/{pp_size} (only 1/1 is supported)"
     if not hasattr(model, "forward_split_prefill"):
         return f"{type(model).__name__} has no forward_split_prefill"
     if backend_name not in BACKENDS:
         return f"attention backend {backend_name!r} (supported: {', '.join(BACKENDS)})"
+    if backend_name == "flashinfer" and _has_sliding_window(model):
+        return "sliding-window attention on flashinfer (outside bf16 tolerance when measured; use triton)"
     return None
+
+
+def _has_sliding_window(model: Any) -> bool:
+    """Any attention layer of ``model`` with a sliding window (SGLang's RadixAttention field)."""
+    return any((getattr(m, "sliding_window_size", None) or -1) > 0 for m in model.modules())
 
 
 class EngineForward:

@@ -140,3 +140,6 @@ def test_unsupported_models_and_backends_are_named():
         "attention backend 'fa3' (supported: flashinfer, triton, torch_native)")
     assert "tensor/pipeline parallelism 2/1" in engine_unsupported(object(), "triton", tp_size=2)
     assert engine_unsupported(cpu_engine(tiny("llama")).model, "flashinfer") is None
+    gemma = cpu_engine(tiny("gemma2")).model  # sliding windows: measured outside tolerance on flashinfer
+    assert engine_unsupported(gemma, "flashinfer").startswith("sliding-window attention on flashinfer")
+    assert engine_unsupported(gemma, "triton") is None
