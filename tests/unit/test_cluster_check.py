@@ -28,8 +28,8 @@ def _save_profile(root, sender, receiver, drops=(0.08, 0.01), names=None):
     """A real profile for sender -> receiver (4 layers) with the given frontier drops."""
     fp = {n: fingerprint_model_dir(root / "models" / n) for n in (sender, receiver)}
     s_name, r_name = names or (sender, receiver)
-    frontier = (FrontierPoint(LayerPlan.contiguous(4, 0, 1), 0.5, drops[0]),
-                FrontierPoint(LayerPlan.contiguous(4, 0, 2), 0.6, drops[1]))
+    frontier = (FrontierPoint(LayerPlan.contiguous(4, 0, 1), 0.61 - drops[0], drops[0]),
+                FrontierPoint(LayerPlan.contiguous(4, 0, 2), 0.61 - drops[1], drops[1]))
     profile = Profile(sender=ModelRef(s_name, fp[sender]), receiver=ModelRef(r_name, fp[receiver]), num_layers=4,
                       dataset="lcc", metric="edit_sim", receiver_quality=0.61, full_reuse_quality=0.4,
                       frontier=frontier, created="2026-11-28T04:00:00+00:00", tool_version="0.1.0")
@@ -95,8 +95,8 @@ def test_profiles_present_missing_and_malformed(cluster, tmp_path):
     good, bad = report.pair("tester", "libwriter"), report.pair("libwriter", "tester")
     assert (good.profile, good.plan) == ("ok", LayerPlan.contiguous(4, 0, 2))  # drop 0.08 > 0.06 >= 0.01
     assert bad.profile == "malformed" and bad.plan is None
-    assert report.errors == (f"libwriter -> tester: {tmp_path}/profiles/libwriter__tester.yaml: "
-                             "field 'sender' must be a mapping, got 3",)
+    assert report.errors == (f"libwriter -> tester: {tmp_path}/profiles/libwriter__tester.yaml:1: "
+                             "receiver: required field is missing",)
     (tmp_path / "profiles" / "libwriter__tester.yaml").unlink()
     report = check_cluster(load_cluster_config(cluster))
     assert report.errors == () and report.pair("libwriter", "tester").profile == "missing"
@@ -157,7 +157,7 @@ def test_cli_exit_codes_and_table(cluster, tmp_path, capsys):
     assert "error: libwriter -> tester: " in capsys.readouterr().out
     cluster.write_text("router: {host: h, port: 0}\nmodels: []\n")
     assert main(["check", str(cluster)]) == 1
-    assert capsys.readouterr().out == f"error: {cluster}: router.port: must be an integer in 1..65535, got 0\n"
+    assert capsys.readouterr().out == f"error: {cluster}:1: router.port: must be an integer in 1..65535, got 0\n"
 
 
 def test_cli_print_plan_is_json_on_stdout(cluster, capsys):
