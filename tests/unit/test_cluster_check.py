@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from sglang_droidspeak.cli import main
-from sglang_droidspeak.cluster import check_cluster, load_cluster_config, plan_cluster
+from sglang_droidspeak.cluster import check_cluster, check_machine, load_cluster_config, plan_cluster
 from sglang_droidspeak.identity import fingerprint_model_dir
 from sglang_droidspeak.plan import FrontierPoint, LayerPlan, ModelRef, Profile, save_profile
 from sglang_droidspeak.reference.tiny import tiny_config
@@ -116,14 +116,15 @@ def test_profile_for_other_models_or_out_of_budget(cluster, tmp_path):
             in report.warnings)
 
 
-def test_missing_or_unreadable_model_dirs_are_errors(cluster, tmp_path):
+def test_unreadable_model_dirs_are_errors_and_missing_ones_are_listed(cluster, tmp_path):
     (tmp_path / "models" / "libwriter" / "tokenizer.json").unlink()
     _rewrite(cluster, lambda d: d["models"][2].update(path=str(tmp_path / "nowhere")))
     report = check_cluster(load_cluster_config(cluster))
     assert report.errors == (
         f"{cluster}: models[1].path: cannot fingerprint {tmp_path}/models/libwriter: {tmp_path}/models/libwriter: "
-        "no tokenizer.json; cannot fingerprint this model",
-        f"{cluster}: models[2].path: {tmp_path}/nowhere is not a directory")
+        "no tokenizer.json; cannot fingerprint this model",)
+    assert report.missing_models == (f"{cluster}: models[2].path: {tmp_path}/nowhere is not on this machine",)
+    assert report.ok is False  # serve refuses
     assert report.pair("tester", "libwriter").compatible is None
     assert check_cluster(load_cluster_config(cluster), load_fingerprints=False).errors == ()
 
@@ -144,7 +145,14 @@ def test_shared_gpu_warnings(cluster):
         "others' memory against each mem_fraction: cap the pools with --max-total-tokens"]
 
 
-def test_cli_exit_codes_and_table(cluster, tmp_path, capsys):
+@pytest.fixture
+def machine(monkeypatch):
+    """Three visible GPUs and a shared secret: the CLI's machine checks add nothing."""
+    monkeypatch.setattr(check_machine, "visible_gpu_count", lambda: 3)
+    monkeypatch.setenv("DROIDSPEAK_SECRET", "s" * 16)
+
+
+def test_cli_exit_codes_and_table(cluster, tmp_path, capsys, machine):
     _save_profile(tmp_path, "tester", "libwriter")
     assert main(["check", str(cluster)]) == 0
     out = capsys.readouterr().out
@@ -160,7 +168,7 @@ def test_cli_exit_codes_and_table(cluster, tmp_path, capsys):
     assert capsys.readouterr().out == f"error: {cluster}:1: router.port: must be an integer in 1..65535, got 0\n"
 
 
-def test_cli_print_plan_is_json_on_stdout(cluster, capsys):
+def test_cli_print_plan_is_json_on_stdout(cluster, capsys, machine):
     assert main(["check", str(cluster), "--print-plan", "--no-fingerprints"]) == 0
     captured = capsys.readouterr()
     plan = json.loads(captured.out)
