@@ -52,8 +52,9 @@ def test_round_trip_every_kind(msg):
 
 def test_header_layout():
     header = _header(encode(CHUNK, SECRET))
-    assert list(header) == ["v", "kind", "request_id", "what", "layer", "token_start", "dtype",
+    assert list(header) == ["v", "kind", "ts", "nonce", "request_id", "what", "layer", "token_start", "dtype",
                             "shape", "payload_len", "mac"]
+    assert type(header["ts"]) is int and type(header["nonce"]) is bytes and len(header["nonce"]) == 16
     assert header["v"] == 1 and header["kind"] == "layer_chunk" and header["shape"] == [2, 1, 2]
     assert header["payload_len"] == 8 and len(header["mac"]) == 32
     assert CHUNK.data[:4] == b"\x00\x3e\x00\xc0"  # float16 1.5, -2.0 little-endian
