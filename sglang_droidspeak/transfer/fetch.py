@@ -48,13 +48,9 @@ class FetchFailed(RuntimeError):
 
 
 class FetchServer:
-    """A ROUTER socket answering FetchRequests with the messages ``handler`` yields.
-
-    It faces the network: a frame larger than ``limits.max_header_bytes`` (requests and
-    offers carry no payload) disconnects its peer inside ZMQ (MAXMSGSIZE) before any
-    buffering; a stale or replayed signed message is dropped (``replay``, on by default).
-    Drops are counted by reason in ``drops.counts`` and passed to ``on_drop(reason)``.
-    """
+    """A ROUTER answering FetchRequests with what ``handler`` yields. A frame over
+    ``limits.max_header_bytes`` disconnects its peer in ZMQ (MAXMSGSIZE); stale or replayed
+    messages are dropped (``replay``); drops by reason: ``drops.counts``, ``on_drop``."""
 
     def __init__(self, bind: str, secret: bytes, context: Optional[zmq.Context] = None,
                  limits: wire.WireLimits = wire.WireLimits(), pacing: Optional[PacerPolicy] = None,
