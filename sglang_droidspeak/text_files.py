@@ -22,8 +22,9 @@ import os
 import stat
 from typing import Any, Optional
 
-MAX_CONFIG_BYTES = 256 << 10  # configs, profiles, settings, latency models: a few KB each
-MAX_RESULT_BYTES = 64 << 20  # benchmark result JSON and model-directory files (tokenizer.json)
+MAX_CONFIG_BYTES = 64 << 10  # configs, profiles, settings, latency models: 2 KB each here
+MAX_RESULT_BYTES = 4 << 20  # benchmark result JSON: 100 KB at most here
+MAX_MODEL_FILE_BYTES = 64 << 20  # a model directory's config.json / tokenizer.json (Gemma 3's: 33 MB)
 EXCERPT_CHARS = 60
 
 

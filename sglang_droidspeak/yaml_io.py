@@ -30,7 +30,7 @@ from sglang_droidspeak.text_files import (  # noqa: F401 - FileLoadError is publ
     MAX_CONFIG_BYTES, MAX_RESULT_BYTES, FileLoadError, excerpt, read_text_file, shorten)
 
 MAX_DEPTH = 64
-MAX_NODES = 65536
+MAX_NODES = 16384  # a 64 KiB file of one-character items has 32K; real profiles under 1K
 _FLOAT_12 = re.compile(r"""^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X)
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from sglang_droidspeak.text_files import MAX_RESULT_BYTES, excerpt, read_text_file
+from sglang_droidspeak.text_files import MAX_MODEL_FILE_BYTES, excerpt, read_text_file
 from sglang_droidspeak.validation import is_number, unknown_keys_problem
 from sglang_droidspeak.yaml_io import load_json_file
 
@@ -144,5 +144,5 @@ def fingerprint_model_dir(path: str | Path) -> ModelFingerprint:
     for name in ("config.json", "tokenizer.json"):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path}: no {name}; cannot fingerprint this model")
-    config = load_json_file(path / "config.json", MAX_RESULT_BYTES)  # regular files, bounded, UTF-8
-    return fingerprint_from_config(config, read_text_file(path / "tokenizer.json", MAX_RESULT_BYTES))
+    config = load_json_file(path / "config.json", MAX_MODEL_FILE_BYTES)  # regular files, bounded, UTF-8
+    return fingerprint_from_config(config, read_text_file(path / "tokenizer.json", MAX_MODEL_FILE_BYTES))

@@ -15,8 +15,10 @@ The header is a msgpack map (keys in this order; never pickled):
     payload_len   int         len(payload frame); 0 and no frame for payload-less kinds
     mac           bin(32)     HMAC-SHA256(secret, msgpack(header without mac) || payload)
 
-``decode`` checks, in order: frame count / types / sizes (cheap, before anything is
-parsed), msgpack well-formedness under ``WireLimits``, kind and version, the MAC, the exact
+``decode`` checks, in order: frame count / types / sizes, the MAC over the raw bytes (both
+cheap, before anything is parsed: an unauthenticated peer costs one HMAC pass), msgpack
+well-formedness under ``WireLimits``, kind and version, the MAC again on the parsed header
+(it must be exactly what was signed), the exact
 field set, field types, limits, payload length == prod(shape) * itemsize, and last ``ts``
 and ``nonce`` (against the receiver's ``ReplayGuard`` when it passes one). Every failure
 raises ``WireError`` (its subclass and ``reason`` say which class: frames.py); nothing else
@@ -104,6 +106,37 @@ def _frame_views(frames: Sequence[Any], limits: WireLimits) -> list[memoryview]:
     return views
 
 
+_MAC_TRAILER = b"\xa3mac\xc4\x20"  # the header map's last entry: "mac": bin8(32)
+
+
+def _map_entries(header: memoryview) -> tuple[int, int]:
+    """(entries, bytes of the map's own header) of a msgpack fixmap or map16."""
+    first = header[0]
+    if 0x80 <= first <= 0x8F:
+        return first & 0x0F, 1
+    if first == 0xDE and header.nbytes >= 3:
+        return int.from_bytes(header[1:3], "big"), 3
+    raise Unauthenticated("authentication failed: the header is not a msgpack map")
+
+
+def _verify_before_parsing(header: memoryview, payload: memoryview, secret: bytes) -> None:
+    """Check the MAC on the raw bytes, before anything is unpacked: ``encode`` writes the
+    mac as the map's last entry, so the signed body is these bytes without that entry
+    under a map header one entry shorter. An unauthenticated frame costs one HMAC pass."""
+    tail = len(_MAC_TRAILER) + MAC_LEN
+    if header.nbytes <= tail or header[-tail:-MAC_LEN] != _MAC_TRAILER:
+        raise Unauthenticated("authentication failed: the header does not end with its mac")
+    entries, start = _map_entries(header)
+    if entries < 1 or start > header.nbytes - tail:
+        raise Unauthenticated("authentication failed: the header is not a msgpack map")
+    body_prefix = bytes([0x80 | entries - 1]) if entries - 1 < 16 else b"\xde" + (entries - 1).to_bytes(2, "big")
+    mac = hmac.new(secret, body_prefix, hashlib.sha256)
+    mac.update(header[start:-tail])
+    mac.update(payload)
+    if not hmac.compare_digest(mac.digest(), bytes(header[-MAC_LEN:])):
+        raise Unauthenticated("authentication failed: MAC mismatch (wrong secret or altered frames)")
+
+
 def _unpack_header(header_frame: memoryview, limits: WireLimits) -> dict[str, Any]:
     array_len = max(limits.max_tokens, limits.max_layers, limits.max_rank)
     try:
@@ -181,6 +214,8 @@ def decode(frames: Sequence[Any], secret: bytes, limits: WireLimits = WireLimits
     and, with ``replay``, for a stale or replayed one."""
     _check_secret(secret)
     views = _frame_views(frames, limits)
+    payload = views[1] if len(views) == 2 else memoryview(b"")
+    _verify_before_parsing(views[0], payload, secret)
     header = _unpack_header(views[0], limits)
     kind, version = header["kind"], header["v"]
     cls = KINDS.get(kind) if type(kind) is str else None
@@ -188,8 +223,7 @@ def decode(frames: Sequence[Any], secret: bytes, limits: WireLimits = WireLimits
         raise WireError(f"unknown message kind {kind!r}")
     if type(version) is not int or version != cls.VERSION:
         raise WireError(f"unsupported version {version!r} for {kind} (expected {cls.VERSION})")
-    payload = views[1] if len(views) == 2 else memoryview(b"")
-    _authenticate(header, payload, secret)
+    _authenticate(header, payload, secret)  # the parsed header is exactly what was signed
     if len(views) != (2 if cls.HAS_PAYLOAD else 1):
         raise WireError(f"{kind} needs {2 if cls.HAS_PAYLOAD else 1} frames, got {len(views)}")
     if header["payload_len"] != payload.nbytes or type(header["payload_len"]) is not int:

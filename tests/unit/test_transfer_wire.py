@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sglang_droidspeak.transfer import (
-    DTYPES, FetchDone, FetchError, FetchRequest, LayerChunk, WireError, WireLimits, decode, encode)
+    DTYPES, FetchDone, FetchError, FetchRequest, LayerChunk, Unauthenticated, WireError, WireLimits, decode, encode)
 
 SECRET = b"0123456789abcdef-test-secret"
 REQ = FetchRequest("r1", "llama-a", "llama-b", "fp:abc", (1, 17, 4095), (0, 2, 3), (1,), 250)
@@ -105,7 +105,7 @@ def test_truncation_and_payload_length():
     frames = encode(CHUNK, SECRET)
     with pytest.raises(WireError, match="authentication"):
         decode([frames[0], frames[1][:-2]], SECRET)
-    with pytest.raises(WireError, match="not well-formed msgpack"):
+    with pytest.raises(Unauthenticated, match="does not end with its mac"):  # checked before parsing
         decode([frames[0][:-3], frames[1]], SECRET)
     with pytest.raises(WireError, match="payload_len"):  # signed, but declares the old length
         decode(_resigned(CHUNK, payload=frames[1][:-2]), SECRET)
