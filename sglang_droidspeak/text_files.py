@@ -55,9 +55,14 @@ def read_text_file(path: str | os.PathLike, max_bytes: int = MAX_CONFIG_BYTES) -
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise FileLoadError(name, f"cannot read ({exc.strerror})", reason="unreadable") from None
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        regular = False
+    if not regular:
+        os.close(fd)
+        raise FileLoadError(name, "not a regular file", reason="not_regular")
     with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise FileLoadError(name, "not a regular file", reason="not_regular")
         raw = _read_capped(file, name, max_bytes)
     return decode_utf8(raw, name)
 
