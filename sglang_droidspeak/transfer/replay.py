@@ -12,7 +12,7 @@ epoch) and ``nonce`` (16 random bytes) inside the MAC. A receiver that faces the
                                              new ones: the guard fails closed, it never
                                              forgets a nonce that is still inside the window
 
-Memory: at most ``max_entries`` nonces (about 200 bytes each: 13 MB at the default).
+Memory: at most ``max_entries`` nonces (about 140 bytes each: 9 MiB at the default).
 Clocks of peers must agree within ``window_s`` (NTP does far better). Not thread-safe:
 each receiving thread owns its guard. docs/ROBUSTNESS.md has what a replayed or stolen
 frame can and cannot do.

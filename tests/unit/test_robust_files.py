@@ -81,9 +81,11 @@ def test_a_fifo_or_a_directory_is_refused_without_blocking(tmp_path, read):
         assert str(exc) == f"{path}: not a regular file"
 
 
-def test_json_result_files_refuse_duplicate_keys(tmp_path):
+def test_json_result_files_refuse_duplicate_keys_and_deep_nesting(tmp_path):
     with pytest.raises(FileLoadError, match=r"r.json: duplicate key 'a'$"):
         load_json_file(_file(tmp_path, '{"a": 1, "a": 2}', "r.json"))
+    with pytest.raises(FileLoadError, match=r"r.json: not valid JSON \(nested too deeply\)$"):
+        load_json_file(_file(tmp_path, "[" * 100_000 + "]" * 100_000, "r.json"))
 
 
 def test_cluster_errors_name_the_line_and_never_echo_a_long_value(tmp_path):
