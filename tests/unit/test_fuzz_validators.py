@@ -71,13 +71,20 @@ def _finite_in(x, low, high):
     return math.isfinite(x) and low <= x <= high
 
 
+def _parsed_or_none(parse, data, error):
+    """``parse(data, "f.yaml")``, or None when it raised ``error`` naming the file."""
+    try:
+        return parse(data, "f.yaml")
+    except error as exc:
+        assert str(exc).startswith("f.yaml")
+        return None
+
+
 @FUZZ
 @given(edited(PROFILE))
 def test_profile_edits_give_a_valid_profile_or_a_profile_error(data):
-    try:
-        profile = parse_profile(data, "p.yaml")
-    except ProfileError as exc:
-        assert str(exc).startswith("p.yaml")
+    profile = _parsed_or_none(parse_profile, data, ProfileError)
+    if profile is None:
         return
     assert _finite_in(profile.receiver_quality, 0, 1) and _finite_in(profile.full_reuse_quality, 0, 1)
     for point in profile.frontier:
@@ -89,10 +96,8 @@ def test_profile_edits_give_a_valid_profile_or_a_profile_error(data):
 @FUZZ
 @given(edited(CLUSTER))
 def test_cluster_edits_give_a_valid_config_or_a_cluster_config_error(data):
-    try:
-        config = parse_cluster_config(data, "c.yaml")
-    except ClusterConfigError as exc:
-        assert str(exc).startswith("c.yaml")
+    config = _parsed_or_none(parse_cluster_config, data, ClusterConfigError)
+    if config is None:
         return
     assert 1 <= config.router.port <= 65535 and not host_problem(config.router.host)
     for ref in config.replicas():
