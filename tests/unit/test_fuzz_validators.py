@@ -80,12 +80,7 @@ def _parsed_or_none(parse, data, error):
         return None
 
 
-@FUZZ
-@given(edited(PROFILE))
-def test_profile_edits_give_a_valid_profile_or_a_profile_error(data):
-    profile = _parsed_or_none(parse_profile, data, ProfileError)
-    if profile is None:
-        return
+def _profile_holds(profile):
     assert _finite_in(profile.receiver_quality, 0, 1) and _finite_in(profile.full_reuse_quality, 0, 1)
     for point in profile.frontier:
         assert _finite_in(point.quality, 0, 1) and _finite_in(point.quality_drop, -1, 1)
@@ -93,18 +88,27 @@ def test_profile_edits_give_a_valid_profile_or_a_profile_error(data):
     assert all(math.isfinite(x) for x in profile.sensitivity or ())
 
 
-@FUZZ
-@given(edited(CLUSTER))
-def test_cluster_edits_give_a_valid_config_or_a_cluster_config_error(data):
-    config = _parsed_or_none(parse_cluster_config, data, ClusterConfigError)
-    if config is None:
-        return
+def _cluster_holds(config):
     assert 1 <= config.router.port <= 65535 and not host_problem(config.router.host)
     for ref in config.replicas():
         assert 1 <= ref.replica.port <= 65535 and not host_problem(ref.replica.host)
         assert 0 < ref.replica.mem_fraction < 1 and all(type(g) is int and g >= 0 for g in ref.replica.gpus)
     assert math.isfinite(config.slo.ttft_ms) and config.slo.ttft_ms > 0
     assert _finite_in(config.slo.max_quality_drop, 0, math.inf)
+
+
+@pytest.mark.parametrize("document, parse, error, holds", [
+    (PROFILE, parse_profile, ProfileError, _profile_holds),
+    (CLUSTER, parse_cluster_config, ClusterConfigError, _cluster_holds)], ids=["profile", "cluster"])
+def test_random_edits_give_a_valid_object_or_a_typed_error(document, parse, error, holds):
+    @FUZZ
+    @given(edited(document))
+    def check(data):
+        parsed = _parsed_or_none(parse, data, error)
+        if parsed is not None:
+            holds(parsed)
+
+    check()
 
 
 def _numeric_leaves(document):
