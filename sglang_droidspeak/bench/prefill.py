@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     model_dir = pm.write_model_dir(work / "llama-3.1-8b-shape", Path(args.tokenizer_from), max(lengths) + SUFFIX_LEN)
     result = {"date": time.strftime("%Y-%m-%d"), "card": pm.card(), "command": command_line(args),
+              "attention_backend": attention_backend(args.server_args), "warmup_samples": [],
               "model": pm.LLAMA_31_8B, "model_note": pm.MODEL_NOTE, "num_layers": num_layers, "plans": plans,
               "suffix_len": SUFFIX_LEN, "repeats": args.repeats, "warmup": args.warmup, "samples": [],
               "todo": [] if rep.has_blend(plans) else [rep.CACHEBLEND_TODO], "configs": [c.__dict__ for c in configs]}
@@ -157,15 +158,25 @@ def bench(servers, lengths: list[int], plans: list[str], args, result: dict, out
     the outputs are rewritten after each length, so a run cut short keeps what it measured."""
     rng = random.Random(args.seed)
     for length in lengths:
-        for _ in range(args.warmup):
+        for _ in range(args.warmup):  # kept apart: the first import after start-up is the cold one
             for plan in plans:
-                measure(servers, plan, length, rng, args.announce_wait, config)
+                result.setdefault("warmup_samples", []).append(
+                    measure(servers, plan, length, rng, args.announce_wait, config))
         for repeat in range(args.repeats):
             for plan in plans:
                 sample = measure(servers, plan, length, rng, args.announce_wait, config)
                 result["samples"].append({"repeat": repeat, **sample, **config.__dict__})
         write_outputs(result, out, plot=False)
         print(f"[{time.strftime('%X')}] {config.label()}: length {length} done", flush=True)
+
+
+def attention_backend(server_args: str) -> str:
+    """The servers' attention backend: the last --attention-backend in ``server_args``, else
+    bench/servers.py's default (triton)."""
+    words = shlex.split(server_args or "")
+    named = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--attention-backend"]
+    named += [w.split("=", 1)[1] for w in words if w.startswith("--attention-backend=")]
+    return named[-1] if named else "triton"
 
 
 def command_line(args: argparse.Namespace) -> str:

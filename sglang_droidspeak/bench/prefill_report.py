@@ -131,6 +131,7 @@ def markdown_table(rows: list[TableRow]) -> str:
 def markdown_report(result: dict, rows: list[TableRow]) -> str:
     head = [f"# bench-prefill {result.get('date', '?')}", "",
             f"- card: {result.get('card', '?')}",
+            f"- attention backend (baseline and DroidSpeak alike): {result.get('attention_backend', 'triton')}",
             f"- model: {result.get('model_note', '?')}",
             f"- command: `{result.get('command', '?')}`",
             f"- TTFT: client-side wall time of the receiver's request (context + {result.get('suffix_len', '?')}"

@@ -20,10 +20,11 @@ class Server:
     """One `python -m sglang.launch_server` process with its own log file."""
 
     def __init__(self, name: str, model: str, port: int, out: Path, *, plugin: bool,
-                 config: Optional[dict] = None, extra: tuple[str, ...] = (), env: Optional[dict] = None):
+                 config: Optional[dict] = None, extra: tuple[str, ...] = (), env: Optional[dict] = None,
+                 backend: str = "triton"):
         self.name, self.port, self.log_path = name, port, out / f"server-{name}.log"
         args = [sys.executable, "-m", "sglang.launch_server", "--model-path", model, "--port", str(port),
-                "--host", "127.0.0.1", "--served-model-name", name, "--attention-backend", "triton",
+                "--host", "127.0.0.1", "--served-model-name", name, "--attention-backend", backend,
                 "--enable-metrics", *extra]
         full_env = dict(os.environ, **(env or {}))
         full_env.pop("DROIDSPEAK_CONFIG", None)

@@ -18,8 +18,13 @@ _KINDS = {
     "llama": ("LlamaConfig", "LlamaForCausalLM"),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
     "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),  # sliding windows on every other layer
 }
-ARCHITECTURES = tuple(_KINDS)
+# Llama-shaped layers (input norm, attention, post-attention norm, MLP): what the
+# reference engine's manual loop and token-recompute baseline drive; gemma2 (four norms per
+# layer) runs through HF's own layers and SGLang's model class only.
+ARCHITECTURES = tuple(kind for kind in _KINDS if kind != "gemma2")
 
 
 def tiny_config(
@@ -34,9 +39,14 @@ def tiny_config(
     initializer_range: float = 0.1,
 ):
     if arch not in _KINDS:
-        raise ValueError(f"unknown arch {arch!r}; one of {ARCHITECTURES}")
+        raise ValueError(f"unknown arch {arch!r}; one of {tuple(_KINDS)}")
     config_cls = getattr(transformers, _KINDS[arch][0])
     extra = {"sliding_window": sliding_window} if arch == "mistral" else {}
+    if arch == "gemma2":  # no soft caps (SGLang's torch_native attention has none); SGLang reads hidden_act
+        extra = {"sliding_window": sliding_window or 4096, "attn_logit_softcapping": None,
+                 "final_logit_softcapping": None, "query_pre_attn_scalar": hidden_size // num_heads,
+                 "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh",
+                 "tie_word_embeddings": True}
     return config_cls(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -44,10 +54,10 @@ def tiny_config(
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
+        head_dim=hidden_size // num_heads,  # Qwen3's config defaults to 128
         max_position_embeddings=4096,
         initializer_range=initializer_range,
-        tie_word_embeddings=False,
-        **extra,
+        **{"tie_word_embeddings": False, **extra},
     )
 
 

@@ -20,6 +20,12 @@ over the served model's own SGLang layer submodules (as ``recompute.py``) and th
     q (selected)           [k, num_q_heads * head_dim]
 
 The last layer's attention output and MLP are skipped: nothing reads them. Imports no SGLang.
+
+This baseline still runs its own torch-SDPA attention over the layers' submodules
+(Llama-shaped layers: input/post-attention norms, packed qkv_proj, rotary_emb, o_proj,
+mlp), not SGLang's attention backend: its selected tokens attend causally *by position*
+over a prefix they are scattered in, which an EXTEND batch cannot express without a
+custom mask. DroidSpeak plans run through the engine (engine_forward.py).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from sglang_droidspeak.sglang.recompute import QUERY_BLOCK, layer_qkv, recompute_group, write_kv
+QUERY_BLOCK = 4096  # longer prefixes attend block by block (bounded mask memory)
 
 
 @torch.no_grad()
@@ -104,3 +110,84 @@ def blend_layers(layers: Sequence[Any], num_layers: int, e_selected, positions, 
     for layer_id in range(num_layers):
         hidden_states, residual = _blend_layer(layers[layer_id], positions, hidden_states, residual, slots,
                                                kv_pool, last=layer_id == num_layers - 1)
+
+
+# ---- the layer loop both steps use (E entering a layer, K/V of the chosen tokens) ----
+
+def causal_attention(q, k, v, num_q_heads: int, num_kv_heads: int, head_dim: int, scaling: float):
+    """Causal GQA attention of a prefix over itself: [T, Hq*D] x [T, Hkv*D] -> [T, Hq*D]."""
+    num_tokens = q.shape[0]
+    q4 = q.view(num_tokens, num_q_heads, head_dim).transpose(0, 1).unsqueeze(0)  # [1, Hq, T, D]
+    k4 = k.view(num_tokens, num_kv_heads, head_dim).transpose(0, 1).unsqueeze(0)  # [1, Hkv, T, D]
+    v4 = v.view(num_tokens, num_kv_heads, head_dim).transpose(0, 1).unsqueeze(0)
+    gqa = num_q_heads != num_kv_heads
+    if num_tokens <= QUERY_BLOCK:
+        out = F.scaled_dot_product_attention(q4, k4, v4, is_causal=True, scale=scaling, enable_gqa=gqa)
+    else:
+        if gqa:  # masked SDPA with enable_gqa may fall back to the math kernel (a [B, T] score
+            # matrix per head); expanded K/V keep the memory-efficient kernel
+            k4 = k4.repeat_interleave(num_q_heads // num_kv_heads, dim=1)  # [1, Hq, T, D]
+            v4 = v4.repeat_interleave(num_q_heads // num_kv_heads, dim=1)
+        blocks = []
+        for start in range(0, num_tokens, QUERY_BLOCK):
+            end = min(start + QUERY_BLOCK, num_tokens)
+            rows = torch.arange(start, end, device=q.device).unsqueeze(1)  # [B, 1]
+            mask = torch.arange(end, device=q.device).unsqueeze(0) <= rows  # [B, end]
+            blocks.append(F.scaled_dot_product_attention(
+                q4[:, :, start:end], k4[:, :, :end], v4[:, :, :end], attn_mask=mask, scale=scaling))
+        out = torch.cat(blocks, dim=2)  # [1, Hq, T, D]
+    return out.squeeze(0).transpose(0, 1).reshape(num_tokens, num_q_heads * head_dim)
+
+
+def write_kv(kv_pool: Any, layer_id: int, slots, k, v) -> None:
+    """Store one layer's K/V rows at ``slots`` (plain indexing: any dtype-matching pool)."""
+    for buffer, value in ((kv_pool.get_key_buffer(layer_id), k), (kv_pool.get_value_buffer(layer_id), v)):
+        buffer[slots] = value.reshape(-1, *buffer.shape[1:]).to(buffer.dtype)  # [T, H, D]
+
+
+def layer_qkv(layer: Any, positions, hidden_states, residual):
+    """A decoder layer's input norm, QKV projection and rotary: (q, k, v, residual);
+    q [T, Hq * D], k and v [T, Hkv * D]."""
+    if residual is None:
+        residual = hidden_states
+        hidden_states = layer.input_layernorm(hidden_states)
+    else:
+        hidden_states, residual = layer.input_layernorm(hidden_states, residual)
+    attn = layer.self_attn
+    qkv, _ = attn.qkv_proj(hidden_states)
+    q, k, v = qkv.split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
+    q, k = attn.rotary_emb(positions, q, k)
+    return q, k, v, residual
+
+
+def _layer_forward(layer: Any, positions, hidden_states, residual, slots, kv_pool):
+    """One decoder layer over the prefix; writes its K/V at ``slots``; returns (h, residual)."""
+    q, k, v, residual = layer_qkv(layer, positions, hidden_states, residual)
+    attn = layer.self_attn
+    radix = attn.attn
+    if kv_pool is not None:
+        write_kv(kv_pool, radix.layer_id, slots, k, v)
+    out = causal_attention(q, k, v, radix.tp_q_head_num, radix.tp_k_head_num,
+                           radix.qk_head_dim, radix.scaling)
+    hidden_states, _ = attn.o_proj(out)
+    hidden_states, residual = layer.post_attention_layernorm(hidden_states, residual)
+    return layer.mlp(hidden_states), residual
+
+
+@torch.no_grad()
+def recompute_group(layers: Sequence[Any], start: int, end: int, e_start, positions, slots, kv_pool,
+                    trace: Optional[dict] = None):
+    """Run ``layers[start:end]`` from ``e_start``, writing each layer's K/V at ``slots``.
+
+    A layer needs ``input_layernorm``, ``post_attention_layernorm``, ``mlp`` and
+    ``self_attn`` with ``qkv_proj``, ``q_size``, ``kv_size``, ``rotary_emb(positions, q, k)``,
+    ``o_proj`` and ``attn`` (SGLang's RadixAttention: head counts, head dims, ``scaling``).
+    ``kv_pool=None`` writes nothing. Returns E entering layer ``end`` ([T, hidden]);
+    ``trace`` (a dict) also receives E entering each layer of the group.
+    """
+    hidden_states, residual = e_start, None
+    for layer_id in range(start, end):
+        if trace is not None:  # E entering each layer, for debugging against the sender's
+            trace[layer_id] = (hidden_states if residual is None else hidden_states + residual).clone()
+        hidden_states, residual = _layer_forward(layers[layer_id], positions, hidden_states, residual, slots, kv_pool)
+    return hidden_states if residual is None else hidden_states + residual

@@ -36,14 +36,15 @@ from sglang_droidspeak.radix.hits import ForeignHit
 from sglang_droidspeak.radix.namespace import decode_namespace, encode_namespace, is_tagged_namespace
 from sglang_droidspeak.radix.remote_index import RemotePrefixIndex
 from sglang_droidspeak.radix.tags import KVOrigin, ModelTag, exportable_to
+from sglang_droidspeak.sglang.import_queue import JOB_ATTR
 from sglang_droidspeak.sglang.radix_lookup import ForeignLookup
 from sglang_droidspeak.sglang.radix_withdraw import WithdrawOnEvict
-from sglang_droidspeak.sglang.request_options import request_options
 from sglang_droidspeak.sglang.request_plan import OFF, request_plan_choice
 from sglang_droidspeak.sglang.settings import PlanLookup
 
 FOREIGN_HIT_ATTR = "droidspeak_foreign_hit"
 FELL_BACK_ATTR = "droidspeak_fell_back"  # set once an import failed: no second attempt
+PLAN_FORCED_ATTR = "droidspeak_plan_forced"  # the request named its plan: no online policy
 logger = logging.getLogger(__name__)
 
 
@@ -123,13 +124,14 @@ class DroidSpeakRadixCache(WithdrawOnEvict, ForeignLookup, RadixCache):
         return result
 
     def match_prefix(self, params: MatchPrefixParams) -> MatchResult:
-        """SGLang's match; with a request, also find, import and adopt a foreign prefix.
+        """SGLang's match; with a request, also report its foreign prefix and adopt a DERIVED one.
 
-        A DERIVED hit is adopted at once; a REMOTE hit is imported by the runtime first,
-        with the request's own options (``request_options``: pipelined, link rate); on
-        failure the native match is returned and the request prefills normally.
-        Adopting sets ``req.extra_key`` to the derived namespace, so SGLang's own
-        locking and ``cache_*_req`` inserts apply to the derived subtree.
+        A match never allocates, fetches, recomputes or inserts. A DERIVED hit (KV already
+        here) is adopted: ``req.extra_key`` becomes its namespace and the match is redone
+        there, so SGLang's own locking and ``cache_*_req`` inserts apply to the derived
+        subtree. A REMOTE hit is only reported on the request (``FOREIGN_HIT_ATTR``, and
+        whether the request named its plan, ``PLAN_FORCED_ATTR``): the runtime's import
+        queue parks the request and imports it, after which this match finds it DERIVED.
         """
         native = super().match_prefix(params)
         req = params.req
@@ -141,21 +143,13 @@ class DroidSpeakRadixCache(WithdrawOnEvict, ForeignLookup, RadixCache):
         choice = OFF if getattr(req, FELL_BACK_ATTR, False) else request_plan_choice(req, self.num_layers)
         hit = None if choice is OFF else self._foreign_hit(params.key, len(native.device_indices), choice)
         setattr(req, FOREIGN_HIT_ATTR, hit)
-        if hit is None or self.runtime is None:
+        setattr(req, PLAN_FORCED_ATTR, choice is not None)  # a LayerPlan or BlendPlan
+        if hit is None or hit.tag.origin is not KVOrigin.DERIVED:
             return native
-        namespace = hit.namespace
-        if hit.tag.origin is KVOrigin.REMOTE:
-            base = decode_namespace(params.key.extra_key, self.model).base
-            namespace = self.runtime.materialize(self, hit, params.key.raw_token_ids(), base, getattr(req, "rid", "?"),
-                                                 forced=choice is not None,  # a LayerPlan or BlendPlan
-                                                 options=request_options(req))
-        if namespace is None:
-            setattr(req, FELL_BACK_ATTR, True)  # prefill normally; never retry per scheduling pass
-            return native
-        if hit.tag.origin is KVOrigin.DERIVED:
+        if self.runtime is not None and getattr(req, JOB_ATTR, None) is None:  # not its own import
             self.runtime.metrics.record_hit("derived", hit.prefix_len, 0)
-        req.extra_key = namespace
-        key = RadixKey(params.key.token_ids, namespace, limit=params.key.limit, is_bigram=params.key.is_bigram)
+        req.extra_key = hit.namespace
+        key = RadixKey(params.key.token_ids, hit.namespace, limit=params.key.limit, is_bigram=params.key.is_bigram)
         return super().match_prefix(dataclasses.replace(params, key=key))
 
     # ---- DroidSpeak queries ----

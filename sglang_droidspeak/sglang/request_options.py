@@ -7,6 +7,9 @@
     droidspeak_link_gbps    a number > 0            ask the sender to pace this fetch to that link
                                                     rate (Gbit/s); a sender honours it only with
                                                     ``allow_request_throttle`` (transfer/pacing.py)
+    droidspeak_import_mode  "async" | "blocking"    this request's import runs asynchronously (the
+                                                    server keeps serving) or inside the scheduler
+                                                    tick (the old behaviour; for comparisons)
 
 Absent keys keep the settings. A malformed value is ignored with a warning naming it; the
 request still gets a correct answer (these options change timing, never results). One
@@ -22,6 +25,7 @@ from typing import Any, Mapping, Optional
 
 PIPELINED_PARAM = "droidspeak_pipelined"
 LINK_GBPS_PARAM = "droidspeak_link_gbps"
+IMPORT_MODE_PARAM = "droidspeak_import_mode"
 _PIPELINED_VALUES = {"on": True, "off": False, True: True, False: False}
 logger = logging.getLogger(__name__)
 
@@ -30,6 +34,7 @@ logger = logging.getLogger(__name__)
 class RequestOptions:
     pipelined: Optional[bool] = None  # None: the receiver's ``pipelined`` setting
     link_gbps: float = 0.0  # 0: no rate asked of the sender
+    blocking: Optional[bool] = None  # None: the receiver's ``import_mode`` setting
 
     def pipelined_or(self, setting: bool) -> bool:
         """This request's ``pipelined``: its own choice, else the receiver's ``setting``."""
@@ -40,7 +45,8 @@ def parse_request_options(params: Any, rid: str = "?") -> RequestOptions:
     """The options in ``params`` (a request's custom_params; None or a non-mapping: none)."""
     if not isinstance(params, Mapping):
         return RequestOptions()
-    return RequestOptions(_pipelined(params.get(PIPELINED_PARAM), rid), _link_gbps(params.get(LINK_GBPS_PARAM), rid))
+    return RequestOptions(_pipelined(params.get(PIPELINED_PARAM), rid), _link_gbps(params.get(LINK_GBPS_PARAM), rid),
+                          _blocking(params.get(IMPORT_MODE_PARAM), rid))
 
 
 def request_options(req: Any) -> RequestOptions:
@@ -55,6 +61,15 @@ def _pipelined(value: Any, rid: str) -> Optional[bool]:
     if type(value) in (str, bool) and value in _PIPELINED_VALUES:
         return _PIPELINED_VALUES[value]
     _ignore(rid, PIPELINED_PARAM, value, "'on', 'off', true or false")
+    return None
+
+
+def _blocking(value: Any, rid: str) -> Optional[bool]:
+    if value is None:
+        return None
+    if value in ("async", "blocking"):
+        return value == "blocking"
+    _ignore(rid, IMPORT_MODE_PARAM, value, "'async' or 'blocking'")
     return None
 
 

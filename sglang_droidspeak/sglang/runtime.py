@@ -5,8 +5,12 @@ One ``DroidSpeakRuntime`` lives next to the tree cache in each scheduler process
     role       socket (settings field)       runs on
     sender     FetchServer   (export_bind)   scheduler thread, from the loop hook
     sender     Announcer     (announce_bind) scheduler thread, on native inserts
-    receiver   FetchClient   (peers[].fetch) scheduler thread, inside match_prefix
+    receiver   FetchClient   (peers[].fetch) the fetch worker's thread (fetch_worker.py)
     receiver   DirectoryListener (peers[].announce)  its own thread -> RemotePrefixIndex
+
+A receiver's imports are asynchronous jobs (import_queue.py, runtime_imports.py): a request
+with a REMOTE hit is parked while its fetch runs on the worker and its recompute runs as
+engine forwards (engine_forward.py) between the scheduler's own batches.
 
 With ``data_plane: cuda_ipc`` the sender also keeps receivers' pool offers and copies K/V
 into them on the GPU (ipc_export.IpcExporter), and the receiver offers its pool and asks
@@ -20,36 +24,30 @@ logged and ``fallbacks_total{reason}`` counts it.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
-import os
 import time
 from typing import Any, Optional
 
-import torch
-
-from sglang_droidspeak.plan.layer_plan import LayerPlan
-from sglang_droidspeak.radix.hits import ForeignHit
 from sglang_droidspeak.sglang.exporter import export_messages
-from sglang_droidspeak.sglang.importer import DEBUG_ENV, ImportFailed, ModelParts, import_prefix
+from sglang_droidspeak.sglang.fetch_worker import FetchWorker
+from sglang_droidspeak.sglang.import_queue import ImportQueue
+from sglang_droidspeak.sglang.importer import ModelParts
 from sglang_droidspeak.sglang.plan_choice import PlanChooser
 from sglang_droidspeak.sglang.planes import build_planes
-from sglang_droidspeak.sglang.recompute import prefix_inputs, recompute_group
-from sglang_droidspeak.sglang.request_options import RequestOptions
 from sglang_droidspeak.sglang.runtime_directory import DirectoryRole
+from sglang_droidspeak.sglang.runtime_e import compute_e
+from sglang_droidspeak.sglang.runtime_imports import BACKOFF_REASONS, PEER_BACKOFF_S, ImportRole  # noqa: F401
 from sglang_droidspeak.sglang.settings import DroidSpeakSettings
 from sglang_droidspeak.transfer.directory import Announcer, DirectoryListener
-from sglang_droidspeak.transfer.fetch import FetchClient, FetchFailed, FetchServer
+from sglang_droidspeak.transfer.fetch import FetchClient, FetchServer
 from sglang_droidspeak.transfer.frames import FetchDone, FetchError
 from sglang_droidspeak.transfer.pacing import LinkPacer, PacerPolicy
 
 logger = logging.getLogger(__name__)
-PEER_BACKOFF_S = 10.0  # after a timeout or protocol error, skip that peer for this long
-BACKOFF_REASONS = ("timeout", "protocol", "internal", "deadline", "nccl_error")
 
 
-class DroidSpeakRuntime(DirectoryRole):
+class DroidSpeakRuntime(ImportRole, DirectoryRole):
     def __init__(self, settings: DroidSpeakSettings, model: str, fingerprint: str, parts: ModelParts,
                  num_layers: int, metrics: Any, secret: Optional[bytes], ipc_backend: Any = None,
                  nccl_backend: Any = None):
@@ -80,6 +78,8 @@ class DroidSpeakRuntime(DirectoryRole):
         # one listener per peer: an announcement is credited to the replica it came from
         self.listeners = [DirectoryListener([peer.announce], secret, functools.partial(self._on_announce, peer=peer))
                           for peer in self.peers]
+        self.imports = ImportQueue(self, settings.import_chunk_tokens, blocking=settings.import_mode == "blocking")
+        self.worker = FetchWorker() if self.client is not None else None
 
     def attach(self, tree: Any) -> None:
         self.tree = tree
@@ -87,15 +87,18 @@ class DroidSpeakRuntime(DirectoryRole):
     # ---- scheduler loop ----
 
     def on_scheduler_tick(self, scheduler: Any) -> None:
-        """Called after every ``Scheduler.process_input_requests``: answer queued fetches."""
+        """Called after every ``Scheduler.process_input_requests``: answer queued fetches,
+        start and advance imports."""
         if self.scheduler is None:
             self.scheduler = scheduler
+            self.imports.bind(scheduler)  # before the first export: E runs on the forward stream
             sleeper = getattr(scheduler, "idle_sleeper", None)
             if sleeper is not None and self.export_server is not None:
                 import zmq
 
                 sleeper.poller.register(self.export_server.socket, zmq.POLLIN)  # wake on fetches
         self.poll_exports()
+        self.imports.tick(scheduler)
 
     def poll_exports(self) -> None:
         if self.export_server is not None and self.tree is not None:
@@ -121,14 +124,8 @@ class DroidSpeakRuntime(DirectoryRole):
         return sum(plane.num_bytes_out for plane in (self.ipc_export, self.nccl_export) if plane is not None)
 
     def compute_e(self, token_ids: list, layers: tuple) -> dict:
-        """E entering each of ``layers`` for the prefix, by this model's own layers (no KV writes)."""
-        ids, positions = prefix_inputs(token_ids, self.parts.device)
-        trace: dict = {}
-        last = max(layers)
-        with torch.no_grad():
-            e_last = recompute_group(self.parts.layers, 0, last, self.parts.embed(ids), positions, None, None, trace)
-        trace[last] = e_last
-        return {layer: trace[layer] for layer in layers}
+        """E entering each of ``layers`` for the prefix, by this model's own layers (runtime_e.py)."""
+        return compute_e(self.parts, self.tree, token_ids, layers, self.imports.compute_stream)
 
     # ---- receiver ----
 
@@ -136,80 +133,6 @@ class DroidSpeakRuntime(DirectoryRole):
         """Fetch endpoints that failed within PEER_BACKOFF_S: the tree prefers other replicas."""
         now = time.monotonic()
         return tuple(peer for peer, until in self._backoff_until.items() if until > now)
-
-    def materialize(self, tree: Any, hit: ForeignHit, token_ids, base: Optional[str], rid: str,
-                    forced: bool = False, options: RequestOptions = RequestOptions()) -> Optional[str]:
-        """Import a REMOTE hit as derived KV; the namespace to adopt, or None (fallback).
-
-        ``forced``: the request named its plan; otherwise the online policy may pick another
-        (``plan_choice``), or decide that a normal prefill is better. ``options``: the
-        request's own ``pipelined`` (None: the setting) and ``link_gbps`` (asked of the sender).
-        """
-        # SGLang matches a request while it still sits in waiting_queue: the others waiting
-        queue_len = max(0, len(getattr(self.scheduler, "waiting_queue", ()) or ()) - 1)
-        choice = self.chooser.choose(hit.sender, hit.plan, forced, hit.prefix_len,
-                                     len(token_ids) - hit.prefix_len, queue_len, options.pipelined)
-        if choice.plan is None:
-            return self._fallback("policy", rid, choice.reason)
-        plan: LayerPlan = choice.plan
-        if plan.num_layers != self.num_layers:
-            return self._fallback("bad_plan", rid, f"plan for {plan.num_layers} layers, model has {self.num_layers}")
-        if self.client is None or hit.peer not in self._peer_fetches:
-            return self._fallback("no_peer", rid, f"no configured peer serves {hit.sender!r} at {hit.peer!r}")
-        if time.monotonic() < self._backoff_until.get(hit.peer, 0.0):
-            return self._fallback("peer_backoff", rid, f"{hit.sender!r} at {hit.peer} failed recently")
-        namespace = tree.derived_namespace(hit.sender, plan, base)
-        self._order_after_forward()
-        start = time.perf_counter()
-        try:
-            result = import_prefix(
-                self.parts, tree, self._fetcher(hit.peer, options.link_gbps), sender=hit.sender,
-                receiver=self.model, fingerprint=self.fingerprint, token_ids=list(token_ids[:hit.prefix_len]),
-                plan=plan, namespace=namespace, pipelined=options.pipelined_or(self.settings.pipelined))
-        except (ImportFailed, FetchFailed) as exc:
-            reason = getattr(exc, "reason", getattr(exc, "code", "internal"))
-            if reason in BACKOFF_REASONS:
-                self._backoff_until[hit.peer] = time.monotonic() + PEER_BACKOFF_S
-            return self._fallback(reason, rid, str(exc))
-        except Exception as exc:  # noqa: BLE001 - never lose the request over our bug
-            logger.exception("droidspeak: import failed")
-            return self._fallback("internal", rid, repr(exc))
-        self._order_after_forward()  # our writes are complete before anything reads them
-        self.metrics.observe_fetch_seconds(time.perf_counter() - start)
-        self.metrics.record_hit("remote", result.num_tokens, result.num_recomputed_layers)
-        self.metrics.record_bytes("in", result.num_bytes_in)
-        self._observe_stages(result.timings)
-        logger.info("droidspeak: rid=%s reused %d tokens from %s with plan %s (%.1f ms; import %s)", rid,
-                    result.num_tokens, hit.sender, plan, 1e3 * (time.perf_counter() - start),
-                    result.timings.log_text())
-        return namespace
-
-    def _observe_stages(self, timings) -> None:
-        for stage in ("fetch", "recompute", "drain", "total"):
-            self.metrics.observe_import_stage(stage, getattr(timings, f"{stage}_ms") / 1e3)
-
-    def _fetcher(self, endpoint: str, link_gbps: float = 0.0):
-        """``fetch(request, receiver)`` from ``endpoint``; ``link_gbps`` > 0 goes into every
-        FetchRequest (DroidSpeak and CacheBlend imports alike), asking the sender to pace."""
-        timeout, plane = self.settings.fetch_timeout_s, self.ipc_fetch or self.nccl_fetch
-        if plane is None or os.environ.get(DEBUG_ENV) == "1":  # debug keeps sender K/V aside
-            plane = self.client  # the same fetch(endpoint, request, on_chunk, timeout, idle)
-
-        def fetch(request, receiver):
-            if link_gbps > 0:
-                request = dataclasses.replace(request, link_gbps=float(link_gbps))
-            return plane.fetch(endpoint, request, receiver, timeout, idle=self.poll_exports)
-
-        return fetch
-
-    def _order_after_forward(self) -> None:
-        """Overlap scheduler: let every forward in flight finish before we write slots.
-
-        A whole-device sync, deliberately coarse for now: it costs one wait per foreign
-        hit and rules out any ordering hazard with freed-and-reused slots.
-        """
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
 
     def note_no_plan(self, sender: str) -> None:
         """A peer holds the prefix but no plan/profile covers (sender -> us): once per sender."""
@@ -229,6 +152,9 @@ class DroidSpeakRuntime(DirectoryRole):
             logger.warning(fmt, *args)
 
     def close(self) -> None:
+        self.imports.close()
+        if self.worker is not None:
+            self.worker.close()
         for part in (self.nccl_fetch, self.nccl_export, self.export_server, self.announcer, self.client,
                      *self.listeners):
             if part is not None:

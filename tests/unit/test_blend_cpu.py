@@ -20,7 +20,7 @@ from sglang_droidspeak.plan.blend_plan import BlendPlan  # noqa: E402
 from sglang_droidspeak.reference import ReferenceModel, cacheblend_receiver_cache  # noqa: E402
 from sglang_droidspeak.sglang import blend_import  # noqa: E402
 from sglang_droidspeak.sglang.radix_cache import FELL_BACK_ATTR  # noqa: E402
-from two_servers import NUM_LAYERS, announce_and_wait, leak_free, request, tiny_pair_models, two_servers  # noqa: E402
+from two_servers import NUM_LAYERS, import_and_match, announce_and_wait, leak_free, request, tiny_pair_models, two_servers  # noqa: E402
 
 CONTEXT = list(range(20, 52))  # 32 tokens
 SUFFIX = [3, 4, 5]
@@ -40,7 +40,7 @@ def serial_pair():
 
 def import_with(b, plan):
     req = request(CONTEXT + SUFFIX, plan)
-    match = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+    match = import_and_match(b, req)
     return req, match
 
 

@@ -24,7 +24,7 @@ from sglang_droidspeak.reference import ReferenceModel  # noqa: E402
 from sglang_droidspeak.sglang.radix_cache import FELL_BACK_ATTR  # noqa: E402
 from sglang_droidspeak.sglang.request_plan import parse_plan_choice  # noqa: E402
 from two_servers import (  # noqa: E402
-    NUM_LAYERS, POOL_SIZE, announce_and_wait, leak_free, request, sender_prefill, tiny_pair_models, two_servers,
+    import_and_match, NUM_LAYERS, POOL_SIZE, announce_and_wait, leak_free, request, sender_prefill, tiny_pair_models, two_servers,
     wait_for)
 
 CONTEXT = list(range(20, 52))  # 32 tokens
@@ -43,7 +43,7 @@ def test_receiver_kv_is_reused_and_recomputed_per_plan(pair, plan):
     a, b = pair
     cache = announce_and_wait(a, b, CONTEXT)
     req = request(CONTEXT + SUFFIX, plan)
-    match = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+    match = import_and_match(b, req)
     assert len(match.device_indices) == len(CONTEXT) and b.metrics.fallbacks == []
     layer_plan = LayerPlan(NUM_LAYERS, ((1, 3),)) if plan is None else None
     if layer_plan is None:
@@ -60,7 +60,7 @@ def test_receiver_kv_is_reused_and_recomputed_per_plan(pair, plan):
     assert leak_free(b) and leak_free(a)
     # a second request adopts the derived prefix without another fetch
     req2 = request(CONTEXT + [9], plan)
-    again = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req2.origin_input_ids), req=req2))
+    again = import_and_match(b, req2)
     assert again.device_indices.tolist() == match.device_indices.tolist()
     assert [h[0] for h in b.metrics.hits] == ["remote", "derived"]
 
@@ -70,7 +70,7 @@ def test_same_weights_full_recompute_equals_own_prefill(pair):
     a, b = pair
     announce_and_wait(a, b, CONTEXT)
     req = request(CONTEXT + SUFFIX, "0:4")
-    match = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+    match = import_and_match(b, req)
     own = ReferenceModel(b.model).prefill(torch.tensor(CONTEXT)).kv
     for layer in range(NUM_LAYERS):
         torch.testing.assert_close(b.pool.get_key_buffer(layer)[match.device_indices],
@@ -80,14 +80,15 @@ def test_same_weights_full_recompute_equals_own_prefill(pair):
 def fallback_case(a, b, reason, tokens=CONTEXT, held=0):
     req = request(tokens + SUFFIX)
     available = b.allocator.available_size()
-    match = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+    match = import_and_match(b, req)
     assert len(match.device_indices) == 0 and req.extra_key is None
     assert getattr(req, FELL_BACK_ATTR) is True and b.metrics.fallbacks[-1] == reason
     assert b.allocator.available_size() == available and leak_free(b, held)
-    # the flag stops a second attempt for the same request (the scheduler matches often)
+    # a request is examined once: queued again (a retraction), it prefills without a second attempt
     n = len(b.metrics.fallbacks)
-    b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
-    assert len(b.metrics.fallbacks) == n
+    b.scheduler.scheduled.remove(req)
+    again = import_and_match(b, req)
+    assert len(again.device_indices) == 0 and len(b.metrics.fallbacks) == n
 
 
 @pytest.mark.parametrize("pair", ["same"], indirect=True)
@@ -144,7 +145,7 @@ def test_off_and_malformed_plans_never_fetch(pair):
     announce_and_wait(a, b, CONTEXT)
     for plan in ("off", "9:12"):
         req = request(CONTEXT + SUFFIX, plan)
-        match = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+        match = import_and_match(b, req)
         assert len(match.device_indices) == 0 and req.extra_key is None
     assert b.metrics.hits == [] and a.runtime.export_server.num_served == 0
 
@@ -157,7 +158,7 @@ def test_second_context_in_the_same_derived_namespace(pair):
     for tokens in (CONTEXT, other):
         cache = announce_and_wait(a, b, tokens)
         req = request(tokens + SUFFIX, "0:4")
-        match = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+        match = import_and_match(b, req)
         assert len(match.device_indices) == len(tokens)
         expected = ReferenceModel(b.model).build_receiver_cache(cache, LayerPlan(NUM_LAYERS, ((0, 4),)),
                                                                  torch.tensor(tokens))
@@ -171,9 +172,9 @@ def run_request(side, tokens, plan, req_pool, num_out=2):
     """SGLang's request lifecycle on the tree: match (+import), lock, allocate the rest,
     write req_to_token, 'decode' num_out tokens, then cache_finished_req."""
     req = request(tokens, plan)
+    match = import_and_match(side, req)
     req.req_pool_idx, req.output_ids, req.priority = None, array("q"), 0
     req.inflight_middle_chunks, req.kv_committed_len = 0, 0
-    match = side.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids, req.extra_key), req=req))
     side.tree.inc_lock_ref(match.last_device_node)
     req.last_node, req.prefix_indices, req.cache_protected_len = (
         match.last_device_node, match.device_indices, len(match.device_indices))

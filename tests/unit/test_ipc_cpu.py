@@ -23,7 +23,7 @@ from cpu_ipc import CpuIpc  # noqa: E402
 from sglang_droidspeak.reference import ReferenceModel  # noqa: E402
 from sglang_droidspeak.sglang.radix_cache import FELL_BACK_ATTR  # noqa: E402
 from sglang_droidspeak.sglang.request_plan import parse_plan_choice  # noqa: E402
-from two_servers import NUM_LAYERS, announce_and_wait, leak_free, request, tiny_llama, two_servers  # noqa: E402
+from two_servers import NUM_LAYERS, import_and_match, announce_and_wait, leak_free, request, tiny_llama, two_servers  # noqa: E402
 
 CONTEXT = list(range(20, 52))  # 32 tokens
 OTHER = [t + 40 for t in CONTEXT]
@@ -58,7 +58,7 @@ def record_sent(side):
 def import_and_check(a, b, tokens, plan):
     cache = announce_and_wait(a, b, tokens)
     req = request(tokens + SUFFIX, plan)
-    match = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+    match = import_and_match(b, req)
     assert len(match.device_indices) == len(tokens) and b.metrics.fallbacks == []
     layer_plan = parse_plan_choice(plan, NUM_LAYERS)
     expected = ReferenceModel(b.model).build_receiver_cache(cache, layer_plan, torch.tensor(tokens))
@@ -118,7 +118,7 @@ def fallback_case(a, b, reason, tokens=CONTEXT):
     before = [b.pool.get_key_buffer(layer).clone() for layer in range(NUM_LAYERS)]
     req = request(tokens + SUFFIX, "reuse")
     available = b.allocator.available_size()
-    match = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+    match = import_and_match(b, req)
     assert len(match.device_indices) == 0 and req.extra_key is None
     assert getattr(req, FELL_BACK_ATTR) is True and b.metrics.fallbacks[-1] == reason
     assert b.allocator.available_size() == available and leak_free(b) and leak_free(a)

@@ -19,7 +19,7 @@ from cpu_sglang import require_cpu_sglang
 
 require_cpu_sglang()
 
-from sglang_droidspeak.transfer.pair_channel import GlooPairBackend, PairChannel  # noqa: E402
+from sglang_droidspeak.transfer.pair_channel import GlooPairBackend, GlooPairChannel, PairChannel  # noqa: E402
 from test_ipc_cpu import CONTEXT, OTHER, fallback_case, import_and_check, record_sent  # noqa: E402
 from two_servers import NUM_LAYERS, announce_and_wait, leak_free, tiny_llama, two_servers  # noqa: E402
 
@@ -161,20 +161,30 @@ def test_an_evicted_prefix_falls_back_and_keeps_the_channel(nccl_pair):
 def test_pipelined_groups_start_as_their_e_lands_on_the_channel(nccl_pair, monkeypatch):
     """Plan 0:1,3:4 over the channel: group 0 before anything arrives, group 3 right after
     E_3 (it waits for E_3's copy only), then the reused layers' K/V; the KV stays exact."""
-    from sglang_droidspeak.sglang import importer, import_receiver
+    from sglang_droidspeak.sglang import import_receiver
+    from test_pipelined_import_cpu import wait_logged
     a, b = nccl_pair
-    log, real_take, real_group = [], import_receiver._Receiver.take_whole, importer.recompute_group
+    log, real_take, engine = [], import_receiver._Receiver.take_whole, b.runtime.parts.engine
+    real_run, real_send = engine.run, GlooPairChannel.send
 
     def take_whole(self, what, layer, tensor):
         log.append((what, layer))
         return real_take(self, what, layer, tensor)
 
-    def group(layers, start, *args, **kwargs):
+    def run(segments, rows, start, end, capture=()):
         log.append(("group", start))
-        return real_group(layers, start, *args, **kwargs)
+        return real_run(segments, rows, start, end, capture)
+
+    sends = []
+
+    def send(self, tensor):  # the sender's channel: E_3 first, then the reused K/V (tensor_order)
+        wait_logged(log, ("group", 3 if sends else 0))  # gate: the order is deterministic
+        sends.append(tensor.shape)
+        return real_send(self, tensor)
 
     monkeypatch.setattr(import_receiver._Receiver, "take_whole", take_whole)
-    monkeypatch.setattr(importer, "recompute_group", group)
+    monkeypatch.setattr(engine, "run", run)
+    monkeypatch.setattr(GlooPairChannel, "send", send)
     import_and_check(a, b, CONTEXT, "0:1,3:4")
     assert a.sent == [SEND_START, DONE]
     assert log == [("group", 0), ("e", 3), ("group", 3), ("k", 1), ("v", 1), ("k", 2), ("v", 2)]

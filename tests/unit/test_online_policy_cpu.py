@@ -20,7 +20,7 @@ from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
 from sglang_droidspeak.identity import fingerprint_from_config  # noqa: E402
 from sglang_droidspeak.plan import FrontierPoint, LayerPlan, ModelRef, Profile, save_profile  # noqa: E402
 from sglang_droidspeak.plan.policy import FULL_PREFILL_FASTER, IDLE_MOST, QUEUED_FEWEST  # noqa: E402
-from two_servers import NUM_LAYERS, announce_and_wait, leak_free, request, tiny_llama, two_servers  # noqa: E402
+from two_servers import NUM_LAYERS, import_and_match, announce_and_wait, leak_free, request, tiny_llama, two_servers  # noqa: E402
 
 CONTEXT = list(range(20, 52))  # 32 tokens
 FAST_LINK = {"ms_per_layer_token": 0.01, "ms_fixed": 1.0, "kv_bytes_per_layer_token": 256,
@@ -45,7 +45,7 @@ def receiver_settings(tmp_path, link):
 
 def match(b, tokens):
     req = request(tokens)
-    return req, b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+    return req, import_and_match(b, req)
 
 
 def test_idle_receiver_takes_the_most_recomputation_within_the_slo(tmp_path):
@@ -76,7 +76,7 @@ def test_a_forced_plan_skips_the_policy(tmp_path):
     with two_servers(model, model, receiver_settings(tmp_path, FAST_LINK)) as (a, b):
         announce_and_wait(a, b, CONTEXT)
         req = request(CONTEXT + [3, 4], "0:1")
-        m = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+        m = import_and_match(b, req)
         assert b.tree.tag_of(m.last_device_node).plan == "[0, 1)" and b.metrics.decisions == []
 
 
@@ -89,7 +89,7 @@ def test_the_queue_counts_the_other_waiting_requests(tmp_path, num_others, plan,
         announce_and_wait(a, b, CONTEXT)
         req = request(CONTEXT + [3, 4])
         b.runtime.scheduler = SimpleNamespace(waiting_queue=[req] + [request([9]) for _ in range(num_others)])
-        m = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+        m = import_and_match(b, req)
         assert b.tree.tag_of(m.last_device_node).plan == plan and b.metrics.decisions == [reason]
 
 
@@ -108,5 +108,5 @@ def test_the_request_import_mode_enters_the_policy(tmp_path, pipelined, plan):
         req = request(CONTEXT + [3, 4])
         if pipelined is not None:
             req.sampling_params.custom_params = {"droidspeak_pipelined": pipelined}
-        m = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+        m = import_and_match(b, req)
         assert b.tree.tag_of(m.last_device_node).plan == plan and b.metrics.decisions == [IDLE_MOST]

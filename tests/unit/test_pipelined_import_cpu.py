@@ -2,7 +2,9 @@
 
 Same two servers as test_cross_model_cpu.py (tests/unit/two_servers.py), with the
 receiver's ``pipelined`` setting on and off: exact K/V for every plan shape, the order of
-group launches against chunk arrivals, and a failure in the middle of a pipelined import.
+group launches against chunk arrivals (the sender's stream is gated on the receiver's
+launches, so the order is deterministic across the three threads), a failure in the
+middle of a pipelined import, and which chunks a job offers under a token budget.
 """
 
 from __future__ import annotations
@@ -14,16 +16,16 @@ from cpu_sglang import require_cpu_sglang
 
 require_cpu_sglang()
 
-from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams  # noqa: E402
-from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
+import time  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 from sglang_droidspeak.plan.layer_plan import LayerPlan  # noqa: E402
 from sglang_droidspeak.reference import ReferenceModel  # noqa: E402
 from sglang_droidspeak.sglang import importer  # noqa: E402
-from sglang_droidspeak.sglang.import_pipeline import GroupLauncher  # noqa: E402
+from sglang_droidspeak.sglang.import_job import ImportJob  # noqa: E402
 from sglang_droidspeak.sglang.request_plan import parse_plan_choice  # noqa: E402
 from two_servers import (  # noqa: E402
-    NUM_LAYERS, PLAN_GROUPS, announce_and_wait, leak_free, request, tiny_llama, tiny_pair_models, two_servers)
+    import_and_match, NUM_LAYERS, PLAN_GROUPS, announce_and_wait, leak_free, request, tiny_llama, tiny_pair_models, two_servers)
 
 CONTEXT = list(range(20, 52))  # 32 tokens: one block per (what, layer)
 SUFFIX = [3, 4, 5]
@@ -43,7 +45,7 @@ def pair(request):
 
 def match(side, tokens, plan):
     req = request(tokens, plan)
-    return side.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+    return import_and_match(side, req)
 
 
 @pytest.mark.parametrize("pair", [(False, True), (False, False), (True, True)], indirect=True)
@@ -64,25 +66,53 @@ def test_every_plan_is_exact(pair, plan):
     assert leak_free(b) and leak_free(a)
 
 
-def spy_order(monkeypatch) -> list:
-    """Log ("chunk", what, layer) per arriving chunk and ("group", start) per recompute."""
+def spy_order(monkeypatch, receiver) -> list:
+    """Log ("chunk", what, layer) per arriving chunk (the fetch worker) and ("group", start)
+    per engine forward of ``receiver``'s imports (its scheduler thread)."""
     log = []
-    real_call, real_group = importer._Receiver.__call__, importer.recompute_group
+    real_call, engine = importer._Receiver.__call__, receiver.runtime.parts.engine
+    real_run = engine.run
 
     def on_chunk(self, chunk):
         log.append(("chunk", chunk.what, chunk.layer))
         return real_call(self, chunk)
 
-    def group(layers, start, *args, **kwargs):
+    def run(segments, rows, start, end, capture=()):
         log.append(("group", start))
-        return real_group(layers, start, *args, **kwargs)
+        return real_run(segments, rows, start, end, capture)
 
     monkeypatch.setattr(importer._Receiver, "__call__", on_chunk)
-    monkeypatch.setattr(importer, "recompute_group", group)
+    monkeypatch.setattr(engine, "run", run)
     return log
 
 
+def wait_logged(log, entry, timeout=5.0):
+    deadline = time.time() + timeout
+    while entry not in log:
+        assert time.time() < deadline, f"{entry} was never logged: {log}"
+        time.sleep(0.001)
+
+
+def gate_export(sender, log, die_at_first_k=False):
+    """The sender's stream waits for group 0 before its first frame and for group 3 right
+    after E_3 (pipelined imports launch them meanwhile); optionally dies at the first K."""
+    real = sender.runtime._export
+
+    def gated(request):
+        wait_logged(log, ("group", 0))
+        for msg in real(request):
+            if die_at_first_k and getattr(msg, "what", None) == "k":
+                raise RuntimeError("sender died mid-stream")
+            yield msg
+            if (getattr(msg, "what", None), getattr(msg, "layer", None)) == ("e", 3):
+                wait_logged(log, ("group", 3))
+
+    sender.runtime._export = gated
+
+
 ARRIVALS = [("chunk", "e", 3), ("chunk", "k", 1), ("chunk", "v", 1), ("chunk", "k", 2), ("chunk", "v", 2)]
+PIPELINED = [("group", 0), ARRIVALS[0], ("group", 3), *ARRIVALS[1:]]
+SERIAL = [*ARRIVALS, ("group", 0), ("group", 3)]
 
 
 @pytest.mark.parametrize("pair", [(False, True), (False, False)], indirect=True)
@@ -90,12 +120,11 @@ def test_groups_start_as_soon_as_their_input_lands(pair, monkeypatch):
     """Plan 0:1,3:4: group 0 before any chunk, group 3 right after E_3 (pipelined)."""
     a, b = pair
     announce_and_wait(a, b, CONTEXT)
-    log = spy_order(monkeypatch)
-    assert len(match(b, CONTEXT + SUFFIX, "0:1,3:4").device_indices) == len(CONTEXT)
+    log = spy_order(monkeypatch, b)
     if b.runtime.settings.pipelined:
-        assert log == [("group", 0), ARRIVALS[0], ("group", 3), *ARRIVALS[1:]]
-    else:
-        assert log == [*ARRIVALS, ("group", 0), ("group", 3)]
+        gate_export(a, log)
+    assert len(match(b, CONTEXT + SUFFIX, "0:1,3:4").device_indices) == len(CONTEXT)
+    assert log == (PIPELINED if b.runtime.settings.pipelined else SERIAL)
 
 
 @pytest.mark.parametrize("pair", [(False, True)], indirect=True)
@@ -103,16 +132,8 @@ def test_failure_mid_pipelined_import_frees_everything(pair, monkeypatch):
     """The sender fails after E_3, when both groups already wrote K/V into the slots."""
     a, b = pair
     announce_and_wait(a, b, CONTEXT)
-    real = a.runtime._export
-
-    def dies_at_first_k(request):
-        for msg in real(request):
-            if getattr(msg, "what", None) == "k":
-                raise RuntimeError("sender died mid-stream")
-            yield msg
-
-    a.runtime._export = dies_at_first_k
-    log = spy_order(monkeypatch)
+    log = spy_order(monkeypatch, b)
+    gate_export(a, log, die_at_first_k=True)
     available = b.allocator.available_size()
     found = match(b, CONTEXT + SUFFIX, "0:1,3:4")
     assert log == [("group", 0), ARRIVALS[0], ("group", 3)]
@@ -121,20 +142,29 @@ def test_failure_mid_pipelined_import_frees_everything(pair, monkeypatch):
     assert b.tree.evictable_size() == 0  # nothing inserted
 
 
-def test_group_launcher_order():
+def job_of(plan, num_tokens, pipelined):
+    """An ImportJob with only what ``ready_items`` reads (its fetch and E arrivals set by hand)."""
+    return ImportJob("r", None, None, plan, "ns", [], torch.arange(num_tokens), None, None, None,
+                     SimpleNamespace(), pipelined, deadline=0.0)
+
+
+def test_ready_items_follow_their_inputs_the_budget_and_the_chunk_order():
     plan = LayerPlan(8, ((0, 2), (3, 4), (6, 8)))
-    for pipelined, after_start, after_e in ((True, [0], [0, 6]), (False, [], [])):
-        ran = []
-        launcher = GroupLauncher(plan, lambda g: ran.append((g.start, g.end)), pipelined)
-        launcher.start()
-        assert launcher.launched == after_start
-        launcher.e_ready(6)
-        launcher.e_ready(6)  # a second E_6 event launches nothing
-        launcher.e_ready(5)  # not a group start
-        assert launcher.launched == after_e
-        launcher.finish()
-        assert sorted(ran) == [(0, 2), (3, 4), (6, 8)] and len(ran) == 3
-        assert launcher.launched == ([0, 6, 3] if pipelined else [0, 3, 6])
+    job = job_of(plan, 20, pipelined=True)
+    first = job.ready_items(budget=100, chunk_tokens=8)
+    assert [(i.group.start, i.begin, i.end) for i in first] == [(0, 0, 8)]  # only s = 0 needs nothing
+    job.e_landed.append(6)
+    job.launched(first[0], None)
+    assert [(i.group.start, i.begin, i.end) for i in job.ready_items(100, 8)] == [(0, 8, 16), (6, 0, 8)]
+    assert [(i.group.start, i.begin, i.end) for i in job.ready_items(10, 8)] == [(0, 8, 16), (6, 0, 2)]
+    job.fetched.set()  # the fetch is done: every group may run
+    assert [i.group.start for i in job.ready_items(100, 8)] == [0, 3, 6]
+    serial = job_of(plan, 20, pipelined=False)
+    serial.e_landed.append(6)
+    assert serial.ready_items(100, 8) == []  # serial: nothing before the fetch ends
+    serial.fail("timeout", "no answer")
+    serial.fetched.set()
+    assert serial.ready_items(100, 8) == [] and serial.drained() and not serial.succeeded()
 
 
 def test_out_of_order_chunk_is_a_protocol_error():

@@ -28,7 +28,7 @@ from sglang_droidspeak.plan.layer_plan import LayerPlan  # noqa: E402
 from sglang_droidspeak.sglang.radix_cache import FELL_BACK_ATTR, FOREIGN_HIT_ATTR, DroidSpeakRadixCache  # noqa: E402
 
 from two_servers import (  # noqa: E402
-    POOL_SIZE, announce_and_wait, leak_free, remote_len, request, tiny_llama, two_servers, wait_for)
+    import_and_match, POOL_SIZE, announce_and_wait, leak_free, remote_len, request, tiny_llama, two_servers, wait_for)
 
 CONTEXT = list(range(20, 52))  # 32 tokens
 OTHER = CONTEXT[:16] + [t + 40 for t in CONTEXT[16:]]  # shares CONTEXT's first 16 tokens
@@ -196,7 +196,7 @@ def pair():
 
 def match_on(side, tokens):
     req = request(tokens)
-    return req, side.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+    return req, import_and_match(side, req)
 
 
 def test_full_eviction_empties_the_receivers_index(pair):
@@ -228,13 +228,13 @@ def test_partial_eviction_keeps_the_held_prefix_advertised(pair):
 def test_eviction_between_match_and_fetch_falls_back_without_leaks(pair):
     a, b = pair
     announce_and_wait(a, b, CONTEXT)
-    materialize = b.runtime.materialize
+    start_import = b.runtime.start_import
 
-    def evict_then_materialize(*args, **kwargs):  # the withdrawal is still on its way
+    def evict_then_start(*args, **kwargs):  # the withdrawal is still on its way
         a.tree.evict(EvictParams(num_tokens=POOL_SIZE))
-        return materialize(*args, **kwargs)
+        return start_import(*args, **kwargs)
 
-    b.runtime.materialize = evict_then_materialize
+    b.runtime.start_import = evict_then_start
     available = b.allocator.available_size()
     req, match = match_on(b, CONTEXT + SUFFIX)
     assert len(match.device_indices) == 0 and req.extra_key is None

@@ -1,7 +1,8 @@
-"""recompute_group against the reference engine: same weights, same E -> same K/V.
+"""The CacheBlend-style baseline's own layer loop (blend.recompute_group) against the
+reference engine: same weights, same E -> same K/V.
 
-Uses SGLang's real MHATokenToKVPool on CPU for the writes; the layers are HF layers seen
-through tests/unit/hf_as_sglang.py (SGLang's own model classes need a GPU).
+Uses SGLang's real MHATokenToKVPool on CPU for the writes and SGLang's own layer modules
+(the HF tiny model's weights loaded into SGLang's model class, tests/unit/sglang_cpu_model.py).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool  # noqa: E402
 
 from sglang_droidspeak.reference import ReferenceModel  # noqa: E402
 from sglang_droidspeak.reference.tiny import tiny_model  # noqa: E402
-from sglang_droidspeak.sglang import recompute  # noqa: E402
-from sglang_droidspeak.sglang.recompute import causal_attention, recompute_group  # noqa: E402
-from hf_as_sglang import sglang_shaped_layers  # noqa: E402
+from sglang_droidspeak.sglang import blend as recompute  # noqa: E402
+from sglang_droidspeak.sglang.blend import causal_attention, recompute_group  # noqa: E402
+from sglang_cpu_model import sglang_model_from_hf  # noqa: E402
 
 NUM_TOKENS = 12
 
@@ -39,7 +40,7 @@ def test_recomputed_kv_equals_reference_prefill(arch, start, end):
     pool = kv_pool()
     slots = torch.arange(3, 3 + NUM_TOKENS)
     positions = torch.arange(NUM_TOKENS)
-    recompute_group(sglang_shaped_layers(model), start, end, sender.e[start], positions, slots, pool)
+    recompute_group(sglang_model_from_hf(model).model.layers, start, end, sender.e[start], positions, slots, pool)
     for layer in range(4):
         k, v = pool.get_key_buffer(layer)[slots], pool.get_value_buffer(layer)[slots]  # [T, Hkv, D]
         if start <= layer < end:

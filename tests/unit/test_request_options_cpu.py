@@ -17,13 +17,11 @@ from cpu_sglang import require_cpu_sglang
 
 require_cpu_sglang()
 
-from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams  # noqa: E402
-from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
 
 from cpu_ipc import CpuIpc  # noqa: E402
-from test_pipelined_import_cpu import ARRIVALS, spy_order  # noqa: E402
+from test_pipelined_import_cpu import PIPELINED, SERIAL, gate_export, spy_order  # noqa: E402
 from two_servers import (  # noqa: E402
-    NUM_LAYERS, PLAN_GROUPS, announce_and_wait, leak_free, request, tiny_llama, two_servers)
+    import_and_match, NUM_LAYERS, PLAN_GROUPS, announce_and_wait, leak_free, request, tiny_llama, two_servers)
 
 CONTEXT = list(range(20, 52))  # 32 tokens
 SUFFIX = [3, 4, 5]
@@ -62,18 +60,19 @@ def ask(a, b, plan, **options):
     announce_and_wait(a, b, CONTEXT)
     req = request(CONTEXT + SUFFIX, plan)
     req.sampling_params.custom_params.update(options)
-    return b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+    return import_and_match(b, req)
 
 
 @pytest.mark.parametrize("setting, value, pipelined", [
     (True, "off", False), (False, "on", True), (True, False, False), (False, True, True), (False, None, False)])
 def test_the_request_chooses_pipelining(setting, value, pipelined, monkeypatch):
     with servers(receiver_settings={"plans": PLANS, "pipelined": setting}) as (a, b):
-        log = spy_order(monkeypatch)
+        log = spy_order(monkeypatch, b)
+        if pipelined:
+            gate_export(a, log)
         options = {} if value is None else {"droidspeak_pipelined": value}
         assert len(ask(a, b, "0:1,3:4", **options).device_indices) == len(CONTEXT)
-        serial = [*ARRIVALS, ("group", 0), ("group", 3)]
-        assert log == ([("group", 0), ARRIVALS[0], ("group", 3), *ARRIVALS[1:]] if pipelined else serial)
+        assert log == (PIPELINED if pipelined else SERIAL)
         assert b.metrics.fallbacks == [] and leak_free(b)
 
 

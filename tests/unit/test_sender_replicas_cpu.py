@@ -18,7 +18,7 @@ from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
 
 from sglang_droidspeak.reference import ReferenceModel  # noqa: E402
 from two_servers import (  # noqa: E402
-    NUM_LAYERS, PLAN_GROUPS, Polling, leak_free, make_side, request, sender_prefill, tiny_llama,
+    import_and_match, NUM_LAYERS, PLAN_GROUPS, Polling, leak_free, make_side, request, sender_prefill, tiny_llama,
     wait_for)
 
 FIRST, SECOND = list(range(20, 52)), list(range(60, 92))  # 32 tokens each
@@ -67,13 +67,13 @@ def test_receiver_fetches_from_the_replica_that_holds_the_prefix(cluster):
                                                    ("coder-a", a1.runtime.export_server.endpoint)]
     for tokens in (SECOND, FIRST):
         req = request(tokens + [3, 4])
-        m = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+        m = import_and_match(b, req)
         assert len(m.device_indices) == len(tokens)
     assert b.metrics.hits == [("remote", 32, 2), ("remote", 32, 2)] and b.metrics.fallbacks == []  # [1, 3)
     assert [a.runtime.export_server.num_served for a in (a0, a1)] == [1, 1]
     reference = ReferenceModel(b.model).prefill(torch.tensor(SECOND)).kv  # same weights: own KV
     req = request(SECOND + [3, 4])
-    m = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+    m = import_and_match(b, req)
     k_cache = b.pool.get_key_buffer(NUM_LAYERS - 1)[m.device_indices]  # [32, kv_heads, head_dim]
     assert torch.allclose(k_cache, reference.k[NUM_LAYERS - 1].transpose(0, 1), atol=1e-5)
     assert leak_free(b)
@@ -87,7 +87,7 @@ def test_one_replica_evicting_leaves_the_other_advertised(cluster):
     a1_fetch = a1.runtime.export_server.endpoint
     wait_for(lambda: b.tree.remote_index.longest_match(FIRST).peer == a1_fetch, "a0's withdrawal")
     req = request(FIRST + [3, 4])
-    m = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+    m = import_and_match(b, req)
     assert len(m.device_indices) == len(FIRST) and b.metrics.fallbacks == []
     assert (a0.runtime.export_server.num_served, a1.runtime.export_server.num_served) == (0, 1)
 
@@ -100,6 +100,6 @@ def test_a_frozen_replica_is_skipped_for_another_that_holds_the_prefix(cluster):
     b.runtime._backoff_until[frozen] = float("inf")  # as after a timeout on a0 (see test_cross_model_cpu)
     assert b.runtime.backed_off_peers() == (frozen,)
     req = request(FIRST + [3, 4])
-    m = b.tree.match_prefix(MatchPrefixParams(key=RadixKey(req.origin_input_ids), req=req))
+    m = import_and_match(b, req)
     assert len(m.device_indices) == len(FIRST) and b.metrics.fallbacks == []
     assert (a0.runtime.export_server.num_served, a1.runtime.export_server.num_served) == (0, 1)

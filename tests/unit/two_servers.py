@@ -1,12 +1,18 @@
 """Test helper: a sender and a receiver DroidSpeakRuntime on the CPU, for several test files.
 
-What runs for real: two DroidSpeakRadixCache trees over SGLang's MHATokenToKVPool and
-TokenToKVPoolAllocator, two DroidSpeakRuntimes with their FetchServer / FetchClient /
-Announcer / DirectoryListener on 127.0.0.1, the importer, the exporter and the recompute
-loop. What stands in (SGLang's scheduler and forward need a GPU): the sender's prefill is
-the reference engine's, written into the pool as SGLang's forward would; a thread polls the
-sender's fetch socket as the scheduler-loop hook does; the layers are HF layers behind
-hf_as_sglang.py. Import it only after ``prepare_cpu_sglang()``.
+What runs for real: two DroidSpeakRadixCache trees over SGLang's MHATokenToKVPool,
+TokenToKVPoolAllocator and ReqToTokenPool, two DroidSpeakRuntimes with their FetchServer /
+FetchClient / Announcer / DirectoryListener on 127.0.0.1, the fetch worker thread, the
+import queue, the exporter, SGLang's own model classes (the HF tiny models' weights loaded
+into them) and its torch_native attention backend driven by EngineForward
+(sglang_cpu_model.py), SGLang's ``Req`` objects and the plugin's scheduler hooks.
+
+What stands in (SGLang's Scheduler and its GPU forward cannot run here): the sender's
+prefill is the reference engine's, written into the pool as SGLang's forward would; a
+thread polls the sender's fetch socket as the scheduler-loop hook does; ``SchedulerStandIn``
+is the receiver's scheduler loop reduced to what the hooks touch (its waiting queue, its
+tree, the hook call order) and a prefill that schedules every request it is given.
+Import it only after ``prepare_cpu_sglang()``.
 """
 
 from __future__ import annotations
@@ -18,16 +24,18 @@ from array import array
 from types import SimpleNamespace
 
 import torch
-from sglang.srt.mem_cache.allocator import TokenToKVPoolAllocator
 from sglang.srt.mem_cache.base_prefix_cache import InsertParams
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams
-from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool, ReqToTokenPool
 from sglang.srt.mem_cache.radix_cache import RadixKey
 
-from hf_as_sglang import sglang_shaped_layers
+from sglang.srt.managers.schedule_batch import Req
+from sglang.srt.sampling.sampling_params import SamplingParams
+
+from sglang_cpu_model import cpu_engine
 from sglang_droidspeak.reference import ReferenceModel
 from sglang_droidspeak.reference.tiny import perturbed_copy, tiny_model
 from sglang_droidspeak.sglang.importer import ModelParts
+from sglang_droidspeak.sglang import plugin
 from sglang_droidspeak.sglang.metrics import NullMetrics
 from sglang_droidspeak.sglang.radix_cache import DroidSpeakRadixCache
 from sglang_droidspeak.sglang.runtime import DroidSpeakRuntime
@@ -57,21 +65,59 @@ class CountingMetrics(NullMetrics):
 
 
 def make_side(name, model, settings, fingerprint="fp", ipc_backend=None, nccl_backend=None):
-    kv_pool = MHATokenToKVPool(size=POOL_SIZE, page_size=1, dtype=torch.float32, head_num=2, head_dim=16,
-                               layer_num=NUM_LAYERS, device="cpu", enable_memory_saver=False)
-    allocator = TokenToKVPoolAllocator(POOL_SIZE, torch.float32, "cpu", kv_pool, need_sort=False)
-    req_pool = ReqToTokenPool(size=4, max_context_len=128, device="cpu", enable_memory_saver=False)
-    parts = ModelParts(sglang_shaped_layers(model), model.model.embed_tokens, kv_pool, allocator,
-                       HIDDEN, torch.float32, torch.device("cpu"))
+    engine = cpu_engine(model, pool_size=POOL_SIZE, max_context_len=128, num_rows=8)
+    kv_pool, allocator = engine.kv_pool, engine.allocator
+    layers = engine.model.model.layers
+    parts = ModelParts(layers, engine.model.model.embed_tokens, kv_pool, allocator, HIDDEN, torch.float32,
+                       torch.device("cpu"), engine.engine, engine.req_pool)
     metrics = CountingMetrics()
     settings = parse_settings({"model": name, **settings})
     runtime = DroidSpeakRuntime(settings, name, fingerprint, parts, NUM_LAYERS, metrics, SECRET, ipc_backend,
                                 nccl_backend)
-    tree = DroidSpeakRadixCache(CacheInitParams(False, req_pool, allocator, 1), model=name,
+    tree = DroidSpeakRadixCache(CacheInitParams(False, engine.req_pool, allocator, 1), model=name,
                                 plan_lookup=settings.plan_lookup(), min_foreign_tokens=8,
                                 num_layers=NUM_LAYERS, runtime=runtime)
-    return SimpleNamespace(name=name, model=model, pool=kv_pool, allocator=allocator, tree=tree,
-                           runtime=runtime, metrics=metrics)
+    side = SimpleNamespace(name=name, model=model, pool=kv_pool, allocator=allocator, tree=tree,
+                           runtime=runtime, metrics=metrics, req_pool=engine.req_pool)
+    side.scheduler = SchedulerStandIn(tree)
+    return side
+
+
+class SchedulerStandIn:
+    """The receiver's scheduler loop, reduced to what the plugin's hooks touch (see the module
+    docstring): ``loop_once`` calls the tick hook (after process_input_requests), then the
+    prefill hook around a prefill that matches and schedules every request it is given."""
+
+    def __init__(self, tree):
+        self.tree_cache, self.waiting_queue, self.forward_stream = tree, [], None
+        self.scheduled: list = []
+
+    def loop_once(self) -> None:
+        plugin.scheduler_tick_hook(None, self)
+        plugin.new_batch_prefill_hook(type(self)._prefill, self)
+
+    def _prefill(self) -> None:
+        for req in self.waiting_queue:
+            req.init_next_round_input(self.tree_cache)  # SGLang's own match (our match_prefix)
+            self.scheduled.append(req)
+        self.waiting_queue = []
+
+    def is_fully_idle(self) -> bool:
+        return plugin.fully_idle_hook(lambda _self: not self.waiting_queue, self)
+
+
+def import_and_match(side, req, timeout=10.0):
+    """Queue ``req`` on ``side``'s scheduler and run its loop until the request is scheduled
+    (its import finished or fell back); returns SGLang's match as the request holds it."""
+    scheduler = side.scheduler
+    scheduler.waiting_queue.append(req)
+    deadline = time.time() + timeout
+    while req not in scheduler.scheduled:
+        if time.time() > deadline:
+            raise AssertionError(f"request {req.rid} was not scheduled within {timeout} s")
+        scheduler.loop_once()
+        time.sleep(0.001)
+    return SimpleNamespace(device_indices=req.prefix_indices, last_device_node=req.last_node)
 
 
 def sender_prefill(side, tokens):
@@ -115,10 +161,13 @@ class Polling:
         self.thread.join()
 
 
-def request(tokens, plan=None):
-    params = {} if plan is None else {"droidspeak_plan": plan}
-    return SimpleNamespace(rid="req", extra_key=None, sampling_params=SimpleNamespace(custom_params=params),
-                           origin_input_ids=array("q", tokens), output_ids=array("q"))
+_RIDS = iter(range(1 << 30))
+
+
+def request(tokens, plan=None, **custom):
+    """An SGLang ``Req`` for ``tokens`` (custom_params: its plan and any other option)."""
+    params = {**custom, **({} if plan is None else {"droidspeak_plan": plan})}
+    return Req(f"req-{next(_RIDS)}", "", array("q", tokens), SamplingParams(max_new_tokens=4, custom_params=params))
 
 
 def leak_free(side, held=0):

@@ -1,0 +1,72 @@
+"""The receiver's fetch thread: runs each import's fetch off the scheduler thread.
+
+    scheduler thread                    worker thread (this module)
+    submit(job, fetch, fence)  ----->   fence.synchronize()   (the slots' last user is done)
+                                        fetch(request, receiver)   chunks land in the slots
+                                        copies synchronized on this thread
+    job.fetched.is_set()       <-----   job.fetch_error / job.fetch_s, then fetched.set()
+
+One thread serves every import in arrival order, so the data planes' sockets and
+channels (not thread-safe) are only ever used from here. Exceptions never escape: they
+become ``job.fetch_error`` and the scheduler falls the request back to a normal prefill.
+Imports no SGLang.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+import torch
+
+logger = logging.getLogger(__name__)
+_STOP = object()
+
+
+class FetchWorker:
+    def __init__(self, name: str = "droidspeak-fetch"):
+        self._jobs: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Any, fetch: Callable[[Any, Any], Any], request: Any, fence: Any = None) -> None:
+        """Run ``fetch(request, job.receiver)`` for ``job`` once ``fence`` (a CUDA event) is done."""
+        self._jobs.put((job, fetch, request, fence))
+
+    def _run(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is _STOP:
+                return
+            job, fetch, request, fence = item
+            began = time.perf_counter()
+            try:
+                if job.cancelled:
+                    raise RuntimeError("cancelled before the fetch began")
+                if fence is not None:
+                    fence.synchronize()
+                fetch(request, job.receiver)
+            except BaseException as exc:  # noqa: BLE001 - the scheduler decides; never lose the job
+                job.fetch_error = exc
+            finally:
+                _sync_copies(job)
+                job.fetch_s = time.perf_counter() - began
+                job.fetched.set()
+
+    def close(self) -> None:
+        self._jobs.put(_STOP)
+        self._thread.join(timeout=5)
+
+
+def _sync_copies(job: Any) -> None:
+    """Every copy this thread queued for ``job`` has landed (side stream, or this thread's own)."""
+    try:
+        if job.streams.side is not None:
+            job.streams.side.synchronize()
+        elif job.streams.cuda:
+            torch.cuda.current_stream(job.streams.device).synchronize()
+    except Exception:  # noqa: BLE001 - a broken device fails the job elsewhere
+        logger.exception("droidspeak: could not synchronize an import's copies")

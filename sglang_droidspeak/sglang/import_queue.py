@@ -1,0 +1,232 @@
+"""The receiver's imports, driven by SGLang's scheduler loop the way HiCache drives prefetches.
+
+HiCache's storage tier parks a request while its KV loads (``_prefetch_kvcache`` starts
+it, ``get_new_batch_prefill`` skips the request until ``check_prefetch_progress``). An
+import is the same shape of work, attached through plugin hooks (plugin.py):
+
+    hook (Scheduler.)                 ImportQueue call      effect
+    process_input_requests (AFTER)    tick(scheduler)       scan new requests: a REMOTE hit
+                                                            with a plan starts a job and
+                                                            parks the request; advance jobs
+    get_new_batch_prefill (AROUND)    tick, then hidden()   parked requests are left out of
+                                                            this batch, put back after it
+    is_fully_idle (AROUND)            busy()                not idle while a job runs (no
+                                                            idle sleep, no leak check mid-job)
+
+Advancing, per tick: a job whose request left the waiting queue (abort) or was flagged
+``to_abort``, whose deadline passed or whose fetch failed is failed; ready chunks are
+launched as batched engine forwards (one per layer slice) on the compute stream, at most
+``chunk_tokens`` tokens and ``MAX_INFLIGHT`` unfinished launches at a time; a finished job
+is inserted (its request then adopts the DERIVED prefix in ``match_prefix``); a failed job
+frees its slots once drained and its request prefills normally (``FELL_BACK_ATTR``).
+``blocking`` (setting ``import_mode: blocking``, or a request's ``droidspeak_import_mode``)
+runs the job to its end inside the tick that starts it: the old synchronous behaviour,
+kept for comparison.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from typing import Any, Optional
+
+import torch
+
+from sglang_droidspeak.radix.tags import KVOrigin
+from sglang_droidspeak.sglang.import_job import ImportJob, WorkItem, record_event
+from sglang_droidspeak.sglang.request_options import request_options
+
+logger = logging.getLogger(__name__)
+JOB_ATTR = "droidspeak_import"  # on a request: its ImportJob, or None once examined
+MAX_INFLIGHT = 2  # launches not yet finished on the GPU (bounds what a decode batch waits behind)
+
+
+class ImportQueue:
+    def __init__(self, runtime: Any, chunk_tokens: int, blocking: bool = False):
+        self.runtime, self.chunk_tokens, self.blocking = runtime, chunk_tokens, blocking
+        self.jobs: list[ImportJob] = []
+        self._inflight: list[Any] = []  # events of unfinished launches
+        self.compute_stream: Any = None  # the scheduler's forward stream (None: current stream, CPU)
+
+    # ---- hooks ----
+
+    def bind(self, scheduler: Any) -> None:
+        """Launch on the scheduler's forward stream: ordered with its own batches."""
+        if self.compute_stream is None and torch.cuda.is_available():
+            self.compute_stream = getattr(scheduler, "forward_stream", None) or torch.cuda.current_stream()
+
+    def tick(self, scheduler: Any) -> None:
+        self.bind(scheduler)
+        self.scan(scheduler)
+        if self.jobs:
+            self.advance(scheduler.waiting_queue)
+
+    def is_parked(self, req: Any) -> bool:
+        job = getattr(req, JOB_ATTR, None)
+        return job is not None and job in self.jobs
+
+    def busy(self) -> bool:
+        return bool(self.jobs)
+
+    # ---- scan: new requests ----
+
+    def scan(self, scheduler: Any) -> None:
+        for req in list(scheduler.waiting_queue):
+            if not hasattr(req, JOB_ATTR):
+                setattr(req, JOB_ATTR, None)
+                self._examine(req, scheduler.tree_cache)
+
+    def _examine(self, req: Any, tree: Any) -> None:
+        from sglang_droidspeak.sglang.radix_cache import FELL_BACK_ATTR, FOREIGN_HIT_ATTR
+
+        req.init_next_round_input(tree)  # our match_prefix reports the foreign hit on the request
+        hit = getattr(req, FOREIGN_HIT_ATTR, None)
+        if hit is None or hit.tag.origin is not KVOrigin.REMOTE:
+            return
+        try:
+            job = self.runtime.start_import(tree, req, hit)
+        except Exception as exc:  # noqa: BLE001 - our bug must never lose the request
+            logger.exception("droidspeak: starting an import failed")
+            setattr(req, FELL_BACK_ATTR, True)
+            self.runtime.metrics.record_fallback("internal")
+            return
+        if job is None:
+            return
+        setattr(req, JOB_ATTR, job)
+        self.jobs.append(job)
+        if self.blocking or request_options(req).blocking:  # the old behaviour: this tick waits for it
+            while job in self.jobs:
+                self.advance([req], only=job)
+                time.sleep(0)
+
+    # ---- advance ----
+
+    def advance(self, waiting: list, only: Optional[ImportJob] = None) -> None:
+        """Check, launch and finish jobs (``only``: that job, launching without the in-flight
+        bound: a blocking import)."""
+        jobs = self.jobs if only is None else [only]
+        waiting_ids = {id(req) for req in waiting}
+        now = time.monotonic()
+        for job in jobs:
+            self._check(job, waiting_ids, now)
+        self._inflight = [event for event in self._inflight if not event.query()]
+        if len(self._inflight) < MAX_INFLIGHT or only is not None:
+            self._launch_ready(jobs)
+        for job in list(jobs):
+            if job.failure is None and job.succeeded():
+                self.jobs.remove(job)
+                if self._guarded([job], self.runtime.finish_import, job):
+                    continue
+                self.jobs.append(job)  # the insert failed: abandon it once drained
+            if job.failure is not None and job.drained():
+                self.jobs.remove(job)
+                self.runtime.abandon_import(job)
+
+    def _check(self, job: ImportJob, waiting_ids: set, now: float) -> None:
+        if job.failure is not None:
+            return
+        if id(job.req) not in waiting_ids or getattr(job.req, "to_abort", False):
+            job.fail("aborted", "the request left the waiting queue")
+        elif now > job.deadline:
+            job.fail("deadline", f"the import did not finish within its deadline ({job.rid})")
+        elif job.fetched.is_set() and job.fetch_error is not None:
+            job.fail(*self.runtime.failure_of(job.fetch_error))
+        elif job.fetched.is_set() and not job.succeeded():
+            self._check_complete(job)
+
+    def _check_complete(self, job: ImportJob) -> None:
+        from sglang_droidspeak.sglang.import_receiver import ImportFailed
+
+        try:
+            job.receiver.check_complete()
+        except ImportFailed as exc:
+            job.fail(exc.reason, str(exc))
+
+    # ---- launch ----
+
+    def _launch_ready(self, jobs: list[ImportJob]) -> None:
+        budget = self.chunk_tokens
+        by_slice: dict[tuple[int, int], list[WorkItem]] = defaultdict(list)
+        blends = []
+        for job in jobs:
+            if budget <= 0:
+                break
+            step = job.blend_step()
+            if step is not None:
+                blends.append((job, step))
+                budget -= job.num_tokens
+            for item in job.ready_items(budget, self.chunk_tokens):
+                by_slice[(item.group.start, item.group.end)].append(item)
+                budget -= item.end - item.begin
+        with self._on_compute_stream():
+            for (start, end), items in by_slice.items():
+                self._guarded([item.job for item in items], self._launch_slice, start, end, items)
+            for job, step in blends:
+                self._guarded([job], self._launch_blend, job, step)
+
+    def _guarded(self, jobs: list[ImportJob], call, *args) -> bool:
+        """``call(*args)``; an exception fails ``jobs`` (never the scheduler): False."""
+        try:
+            call(*args)
+            return True
+        except Exception as exc:  # noqa: BLE001 - our bug must never lose a request
+            logger.exception("droidspeak: an import step failed")
+            for job in jobs:
+                job.fail("internal", repr(exc))
+            return False
+
+    def _launch_slice(self, start: int, end: int, items: list[WorkItem]) -> None:
+        jobs = [item.job for item in items]
+        for job in jobs:
+            job.streams.wait(("e", start))  # E_s landed on the copy stream (a no-op for s = 0)
+        with _timed(jobs):
+            self.runtime.parts.engine.run([item.segment() for item in items],
+                                          [job.row.req_pool_idx for job in jobs], start, end)
+        event = self._record()
+        for item in items:
+            item.job.launched(item, event)
+
+    def _launch_blend(self, job: ImportJob, step: str) -> None:
+        with job.streams.timed_recompute():
+            if step == "select":
+                job.blend.select_first()
+            else:
+                job.streams.wait_all()
+                job.blend.recompute()
+        job.blend_steps = 1 if step == "select" else 2
+        job.last_event = self._record()
+
+    def _record(self) -> Optional[Any]:
+        event = record_event(self.compute_stream)
+        if event is not None:
+            self._inflight.append(event)
+        return event
+
+    def _on_compute_stream(self):
+        if self.compute_stream is None:
+            return contextlib.nullcontext()
+        return torch.cuda.stream(self.compute_stream)
+
+    def close(self) -> None:
+        for job in self.jobs:
+            job.fail("shutdown", "the server is shutting down")
+
+
+@contextlib.contextmanager
+def _timed(jobs: list[ImportJob]):
+    """One launch's time, counted in every job it served (CUDA events, else wall time)."""
+    streams = jobs[0].streams
+    if not streams.cuda:
+        began = time.perf_counter()
+        yield
+        for job in jobs:
+            job.streams.cpu_recompute_s += time.perf_counter() - began
+        return
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    yield
+    end.record()
+    for job in jobs:
+        job.streams.timers.append((start, end))

@@ -1,0 +1,86 @@
+"""The sender's E on demand, and the engine warm-up, through the model's own forward.
+
+E_s of a prefix (the hidden state entering layer s) is what a receiver needs to start a
+group at s > 0. The sender does not keep it from its prefill (a capture inside SGLang's
+breakable prefill CUDA graphs stored wrong rows: docs/SGLANG_INTEGRATION.md), so it
+recomputes layers [0, max s) over the prefix when a FetchRequest names E layers:
+
+    step        what
+    scratch     n KV slots and a request-pool row of our own (evicting first when short);
+                never the prefix's own slots, whose K/V other requests read
+    forward     engine slices (0, s1), (s1, s2), ... on the compute stream, E read between
+    wait        the CPU waits for that forward (the export answers right after)
+    release     slots and row freed
+
+The wait holds the sender's scheduler for s layers of prefill over the prefix, once per
+fetch that asks for E. Groups starting at layer 0 need none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any, Optional
+
+import torch
+
+from sglang_droidspeak.sglang.engine_forward import EngineSegment
+from sglang_droidspeak.sglang.import_job import PoolRow
+from sglang_droidspeak.sglang.importer import allocate
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def scratch(parts: Any, tree: Any, num_tokens: int):
+    """(slots, row) held for one engine forward; freed after the stream has run it."""
+    slots = allocate(parts, tree, num_tokens)
+    row = PoolRow()
+    if parts.req_to_token_pool.alloc([row]) is None:
+        parts.allocator.free(slots)
+        raise RuntimeError("no free request-pool row")
+    try:
+        yield slots, row
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.current_stream().synchronize()
+        parts.req_to_token_pool.free(row)
+        parts.allocator.free(slots)
+
+
+def compute_e(parts: Any, tree: Any, token_ids, layers, stream: Optional[Any] = None) -> dict:
+    """{s: E_s [n, hidden]} for each s in ``layers`` (0 < s < num_layers)."""
+    ids = torch.tensor([int(t) for t in token_ids], dtype=torch.int64, device=parts.device)
+    context = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+    with context, scratch(parts, tree, len(token_ids)) as (slots, row):
+        captured = parts.engine.run([EngineSegment(ids, slots)], [row.req_pool_idx], 0, max(layers),
+                                    capture=tuple(layers))
+    return captured
+
+
+def warm_up(parts: Any, tree: Any, num_layers: int, chunk_tokens: int) -> None:
+    """Run the engine's forward once over the shapes an import uses: chunks of
+    ``chunk_tokens`` from layer 0 and from an E (a later chunk attends over a prefix),
+    through every layer. Without it the first long import pays kernel compilation and the
+    allocator's growth (run 4: 825 ms). A failure only logs."""
+    began = time.perf_counter()
+    try:
+        for tokens, prefix in ((chunk_tokens, 0), (chunk_tokens, chunk_tokens)):
+            _warm_one(parts, tree, num_layers, tokens, prefix)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    except Exception as exc:  # noqa: BLE001 - a warm-up must not stop the server
+        logger.warning("droidspeak: engine warm-up failed (the first import pays it): %r", exc)
+        return
+    logger.info("droidspeak: engine warmed up over %d-token chunks in %.1f ms", chunk_tokens,
+                1e3 * (time.perf_counter() - began))
+
+
+def _warm_one(parts: Any, tree: Any, num_layers: int, num_tokens: int, prefix_len: int) -> None:
+    total = num_tokens + prefix_len
+    ids = torch.zeros(num_tokens, dtype=torch.int64, device=parts.device)
+    with scratch(parts, tree, total) as (slots, row):
+        e = parts.engine.run([EngineSegment(ids, slots[:total], prefix_len)], [row.req_pool_idx], 0, 1,
+                             capture=(1,))[1]
+        parts.engine.run([EngineSegment(ids, slots[:total], prefix_len, e)], [row.req_pool_idx], 1, num_layers)
