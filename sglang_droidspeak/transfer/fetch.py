@@ -48,9 +48,8 @@ class FetchFailed(RuntimeError):
 
 
 class FetchServer:
-    """A ROUTER answering FetchRequests with what ``handler`` yields. A frame over
-    ``limits.max_header_bytes`` disconnects its peer in ZMQ (MAXMSGSIZE); stale or replayed
-    messages are dropped (``replay``); drops by reason: ``drops.counts``, ``on_drop``."""
+    """A ROUTER answering FetchRequests with what ``handler`` yields; frames over the header
+    limit disconnect their peer (MAXMSGSIZE); stale or replayed ones drop (``drops``)."""
 
     def __init__(self, bind: str, secret: bytes, context: Optional[zmq.Context] = None,
                  limits: wire.WireLimits = wire.WireLimits(), pacing: Optional[PacerPolicy] = None,
