@@ -14,32 +14,38 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from sglang_droidspeak.config_cli import add_dataclass_arguments, dataclass_from_args
+from sglang_droidspeak.config_cli import add_dataclass_arguments, at_least, check_fields, dataclass_from_args, one_of
+from sglang_droidspeak.family.corpus import SPLITS
 from sglang_droidspeak.plan import ModelRef, Profile, ProfileError, find_profile
 from sglang_droidspeak.profiler.evaluate import PairEvaluator, cacheblend_tokens
 from sglang_droidspeak.profiler.loading import LoadedModel, default_work_dir, load_model, run_header
 from sglang_droidspeak.profiler.store import ResultStore
 from sglang_droidspeak.profiler.systems import RECEIVER, SENDER, System, cacheblend_system, plan_system
-from sglang_droidspeak.tasks import build_task
+from sglang_droidspeak.tasks import TASKS, build_task
 
 
 @dataclass(frozen=True)
 class DemoConfig:
+    """Rules (config_cli): ints and floats >= 0 and finite unless their metadata says more."""
+
     sender: str = "tester"
     receiver: str = "libwriter"
     profiles_dir: str = "profiles"
-    dataset: str = "lcc"
-    split: str = "lib_heldout"
-    context_len: int = 1024
-    query_len: int = 32
-    num_examples: int = 16
+    dataset: str = field(default="lcc", metadata=one_of(*TASKS))
+    split: str = field(default="lib_heldout", metadata=one_of(*SPLITS))
+    context_len: int = field(default=1024, metadata=at_least(1))
+    query_len: int = field(default=32, metadata=at_least(1))
+    num_examples: int = field(default=16, metadata=at_least(1))
     seed: int = 1  # profiles are made on seed 0: the demo's examples are not the profiled ones
     max_quality_drop: float = 0.06  # in the profile's metric (agreement for the micro family)
-    timing_repeats: int = 3
+    timing_repeats: int = field(default=3, metadata=at_least(1))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

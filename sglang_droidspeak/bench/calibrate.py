@@ -28,9 +28,11 @@ from typing import NamedTuple, Optional
 
 from sglang_droidspeak.bench import prefill_report as rep
 from sglang_droidspeak.bench.prefill_outputs import first_config_samples
+from sglang_droidspeak.cli_errors import UsageError, debug_requested, run_guarded
 from sglang_droidspeak.plan.latency import PrefillLatencyModel
 from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.sglang.request_plan import parse_plan_choice
+from sglang_droidspeak.yaml_io import load_json_file
 
 DTYPE_BYTES = 2  # bf16
 
@@ -86,9 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the model and predictions here (JSON)")
     parser.add_argument("--lengths", default="", help="fit to these context lengths only, e.g. 4096,16384 "
                         "(the model is linear in tokens; attention makes long contexts superlinear)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     args = parser.parse_args(argv)
-    result = json.loads(args.result.read_text())
-    model, predictions = fit(result, {int(x) for x in args.lengths.split(",")} if args.lengths else None)
+    return run_guarded(lambda: _calibrate(args), parser, args.debug or debug_requested(argv))
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    result = load_json_file(args.result)
+    try:
+        lengths = {int(x) for x in args.lengths.split(",")} if args.lengths else None
+    except ValueError:
+        raise UsageError(f"--lengths: expected integers separated by commas, got {args.lengths[:60]!r}") from None
+    model, predictions = fit(result, lengths)
     print(f"latency_model (for DROIDSPEAK_CONFIG / cluster slo): {json.dumps(model.to_dict())}")
     print(f"{'length':>7} {'plan':>6} {'measured ms':>12} {'predicted ms':>13} {'error':>7}")
     for p in predictions:

@@ -21,13 +21,14 @@ quality_latency_report. Imports no SGLang or torch; matplotlib only for the plot
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 from pathlib import Path
 
 from sglang_droidspeak.bench import quality_latency_compare as compare
 from sglang_droidspeak.bench import quality_latency_map as qmap
 from sglang_droidspeak.bench.quality_latency_report import Study, write_outputs
+from sglang_droidspeak.config_cli import at_least, number_type
+from sglang_droidspeak.yaml_io import load_json_file
 
 VERDICT_METRICS = ("agreement", "target_nll")
 BENCH_META_KEYS = ("date", "card", "command", "model_note", "num_layers", "repeats", "configs",
@@ -39,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--quality", required=True, help="a `droidspeak quality` result JSON (docs/results/quality-*.json)")
     a("--bench", required=True, help="a `droidspeak bench-prefill` result JSON (docs/results/bench-prefill-*.json)")
-    a("--length", type=int, default=16384, help="the bench's context length whose TTFTs are used")
+    a("--length", type=number_type(int, at_least(1)), default=16384,
+      help="the bench's context length whose TTFTs are used")
     a("--out", default=None, help="output stem: OUT.md, OUT.png, OUT.json "
       "(default docs/quality-latency-<sender>__<receiver>-<length>-<bench date>)")
 
@@ -78,8 +80,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    quality = json.loads(Path(args.quality).read_text())
-    bench = json.loads(Path(args.bench).read_text())
+    quality, bench = load_json_file(args.quality), load_json_file(args.bench)  # FileLoadError: one line
     try:
         study = build_study(quality, bench, args.length, command_line(args), args.quality, args.bench)
     except ValueError as exc:

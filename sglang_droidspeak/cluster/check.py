@@ -1,7 +1,9 @@
 """``check_cluster``: can this cluster config be served, and which pairs will share KV?
 
 Checks, beyond what loading the config validates:
-- every model directory exists and fingerprints (``identity.fingerprint_model_dir``);
+- every model directory fingerprints (``identity.fingerprint_model_dir``); one that is not
+  on this machine is listed in ``missing_models`` (the config is valid; ``ok`` is False,
+  so ``serve`` refuses), one that exists but does not fingerprint is an error;
 - every ordered pair of models: compatible (equal fingerprints) or not; an incompatible
   pair is a warning (both models are still served, they just never share KV);
 - for every pair not known to be incompatible, ``<profiles_dir>/<sender>__<receiver>.yaml``:
@@ -21,13 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
+from sglang_droidspeak.cluster.check_machine import missing_model_dirs
 from sglang_droidspeak.cluster.config import ClusterConfig
 from sglang_droidspeak.identity import IncompatibleModels, ModelFingerprint, check_compatible, fingerprint_model_dir
 from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.plan.profile_io import ProfileError, load_profile, profile_filename
 
 # SGLang sizes a KV pool as mem_fraction x GPU memory minus what is in use when the server
-# starts (other servers included; docs in ../shared/device/README.md), so fractions on one
+# starts (other servers included), so fractions on one
 # GPU do not add up: every server needs a fraction above what the others already took.
 
 
@@ -49,10 +52,12 @@ class CheckReport:
     warnings: tuple[str, ...]
     pairs: tuple[PairStatus, ...]
     fingerprints: Mapping[str, ModelFingerprint] = field(default_factory=dict, compare=False)
+    missing_models: tuple[str, ...] = ()  # model directories not on this machine (check_machine.py)
 
     @property
     def ok(self) -> bool:
-        return not self.errors
+        """Servable here: no errors and every model directory present."""
+        return not self.errors and not self.missing_models
 
     def pair(self, sender: str, receiver: str) -> PairStatus:
         return next(p for p in self.pairs if (p.sender, p.receiver) == (sender, receiver))
@@ -78,13 +83,16 @@ def check_cluster(config: ClusterConfig, load_fingerprints: bool = True) -> Chec
                     status = _profile(config, status, fingerprints, errors, warnings)
                 pairs.append(status)
     warnings += _gpu_sharing(config)
-    return CheckReport(tuple(errors), tuple(warnings), tuple(pairs), fingerprints)
+    missing = tuple(missing_model_dirs(config)) if load_fingerprints else ()
+    return CheckReport(tuple(errors), tuple(warnings), tuple(pairs), fingerprints, missing)
 
 
 def _fingerprints(config: ClusterConfig, errors: list[str]) -> dict[str, ModelFingerprint]:
     found = {}
     for i, model in enumerate(config.models):
         at = f"{config.source}: models[{i}].path"
+        if not Path(model.path).exists():
+            continue  # a missing_models line, not an error: the config itself is fine
         if not Path(model.path).is_dir():
             errors.append(f"{at}: {model.path} is not a directory")
             continue

@@ -33,10 +33,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Optional
+from typing import Any, Iterator, Mapping, NamedTuple, Optional
 
-import yaml
-
+from sglang_droidspeak.addresses import WILDCARD_HOSTS
 from sglang_droidspeak.cluster.fields import ClusterConfigError, Section, env_name
 from sglang_droidspeak.cluster.model_config import (  # noqa: F401 (RESERVED_FLAGS: re-exported)
     RESERVED_FLAGS,
@@ -44,9 +43,8 @@ from sglang_droidspeak.cluster.model_config import (  # noqa: F401 (RESERVED_FLA
     ReplicaConfig,
     parse_model,
 )
-from sglang_droidspeak.yaml_io import load_yaml
+from sglang_droidspeak.yaml_io import FileLoadError, read_yaml_file
 
-WILDCARD_HOSTS = ("0.0.0.0", "::", "*")
 DATA_PLANES = ("zmq", "nccl", "cuda_ipc")
 
 
@@ -109,35 +107,35 @@ class ClusterConfig:
 
 
 def load_cluster_config(path: str | Path) -> ClusterConfig:
-    """Read and validate a cluster YAML file; messages start with ``str(path)``."""
+    """Read (yaml_io's strict loader) and validate a cluster YAML file; messages start with
+    ``str(path)`` and, for a bad value, its line."""
     try:
-        data = load_yaml(Path(path).read_text())
-    except OSError as exc:
-        raise ClusterConfigError(f"{path}: cannot read ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        raise ClusterConfigError(f"{path}: not valid YAML ({exc})") from exc
-    return parse_cluster_config(data, where=str(path))
+        loaded = read_yaml_file(path)
+    except FileLoadError as exc:
+        raise ClusterConfigError(str(exc), str(path), "", exc.problem, exc.line) from None
+    return parse_cluster_config(loaded.data, where=str(path), lines=loaded.lines)
 
 
-def parse_cluster_config(data: Any, where: str = "<cluster>") -> ClusterConfig:
-    """Validate parsed YAML; raise ClusterConfigError naming ``where`` and the field path."""
+def parse_cluster_config(data: Any, where: str = "<cluster>", lines: Optional[Mapping[str, int]] = None) -> ClusterConfig:
+    """Validate parsed YAML; raise ClusterConfigError naming ``where``, the line (from
+    ``lines``, the loader's key path -> line index) and the field path."""
     top = Section(data, where, "", ("name", "router", "profiles_dir", "slo", "transfer", "models"),
-                  required=("router", "models"))
-    router = Section(top.get("router"), where, "router", ("host", "port"), required=("host", "port"))
-    router_config = RouterConfig(router.string("host"), router.port("port"))
-    models = tuple(parse_model(entry, where, f"models[{i}]") for i, entry in enumerate(top.items("models")))
+                  required=("router", "models"), lines=lines)
+    router = top.child("router", ("host", "port"), required=("host", "port"))
+    router_config = RouterConfig(router.host("host"), router.port("port"))
+    models = tuple(parse_model(top, i) for i in range(len(top.items("models"))))
     config = ClusterConfig(
         router=router_config,
         models=models,
         name=top.string("name", None),
         profiles_dir=top.string("profiles_dir", "profiles"),
-        slo=_slo(Section(top.get("slo", {}), where, "slo", ("ttft_ms", "max_quality_drop", "accuracy_target"))),
-        transfer=_transfer(Section(top.get("transfer", {}), where, "transfer",
-                                   ("data_plane", "bind_host", "base_port", "secret_env", "fetch_timeout_s"))),
+        slo=_slo(top.child("slo", ("ttft_ms", "max_quality_drop", "accuracy_target"), default={})),
+        transfer=_transfer(top.child("transfer", ("data_plane", "bind_host", "base_port", "secret_env",
+                                                  "fetch_timeout_s"), default={})),
         source=where,
     )
-    _check_unique_names(config)
-    _check_endpoints(config)
+    _check_unique_names(config, lines)
+    _check_endpoints(config, lines)
     return config
 
 
@@ -152,19 +150,19 @@ def _slo(s: Section) -> SloConfig:
 def _transfer(s: Section) -> TransferConfig:
     return TransferConfig(
         data_plane=s.choice("data_plane", "zmq", DATA_PLANES),
-        bind_host=s.string("bind_host", "127.0.0.1"),
+        bind_host=s.host("bind_host", "127.0.0.1", wildcard=True),
         base_port=s.port("base_port", 5600),
         secret_env=env_name(s, "secret_env", "DROIDSPEAK_SECRET"),
         fetch_timeout_s=s.number("fetch_timeout_s", 0.0, default=2.0, low_open=True),
     )
 
 
-def _check_unique_names(config: ClusterConfig) -> None:
+def _check_unique_names(config: ClusterConfig, lines: Optional[Mapping[str, int]]) -> None:
     seen: dict[str, int] = {}
     for i, model in enumerate(config.models):
         if model.name in seen:
-            raise ClusterConfigError(f"{config.source}: models[{i}].name: {model.name!r} is already "
-                                     f"used by models[{seen[model.name]}]")
+            raise ClusterConfigError.at(config.source, f"models[{i}].name", f"{model.name!r} is already used by "
+                                        f"models[{seen[model.name]}]", lines)
         seen[model.name] = i
 
 
@@ -173,22 +171,22 @@ def same_host(a: str, b: str) -> bool:
     return a == b or a in WILDCARD_HOSTS or b in WILDCARD_HOSTS
 
 
-def _check_endpoints(config: ClusterConfig) -> None:
+def _check_endpoints(config: ClusterConfig, lines: Optional[Mapping[str, int]]) -> None:
     """No (host, port) twice among router and servers; transfer ports in range and free."""
     used: list[tuple[str, int, str]] = [(config.router.host, config.router.port, "router")]
     for ref in config.replicas():
         path, replica = ref.path, ref.replica
         for host, port, owner in used:
             if port == replica.port and same_host(host, replica.host):
-                raise ClusterConfigError(f"{config.source}: {path}.port: {replica.host}:{replica.port} "
-                                         f"is already used by {owner}")
+                raise ClusterConfigError.at(config.source, f"{path}.port", f"{replica.host}:{replica.port} "
+                                            f"is already used by {owner}", lines)
         used.append((replica.host, replica.port, path))
     t = config.transfer
     last = t.base_port + 2 * config.num_replicas - 1
     if last > 65535:
-        raise ClusterConfigError(f"{config.source}: transfer.base_port: {config.num_replicas} replicas need ports "
-                                 f"{t.base_port}..{last}, past 65535")
+        raise ClusterConfigError.at(config.source, "transfer.base_port", f"{config.num_replicas} replicas need "
+                                    f"ports {t.base_port}..{last}, past 65535", lines)
     for host, port, owner in used:
         if t.base_port <= port <= last and same_host(host, t.bind_host):
-            raise ClusterConfigError(f"{config.source}: transfer.base_port: transfer ports {t.base_port}..{last} "
-                                     f"on {t.bind_host} include {owner}'s {host}:{port}")
+            raise ClusterConfigError.at(config.source, "transfer.base_port", f"transfer ports {t.base_port}..{last} "
+                                        f"on {t.bind_host} include {owner}'s {host}:{port}", lines)

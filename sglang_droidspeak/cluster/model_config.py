@@ -8,7 +8,9 @@
       latency_model: FILE | {...}   # optional; plan/latency.py constants (bench/calibrate.py)
 
     field           checks
-    gpus            integers >= 0, none listed twice
+    host            an IP address or an RFC 1123 host name (addresses.py)
+    port            1..65535
+    gpus            integers >= 0, none listed twice (against this machine's GPUs: check.py)
     mem_fraction    0 < f < 1
     server_args     strings; no RESERVED_FLAGS (``--flag`` or ``--flag=value``)
     latency_model   a mapping, or a file holding one (at the top or under latency_model)
@@ -19,14 +21,11 @@ Ports and hosts across models are checked by config.py. Imports no SGLang.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Optional
-
-import yaml
+from typing import Optional
 
 from sglang_droidspeak.cluster.fields import Section, is_int
 from sglang_droidspeak.plan.latency import LatencyModelError, PrefillLatencyModel
-from sglang_droidspeak.yaml_io import load_yaml
+from sglang_droidspeak.yaml_io import FileLoadError, read_yaml_file
 
 # launch_server flags the cluster sets itself; server_args may not repeat them
 RESERVED_FLAGS = ("--model-path", "--served-model-name", "--host", "--port", "--radix-cache-backend",
@@ -50,11 +49,14 @@ class ModelConfig:
     latency_model: Optional[PrefillLatencyModel] = None  # with slo.ttft_ms: the online policy
 
 
-def parse_model(entry: Any, where: str, path: str) -> ModelConfig:
-    """One ``models`` entry; ``where`` is the file, ``path`` its field path (``models[1]``)."""
-    s = Section(entry, where, path, ("name", "path", "replicas", "server_args", "latency_model"),
-                required=("name", "path", "replicas"))
-    replicas = tuple(_replica(r, where, f"{s.sub('replicas')}[{i}]") for i, r in enumerate(s.items("replicas")))
+MODEL_KEYS = ("name", "path", "replicas", "server_args", "latency_model")
+REPLICA_KEYS = ("host", "port", "gpus", "mem_fraction")
+
+
+def parse_model(top: Section, index: int) -> ModelConfig:
+    """Entry ``index`` of the config's ``models`` list (``top``: the whole file's Section)."""
+    s = top.item("models", index, MODEL_KEYS, required=("name", "path", "replicas"))
+    replicas = tuple(_replica(s.item("replicas", i, REPLICA_KEYS, REPLICA_KEYS)) for i in range(len(s.items("replicas"))))
     args = s.items("server_args", [], non_empty=False)
     for i, arg in enumerate(args):
         if not isinstance(arg, str):
@@ -70,9 +72,9 @@ def _latency_model(s: Section) -> Optional[PrefillLatencyModel]:
     value = s.get("latency_model", None)
     if isinstance(value, str):
         try:
-            value = load_yaml(Path(value).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            s.fail("latency_model", f"cannot read a latency model from {value!r} ({exc})")
+            value = read_yaml_file(value).data
+        except FileLoadError as exc:
+            s.fail("latency_model", f"cannot read a latency model: {exc}")
         if isinstance(value, dict) and "latency_model" in value:
             value = value["latency_model"]
     if value is None:
@@ -83,9 +85,7 @@ def _latency_model(s: Section) -> Optional[PrefillLatencyModel]:
         s.fail("latency_model", str(exc))
 
 
-def _replica(entry: Any, where: str, path: str) -> ReplicaConfig:
-    s = Section(entry, where, path, ("host", "port", "gpus", "mem_fraction"),
-                required=("host", "port", "gpus", "mem_fraction"))
+def _replica(s: Section) -> ReplicaConfig:
     gpus = s.items("gpus")
     for i, gpu in enumerate(gpus):
         if not is_int(gpu) or gpu < 0:
@@ -93,4 +93,4 @@ def _replica(entry: Any, where: str, path: str) -> ReplicaConfig:
         if gpu in gpus[:i]:
             s.fail(f"gpus[{i}]", f"GPU {gpu} is listed twice")
     fraction = s.number("mem_fraction", 0.0, 1.0, low_open=True, high_open=True)
-    return ReplicaConfig(s.string("host"), s.port("port"), tuple(gpus), fraction)
+    return ReplicaConfig(s.host("host"), s.port("port"), tuple(gpus), fraction)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,7 +156,7 @@ def build_family(config: FamilyConfig, out_dir: Path, progress: bool = True) -> 
     """Build every model of the family into ``out_dir`` (created); return the manifest."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    clock = _Clock()
+    clock = _Clock(report=progress)
     with deterministic_torch(config.num_threads):
         corpus = split_corpus()
         tokenizer = _train_tokenizer(config, corpus)
@@ -176,15 +177,19 @@ def build_family(config: FamilyConfig, out_dir: Path, progress: bool = True) -> 
 
 
 class _Clock:
-    """Wall seconds per build stage, and in total."""
+    """Wall seconds per build stage, and in total; with ``report``, one stderr line per stage."""
 
-    def __init__(self) -> None:
+    def __init__(self, report: bool = False) -> None:
         self._start = self._last = time.perf_counter()
         self._laps: dict[str, float] = {}
+        self._report = report
 
     def lap(self, stage: str) -> None:
         now = time.perf_counter()
         self._laps[stage], self._last = now - self._last, now
+        if self._report:
+            print(f"family: {stage} done in {self._laps[stage]:.0f} s ({now - self._start:.0f} s so far)",
+                  file=sys.stderr, flush=True)
 
     def seconds(self) -> dict[str, float]:
         total = time.perf_counter() - self._start

@@ -11,11 +11,16 @@ import dataclasses
 import time
 from pathlib import Path
 
+from sglang_droidspeak.config_cli import checked_type, dataclass_from_args
 from sglang_droidspeak.family.config import FamilyConfig
 
 
 def _optional_int(text: str) -> int | None:
-    return None if text.lower() == "none" else int(text)
+    if text.lower() == "none":
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or none, got {text[:40]!r}")
+    return int(text)
 
 
 def _bool(text: str) -> bool:
@@ -24,15 +29,16 @@ def _bool(text: str) -> bool:
     return text.lower() in ("true", "1")
 
 
-def _parser_for(default: object):
-    if default is None:
+def _parser_for(field: dataclasses.Field):
+    if field.default is None:
         return _optional_int
-    return _bool if isinstance(default, bool) else type(default)
+    kind = type(field.default)
+    return _bool if kind is bool else checked_type(field, kind) if kind in (int, float) else kind
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(FamilyConfig):
-        parse = _parser_for(field.default)
+        parse = _parser_for(field)
         parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=parse, default=field.default,
                             help=f"FamilyConfig.{field.name} (default: %(default)s)")
     parser.add_argument("--cache-dir", type=Path, default=None,
@@ -44,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from sglang_droidspeak.family import ensure_family
     from sglang_droidspeak.family.manifest import perplexity_table
 
-    config = FamilyConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FamilyConfig)})
+    config = dataclass_from_args(FamilyConfig, args)
     start = time.perf_counter()
     family = ensure_family(config, cache_dir=args.cache_dir, progress=not args.no_progress)
     elapsed = time.perf_counter() - start

@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
+from sglang_droidspeak.config_cli import at_least, check_fields
 from sglang_droidspeak.family.corpus import SPLIT_VERSION
 
 # Bump when the build changes in a way that changes the weights for the same config.
@@ -43,18 +44,18 @@ class FamilyConfig:
     """
 
     seed: int = 0
-    vocab_size: int = 2048
-    hidden_size: int = 128
-    intermediate_size: int = 384
-    num_hidden_layers: int = 8
-    num_attention_heads: int = 2
-    num_key_value_heads: int = 1
-    max_position_embeddings: int = 2048
-    rope_theta: float = 10000.0
+    vocab_size: int = field(default=2048, metadata=at_least(1))
+    hidden_size: int = field(default=128, metadata=at_least(1))
+    intermediate_size: int = field(default=384, metadata=at_least(1))
+    num_hidden_layers: int = field(default=8, metadata=at_least(1))
+    num_attention_heads: int = field(default=2, metadata=at_least(1))
+    num_key_value_heads: int = field(default=1, metadata=at_least(1))
+    max_position_embeddings: int = field(default=2048, metadata=at_least(1))
+    rope_theta: float = field(default=10000.0, metadata=at_least(1e-9))
     tie_word_embeddings: bool = True
-    seq_len: int = 1024
-    short_seq_len: int = 256
-    batch_size: int = 1
+    seq_len: int = field(default=1024, metadata=at_least(1))
+    short_seq_len: int = field(default=256, metadata=at_least(1))
+    batch_size: int = field(default=1, metadata=at_least(1))
     base_steps: int = 1000
     base_long_steps: int = 100
     finetune_steps: int = 200
@@ -68,9 +69,10 @@ class FamilyConfig:
     max_train_files: int | None = None
     eval_windows: int = 24
     eval_stream_tokens: int = 160_000
-    num_threads: int = 2
+    num_threads: int = field(default=2, metadata=at_least(1))
 
     def __post_init__(self) -> None:
+        check_fields(self)  # every int and float >= 0 and finite unless its metadata says more (config_cli)
         if self.num_key_value_heads >= self.num_attention_heads:
             raise ValueError("the family uses GQA: num_key_value_heads < num_attention_heads")
         if self.hidden_size % self.num_attention_heads:

@@ -15,6 +15,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from sglang_droidspeak.text_files import MAX_MODEL_FILE_BYTES, excerpt, read_text_file
+from sglang_droidspeak.validation import is_number, unknown_keys_problem
+from sglang_droidspeak.yaml_io import load_json_file
+
 
 class IncompatibleModels(ValueError):
     """Raised when two fingerprints differ; the message names every differing field."""
@@ -51,15 +55,16 @@ class ModelFingerprint:
         missing = [n for n in names if n not in data]
         if missing:
             raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
-        unknown = sorted(set(data) - set(names))
+        unknown = set(data) - set(names)
         if unknown:
-            raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}")
+            raise ValueError(f"{where}: {unknown_keys_problem(unknown, names)}")
         values = {}
         for f in fields(cls):
-            kind = {"str": str, "int": int, "float": (int, float)}[f.type]
             value = data[f.name]
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise ValueError(f"{where}.{f.name}: expected {f.type}, got {value!r}")
+            ok = is_number(value) if f.type == "float" else isinstance(value, str if f.type == "str" else int)
+            if not ok or isinstance(value, bool):
+                raise ValueError(f"{where}.{f.name}: expected {'a finite number' if f.type == 'float' else f.type}, "
+                                 f"got {excerpt(value)}")
             values[f.name] = float(value) if f.type == "float" else value
         return cls(**values)
 
@@ -139,5 +144,5 @@ def fingerprint_model_dir(path: str | Path) -> ModelFingerprint:
     for name in ("config.json", "tokenizer.json"):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path}: no {name}; cannot fingerprint this model")
-    config = json.loads((path / "config.json").read_text())
-    return fingerprint_from_config(config, (path / "tokenizer.json").read_text())
+    config = load_json_file(path / "config.json", MAX_MODEL_FILE_BYTES)  # regular files, bounded, UTF-8
+    return fingerprint_from_config(config, read_text_file(path / "tokenizer.json", MAX_MODEL_FILE_BYTES))

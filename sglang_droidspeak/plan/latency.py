@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from sglang_droidspeak.plan.layer_plan import LayerPlan
+from sglang_droidspeak.text_files import excerpt
+from sglang_droidspeak.validation import unknown_keys_problem
 
 _BYTES_PER_MS_PER_GBPS = 1e9 / 8 / 1e3  # one gigabit/s moves 125000 bytes per ms
 _NUMBER_FIELDS = ("ms_per_layer_token", "ms_fixed", "kv_bytes_per_layer_token", "e_bytes_per_token", "link_gbps")
@@ -43,13 +45,13 @@ class LatencyEstimate(NamedTuple):
 
 def _check_number(name: str, value: Any, positive: bool) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise LatencyModelError(f"field '{name}' must be a number, got {value!r}")
+        raise LatencyModelError(f"field '{name}' must be a number, got {excerpt(value)}")
     if not math.isfinite(value):
-        raise LatencyModelError(f"field '{name}' must be finite, got {value!r}")
+        raise LatencyModelError(f"field '{name}' must be finite, got {excerpt(value)}")
     if positive and value <= 0:
-        raise LatencyModelError(f"field '{name}' must be > 0, got {value!r}")
+        raise LatencyModelError(f"field '{name}' must be > 0, got {excerpt(value)}")
     if not positive and value < 0:
-        raise LatencyModelError(f"field '{name}' must be >= 0, got {value!r}")
+        raise LatencyModelError(f"field '{name}' must be >= 0, got {excerpt(value)}")
 
 
 def fit_line(samples: Iterable[tuple[float, float]], min_slope: float = 0.0) -> tuple[float, float]:
@@ -93,7 +95,7 @@ class PrefillLatencyModel:
         for name in _NUMBER_FIELDS:
             _check_number(name, getattr(self, name), positive=name == "link_gbps")
         if not isinstance(self.pipelined, bool):
-            raise LatencyModelError(f"field 'pipelined' must be a bool, got {self.pipelined!r}")
+            raise LatencyModelError(f"field 'pipelined' must be a bool, got {excerpt(self.pipelined)}")
 
     def transfer_ms(self, plan: LayerPlan, prefix_len: int) -> float:
         """Time to move the reused layers' KV and the needed E caches of ``prefix_len`` tokens."""
@@ -139,9 +141,9 @@ class PrefillLatencyModel:
         or unknown field. ``pipelined`` defaults to True."""
         if not isinstance(data, Mapping):
             raise LatencyModelError(f"expected a mapping of latency constants, got {type(data).__name__}")
-        unknown = sorted(set(data) - set(_NUMBER_FIELDS) - {"pipelined"})
+        unknown = set(data) - set(_NUMBER_FIELDS) - {"pipelined"}
         if unknown:
-            raise LatencyModelError(f"unknown field(s) {unknown}")
+            raise LatencyModelError(unknown_keys_problem(unknown, (*_NUMBER_FIELDS, "pipelined")))
         missing = [name for name in _NUMBER_FIELDS if name not in data]
         if missing:
             raise LatencyModelError(f"missing field '{missing[0]}'")
@@ -152,4 +154,4 @@ def _check_request(prefix_len: int, suffix_len: int, num_layers: int) -> None:
     checks = (("prefix_len", prefix_len, 0), ("suffix_len", suffix_len, 0), ("num_layers", num_layers, 1))
     for name, value, low in checks:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise LatencyModelError(f"field '{name}' must be an int >= {low}, got {value!r}")
+            raise LatencyModelError(f"field '{name}' must be an int >= {low}, got {excerpt(value)}")

@@ -1,119 +1,134 @@
-"""Load, validate and save profile YAML files (format: see ``plan.profile``)."""
+"""Load, validate and save profile YAML files (format: see ``plan.profile``).
+
+Every rule, next to the field it guards: unknown keys are errors (with the closest known
+key); qualities are finite numbers in [0, 1]; ``quality_drop`` is in [-1, 1] and equals
+``receiver_quality - quality`` (a plan may beat the receiver's own prefill, never by a
+made-up margin); ``sensitivity`` holds ``num_layers`` finite numbers; the frontier's groups
+are valid LayerPlans on the granularity, sorted by recomputed layers.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import yaml
 
 from sglang_droidspeak.identity import IncompatibleModels, ModelFingerprint, check_compatible
 from sglang_droidspeak.plan.layer_plan import LayerPlan, PlanError
 from sglang_droidspeak.plan.profile import FORMAT_VERSION, FrontierPoint, ModelRef, Profile
-from sglang_droidspeak.yaml_io import load_yaml
+from sglang_droidspeak.validation import FieldError, Section, is_number
+from sglang_droidspeak.yaml_io import FileLoadError, read_yaml_file
 
 
-class ProfileError(ValueError):
-    """A profile file that cannot be used; the message names the file and the field."""
+class ProfileError(FieldError):
+    """A profile file that cannot be used; the message names the file, the line and the field."""
 
 
-_TYPES = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+class _Section(Section):
+    error = ProfileError
 
 
-def _field(data: Mapping[str, Any], name: str, kind: type, where: str, required: bool = True) -> Any:
-    if name not in data:
-        if required:
-            raise ProfileError(f"{where}: missing field '{name}'")
-        return None
-    value = data[name]
-    ok = isinstance(value, (int, float) if kind is float else kind) and not isinstance(value, bool)
-    if not ok:
-        raise ProfileError(f"{where}: field '{name}' must be {_TYPES[kind]}, got {value!r}")
-    return float(value) if kind is float else value
+PROFILE_KEYS = ("format_version", "sender", "receiver", "num_layers", "dataset", "metric", "granularity", "created",
+                "tool_version", "receiver_quality", "full_reuse_quality", "sensitivity", "frontier")
+OPTIONAL_KEYS = ("granularity", "sensitivity")
+POINT_KEYS = ("groups", "num_recomputed_layers", "quality", "quality_drop")
+DROP_TOLERANCE = 1e-6  # quality_drop must be receiver_quality - quality (as the profiler writes it)
 
 
-def _model_ref(data: Mapping[str, Any], role: str, where: str) -> ModelRef:
-    block = _field(data, role, dict, where)
-    name = _field(block, "name", str, f"{where}: {role}")
+def _text(s: Section, key: str) -> str:
+    """A string, possibly empty (``tool_version``, ``created``)."""
+    value = s.get(key)
+    if not isinstance(value, str):
+        s.fail(key, "must be a string", value)
+    return value
+
+
+def _model_ref(top: Section, role: str) -> ModelRef:
+    block = top.child(role, ("name", "fingerprint"), required=("name", "fingerprint"))
     try:
-        fingerprint = ModelFingerprint.from_dict(_field(block, "fingerprint", dict, f"{where}: {role}"))
+        fingerprint = ModelFingerprint.from_dict(block.get("fingerprint"), where=f"{role}.fingerprint")
     except ValueError as e:
-        raise ProfileError(f"{where}: {role}.{e}") from e
-    return ModelRef(name, fingerprint)
+        raise ProfileError.at(top.where, f"{role}.fingerprint", str(e), top.lines, show_path=False) from None
+    return ModelRef(block.string("name"), fingerprint)
 
 
-def _frontier(data: Mapping[str, Any], num_layers: int, granularity: int, where: str) -> tuple[FrontierPoint, ...]:
-    entries = _field(data, "frontier", list, where)
-    if not entries:
-        raise ProfileError(f"{where}: field 'frontier' is empty")
+def _plan(point: Section, num_layers: int, granularity: int) -> LayerPlan:
+    groups = point.items("groups", non_empty=False)
+    if not all(isinstance(g, list) and len(g) == 2 for g in groups):
+        point.fail("groups", "each group must be a [start, end] pair", groups)
+    try:
+        plan = LayerPlan(num_layers, tuple(tuple(g) for g in groups))
+    except PlanError as e:
+        point.fail("groups", str(e))
+    bounds = [b for g in plan.groups for b in (g.start, g.end) if b != num_layers]
+    if any(b % granularity for b in bounds):
+        point.fail("groups", f"bounds {plan.to_list()} not multiples of granularity {granularity}")
+    if point.integer("num_recomputed_layers", 0) != plan.num_recomputed_layers:
+        point.fail("num_recomputed_layers", f"groups recompute {plan.num_recomputed_layers}",
+                   point.get("num_recomputed_layers"))
+    return plan
+
+
+def _frontier(top: Section, num_layers: int, granularity: int, receiver_quality: float) -> tuple[FrontierPoint, ...]:
     points = []
-    for i, entry in enumerate(entries):
-        at = f"{where}: frontier[{i}]"
-        if not isinstance(entry, Mapping):
-            raise ProfileError(f"{at}: expected a mapping, got {entry!r}")
-        groups = _field(entry, "groups", list, at)
-        if not all(isinstance(g, list) and len(g) == 2 for g in groups):
-            raise ProfileError(f"{at}.groups: each group must be a [start, end] pair, got {groups!r}")
-        try:
-            plan = LayerPlan(num_layers, tuple(tuple(g) for g in groups))
-        except PlanError as e:
-            raise ProfileError(f"{at}.groups: {e}") from e
-        bounds = [b for g in plan.groups for b in (g.start, g.end) if b != num_layers]
-        if any(b % granularity for b in bounds):
-            raise ProfileError(f"{at}.groups: bounds {plan.to_list()} not multiples of granularity {granularity}")
-        num = _field(entry, "num_recomputed_layers", int, at)
-        if num != plan.num_recomputed_layers:
-            raise ProfileError(f"{at}: num_recomputed_layers={num} but groups recompute {plan.num_recomputed_layers}")
-        points.append(FrontierPoint(plan, _field(entry, "quality", float, at), _field(entry, "quality_drop", float, at)))
+    for i in range(len(top.items("frontier"))):
+        point = top.item("frontier", i, POINT_KEYS, required=POINT_KEYS)
+        plan = _plan(point, num_layers, granularity)
+        quality, drop = point.number("quality", 0.0, 1.0), point.number("quality_drop", -1.0, 1.0)
+        if abs(drop - (receiver_quality - quality)) > DROP_TOLERANCE:
+            point.fail("quality_drop", f"must be receiver_quality - quality = {receiver_quality - quality:.6g}", drop)
+        points.append(FrontierPoint(plan, quality, drop))
     counts = [p.num_recomputed_layers for p in points]
     if counts != sorted(counts):
-        raise ProfileError(f"{where}: frontier must be sorted by num_recomputed_layers, got {counts}")
+        top.fail("frontier", f"must be sorted by num_recomputed_layers, got {counts}")
     return tuple(points)
 
 
-def parse_profile(data: Any, where: str = "<profile>") -> Profile:
-    """Validate a profile's parsed YAML; raise ProfileError naming ``where`` and the field."""
-    if not isinstance(data, Mapping):
-        raise ProfileError(f"{where}: expected a YAML mapping at top level, got {type(data).__name__}")
-    version = _field(data, "format_version", int, where)
+def _sensitivity(top: Section, num_layers: int) -> tuple[float, ...] | None:
+    values = top.get("sensitivity", None)
+    if values is None:
+        return None
+    if not isinstance(values, list) or len(values) != num_layers or not all(is_number(x) for x in values):
+        top.fail("sensitivity", f"must be {num_layers} finite numbers", values)
+    return tuple(float(x) for x in values)
+
+
+def parse_profile(data: Any, where: str = "<profile>", lines: Optional[Mapping[str, int]] = None) -> Profile:
+    """Validate a profile's parsed YAML; raise ProfileError naming ``where``, the line (with
+    ``lines``, the loader's index) and the field."""
+    required = tuple(k for k in PROFILE_KEYS if k not in OPTIONAL_KEYS)
+    top = _Section(data, where, "", PROFILE_KEYS, required, lines)
+    version = top.integer("format_version", 0)
     if version != FORMAT_VERSION:
-        raise ProfileError(f"{where}: field 'format_version' is {version}, this tool reads {FORMAT_VERSION}")
-    sender, receiver = _model_ref(data, "sender", where), _model_ref(data, "receiver", where)
+        top.fail("format_version", f"is {version}, this tool reads {FORMAT_VERSION}")
+    sender, receiver = _model_ref(top, "sender"), _model_ref(top, "receiver")
     try:
         check_compatible(sender.fingerprint, receiver.fingerprint, sender.name, receiver.name)
     except IncompatibleModels as e:
-        raise ProfileError(f"{where}: fingerprint: {e}") from e
-    num_layers = _field(data, "num_layers", int, where)
+        top.fail("receiver", f"fingerprint: {e}")
+    num_layers = top.integer("num_layers", 1)
     if num_layers != receiver.fingerprint.num_layers:
-        raise ProfileError(f"{where}: field 'num_layers' is {num_layers}, fingerprints say {receiver.fingerprint.num_layers}")
-    granularity = _field(data, "granularity", int, where, required=False) or 1
-    if granularity not in (1, 2):
-        raise ProfileError(f"{where}: field 'granularity' must be 1 or 2, got {granularity}")
-    sensitivity = _field(data, "sensitivity", list, where, required=False)
-    if sensitivity is not None:
-        if len(sensitivity) != num_layers or not all(isinstance(x, (int, float)) for x in sensitivity):
-            raise ProfileError(f"{where}: field 'sensitivity' must be {num_layers} numbers")
-        sensitivity = tuple(float(x) for x in sensitivity)
+        top.fail("num_layers", f"is {num_layers}, fingerprints say {receiver.fingerprint.num_layers}")
+    granularity = top.choice("granularity", 1, (1, 2))
+    receiver_quality = top.number("receiver_quality", 0.0, 1.0)
     return Profile(
         sender=sender, receiver=receiver, num_layers=num_layers,
-        dataset=_field(data, "dataset", str, where), metric=_field(data, "metric", str, where),
-        receiver_quality=_field(data, "receiver_quality", float, where),
-        full_reuse_quality=_field(data, "full_reuse_quality", float, where),
-        frontier=_frontier(data, num_layers, granularity, where), granularity=granularity,
-        sensitivity=sensitivity, created=str(_field(data, "created", str, where)),
-        tool_version=_field(data, "tool_version", str, where),
+        dataset=top.string("dataset"), metric=top.string("metric"), receiver_quality=receiver_quality,
+        full_reuse_quality=top.number("full_reuse_quality", 0.0, 1.0),
+        frontier=_frontier(top, num_layers, granularity, receiver_quality), granularity=granularity,
+        sensitivity=_sensitivity(top, num_layers), created=_text(top, "created"),
+        tool_version=_text(top, "tool_version"),
     )
 
 
 def load_profile(path: str | Path) -> Profile:
-    path = Path(path)
+    """Read (yaml_io's strict loader) and validate the profile at ``path``."""
     try:
-        data = load_yaml(path.read_text())
-    except OSError as e:
-        raise ProfileError(f"{path}: cannot read ({e.strerror})") from e
-    except yaml.YAMLError as e:
-        raise ProfileError(f"{path}: not valid YAML ({e})") from e
-    return parse_profile(data, str(path))
+        loaded = read_yaml_file(path)
+    except FileLoadError as e:
+        raise ProfileError(str(e), str(path), "", e.problem, e.line) from None
+    return parse_profile(loaded.data, str(path), loaded.lines)
 
 
 def save_profile(profile: Profile, path: str | Path) -> Path:

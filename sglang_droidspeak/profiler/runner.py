@@ -9,11 +9,13 @@ resumes where it left off when started again with the same settings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 from sglang_droidspeak import __version__
+from sglang_droidspeak.config_cli import at_least, check_fields, one_of
+from sglang_droidspeak.family.corpus import SPLITS
 from sglang_droidspeak.identity import check_compatible
 from sglang_droidspeak.plan import FrontierPoint, LayerPlan, ModelRef, Profile, profile_filename, save_profile
 from sglang_droidspeak.profiler.evaluate import PairEvaluator
@@ -30,12 +32,12 @@ from sglang_droidspeak.tasks import TASKS, build_task
 class ProfileConfig:
     sender: str
     receiver: str
-    dataset: str = "lcc"
-    split: str = "lib_heldout"
-    num_examples: int = 32
-    context_len: int = 768
-    query_len: int = 32
-    granularity: int = 1
+    dataset: str = field(default="lcc", metadata=one_of(*TASKS))
+    split: str = field(default="lib_heldout", metadata=one_of(*SPLITS))
+    num_examples: int = field(default=32, metadata=at_least(1))
+    context_len: int = field(default=768, metadata=at_least(1))
+    query_len: int = field(default=32, metadata=at_least(1))
+    granularity: int = field(default=1, metadata=one_of(1, 2))
     # agreement: teacher-forced top-1 agreement with the receiver's own full-prefill answer,
     # i.e. how faithfully the plan reproduces the receiver. The micro family is too weak
     # for edit similarity or true-continuation accuracy to separate plans (docs/QUALITY.md).
@@ -47,6 +49,9 @@ class ProfileConfig:
     work_dir: str = ""  # "" = ~/.cache/sglang_droidspeak/profiler
     plots: bool = True
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 class ProfileRun(NamedTuple):

@@ -58,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    from sglang_droidspeak.config_cli import check_listen_address  # issue 19: exit 2 with the usage
+    check_listen_address(parser, args.host, args.port)
     try:
         routes = parse_pairs(args.model, "--model")
         if not routes:

@@ -44,8 +44,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-import yaml
-
 from sglang_droidspeak.plan.latency import PrefillLatencyModel
 from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.plan.profile import Profile
@@ -53,7 +51,7 @@ from sglang_droidspeak.plan.profile_io import load_profile, profile_filename
 from sglang_droidspeak.sglang.settings_fields import (  # noqa: F401 - Peer/PairPlan/SettingsError are public here
     DATA_PLANES, PairPlan, Peer, SettingsError, _binds, _choice, _flag, _latency_model, _number, _optional_str,
     _pair_plan, _peers, _secret_env)
-from sglang_droidspeak.yaml_io import load_yaml
+from sglang_droidspeak.yaml_io import FileLoadError, read_yaml_file
 
 CONFIG_ENV = "DROIDSPEAK_CONFIG"
 DEFAULT_SECRET_ENV = "DROIDSPEAK_SECRET"
@@ -183,9 +181,9 @@ def load_settings(path: Optional[str] = None) -> DroidSpeakSettings:
     if not path:
         return DroidSpeakSettings()
     try:
-        data = load_yaml(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise SettingsError(f"{path}: cannot read: {exc}") from exc
+        data = read_yaml_file(path).data or {}  # yaml_io's strict loader: regular file, size cap, no aliases
+    except FileLoadError as exc:
+        raise SettingsError(str(exc)) from None
     return parse_settings(data, where=str(path))
 
 

@@ -8,12 +8,18 @@ from sglang_droidspeak.transfer.frames import (
     FetchRequest,
     LayerChunk,
     Message,
+    OversizedFrame,
     PrefixAnnounce,
+    ReplayedMessage,
+    StaleMessage,
+    Unauthenticated,
     WireError,
 )
+from sglang_droidspeak.transfer.replay import ReplayGuard
 from sglang_droidspeak.transfer.wire import WireLimits, decode, encode
 
 __all__ = [
-    "DTYPES", "ERROR_CODES", "FetchDone", "FetchError", "FetchRequest", "LayerChunk",
-    "Message", "PrefixAnnounce", "WireError", "WireLimits", "decode", "encode",
+    "DTYPES", "ERROR_CODES", "FetchDone", "FetchError", "FetchRequest", "LayerChunk", "Message", "OversizedFrame",
+    "PrefixAnnounce", "ReplayGuard", "ReplayedMessage", "StaleMessage", "Unauthenticated", "WireError",
+    "WireLimits", "decode", "encode",
 ]

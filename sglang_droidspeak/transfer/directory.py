@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Callable, Optional, Sequence
 
 import zmq
 
 from sglang_droidspeak.transfer import wire
+from sglang_droidspeak.transfer.drops import DropLog, RateLimitedWarning
 from sglang_droidspeak.transfer.frames import PrefixAnnounce, WireError
+from sglang_droidspeak.transfer.replay import ReplayGuard
 from sglang_droidspeak.transfer.wire import WireLimits
 
 logger = logging.getLogger(__name__)
@@ -28,25 +29,7 @@ POLL_MS = 50  # listener poll timeout: close() returns within about this
 MAX_BATCH = 256  # messages handled per poll wake-up before re-checking for close()
 HEARTBEAT_IVL_MS = 1000  # a dead subscriber is dropped after HEARTBEAT_TIMEOUT_MS
 HEARTBEAT_TIMEOUT_MS = 5000
-WARN_INTERVAL_S = 10.0
-
-
-class _RateLimitedWarning:
-    """At most one warning per ``interval`` seconds; reports how many were suppressed."""
-
-    def __init__(self, interval: float = WARN_INTERVAL_S) -> None:
-        self._interval = interval
-        self._last = -float("inf")
-        self._suppressed = 0
-
-    def __call__(self, text: str, exc_info: bool = False) -> None:
-        now = time.monotonic()
-        if now - self._last < self._interval:
-            self._suppressed += 1
-            return
-        suffix = f" ({self._suppressed} similar warnings suppressed)" if self._suppressed else ""
-        logger.warning("%s%s", text, suffix, exc_info=exc_info)
-        self._last, self._suppressed = now, 0
+SUBSCRIPTION_MAX_BYTES = 256  # XPUB: a subscriber only ever sends b"\x01" (subscribe to all)
 
 
 class Announcer:
@@ -73,6 +56,7 @@ class Announcer:
             self._socket.setsockopt(zmq.XPUB_NODROP, 1)
             self._socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
             self._socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+            self._socket.setsockopt(zmq.MAXMSGSIZE, SUBSCRIPTION_MAX_BYTES)
             self._socket.bind(bind)
             self.endpoint: str = self._socket.getsockopt(zmq.LAST_ENDPOINT).decode()
         except BaseException:
@@ -124,10 +108,12 @@ class Announcer:
 class DirectoryListener:
     """A daemon thread subscribed to every endpoint in ``endpoints``.
 
-    Each received message is decoded with ``wire.decode(frames, secret, limits)``; one that
-    fails (bad MAC, garbage, wrong frame count), is of another kind, or has more than
-    ``limits.max_tokens`` token ids is dropped, counted in ``num_dropped`` and logged at
-    warning level (rate-limited). A valid one counts in ``num_received`` and is passed to
+    Each received message is decoded with ``wire.decode(frames, secret, limits, replay)``;
+    one that fails (bad MAC, garbage, wrong frame count, stale or replayed), is of another
+    kind, or has more than ``limits.max_tokens`` token ids is dropped, counted in
+    ``num_dropped`` (``drops.counts`` by reason, ``on_drop(reason)``) and logged at warning
+    level (rate-limited per reason). Frames above ``limits.max_header_bytes`` never reach
+    us (MAXMSGSIZE: ZMQ disconnects the peer). A valid one counts in ``num_received`` and is passed to
     ``on_announce`` on the listener thread; an exception from it is logged and counted in
     ``num_callback_errors`` and the thread goes on. ``close()`` returns within about
     POLL_MS plus the running callback.
@@ -136,15 +122,17 @@ class DirectoryListener:
     def __init__(self, endpoints: Sequence[str], secret: bytes,
                  on_announce: Callable[[PrefixAnnounce], None],
                  limits: WireLimits = WireLimits(),
-                 context: Optional[zmq.Context] = None) -> None:
+                 context: Optional[zmq.Context] = None, replay: Optional[ReplayGuard] = None,
+                 on_drop: Optional[Callable[[str], None]] = None) -> None:
         wire._check_secret(secret)
         if isinstance(endpoints, str):
             raise TypeError("endpoints must be a sequence of endpoint strings, not one string")
         self._secret, self._limits, self._on_announce = secret, limits, on_announce
+        self._replay = replay if replay is not None else ReplayGuard()
+        self.drops = DropLog("a prefix directory message", on_drop, log=logger)
         self.num_received = 0
-        self.num_dropped = 0
         self.num_callback_errors = 0
-        self._warn_drop, self._warn_callback = _RateLimitedWarning(), _RateLimitedWarning()
+        self._warn_callback = RateLimitedWarning(log=logger)
         self._stop = threading.Event()
         self._socket = self._make_socket(context or zmq.Context.instance(), endpoints)
         self._thread = threading.Thread(target=self._run, name="droidspeak-directory",
@@ -186,15 +174,12 @@ class DirectoryListener:
 
     def _handle(self, frames: list[bytes]) -> None:
         try:
-            msg = wire.decode(frames, self._secret, self._limits)
-            if type(msg) is not PrefixAnnounce:
-                raise WireError(f"expected prefix_announce, got {msg.kind}")
-            if len(msg.token_ids) > self._limits.max_tokens:
-                raise WireError(f"{len(msg.token_ids)} token_ids > max_tokens "
-                                f"{self._limits.max_tokens}")
+            msg = wire.decode(frames, self._secret, self._limits, self._replay)
         except WireError as exc:
-            self.num_dropped += 1
-            self._warn_drop(f"dropped a prefix directory message: {exc}")
+            self.drops.drop(exc.reason, str(exc))
+            return
+        if type(msg) is not PrefixAnnounce:
+            self.drops.drop("unexpected", f"expected prefix_announce, got {msg.kind}")
             return
         self.num_received += 1
         try:
@@ -202,6 +187,10 @@ class DirectoryListener:
         except Exception:
             self.num_callback_errors += 1
             self._warn_callback("on_announce raised; listener continues", exc_info=True)
+
+    @property
+    def num_dropped(self) -> int:
+        return self.drops.total
 
     def close(self) -> None:
         """Stop the thread and join it (which closes the socket); idempotent."""

@@ -6,17 +6,15 @@
                             <-------------    FetchDone(n) | FetchError(code)
 
 On the cuda_ipc plane the receiver may first send an ``IpcPoolOffer`` on the same socket
-(no reply; ZMQ keeps the order, so it arrives before the request that names it): the
-server hands it to ``on_offer``. On the nccl plane it first sends an ``NcclPairOffer`` and
-waits for the answer (``FetchClient.ask``): the server answers with what ``on_nccl_offer``
-returns (NcclPairAccept or FetchError), or FetchError(nccl_unavailable) without one; an
-NcclSendStart during a fetch goes to the client's ``on_start``. Every frame is ``wire.encode``d (HMAC over header and payload); anything that does not
-decode is dropped by the server and ends the client's fetch with ``FetchFailed``. The
-server side never blocks: ``poll`` drains what is queued and returns, so it can run on
-SGLang's scheduler thread between batches. With ``pacing`` (transfer/pacing.py: the
-setting ``throttle_gbps``, or the request's ``link_gbps`` where ``allow_request_throttle``
-permits it) it sleeps before each frame so the stream keeps to that link rate, holding
-the scheduler thread for the emulated link's time. No SGLang imports.
+(no reply; ZMQ keeps the order): the server hands it to ``on_offer``. On the nccl plane it
+first sends an ``NcclPairOffer`` and waits for the answer (``FetchClient.ask``): what
+``on_nccl_offer`` returns, or FetchError(nccl_unavailable); an NcclSendStart during a
+fetch goes to the client's ``on_start``. Every frame is ``wire.encode``d (HMAC, timestamp,
+nonce); what does not decode (or is stale or replayed) is dropped by the server and ends
+the client's fetch with ``FetchFailed``; answers are bound to the request's own id. The
+server never blocks: ``poll`` drains what is queued, so it runs on SGLang's scheduler
+thread between batches. With ``pacing`` (transfer/pacing.py) it sleeps before each frame
+to keep to a link rate, holding the scheduler thread that long. No SGLang imports.
 """
 
 from __future__ import annotations
@@ -28,10 +26,12 @@ from typing import Callable, Iterable, Optional
 import zmq
 
 from sglang_droidspeak.transfer import wire
+from sglang_droidspeak.transfer.drops import DropLog
 from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, LayerChunk, Message, WireError
 from sglang_droidspeak.transfer.frames_ipc import IpcPoolOffer
 from sglang_droidspeak.transfer.frames_nccl import NcclPairAccept, NcclPairOffer, NcclSendStart
 from sglang_droidspeak.transfer.pacing import PacerPolicy
+from sglang_droidspeak.transfer.replay import ReplayGuard
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[FetchRequest], Iterable[Message]]
@@ -48,17 +48,26 @@ class FetchFailed(RuntimeError):
 
 
 class FetchServer:
-    """A ROUTER socket answering FetchRequests with the messages ``handler`` yields."""
+    """A ROUTER answering FetchRequests with what ``handler`` yields; frames over the header
+    limit disconnect their peer (MAXMSGSIZE); stale or replayed ones drop (``drops``)."""
 
     def __init__(self, bind: str, secret: bytes, context: Optional[zmq.Context] = None,
-                 limits: wire.WireLimits = wire.WireLimits(), pacing: Optional[PacerPolicy] = None):
+                 limits: wire.WireLimits = wire.WireLimits(), pacing: Optional[PacerPolicy] = None,
+                 replay: Optional[ReplayGuard] = None, on_drop: Optional[Callable[[str], None]] = None):
         self.secret, self.limits = secret, limits
         self.pacing = pacing if pacing is not None else PacerPolicy()
+        self.replay = replay if replay is not None else ReplayGuard()
+        self.drops = DropLog("a fetch-socket frame", on_drop, log=logger)
         self.socket = (context or zmq.Context.instance()).socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, limits.max_header_bytes)
         self.socket.bind(bind)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.num_served = self.num_dropped = 0
+        self.num_served = 0
+
+    @property
+    def num_dropped(self) -> int:
+        return self.drops.total
 
     def poll(self, handler: Handler, max_requests: int = 16, on_offer: Optional[OfferHandler] = None,
              on_nccl_offer: Optional[NcclOfferHandler] = None) -> int:
@@ -102,16 +111,14 @@ class FetchServer:
 
     def _decode(self, frames, offers: bool = False) -> Optional[FetchRequest | IpcPoolOffer | NcclPairOffer]:
         try:
-            msg = wire.decode([f.buffer for f in frames], self.secret, self.limits)
+            msg = wire.decode([f.buffer for f in frames], self.secret, self.limits, self.replay)
         except WireError as exc:
-            self.num_dropped += 1
-            logger.warning("droidspeak: dropped a bad fetch frame: %s", exc)
+            self.drops.drop(exc.reason, str(exc))
             return None
         if (offers and isinstance(msg, IpcPoolOffer)) or isinstance(msg, NcclPairOffer):
             return msg
         if not isinstance(msg, FetchRequest):
-            self.num_dropped += 1
-            logger.warning("droidspeak: dropped an unexpected %s on the fetch socket", msg.kind)
+            self.drops.drop("unexpected", f"a {msg.kind} on the fetch socket")
             return None
         return msg
 
@@ -228,6 +235,7 @@ class FetchClient:
         if endpoint not in self._sockets:
             socket = self.context.socket(zmq.DEALER)
             socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.MAXMSGSIZE, self.limits.max_frame_bytes)  # a chunk's payload at most
             socket.connect(endpoint)
             self._sockets[endpoint] = socket
         return self._sockets[endpoint]

@@ -41,7 +41,37 @@ import torch
 
 
 class WireError(ValueError):
-    """A message that is malformed, oversized, unauthenticated or of an unknown kind."""
+    """A message that is malformed, oversized, unauthenticated or of an unknown kind.
+
+    ``reason`` names the class for logs and metrics: malformed (the default), oversized,
+    unauthenticated, stale, replayed (the subclasses below) or unexpected (a well-formed
+    message the socket does not take)."""
+
+    reason = "malformed"
+
+
+class OversizedFrame(WireError):
+    """A frame or a field beyond ``WireLimits``."""
+
+    reason = "oversized"
+
+
+class Unauthenticated(WireError):
+    """A MAC that does not verify: the wrong secret, or altered frames."""
+
+    reason = "unauthenticated"
+
+
+class StaleMessage(WireError):
+    """A signed message whose timestamp is outside the receiver's window (replay.py)."""
+
+    reason = "stale"
+
+
+class ReplayedMessage(WireError):
+    """A signed message whose nonce the receiver has already seen inside the window."""
+
+    reason = "replayed"
 
 
 INT_LIMIT = 1 << 63

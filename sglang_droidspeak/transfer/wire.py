@@ -9,34 +9,43 @@ The header is a msgpack map (keys in this order; never pickled):
                               prefix_announce | ipc_pool_offer (frames_ipc.py) |
                               nccl_pair_offer | nccl_pair_accept | nccl_send_start
                               (frames_nccl.py)
+    ts            int         the sender's wall clock, ms since the epoch (replay.py)
+    nonce         bin(16)     random, once per message (replay.py)
     <fields>      per kind    the dataclass fields except ``data`` (see frames.py)
     payload_len   int         len(payload frame); 0 and no frame for payload-less kinds
     mac           bin(32)     HMAC-SHA256(secret, msgpack(header without mac) || payload)
 
-``decode`` checks, in order: frame count / types / sizes (cheap, before anything is
-parsed), msgpack well-formedness under ``WireLimits``, kind and version, the MAC, the exact
-field set, field types, limits, and payload length == prod(shape) * itemsize. Every
-failure raises ``WireError``; nothing else escapes for malformed input.
+``decode`` checks, in order: frame count / types / sizes, the MAC over the raw bytes (both
+cheap, before anything is parsed: an unauthenticated peer costs one HMAC pass), msgpack
+well-formedness under ``WireLimits``, kind and version, the MAC again on the parsed header
+(it must be exactly what was signed), the exact
+field set, field types, limits, payload length == prod(shape) * itemsize, and last ``ts``
+and ``nonce`` (against the receiver's ``ReplayGuard`` when it passes one). Every failure
+raises ``WireError`` (its subclass and ``reason`` say which class: frames.py); nothing else
+escapes for malformed input.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from dataclasses import dataclass, fields
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import msgpack
 
 from sglang_droidspeak.transfer.frames import (
-    MESSAGE_TYPES, FetchRequest, LayerChunk, Message, PrefixAnnounce, WireError)
+    INT_LIMIT, MESSAGE_TYPES, FetchRequest, LayerChunk, Message, OversizedFrame, PrefixAnnounce, Unauthenticated,
+    WireError)
 from sglang_droidspeak.transfer.frames_ipc import MAX_HANDLE_BYTES, IpcPoolOffer
 from sglang_droidspeak.transfer.frames_nccl import NCCL_MESSAGE_TYPES, NcclPairOffer, NcclSendStart
+from sglang_droidspeak.transfer.replay import NONCE_LEN, ReplayGuard, now_ms
 
 MAC_LEN = 32
 KINDS: dict[str, type] = {**MESSAGE_TYPES, IpcPoolOffer.KIND: IpcPoolOffer, **NCCL_MESSAGE_TYPES}
 MIN_SECRET_LEN = 16
-ENVELOPE_KEYS = ("v", "kind", "payload_len", "mac")
+ENVELOPE_KEYS = ("v", "kind", "ts", "nonce", "payload_len", "mac")
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,7 @@ def encode(msg: Message, secret: bytes) -> list[bytes]:
     if type(msg) not in KINDS.values():
         raise WireError(f"cannot encode {type(msg).__name__}: not a transfer message")
     payload = msg.data if msg.HAS_PAYLOAD else b""
-    header: dict[str, Any] = {"v": msg.VERSION, "kind": msg.KIND}
+    header: dict[str, Any] = {"v": msg.VERSION, "kind": msg.KIND, "ts": now_ms(), "nonce": os.urandom(NONCE_LEN)}
     header.update({name: getattr(msg, name) for name in _message_fields(type(msg))})
     header["payload_len"] = len(payload)
     header["mac"] = _mac(secret, msgpack.packb(header, use_bin_type=True), payload)
@@ -91,10 +100,41 @@ def _frame_views(frames: Sequence[Any], limits: WireLimits) -> list[memoryview]:
     except TypeError as exc:  # a non-contiguous memoryview
         raise WireError(f"frames must be contiguous buffers: {exc}") from None
     if views[0].nbytes > limits.max_header_bytes:
-        raise WireError(f"header frame is {views[0].nbytes} bytes > {limits.max_header_bytes}")
+        raise OversizedFrame(f"header frame is {views[0].nbytes} bytes > {limits.max_header_bytes}")
     if sum(v.nbytes for v in views) > limits.max_frame_bytes:
-        raise WireError(f"message exceeds max_frame_bytes {limits.max_frame_bytes}")
+        raise OversizedFrame(f"message exceeds max_frame_bytes {limits.max_frame_bytes}")
     return views
+
+
+_MAC_TRAILER = b"\xa3mac\xc4\x20"  # the header map's last entry: "mac": bin8(32)
+
+
+def _map_entries(header: memoryview) -> tuple[int, int]:
+    """(entries, bytes of the map's own header) of a msgpack fixmap or map16."""
+    first = header[0]
+    if 0x80 <= first <= 0x8F:
+        return first & 0x0F, 1
+    if first == 0xDE and header.nbytes >= 3:
+        return int.from_bytes(header[1:3], "big"), 3
+    raise Unauthenticated("authentication failed: the header is not a msgpack map")
+
+
+def _verify_before_parsing(header: memoryview, payload: memoryview, secret: bytes) -> None:
+    """Check the MAC on the raw bytes, before anything is unpacked: ``encode`` writes the
+    mac as the map's last entry, so the signed body is these bytes without that entry
+    under a map header one entry shorter. An unauthenticated frame costs one HMAC pass."""
+    tail = len(_MAC_TRAILER) + MAC_LEN
+    if header.nbytes <= tail or header[-tail:-MAC_LEN] != _MAC_TRAILER:
+        raise Unauthenticated("authentication failed: the header does not end with its mac")
+    entries, start = _map_entries(header)
+    if entries < 1 or start > header.nbytes - tail:
+        raise Unauthenticated("authentication failed: the header is not a msgpack map")
+    body_prefix = bytes([0x80 | entries - 1]) if entries - 1 < 16 else b"\xde" + (entries - 1).to_bytes(2, "big")
+    mac = hmac.new(secret, body_prefix, hashlib.sha256)
+    mac.update(header[start:-tail])
+    mac.update(payload)
+    if not hmac.compare_digest(mac.digest(), bytes(header[-MAC_LEN:])):
+        raise Unauthenticated("authentication failed: MAC mismatch (wrong secret or altered frames)")
 
 
 def _unpack_header(header_frame: memoryview, limits: WireLimits) -> dict[str, Any]:
@@ -119,50 +159,63 @@ def _authenticate(header: dict[str, Any], payload: memoryview, secret: bytes) ->
     body = {k: v for k, v in header.items() if k != "mac"}
     mac = header["mac"]
     if type(mac) is not bytes or len(mac) != MAC_LEN:
-        raise WireError("authentication failed: mac must be 32 bytes")
+        raise Unauthenticated("authentication failed: mac must be 32 bytes")
     try:
         header_body = msgpack.packb(body, use_bin_type=True)
     except Exception as exc:
         raise WireError(f"header cannot be re-encoded: {exc}") from None
     if not hmac.compare_digest(mac, _mac(secret, header_body, payload)):
-        raise WireError("authentication failed: MAC mismatch (wrong secret or altered frames)")
+        raise Unauthenticated("authentication failed: MAC mismatch (wrong secret or altered frames)")
+
+
+def _check_fresh(header: dict[str, Any], replay: Optional[ReplayGuard]) -> None:
+    """``ts`` and ``nonce`` well-typed; with ``replay``: inside its window and not seen."""
+    ts, nonce = header["ts"], header["nonce"]
+    if type(ts) is not int or not 0 <= ts < INT_LIMIT or type(nonce) is not bytes or len(nonce) != NONCE_LEN:
+        raise WireError(f"envelope ts must be an int and nonce {NONCE_LEN} bytes")
+    if replay is not None:
+        replay.check(ts, nonce)
 
 
 def _check_shape(shape: object, limits: WireLimits) -> None:
     """Bound rank and dims before LayerChunk computes prod(shape) (no bigint blow-up)."""
     if type(shape) is tuple and (len(shape) > limits.max_rank or any(
             type(d) is int and d > limits.max_dim for d in shape)):
-        raise WireError(f"LayerChunk.shape {shape[:8]} exceeds rank {limits.max_rank} "
+        raise OversizedFrame(f"LayerChunk.shape {shape[:8]} exceeds rank {limits.max_rank} "
                         f"or dim {limits.max_dim}")
 
 
 def _check_limits(msg: Message, limits: WireLimits) -> None:
     if isinstance(msg, LayerChunk):
         if msg.layer >= limits.max_layers or msg.token_start + msg.shape[0] > limits.max_tokens:
-            raise WireError(f"LayerChunk layer {msg.layer} / tokens [{msg.token_start}, "
+            raise OversizedFrame(f"LayerChunk layer {msg.layer} / tokens [{msg.token_start}, "
                             f"{msg.token_start + msg.shape[0]}) out of range")
     elif isinstance(msg, (FetchRequest, PrefixAnnounce)):
         if len(msg.token_ids) > limits.max_tokens:
-            raise WireError(f"{len(msg.token_ids)} token_ids > max_tokens {limits.max_tokens}")
+            raise OversizedFrame(f"{len(msg.token_ids)} token_ids > max_tokens {limits.max_tokens}")
     if isinstance(msg, IpcPoolOffer):
         dims = msg.k_shape + msg.v_shape
         if msg.num_layers > limits.max_layers or any(d > limits.max_dim for d in dims):
-            raise WireError(f"IpcPoolOffer num_layers {msg.num_layers} or shape exceeds limits")
+            raise OversizedFrame(f"IpcPoolOffer num_layers {msg.num_layers} or shape exceeds limits")
     if isinstance(msg, NcclPairOffer) and max(*msg.kv_row, msg.hidden_size) > limits.max_dim:
-        raise WireError(f"NcclPairOffer kv_row {msg.kv_row} / hidden_size {msg.hidden_size} exceed {limits.max_dim}")
+        raise OversizedFrame(f"NcclPairOffer kv_row {msg.kv_row} / hidden_size {msg.hidden_size} exceed {limits.max_dim}")
     if isinstance(msg, NcclSendStart) and msg.num_tensors > 3 * limits.max_layers:
-        raise WireError(f"NcclSendStart.num_tensors {msg.num_tensors} > {3 * limits.max_layers}")
+        raise OversizedFrame(f"NcclSendStart.num_tensors {msg.num_tensors} > {3 * limits.max_layers}")
     if isinstance(msg, FetchRequest):
         for name in ("reused_layers", "e_layers"):
             layers = getattr(msg, name)
             if len(layers) > limits.max_layers or any(l >= limits.max_layers for l in layers):
-                raise WireError(f"FetchRequest.{name} exceeds max_layers {limits.max_layers}")
+                raise OversizedFrame(f"FetchRequest.{name} exceeds max_layers {limits.max_layers}")
 
 
-def decode(frames: Sequence[Any], secret: bytes, limits: WireLimits = WireLimits()) -> Message:
-    """The message in ``frames``; raises WireError for anything malformed or unauthentic."""
+def decode(frames: Sequence[Any], secret: bytes, limits: WireLimits = WireLimits(),
+           replay: Optional[ReplayGuard] = None) -> Message:
+    """The message in ``frames``; raises WireError for anything malformed or unauthentic,
+    and, with ``replay``, for a stale or replayed one."""
     _check_secret(secret)
     views = _frame_views(frames, limits)
+    payload = views[1] if len(views) == 2 else memoryview(b"")
+    _verify_before_parsing(views[0], payload, secret)
     header = _unpack_header(views[0], limits)
     kind, version = header["kind"], header["v"]
     cls = KINDS.get(kind) if type(kind) is str else None
@@ -170,8 +223,7 @@ def decode(frames: Sequence[Any], secret: bytes, limits: WireLimits = WireLimits
         raise WireError(f"unknown message kind {kind!r}")
     if type(version) is not int or version != cls.VERSION:
         raise WireError(f"unsupported version {version!r} for {kind} (expected {cls.VERSION})")
-    payload = views[1] if len(views) == 2 else memoryview(b"")
-    _authenticate(header, payload, secret)
+    _authenticate(header, payload, secret)  # the parsed header is exactly what was signed
     if len(views) != (2 if cls.HAS_PAYLOAD else 1):
         raise WireError(f"{kind} needs {2 if cls.HAS_PAYLOAD else 1} frames, got {len(views)}")
     if header["payload_len"] != payload.nbytes or type(header["payload_len"]) is not int:
@@ -187,4 +239,5 @@ def decode(frames: Sequence[Any], secret: bytes, limits: WireLimits = WireLimits
         values["data"] = payload.tobytes()
     msg = cls(**values)  # validates types, enums, and payload length == prod(shape) * itemsize
     _check_limits(msg, limits)
+    _check_fresh(header, replay)  # last: a message dropped for another reason does not spend its nonce
     return msg

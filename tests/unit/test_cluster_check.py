@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from sglang_droidspeak.cli import main
-from sglang_droidspeak.cluster import check_cluster, load_cluster_config, plan_cluster
+from sglang_droidspeak.cluster import check_cluster, check_machine, load_cluster_config, plan_cluster
 from sglang_droidspeak.identity import fingerprint_model_dir
 from sglang_droidspeak.plan import FrontierPoint, LayerPlan, ModelRef, Profile, save_profile
 from sglang_droidspeak.reference.tiny import tiny_config
@@ -28,8 +28,8 @@ def _save_profile(root, sender, receiver, drops=(0.08, 0.01), names=None):
     """A real profile for sender -> receiver (4 layers) with the given frontier drops."""
     fp = {n: fingerprint_model_dir(root / "models" / n) for n in (sender, receiver)}
     s_name, r_name = names or (sender, receiver)
-    frontier = (FrontierPoint(LayerPlan.contiguous(4, 0, 1), 0.5, drops[0]),
-                FrontierPoint(LayerPlan.contiguous(4, 0, 2), 0.6, drops[1]))
+    frontier = (FrontierPoint(LayerPlan.contiguous(4, 0, 1), 0.61 - drops[0], drops[0]),
+                FrontierPoint(LayerPlan.contiguous(4, 0, 2), 0.61 - drops[1], drops[1]))
     profile = Profile(sender=ModelRef(s_name, fp[sender]), receiver=ModelRef(r_name, fp[receiver]), num_layers=4,
                       dataset="lcc", metric="edit_sim", receiver_quality=0.61, full_reuse_quality=0.4,
                       frontier=frontier, created="2026-11-28T04:00:00+00:00", tool_version="0.1.0")
@@ -95,8 +95,8 @@ def test_profiles_present_missing_and_malformed(cluster, tmp_path):
     good, bad = report.pair("tester", "libwriter"), report.pair("libwriter", "tester")
     assert (good.profile, good.plan) == ("ok", LayerPlan.contiguous(4, 0, 2))  # drop 0.08 > 0.06 >= 0.01
     assert bad.profile == "malformed" and bad.plan is None
-    assert report.errors == (f"libwriter -> tester: {tmp_path}/profiles/libwriter__tester.yaml: "
-                             "field 'sender' must be a mapping, got 3",)
+    assert report.errors == (f"libwriter -> tester: {tmp_path}/profiles/libwriter__tester.yaml:1: "
+                             "receiver: required field is missing",)
     (tmp_path / "profiles" / "libwriter__tester.yaml").unlink()
     report = check_cluster(load_cluster_config(cluster))
     assert report.errors == () and report.pair("libwriter", "tester").profile == "missing"
@@ -116,14 +116,15 @@ def test_profile_for_other_models_or_out_of_budget(cluster, tmp_path):
             in report.warnings)
 
 
-def test_missing_or_unreadable_model_dirs_are_errors(cluster, tmp_path):
+def test_unreadable_model_dirs_are_errors_and_missing_ones_are_listed(cluster, tmp_path):
     (tmp_path / "models" / "libwriter" / "tokenizer.json").unlink()
     _rewrite(cluster, lambda d: d["models"][2].update(path=str(tmp_path / "nowhere")))
     report = check_cluster(load_cluster_config(cluster))
     assert report.errors == (
         f"{cluster}: models[1].path: cannot fingerprint {tmp_path}/models/libwriter: {tmp_path}/models/libwriter: "
-        "no tokenizer.json; cannot fingerprint this model",
-        f"{cluster}: models[2].path: {tmp_path}/nowhere is not a directory")
+        "no tokenizer.json; cannot fingerprint this model",)
+    assert report.missing_models == (f"{cluster}: models[2].path: {tmp_path}/nowhere is not on this machine",)
+    assert report.ok is False  # serve refuses
     assert report.pair("tester", "libwriter").compatible is None
     assert check_cluster(load_cluster_config(cluster), load_fingerprints=False).errors == ()
 
@@ -144,7 +145,14 @@ def test_shared_gpu_warnings(cluster):
         "others' memory against each mem_fraction: cap the pools with --max-total-tokens"]
 
 
-def test_cli_exit_codes_and_table(cluster, tmp_path, capsys):
+@pytest.fixture
+def machine(monkeypatch):
+    """Three visible GPUs and a shared secret: the CLI's machine checks add nothing."""
+    monkeypatch.setattr(check_machine, "visible_gpu_count", lambda: 3)
+    monkeypatch.setenv("DROIDSPEAK_SECRET", "s" * 16)
+
+
+def test_cli_exit_codes_and_table(cluster, tmp_path, capsys, machine):
     _save_profile(tmp_path, "tester", "libwriter")
     assert main(["check", str(cluster)]) == 0
     out = capsys.readouterr().out
@@ -157,10 +165,10 @@ def test_cli_exit_codes_and_table(cluster, tmp_path, capsys):
     assert "error: libwriter -> tester: " in capsys.readouterr().out
     cluster.write_text("router: {host: h, port: 0}\nmodels: []\n")
     assert main(["check", str(cluster)]) == 1
-    assert capsys.readouterr().out == f"error: {cluster}: router.port: must be an integer in 1..65535, got 0\n"
+    assert capsys.readouterr().out == f"error: {cluster}:1: router.port: must be an integer in 1..65535, got 0\n"
 
 
-def test_cli_print_plan_is_json_on_stdout(cluster, capsys):
+def test_cli_print_plan_is_json_on_stdout(cluster, capsys, machine):
     assert main(["check", str(cluster), "--print-plan", "--no-fingerprints"]) == 0
     captured = capsys.readouterr()
     plan = json.loads(captured.out)

@@ -80,8 +80,8 @@ R1 = "cluster.yaml: models[1].replicas[0]"
 
 
 @pytest.mark.parametrize("path, value, message", [
-    ("colour", "red", "cluster.yaml: unknown field(s) ['colour']"),
-    ("models.0.replicas.0.gpu", [0], "cluster.yaml: models[0].replicas[0]: unknown field(s) ['gpu']"),
+    ("colour", "red", "cluster.yaml: unknown field 'colour'; known: name, router, profiles_dir, slo, transfer, models"),
+    ("models.0.replicas.0.gpu", [0], "cluster.yaml: models[0].replicas[0]: unknown field 'gpu' (did you mean 'gpus'?)"),
     ("router", DELETE, "cluster.yaml: router: required field is missing"),
     ("models", [], "cluster.yaml: models: must be a non-empty list, got []"),
     ("models.1.replicas", [], "cluster.yaml: models[1].replicas: must be a non-empty list, got []"),
@@ -134,7 +134,7 @@ def test_wildcard_hosts_clash_and_distinct_hosts_do_not():
 def test_load_errors_name_the_file(tmp_path):
     bad = tmp_path / "c.yaml"
     bad.write_text("router: [")
-    with pytest.raises(ClusterConfigError, match=re.escape(f"{bad}: not valid YAML")):
+    with pytest.raises(ClusterConfigError, match=re.escape(f"{bad}:1:10: not valid YAML")):
         load_cluster_config(bad)
     bad.write_text("")
     with pytest.raises(ClusterConfigError, match=re.escape(f"{bad}: must be a mapping, got None")):

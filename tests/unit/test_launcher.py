@@ -274,7 +274,7 @@ def test_a_config_with_errors_starts_nothing(cluster, capsys):
     path.write_text(yaml.safe_dump(data))
     assert main(["serve", str(path), "--run-dir", str(path.parent / "run")]) == 1
     err = capsys.readouterr().err
-    assert f"error: {path}: models[1].path: {path.parent / 'nowhere'} is not a directory" in err
+    assert f"not here: {path}: models[1].path: {path.parent / 'nowhere'} is not on this machine" in err
     assert not (path.parent / "run").exists()
 
 

@@ -36,7 +36,7 @@ def test_round_trip(msg):
 
 def test_offer_header_is_typed_fields_in_order():
     header = msgpack.unpackb(encode(OFFER, SECRET)[0], raw=False)
-    assert list(header)[2:] == ["channel_id", "receiver_model", "store_host", "store_port", "world_size",
+    assert list(header)[4:] == ["channel_id", "receiver_model", "store_host", "store_port", "world_size",
                                 "receiver_rank", "dtype", "kv_row", "hidden_size", "e_dtype", "device_uuid",
                                 "payload_len", "mac"]
     assert header["kv_row"] == [8, 128] and OFFER.sender_rank == 1

@@ -122,7 +122,7 @@ def test_dict_round_trip_through_yaml():
     ("kv_bytes_per_layer_token", True, "field 'kv_bytes_per_layer_token' must be a number"),
     ("e_bytes_per_token", float("nan"), "field 'e_bytes_per_token' must be finite"),
     ("pipelined", "yes", "field 'pipelined' must be a bool"),
-    ("bandwidth", 1.0, r"unknown field\(s\) \['bandwidth'\]"),
+    ("bandwidth", 1.0, r"unknown field 'bandwidth'; known: ms_per_layer_token"),
 ])
 def test_from_dict_names_bad_field(field, value, message):
     with pytest.raises(LatencyModelError, match=message):

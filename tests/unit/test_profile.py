@@ -59,21 +59,22 @@ def _mutate(fn):
 
 
 @pytest.mark.parametrize("mutation,message", [
-    (lambda d: d.pop("metric"), "missing field 'metric'"),
-    (lambda d: d.update(num_layers="8"), "field 'num_layers' must be an integer"),
-    (lambda d: d.update(num_layers=6), "field 'num_layers' is 6, fingerprints say 8"),
+    (lambda d: d.pop("metric"), r"p.yaml:\d+: metric: required field is missing"),
+    (lambda d: d.update(num_layers="8"), "num_layers: must be an integer in 1.., got '8'"),
+    (lambda d: d.update(num_layers=6), "num_layers: is 6, fingerprints say 8"),
     (lambda d: d["frontier"][1].update(groups=[[0, 9]]), r"frontier\[1\].groups: .*outside"),
     (lambda d: d["frontier"][2].update(groups=[[0, 3], [2, 4]]), r"frontier\[2\].groups: .*overlaps"),
     (lambda d: d["frontier"][1].update(groups=[[0, 1]], num_recomputed_layers=1), r"not multiples of granularity 2"),
-    (lambda d: d["frontier"][1].update(num_recomputed_layers=3), r"frontier\[1\]: num_recomputed_layers=3"),
+    (lambda d: d["frontier"][1].update(num_recomputed_layers=3),
+     r"frontier\[1\].num_recomputed_layers: groups recompute 2, got 3"),
     (lambda d: d["frontier"][1].update(groups=[7]), r"frontier\[1\].groups: each group"),
-    (lambda d: d["frontier"].reverse(), "frontier must be sorted"),
-    (lambda d: d.update(frontier=[]), "'frontier' is empty"),
+    (lambda d: d["frontier"].reverse(), r"frontier: must be sorted by num_recomputed_layers, got \[4, 2, 0\]"),
+    (lambda d: d.update(frontier=[]), r"frontier: must be a non-empty list, got \[\]"),
     (lambda d: d["sender"]["fingerprint"].pop("head_dim"), r"sender.fingerprint: missing field\(s\) head_dim"),
     (lambda d: d["receiver"]["fingerprint"].update(num_kv_heads=4), "fingerprint: .*num_kv_heads"),
     (lambda d: d.update(format_version=2), "format_version"),
-    (lambda d: d.update(sensitivity=[0.1]), "'sensitivity' must be 8 numbers"),
-    (lambda d: d.update(granularity=3), "'granularity' must be 1 or 2"),
+    (lambda d: d.update(sensitivity=[0.1]), r"sensitivity: must be 8 finite numbers, got \[0.1\]"),
+    (lambda d: d.update(granularity=3), r"granularity: must be one of \[1, 2\], got 3"),
 ])
 def test_bad_profiles_name_file_and_field(tmp_path, mutation, message):
     path = _write(tmp_path, _mutate(mutation))
@@ -85,7 +86,7 @@ def test_bad_profiles_name_file_and_field(tmp_path, mutation, message):
 def test_not_yaml_and_not_a_mapping(tmp_path):
     with pytest.raises(ProfileError, match="not valid YAML"):
         load_profile(_write(tmp_path, "frontier: [unclosed\n  - {"))
-    with pytest.raises(ProfileError, match="top level"):
+    with pytest.raises(ProfileError, match=r"p.yaml:1: must be a mapping, got \[1, 2\]"):
         load_profile(_write(tmp_path, "- 1\n- 2\n"))
     with pytest.raises(ProfileError, match="cannot read"):
         load_profile(tmp_path / "missing.yaml")

@@ -151,8 +151,10 @@ def test_sessions_per_point_grow_with_qps_under_arrival_s():
     assert sessions_note({"num_sessions": 12}) == "12 sessions"  # results written before --arrival-s
 
 
-def test_negative_arrival_s_is_refused(tmp_path):
+def test_negative_arrival_s_is_refused(tmp_path, capsys):
     from sglang_droidspeak.cli import main
-    with pytest.raises(SystemExit, match="--arrival-s >= 0"):
+    with pytest.raises(SystemExit) as info:  # argparse (config_cli: floats >= 0): the usage and status 2
         main(["bench-throughput", "--url", "http://127.0.0.1:9", "--arrival-s", "-1", "--out",
               str(tmp_path / "x.json")])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.endswith("error: argument --arrival-s: must be >= 0, got -1\n")

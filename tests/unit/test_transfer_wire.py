@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sglang_droidspeak.transfer import (
-    DTYPES, FetchDone, FetchError, FetchRequest, LayerChunk, WireError, WireLimits, decode, encode)
+    DTYPES, FetchDone, FetchError, FetchRequest, LayerChunk, Unauthenticated, WireError, WireLimits, decode, encode)
 
 SECRET = b"0123456789abcdef-test-secret"
 REQ = FetchRequest("r1", "llama-a", "llama-b", "fp:abc", (1, 17, 4095), (0, 2, 3), (1,), 250)
@@ -52,8 +52,9 @@ def test_round_trip_every_kind(msg):
 
 def test_header_layout():
     header = _header(encode(CHUNK, SECRET))
-    assert list(header) == ["v", "kind", "request_id", "what", "layer", "token_start", "dtype",
+    assert list(header) == ["v", "kind", "ts", "nonce", "request_id", "what", "layer", "token_start", "dtype",
                             "shape", "payload_len", "mac"]
+    assert type(header["ts"]) is int and type(header["nonce"]) is bytes and len(header["nonce"]) == 16
     assert header["v"] == 1 and header["kind"] == "layer_chunk" and header["shape"] == [2, 1, 2]
     assert header["payload_len"] == 8 and len(header["mac"]) == 32
     assert CHUNK.data[:4] == b"\x00\x3e\x00\xc0"  # float16 1.5, -2.0 little-endian
@@ -104,7 +105,7 @@ def test_truncation_and_payload_length():
     frames = encode(CHUNK, SECRET)
     with pytest.raises(WireError, match="authentication"):
         decode([frames[0], frames[1][:-2]], SECRET)
-    with pytest.raises(WireError, match="not well-formed msgpack"):
+    with pytest.raises(Unauthenticated, match="does not end with its mac"):  # checked before parsing
         decode([frames[0][:-3], frames[1]], SECRET)
     with pytest.raises(WireError, match="payload_len"):  # signed, but declares the old length
         decode(_resigned(CHUNK, payload=frames[1][:-2]), SECRET)

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from sglang_droidspeak.yaml_io import load_yaml
+from sglang_droidspeak.yaml_io import FileLoadError, load_yaml
 
 
 @pytest.mark.parametrize("text, value", [
@@ -31,5 +31,5 @@ def test_every_json_number_is_a_number():
 
 def test_special_floats_and_safety():
     assert load_yaml("a: .inf")["a"] == float("inf")
-    with pytest.raises(yaml.YAMLError):
+    with pytest.raises(FileLoadError, match="could not determine a constructor"):
         load_yaml("a: !!python/object/apply:os.system ['true']")
