@@ -1,7 +1,7 @@
 """Read a request body within a size limit and parse it as a bounded JSON object.
 
 Memory per request: the body is read once into one buffer (``Content-Length`` known: sized
-up front; chunked: grown, never past ``max_bytes``), the nesting depth is checked on that
+up front; chunked: grown, never past ``max_bytes``, so up to about 2x while it grows), the nesting depth is checked on that
 buffer before any parsing, and ``json.loads`` decodes it (one text copy) into the payload,
 whose strings are a third copy. The router keeps the buffer to forward and drops the
 payload once it has the model and the prompt hint: about 3x the body at the peak
@@ -42,10 +42,24 @@ def json_depth(body: Union[bytes, bytearray]) -> int:
 
 
 async def read_body(request: web.Request, max_bytes: int) -> bytearray:
-    """The whole body, or BodyError 413 as soon as it is known to exceed ``max_bytes``."""
+    """The whole body, or BodyError 413 as soon as it is known to exceed ``max_bytes``
+    (400 when it is longer than its Content-Length)."""
     declared = request.content_length
     if declared is not None and declared > max_bytes:
         raise BodyError(_too_large(declared, max_bytes))
+    if declared is None:
+        return await _read_chunked(request, max_bytes)
+    buffer, filled = bytearray(declared), 0  # one allocation: no growth copies
+    while chunk := await request.content.readany():
+        if filled + len(chunk) > declared:
+            raise BodyError(error_response(400, "request body is longer than its Content-Length", "invalid_body"))
+        buffer[filled:filled + len(chunk)] = chunk
+        filled += len(chunk)
+    del buffer[filled:]
+    return buffer
+
+
+async def _read_chunked(request: web.Request, max_bytes: int) -> bytearray:
     buffer = bytearray()
     while chunk := await request.content.readany():
         if len(buffer) + len(chunk) > max_bytes:
