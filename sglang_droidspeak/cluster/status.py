@@ -97,7 +97,8 @@ def status_rows(status: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[str
     return rows, notes
 
 
-def print_status(status: dict[str, Any], out: TextIO = sys.stdout) -> None:
+def print_status(status: dict[str, Any], out: Optional[TextIO] = None) -> None:
+    out = out or sys.stdout  # at call time: a default bound at import outlives a captured stdout
     rows, notes = status_rows(status)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
