@@ -5,8 +5,9 @@ embeddings, rerank, score, tokenize, detokenize, encode, classify, messages) rea
 JSON body's "model" (or take the only model when there is one and the field is absent),
 pick a live replica of that model (``ReplicaSet.pick``) and forward the body byte for
 byte (relay.py: timeouts, retries, streaming). ``MODEL_GETS`` (model and server info,
-load) go to a live replica of the model named by ``?model=`` (or the only model). The
-router's own answers are in info.py; every other route gets a JSON 404. Every request
+load) go to a live replica of the model named by ``?model=`` (or the only model). POST
+/flush_cache goes to every replica. The router's own answers are in info.py; every other
+route gets a JSON 404. Every request
 gets an id and one access-log line (access.py); every error is OpenAI-style JSON
 (errors.py). Bodies are read within ``max_body_bytes`` and checked for depth before
 parsing (body.py). ``start_router`` serves the app with handler cancellation on, so a
@@ -31,6 +32,7 @@ from sglang_droidspeak.router.prompt import prompt_hint
 from sglang_droidspeak.router.relay import Retry, relay
 from sglang_droidspeak.router.replicas import PickConfig, ReplicaSet, link_peers
 from sglang_droidspeak.router.settings import RouterSettings
+from sglang_droidspeak.router.upstream import UPSTREAM_ERRORS
 
 MODEL_POSTS = ("/v1/chat/completions", "/v1/completions", "/generate", "/v1/embeddings", "/v1/rerank",
                "/v1/score", "/v1/tokenize", "/tokenize", "/v1/detokenize", "/detokenize", "/encode",
@@ -104,6 +106,24 @@ async def forward(request: web.Request, rset: ReplicaSet, body: Optional[bytearr
                           "upstream_unreachable")
 
 
+async def handle_flush_cache(request: web.Request) -> web.Response:
+    """POST /flush_cache to every replica at once (as the gateway does); 200 when all flushed."""
+    replicas = [r for rset in request.app[SETS].values() for r in rset.replicas]
+    timeout = aiohttp.ClientTimeout(total=request.app[SETTINGS].status_timeout_s * 5)
+
+    async def flush(url: str) -> str:
+        try:
+            async with request.app[SESSION].post(url + "/flush_cache", timeout=timeout) as r:
+                return "" if r.status == 200 else f"{url}: HTTP {r.status}"
+        except UPSTREAM_ERRORS as exc:
+            return f"{url}: {type(exc).__name__}"
+
+    failed = [f for f in await asyncio.gather(*(flush(r.url) for r in replicas)) if f]
+    if failed:
+        return error_response(502, "flush_cache failed on: " + "; ".join(failed), "flush_failed")
+    return web.json_response({"flushed": len(replicas)})
+
+
 async def _session_and_health(app: web.Application):
     settings = app[SETTINGS]
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_s)
@@ -138,6 +158,7 @@ def build_app(routes: dict[str, list[str]], peers: dict[str, list[str]] | None =
     app.router.add_put("/classify", handle_model_post)
     for path in MODEL_GETS:
         app.router.add_get(path, handle_model_get)
+    app.router.add_post("/flush_cache", handle_flush_cache)
     add_info_routes(app)
     return app
 

@@ -74,17 +74,18 @@ class Gateway:
 
     kind = "gateway"
 
-    def __init__(self, log_dir: Path, settings: RouterSettings = TEST_SETTINGS):
+    def __init__(self, log_dir: Path, settings: RouterSettings = TEST_SETTINGS, policy: str = "cache_aware"):
         self.port, metrics = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        argv = gateway_argv(sys.executable, "127.0.0.1", self.port, metrics, settings)
+        argv = gateway_argv(sys.executable, "127.0.0.1", self.port, metrics, settings, policy)
         env = {**os.environ, ENV: str(vocab_dir()), "RUST_BACKTRACE": "0"}
         self.log_path = log_dir / "gateway.log"
         self.proc = start_gateway(argv, self.log_path, env)
 
     def add(self, model: str, urls: list[str]) -> None:
         try:
-            register_workers(self.url, [(model, u) for u in urls], 20, alive=lambda: self.proc.poll() is None)
+            for url in urls:  # one by one: the gateway keeps them in this order
+                register_workers(self.url, [(model, url)], 20, alive=lambda: self.proc.poll() is None)
         except RuntimeError as exc:
             raise AssertionError(f"{exc}\n{self.log_path.read_text(errors='replace')[-3000:]}") from None
 

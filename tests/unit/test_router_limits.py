@@ -65,8 +65,10 @@ def test_unknown_routes_and_methods_are_json_errors_and_every_answer_has_a_reque
         runner, url = await router_over({"m": [up.url]})
         seen = {}
         async with aiohttp.ClientSession() as client:
-            async with client.post(url + "/flush_cache") as r:
+            async with client.post(url + "/start_profile") as r:
                 seen["404"] = r.status, await r.json(), r.headers["X-Request-ID"]
+            async with client.post(url + "/flush_cache") as r:
+                seen["flush"] = r.status, await r.json()
             async with client.get(url + "/v1/chat/completions") as r:
                 seen["405"] = r.status, (await r.json())["error"]["code"]
             async with client.post(url + "/v1/embeddings", json={"model": "m", "input": "x"},
@@ -81,12 +83,13 @@ def test_unknown_routes_and_methods_are_json_errors_and_every_answer_has_a_reque
     with caplog.at_level(logging.INFO, logger="sglang_droidspeak.router.access"):
         seen = run(go())
     status, body, rid = seen["404"]
-    assert (status, body["error"]["code"], body["error"]["message"]) == (404, "not_found", "no route POST /flush_cache")
+    assert (status, body["error"]["code"], body["error"]["message"]) == (404, "not_found", "no route POST /start_profile")
+    assert seen["flush"] == (200, {"flushed": 1})
     assert len(rid) == 32 and seen["405"] == (405, "method_not_allowed")
     assert seen["given"] == (200, "abc-1") and seen["info"] == (200, "/models/m", 32)
     lines = [r.getMessage() for r in caplog.records if r.name == "sglang_droidspeak.router.access"]
-    assert len(lines) == 4 and lines[2].startswith("rid=abc-1 POST /v1/embeddings status=200 model=m replica=http")
-    assert lines[0].startswith(f"rid={rid} POST /flush_cache status=404 model=- replica=- attempts=0")
+    assert len(lines) == 5 and lines[3].startswith("rid=abc-1 POST /v1/embeddings status=200 model=m replica=http")
+    assert lines[0].startswith(f"rid={rid} POST /start_profile status=404 model=- replica=- attempts=0")
 
 
 def test_status_answers_within_its_timeout_beside_a_hung_replica():
