@@ -30,7 +30,13 @@ from pathlib import Path
 
 import yaml
 
-from sglang_droidspeak.cluster.gateway import gateway_argv, list_workers, register_workers, start_gateway
+from sglang_droidspeak.cluster.gateway import (
+    gateway_argv,
+    http_status,
+    list_workers,
+    register_workers,
+    start_gateway,
+)
 from sglang_droidspeak.router.settings import RouterSettings
 
 RUN, OUT = Path("/tmp/ds-front-door"), Path(os.environ.get("OUT", "/tmp/out"))
@@ -53,16 +59,6 @@ def cluster_yaml() -> Path:
     return path
 
 
-def status_of(url: str, timeout_s: float = 5) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as r:
-            return r.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
-
-
 def wait(what: str, check, timeout_s: float, proc: subprocess.Popen) -> None:
     deadline = time.time() + timeout_s
     while not check():
@@ -78,13 +74,13 @@ def start_all() -> list[subprocess.Popen]:
                               "--no-router", "--run-dir", str(RUN / "serve"), "--health-timeout-s", "400"],
                              stdout=open(RUN / "serve.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     all_urls = [u for us in urls.values() for u in us]
-    wait("4 servers", lambda: all(status_of(u + "/health") == 200 for u in all_urls), 420, serve)
+    wait("4 servers", lambda: all(http_status(u + "/health") == 200 for u in all_urls), 420, serve)
     flags = [f"--model={m}={u}" for m, us in urls.items() for u in us]
     flags += [f"--peer={r}={s}" for r in urls["libwriter"] for s in urls["tester"]]
     ours = subprocess.Popen([sys.executable, "-m", "sglang_droidspeak.router", *flags, "--port", "8000",
                              "--first-byte-timeout-s", "30", "--total-timeout-s", "60"],
                             stdout=open(RUN / "ours.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    wait("our router", lambda: status_of(DOORS["droidspeak"] + "/health") == 200, 30, ours)
+    wait("our router", lambda: http_status(DOORS["droidspeak"] + "/health") == 200, 30, ours)
     gateway = start_gateway(gateway_argv(sys.executable, "127.0.0.1", 8100, 8101, SETTINGS), RUN / "gateway.log",
                             dict(os.environ))
     register_workers(DOORS["gateway"], [(m, u) for m, us in urls.items() for u in us], 60,
@@ -140,12 +136,12 @@ def fault(name: str, model: str, port: int, sig: int) -> dict:
         calls = {door: [pool.submit(generate, door, model) for _ in range(4)] for door in DOORS}
         answers = {door: [f.result() for f in futures] for door, futures in calls.items()}
     row = {"fault": name, "answers": answers,
-           "health_after": {door: status_of(url + "/health") for door, url in DOORS.items()},
+           "health_after": {door: http_status(url + "/health") for door, url in DOORS.items()},
            "gateway_workers": [(w["url"], w["is_healthy"], w["load"]) for w in list_workers(DOORS["gateway"])]}
     if sig == signal.SIGSTOP:
         os.killpg(group, signal.SIGCONT)
         time.sleep(12)  # two health rounds
-        row["health_after_sigcont"] = {door: status_of(url + "/health") for door, url in DOORS.items()}
+        row["health_after_sigcont"] = {door: http_status(url + "/health") for door, url in DOORS.items()}
     return row
 
 

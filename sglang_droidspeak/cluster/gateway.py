@@ -50,6 +50,17 @@ def _request(url: str, body: Optional[dict] = None, timeout_s: float = 5.0) -> d
         return json.loads(response.read())
 
 
+def http_status(url: str, timeout_s: float = 5.0) -> int:
+    """GET ``url``'s HTTP status; 0 when nothing answered in time."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
 def list_workers(url: str, timeout_s: float = 5.0) -> list[dict]:
     """``GET /workers``: one dict per worker (url, model_id, is_healthy, load, ...)."""
     return _request(url.rstrip("/") + "/workers", timeout_s=timeout_s)["workers"]

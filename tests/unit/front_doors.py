@@ -15,12 +15,17 @@ import signal
 import socket
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from sglang_droidspeak.cluster.gateway import gateway_argv, list_workers, register_workers, start_gateway
+from sglang_droidspeak.cluster.gateway import (  # noqa: F401 (http_status: for the tests)
+    gateway_argv,
+    http_status,
+    list_workers,
+    register_workers,
+    start_gateway,
+)
 from sglang_droidspeak.cluster.gateway_vocab import ENV, vocab_dir, vocab_problem
 from sglang_droidspeak.router.proxy import build_app, start_router
 from sglang_droidspeak.router.settings import RouterSettings
@@ -100,11 +105,3 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-
-
-def http_status(url: str, timeout_s: float = 5.0) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as r:
-            return r.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
