@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional
 import httpx
 import openai
 import pytest
-from front_doors import Gateway, OurRouter, gateway_or_skip, http_status
+from front_doors import Gateway, OurRouter, gateway_or_skip, http_status, list_workers
 from standin_sglang import LoopThread, StandIn
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -70,6 +70,13 @@ def call(url: str, model: str, case: Case) -> str:
         return type(exc).__name__
 
 
+def wait_unhealthy(gateway: Gateway, ups: list[StandIn], timeout_s: float = 5.0) -> None:
+    urls, deadline = {u.url for u in ups}, time.monotonic() + timeout_s
+    while any(w["is_healthy"] for w in list_workers(gateway.url) if w["url"] in urls):
+        assert time.monotonic() < deadline, "the gateway did not mark the killed worker unhealthy"
+        time.sleep(0.1)
+
+
 def run_case(loop, door_kind: str, case: Case, gateway=None) -> Seen:
     model = f"{case.mode}-{next(_ids)}"
     ups = [loop.run(StandIn(model).start()) for _ in range(case.replicas)]
@@ -80,6 +87,8 @@ def run_case(loop, door_kind: str, case: Case, gateway=None) -> Seen:
         if case.mode == "killed":
             loop.run(up.kill())
         up.mode, up.delay_s = case.mode, 0.5
+    if case.mode == "killed" and door_kind == "gateway":  # before its health check notices, the
+        wait_unhealthy(door, ups)                         # answer is a 500 or a 503: a race
     try:
         start = time.monotonic()
         outcome = call(door.url, model, case)
