@@ -1,7 +1,7 @@
 """The cluster config: several fine-tunes of one foundation model served as one service.
 
     name: agents                    # optional
-    router: {host: 127.0.0.1, port: 8000}
+    router: {host: 127.0.0.1, port: 8000}   # + kind, timeouts...: router_section.py
     profiles_dir: profiles          # <sender>__<receiver>.yaml profiles (default: profiles)
     slo: {ttft_ms: 500, max_quality_drop: 0.06, accuracy_target: null}
     transfer: {data_plane: zmq, bind_host: 127.0.0.1, base_port: 5600,
@@ -43,15 +43,10 @@ from sglang_droidspeak.cluster.model_config import (  # noqa: F401 (RESERVED_FLA
     ReplicaConfig,
     parse_model,
 )
+from sglang_droidspeak.cluster.router_section import RouterConfig, parse_router
 from sglang_droidspeak.yaml_io import FileLoadError, read_yaml_file
 
 DATA_PLANES = ("zmq", "nccl", "cuda_ipc")
-
-
-@dataclass(frozen=True)
-class RouterConfig:
-    host: str
-    port: int
 
 
 @dataclass(frozen=True)
@@ -121,8 +116,7 @@ def parse_cluster_config(data: Any, where: str = "<cluster>", lines: Optional[Ma
     ``lines``, the loader's key path -> line index) and the field path."""
     top = Section(data, where, "", ("name", "router", "profiles_dir", "slo", "transfer", "models"),
                   required=("router", "models"), lines=lines)
-    router = top.child("router", ("host", "port"), required=("host", "port"))
-    router_config = RouterConfig(router.host("host"), router.port("port"))
+    router_config = parse_router(top)
     models = tuple(parse_model(top, i) for i in range(len(top.items("models"))))
     config = ClusterConfig(
         router=router_config,
@@ -173,7 +167,7 @@ def same_host(a: str, b: str) -> bool:
 
 def _check_endpoints(config: ClusterConfig, lines: Optional[Mapping[str, int]]) -> None:
     """No (host, port) twice among router and servers; transfer ports in range and free."""
-    used: list[tuple[str, int, str]] = [(config.router.host, config.router.port, "router")]
+    used: list[tuple[str, int, str]] = config.router.endpoints()
     for ref in config.replicas():
         path, replica = ref.path, ref.replica
         for host, port, owner in used:

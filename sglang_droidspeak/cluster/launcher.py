@@ -13,13 +13,15 @@
 4. Polls every server's GET /health until 200. A server that exits first, or the
    ``--health-timeout-s`` running out: log tails are printed, everything is stopped,
    exit 1.
-5. The router (``router.proxy.build_app``) runs in this process on ``router.host:port``:
-   routes {model: replica URLs}; peers: each receiver replica -> every replica of every
-   model in its settings' ``peers``. Then a table of the servers is printed.
-6. Serves until SIGINT or SIGTERM (exit 0). A server that dies meanwhile is reported and
-   kept marked failed in the router (re-marked every second, so it stays inside the
-   router's cool-down); the others keep serving. When every server has died: exit 1.
-7. Shutdown: router first, then SIGINT to every server's process group, SIGKILL to the
+5. The front door on ``router.host:port`` (front_door.py): SGLang Model Gateway by
+   default (a subprocess; every server registered under its model name), or with
+   ``router.kind: droidspeak`` our router in this process (routes {model: replica URLs};
+   peers: each receiver replica -> every replica of every model in its settings'
+   ``peers``). Then a table of the servers is printed.
+6. Serves until SIGINT or SIGTERM (exit 0). A server that dies meanwhile is reported (our
+   router keeps it marked failed; the gateway's health checks take it out); the others
+   keep serving. When every server has died, or the gateway has: exit 1.
+7. Shutdown: front door first, then SIGINT to every server's process group, SIGKILL to the
    groups still there after 30 s.
 A SIGINT/SIGTERM while starting stops everything too (exit 0). All servers are started
 on this machine: a replica host must be one of its addresses.
@@ -38,8 +40,10 @@ from typing import Mapping, Optional, Sequence
 from sglang_droidspeak.cluster.check import check_cluster
 from sglang_droidspeak.cluster.cli import print_report
 from sglang_droidspeak.cluster.config import ClusterConfig, ClusterConfigError, load_cluster_config
+from sglang_droidspeak.cluster.front_door import router_tables, start_front_door  # noqa: F401 (router_tables: re-exported)
 from sglang_droidspeak.cluster.layout import ClusterPlan, plan_cluster
 from sglang_droidspeak.cluster.procs import ServerProcess, say, start_server, stop_servers, wait_healthy
+from sglang_droidspeak.cluster.router_section import RouterConfig
 from sglang_droidspeak.sglang.settings import MIN_SECRET_BYTES
 
 
@@ -64,18 +68,6 @@ def secret_problem(config: ClusterConfig, environ: Mapping[str, str]) -> str:
     return ""
 
 
-def router_tables(servers: Sequence[ServerProcess]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """(routes: model -> replica URLs, peers: receiver URL -> sender URLs) for ``build_app``."""
-    routes: dict[str, list[str]] = {}
-    for s in servers:
-        routes.setdefault(s.plan.model, []).append(s.url)
-    peers = {}
-    for s in servers:
-        models = {p["model"] for p in s.plan.settings.get("peers", ())}
-        peers[s.url] = [o.url for o in servers if o.plan.model in models]
-    return routes, {url: senders for url, senders in peers.items() if senders}
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_cluster_config(args.config)
@@ -92,21 +84,24 @@ def run(args: argparse.Namespace) -> int:
         return 1
     plan = plan_cluster(config, report, python=sys.executable)
     run_dir = Path(args.run_dir or Path("out/serve") / (config.name or Path(args.config).stem))
-    return asyncio.run(serve(plan, run_dir, args.health_timeout_s, router=not args.no_router))
+    return asyncio.run(serve(plan, run_dir, args.health_timeout_s, router=not args.no_router, front_door=config.router))
 
 
 async def serve(plan: ClusterPlan, run_dir: Path, health_timeout_s: float = 600.0, router: bool = True,
-                grace_s: float = 30.0, env: Optional[Mapping[str, str]] = None) -> int:
+                grace_s: float = 30.0, env: Optional[Mapping[str, str]] = None,
+                front_door: Optional[RouterConfig] = None) -> int:
     """Start, watch and stop the cluster ``plan`` (steps 3-7 above); the exit status.
 
-    ``env`` (default ``os.environ``) is the base of every server's environment."""
+    ``env`` (default ``os.environ``) is the base of every server's environment;
+    ``front_door`` (default: the gateway on ``plan.router``) says which router to start."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     servers: list[ServerProcess] = []
     try:
-        return await _run(plan, run_dir, servers, stop, health_timeout_s, router, env)
+        door_config = front_door or RouterConfig(*plan.router)
+        return await _run(plan, run_dir, servers, stop, health_timeout_s, router and door_config, env)
     finally:
         try:
             if servers:
@@ -118,7 +113,7 @@ async def serve(plan: ClusterPlan, run_dir: Path, health_timeout_s: float = 600.
 
 
 async def _run(plan: ClusterPlan, run_dir: Path, servers: list[ServerProcess], stop: asyncio.Event,
-               health_timeout_s: float, router: bool, env: Optional[Mapping[str, str]]) -> int:
+               health_timeout_s: float, router: Optional[RouterConfig], env: Optional[Mapping[str, str]]) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     for server_plan in plan.servers:
         try:
@@ -134,39 +129,21 @@ async def _run(plan: ClusterPlan, run_dir: Path, servers: list[ServerProcess], s
     if problem == "":
         say("stop requested while starting")
         return 0
-    runner = None
+    door = None
     try:
         if router:
-            runner = await start_router(plan, servers)
-            if runner is None:
+            door = await start_front_door(router, servers, run_dir)
+            if door is None:
                 return 1
         print_table(plan, servers, router, run_dir)
-        return await watch(servers, stop, runner.app if runner else None)
+        return await watch(servers, stop, door)
     finally:
-        if runner is not None:
-            await runner.cleanup()
+        if door is not None:
+            await door.stop()
 
 
-async def start_router(plan: ClusterPlan, servers: Sequence[ServerProcess]):
-    """The router's started ``web.AppRunner``, or None (the reason printed)."""
-    from aiohttp import web
-
-    from sglang_droidspeak.router.proxy import build_app
-
-    routes, peers = router_tables(servers)
-    runner = web.AppRunner(build_app(routes, peers), access_log=None)
-    await runner.setup()
-    host, port = plan.router
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as exc:
-        say(f"error: router: cannot listen on {host}:{port}: {exc}", sys.stderr)
-        await runner.cleanup()
-        return None
-    return runner
-
-
-def print_table(plan: ClusterPlan, servers: Sequence[ServerProcess], router: bool, run_dir: Path) -> None:
+def print_table(plan: ClusterPlan, servers: Sequence[ServerProcess], router: Optional[RouterConfig],
+                run_dir: Path) -> None:
     rows = [("model", "replica", "url", "gpus", "pid", "log")]
     rows += [(s.plan.model, str(s.plan.replica_index), s.url, ",".join(map(str, s.plan.gpus)) or "-",
               str(s.proc.pid), str(s.log_path)) for s in servers]
@@ -175,24 +152,17 @@ def print_table(plan: ClusterPlan, servers: Sequence[ServerProcess], router: boo
         print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
     if router:
         host, port = plan.router
-        print(f"router: http://{host}:{port}  (droidspeak status --url http://{host}:{port})")
+        print(f"router: http://{host}:{port} ({router.kind})  (droidspeak status --url http://{host}:{port})")
     say(f"serving {plan.name or run_dir.name}; SIGINT or SIGTERM stops it")
 
 
-def mark_down(app, url: str) -> None:
-    """Mark the router's replica at ``url`` failed (it is skipped for the cool-down)."""
-    from sglang_droidspeak.router.proxy import SETS
-
-    for rset in app[SETS].values():
-        for replica in rset.replicas:
-            if replica.url == url:
-                rset.fail(replica)
-
-
-async def watch(servers: Sequence[ServerProcess], stop: asyncio.Event, app=None, poll_s: float = 1.0) -> int:
-    """Until ``stop``: report servers that exit and keep them marked failed in ``app``'s
-    router. 0 when stopped; 1 when every server has exited."""
+async def watch(servers: Sequence[ServerProcess], stop: asyncio.Event, door=None, poll_s: float = 1.0) -> int:
+    """Until ``stop``: report servers that exit and tell ``door`` (the front door) about
+    them. 0 when stopped; 1 when every server, or the front door, has exited."""
     while not stop.is_set():
+        if door is not None and not door.alive():
+            say(f"error: the front door exited; see {getattr(door, 'log_path', 'its log')}", sys.stderr)
+            return 1
         for s in servers:
             if s.alive():
                 continue
@@ -200,8 +170,8 @@ async def watch(servers: Sequence[ServerProcess], stop: asyncio.Event, app=None,
                 s.reported_exit = True
                 say(f"error: {s.name} ({s.url}) exited with code {s.proc.returncode}; the others keep "
                     f"serving; last lines of {s.log_path}:\n{s.tail()}", sys.stderr)
-            if app is not None:
-                mark_down(app, s.url)
+            if door is not None:
+                door.mark_down(s.url)
         if servers and not any(s.alive() for s in servers):
             say("error: every server has exited", sys.stderr)
             return 1

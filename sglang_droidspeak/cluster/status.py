@@ -1,4 +1,8 @@
-"""``droidspeak status [--url URL]``: the router's GET /status as a table.
+"""``droidspeak status [--url URL]``: the front door's state as a table.
+
+Our router answers GET /status itself. SGLang Model Gateway has no /status (404): then its
+GET /workers gives the replicas (model_id, is_healthy, load as in_flight) and each
+worker's /metrics is scraped from here, 2 s at most, all at once.
 
     droidspeak status --url http://127.0.0.1:8000
       model   replica                 healthy  in_flight  hit_rate  foreign_hits  tokens_reused  fallbacks  token_usage
@@ -17,7 +21,10 @@ import json
 import sys
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional, TextIO
+
+from sglang_droidspeak.router.metrics_summary import summarize_metrics
 
 COLUMNS = (("hit_rate", "cache_hit_rate"), ("foreign_hits", "droidspeak_foreign_hits"),
            ("tokens_reused", "droidspeak_tokens_reused"), ("fallbacks", "droidspeak_fallbacks"),
@@ -31,9 +38,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def fetch_status(url: str, timeout_s: float = 10.0) -> dict[str, Any]:
-    """GET ``url``/status as JSON; raises OSError (urllib's errors included) or ValueError."""
-    with urllib.request.urlopen(url.rstrip("/") + "/status", timeout=timeout_s) as response:
-        return json.loads(response.read())
+    """GET ``url``/status as JSON (or the gateway's state in that shape); raises OSError
+    (urllib's errors included) or ValueError."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/status", timeout=timeout_s) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            raise
+    return gateway_status(url, timeout_s)
+
+
+def _scrape(worker: dict[str, Any]) -> dict[str, Any]:
+    row = {"url": worker["url"], "healthy": worker.get("is_healthy"), "in_flight": worker.get("load"),
+           "metrics": None, "metrics_error": None}
+    try:
+        with urllib.request.urlopen(worker["url"] + "/metrics", timeout=2.0) as response:
+            row["metrics"] = summarize_metrics(response.read().decode(errors="replace"))
+    except OSError as exc:
+        row["metrics_error"] = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+    return row
+
+
+def gateway_status(url: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """SGLang Model Gateway's GET /workers + each worker's /metrics, as our /status."""
+    with urllib.request.urlopen(url.rstrip("/") + "/workers", timeout=timeout_s) as response:
+        workers = json.loads(response.read())["workers"]
+    with ThreadPoolExecutor(max(1, len(workers))) as pool:
+        rows = list(pool.map(_scrape, workers))
+    models: dict[str, Any] = {}
+    for worker, row in zip(workers, rows):
+        models.setdefault(worker["model_id"], {"replicas": []})["replicas"].append(row)
+    return {"front_door": "gateway", "models": models}
 
 
 def _cell(value: Any) -> str:
@@ -61,7 +97,8 @@ def status_rows(status: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[str
     return rows, notes
 
 
-def print_status(status: dict[str, Any], out: TextIO = sys.stdout) -> None:
+def print_status(status: dict[str, Any], out: Optional[TextIO] = None) -> None:
+    out = out or sys.stdout  # at call time: a default bound at import outlives a captured stdout
     rows, notes = status_rows(status)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from dataclasses import fields
 
 from sglang_droidspeak.router.replicas import PickConfig
+from sglang_droidspeak.router.settings import RouterSettings
 
 
 def parse_pairs(values: Sequence[str], flag: str) -> dict[str, list[str]]:
@@ -37,11 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "(DroidSpeak, another model); repeatable")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=30000)
-    parser.add_argument("--cooldown-s", type=float, default=PickConfig.cooldown_s,
-                        help="skip a failed replica for this long")
     parser.add_argument("--balance-abs", type=int, default=PickConfig.balance_abs,
                         help="leave the prefix winner when it has this many more in flight")
-    parser.add_argument("--connect-timeout-s", type=float, default=5.0)
+    for f in fields(RouterSettings):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=int if f.type in ("int", int) else float,
+                            default=f.default, help=f"(default: {f.default})")
     return parser
 
 
@@ -65,10 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not routes:
             raise ValueError("--model: at least one NAME=URL is needed")
         peers = parse_pairs(args.peer, "--peer")
-        config = PickConfig(cooldown_s=args.cooldown_s, balance_abs=args.balance_abs)
-        app = build_app(routes, peers, config, args.connect_timeout_s)
+        config = PickConfig(balance_abs=args.balance_abs)
+        settings = RouterSettings(**{f.name: getattr(args, f.name) for f in fields(RouterSettings)})
+        app = build_app(routes, peers, config, settings)
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    web.run_app(app, host=args.host, port=args.port, access_log=None)
+    web.run_app(app, host=args.host, port=args.port, access_log=None, handler_cancellation=True)
     return 0

@@ -1,188 +1,143 @@
 """The router's HTTP side: an aiohttp app that forwards each request to one replica.
 
-POST /v1/chat/completions, /v1/completions and /generate read the JSON body's "model"
-(or take the only model when there is one and the field is absent), pick a replica of
-that model (``ReplicaSet.pick``) and forward the body byte for byte. The upstream answer
-is relayed chunk by chunk as it arrives (SSE streams included), with its status and
-headers. A connection error, a body that fails before its first byte, or a 5xx before
-anything reached the client marks the replica failed and retries on another replica of
-the same model, at most once per replica; the last replica's 5xx is passed through.
-Once bytes reached the client, an upstream failure closes the client's connection, so
-the client sees a truncated response rather than a clean end (one attempt: relay.py).
-GET /v1/models lists the models, GET /health reports replica state, GET /status adds
-each replica's /metrics summary (``summarize_metrics``; scraped with a 2 s timeout, null
-with an error on failure).
+SGLang's data-plane routes (``MODEL_POSTS``: chat/completions, completions, /generate,
+embeddings, rerank, score, tokenize, detokenize, encode, classify, messages) read the
+JSON body's "model" (or take the only model when there is one and the field is absent),
+pick a live replica of that model (``ReplicaSet.pick``) and forward the body byte for
+byte (relay.py: timeouts, retries, streaming). ``MODEL_GETS`` (model and server info,
+load) go to a live replica of the model named by ``?model=`` (or the only model). POST
+/flush_cache goes to every replica. The router's own answers are in info.py; every other
+route gets a JSON 404. Every request
+gets an id and one access-log line (access.py); every error is OpenAI-style JSON
+(errors.py). Bodies are read within ``max_body_bytes`` and checked for depth before
+parsing (body.py). ``start_router`` serves the app with handler cancellation on, so a
+client that disconnects cancels the upstream request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import statistics
-from typing import Any
+from typing import Any, Optional
 
 import aiohttp
 from aiohttp import web
 
-from sglang_droidspeak.router.relay import UPSTREAM_ERRORS, relay
-from sglang_droidspeak.router.replicas import (
-    PickConfig,
-    Replica,
-    ReplicaSet,
-    link_peers,
-)
+from sglang_droidspeak.router.access import TRACE, access_log, add_request_id
+from sglang_droidspeak.router.body import BodyError, parse_object, read_body
+from sglang_droidspeak.router.errors import error_response, json_errors
+from sglang_droidspeak.router.health import check_forever
+from sglang_droidspeak.router.info import SESSION, SETS, SETTINGS, add_info_routes
+from sglang_droidspeak.router.metrics_summary import summarize_metrics  # noqa: F401 (re-exported)
+from sglang_droidspeak.router.prompt import prompt_hint
+from sglang_droidspeak.router.relay import Retry, relay
+from sglang_droidspeak.router.replicas import PickConfig, ReplicaSet, link_peers
+from sglang_droidspeak.router.settings import RouterSettings
+from sglang_droidspeak.router.upstream import UPSTREAM_ERRORS
 
-SETS = web.AppKey("replica_sets", dict)
-SESSION = web.AppKey("client_session", aiohttp.ClientSession)
-CONNECT_TIMEOUT = web.AppKey("connect_timeout_s", float)
-
-
-def error_response(status: int, message: str, kind: str) -> web.Response:
-    """An OpenAI-style JSON error body."""
-    body = {"error": {"message": message, "type": kind, "code": status}}
-    return web.json_response(body, status=status)
-
-
-def _text_of(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):  # content parts, a prompt list or token ids
-        return "\x1f".join(_text_of(v) for v in value)
-    if isinstance(value, dict):
-        return _text_of(value.get("text", ""))
-    return "" if value is None else str(value)
+MODEL_POSTS = ("/v1/chat/completions", "/v1/completions", "/generate", "/v1/embeddings", "/v1/rerank",
+               "/v1/score", "/v1/tokenize", "/tokenize", "/v1/detokenize", "/detokenize", "/encode",
+               "/classify", "/v1/messages", "/v1/messages/count_tokens")
+MODEL_GETS = ("/get_model_info", "/model_info", "/get_server_info", "/server_info", "/get_load")
+_THREAD_PARSE_BYTES = 1 << 20  # bigger bodies are parsed off the event loop
 
 
-def prompt_hint(payload: dict, limit: int) -> str:
-    """The request's prompt as text (about ``limit`` characters are enough): chat
-    messages as role + content, else "prompt" (completions), "text" or "input_ids"."""
-    messages = payload.get("messages")
-    if isinstance(messages, list):
-        parts, size = [], 0
-        for m in messages:
-            piece = f"\x1e{m.get('role', '')}\x1d{_text_of(m.get('content'))}" if isinstance(m, dict) else ""
-            parts.append(piece)
-            size += len(piece)
-            if size >= limit:
-                break
-        return "".join(parts)[:limit]
-    for key in ("prompt", "text", "input_ids"):
-        if key in payload:
-            return _text_of(payload[key])[:limit]
-    return ""
-
-
-def _resolve_model(payload: dict, sets: dict[str, ReplicaSet]) -> tuple[str | None, web.Response | None]:
-    model = payload.get("model")
+def resolve_model(model: Any, sets: dict[str, ReplicaSet]) -> tuple[Optional[str], Optional[web.Response]]:
     if model is None:
         if len(sets) == 1:
             return next(iter(sets)), None
         return None, error_response(400, f"missing field 'model' (one of: {', '.join(sets)})",
-                                    "invalid_request_error")
+                                    "model_required", "model")
     if not isinstance(model, str) or model not in sets:
-        return None, error_response(404, f"unknown model {model!r}; known: {', '.join(sets)}",
-                                    "model_not_found")
+        return None, error_response(404, f"The model {model!r} does not exist; known: {', '.join(sets)}",
+                                    "model_not_found", "model")
     return model, None
 
 
-async def handle_forward(request: web.Request) -> web.StreamResponse:
-    body = await request.read()
+async def _payload(request: web.Request) -> tuple[bytearray, dict]:
+    settings = request.app[SETTINGS]
+    body = await read_body(request, settings.max_body_bytes)
+    if len(body) > _THREAD_PARSE_BYTES:
+        return body, await asyncio.to_thread(parse_object, body, settings.max_json_depth)
+    return body, parse_object(body, settings.max_json_depth)
+
+
+async def handle_model_post(request: web.Request) -> web.StreamResponse:
     try:
-        payload = json.loads(body)
-    except ValueError:
-        return error_response(400, "request body is not valid JSON", "invalid_request_error")
-    if not isinstance(payload, dict):
-        return error_response(400, "request body must be a JSON object", "invalid_request_error")
-    sets = request.app[SETS]
-    model, rejection = _resolve_model(payload, sets)
+        body, payload = await _payload(request)
+    except BodyError as exc:
+        return exc.response
+    model, rejection = resolve_model(payload.get("model"), request.app[SETS])
     if rejection is not None:
         return rejection
-    rset = sets[model]
+    rset = request.app[SETS][model]
     hint = prompt_hint(payload, rset.config.prefix_chars)
-    tried: list[Replica] = []
-    reasons: list[str] = []
-    while len(tried) < len(rset):
-        replica = rset.pick(hint, exclude=tried)
+    del payload  # only the bytes travel on
+    return await forward(request, rset, body, hint)
+
+
+async def handle_model_get(request: web.Request) -> web.StreamResponse:
+    model, rejection = resolve_model(request.query.get("model"), request.app[SETS])
+    if rejection is not None:
+        return rejection
+    return await forward(request, request.app[SETS][model], None, "")
+
+
+async def forward(request: web.Request, rset: ReplicaSet, body: Optional[bytearray], hint: str) -> web.StreamResponse:
+    """Try live replicas (best first) until one answers; 503 when none is live, 502 when all fail."""
+    trace = request[TRACE]
+    trace.model = rset.model
+    tried, reasons = [], []
+    while (replica := rset.pick(hint, exclude=tried)) is not None:
         tried.append(replica)
+        trace.replica, trace.attempts = replica.url, len(tried)
         replica.in_flight += 1
         try:
-            outcome = await relay(request, request.app[SESSION], rset, replica, body,
-                                  final=len(tried) == len(rset))
+            outcome = await relay(request, request.app[SESSION], rset, replica, body, request.app[SETTINGS])
         finally:
             replica.in_flight -= 1
-        if not isinstance(outcome, str):
+        if not isinstance(outcome, Retry):
             return outcome
-        reasons.append(outcome)
-    return error_response(502, f"every replica of model {model!r} failed: {'; '.join(reasons)}",
-                          "upstream_error")
+        reasons.append(outcome.reason)
+    if not tried:
+        trace.outcome = "no_live_replica"
+        return error_response(503, f"model {rset.model!r} has no live replica", "no_live_replica")
+    trace.outcome = "all_failed"
+    return error_response(502, f"every live replica of model {rset.model!r} failed: {'; '.join(reasons)}",
+                          "upstream_unreachable")
 
 
-async def handle_models(request: web.Request) -> web.Response:
-    data = [{"id": m, "object": "model", "owned_by": "sglang-droidspeak"} for m in request.app[SETS]]
-    return web.json_response({"object": "list", "data": data})
+async def handle_flush_cache(request: web.Request) -> web.Response:
+    """POST /flush_cache to every replica at once (as the gateway does); 200 when all flushed."""
+    replicas = [r for rset in request.app[SETS].values() for r in rset.replicas]
+    timeout = aiohttp.ClientTimeout(total=request.app[SETTINGS].status_timeout_s * 5)
+
+    async def flush(url: str) -> str:
+        try:
+            async with request.app[SESSION].post(url + "/flush_cache", timeout=timeout) as r:
+                return "" if r.status == 200 else f"{url}: HTTP {r.status}"
+        except UPSTREAM_ERRORS as exc:
+            return f"{url}: {type(exc).__name__}"
+
+    failed = [f for f in await asyncio.gather(*(flush(r.url) for r in replicas)) if f]
+    if failed:
+        return error_response(502, "flush_cache failed on: " + "; ".join(failed), "flush_failed")
+    return web.json_response({"flushed": len(replicas)})
 
 
-async def handle_health(request: web.Request) -> web.Response:
-    models = {m: [r.to_json() for r in s.replicas] for m, s in request.app[SETS].items()}
-    return web.json_response({"status": "ok", "models": models})
-
-
-# /status summary key -> Prometheus sample name. Gauges (no _total): mean over the
-# samples (one per rank), None when absent; counters: sum, 0 when absent (not yet counted).
-STATUS_METRICS = {"cache_hit_rate": "sglang:cache_hit_rate", "token_usage": "sglang:token_usage",
-                  "droidspeak_foreign_hits": "sglang:droidspeak_foreign_hits_total",
-                  "droidspeak_tokens_reused": "sglang:droidspeak_tokens_reused_total",
-                  "droidspeak_fallbacks": "sglang:droidspeak_fallbacks_total"}
-
-
-def summarize_metrics(text: str) -> dict[str, float | None]:
-    """``STATUS_METRICS`` from Prometheus text (``name{labels} value [timestamp]`` lines)."""
-    samples: dict[str, list[float]] = {}
-    for line in (x for x in text.splitlines() if not x.startswith("#")):
-        name, brace, rest = line.partition("{")
-        if not brace or " " in name:  # no labels
-            name, _, rest = line.partition(" ")
-        with contextlib.suppress(ValueError, IndexError):
-            samples.setdefault(name.strip(), []).append(float(rest.rpartition("}")[2].split()[0]))
-    return {key: sum(samples.get(name, [])) if name.endswith("_total")
-            else statistics.fmean(samples[name]) if name in samples else None
-            for key, name in STATUS_METRICS.items()}
-
-
-async def _replica_status(session: aiohttp.ClientSession, replica: Replica) -> dict:
-    status = {"url": replica.url, "healthy": replica.healthy, "in_flight": replica.in_flight,
-              "metrics": None, "metrics_error": None}
-    try:  # identity: the session does not decompress (it relays bodies as they are)
-        async with session.get(replica.url + "/metrics", headers={"Accept-Encoding": "identity"},
-                               timeout=aiohttp.ClientTimeout(total=2.0)) as upstream:
-            if upstream.status != 200:
-                raise aiohttp.ClientError(f"HTTP {upstream.status}")
-            status["metrics"] = summarize_metrics(await upstream.text(errors="replace"))
-    except UPSTREAM_ERRORS as exc:
-        status["metrics_error"] = f"{type(exc).__name__}: {exc}"
-    return status
-
-
-async def handle_status(request: web.Request) -> web.Response:
-    sets = request.app[SETS]
-    found = iter(await asyncio.gather(*(_replica_status(request.app[SESSION], r)
-                                        for s in sets.values() for r in s.replicas)))
-    return web.json_response({"models": {m: {"replicas": [next(found) for _ in s.replicas]}
-                                         for m, s in sets.items()}})
-
-
-async def _session_context(app: web.Application):
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=app[CONNECT_TIMEOUT])
+async def _session_and_health(app: web.Application):
+    settings = app[SETTINGS]
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_s)
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector,
-                                     auto_decompress=False) as session:
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False) as session:
         app[SESSION] = session
+        checker = asyncio.create_task(check_forever(session, app[SETS], settings.health_check_interval_s,
+                                                    settings.health_check_timeout_s))
         yield
+        checker.cancel()
 
 
 def build_app(routes: dict[str, list[str]], peers: dict[str, list[str]] | None = None,
-              config: PickConfig | None = None, connect_timeout_s: float = 5.0) -> web.Application:
+              config: PickConfig | None = None, settings: RouterSettings | None = None) -> web.Application:
     """The router app for ``routes`` (model name -> replica base URLs).
 
     ``peers`` (receiver replica URL -> sender replica URLs of other models) tells which
@@ -193,13 +148,29 @@ def build_app(routes: dict[str, list[str]], peers: dict[str, list[str]] | None =
         raise ValueError("routes: at least one model is needed")
     sets = {model: ReplicaSet(model, urls, config or PickConfig()) for model, urls in routes.items()}
     link_peers(sets, peers or {})
-    app = web.Application(client_max_size=1 << 30)
-    app[SETS] = sets
-    app[CONNECT_TIMEOUT] = connect_timeout_s
-    app.cleanup_ctx.append(_session_context)
-    for path in ("/v1/chat/completions", "/v1/completions", "/generate"):
-        app.router.add_post(path, handle_forward)
-    app.router.add_get("/v1/models", handle_models)
-    app.router.add_get("/health", handle_health)
-    app.router.add_get("/status", handle_status)
+    settings = settings or RouterSettings()
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[access_log, json_errors])
+    app[SETS], app[SETTINGS] = sets, settings
+    app.cleanup_ctx.append(_session_and_health)
+    app.on_response_prepare.append(add_request_id)
+    for path in MODEL_POSTS:
+        app.router.add_post(path, handle_model_post)
+    app.router.add_put("/classify", handle_model_post)
+    for path in MODEL_GETS:
+        app.router.add_get(path, handle_model_get)
+    app.router.add_post("/flush_cache", handle_flush_cache)
+    add_info_routes(app)
     return app
+
+
+async def start_router(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Serve ``app`` on host:port (a client that disconnects cancels its handler, and so the
+    upstream request); the started runner. Raises OSError when the port cannot be bound."""
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return runner

@@ -25,16 +25,14 @@ class PickConfig:
     prefix_chars: int = 4096
     chunk_chars: int = 256
     lru_entries: int = 4096
-    cooldown_s: float = 5.0
     balance_abs: int = 16
 
     def __post_init__(self) -> None:
         for name in ("prefix_chars", "chunk_chars", "lru_entries"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PickConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("cooldown_s", "balance_abs"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"PickConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.balance_abs < 0:
+            raise ValueError(f"PickConfig.balance_abs must be >= 0, got {self.balance_abs}")
 
 
 def prefix_chain(text: str, config: PickConfig) -> list[tuple[int, int]]:
@@ -72,6 +70,9 @@ class PrefixLRU:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def clear(self) -> None:
+        self._entries.clear()
+
 
 @dataclass(eq=False)
 class Replica:
@@ -91,14 +92,13 @@ class Replica:
         self.prefixes = PrefixLRU(self.lru_entries)
 
     def mark_failed(self, now: float) -> None:
+        """Out of the pool and out of prefix affinity (what it cached may be gone) until a
+        health probe or a clean answer marks it ok again."""
         self.healthy, self.last_failure = False, now
+        self.prefixes.clear()
 
     def mark_ok(self) -> None:
         self.healthy = True
-
-    def available(self, now: float, cooldown_s: float) -> bool:
-        """Healthy, or its cool-down after the last failure has passed."""
-        return self.healthy or now - self.last_failure >= cooldown_s
 
     def reusable(self, chain: Sequence[tuple[int, int]]) -> tuple[int, bool]:
         """(characters reusable here, whether that much is native)."""
@@ -127,20 +127,16 @@ class ReplicaSet:
     def pick(self, prompt_token_hint: str, exclude: Iterable[Replica] = ()) -> Replica | None:
         """The replica for a request whose prompt text starts with ``prompt_token_hint``.
 
-        Candidates: not in ``exclude`` and available (outside their cool-down); if none is
-        available, every non-excluded replica. Winner: the longest reusable prefix (native
+        Candidates: healthy and not in ``exclude``. Winner: the longest reusable prefix (native
         before cross-model at equal length) unless it is more than ``balance_abs``
         requests busier than the least loaded; otherwise fewest in flight, then fewest
         picks, then list order. Records the prompt's chain on the winner and counts the
-        pick; None when every replica is excluded. Does not touch ``in_flight``.
+        pick; None when no candidate is left. Does not touch ``in_flight``.
         """
         excluded = set(map(id, exclude))
-        pool = [r for r in self.replicas if id(r) not in excluded]
+        pool = [r for r in self.replicas if r.healthy and id(r) not in excluded]
         if not pool:
             return None
-        now = self._clock()
-        live = [r for r in pool if r.available(now, self.config.cooldown_s)]
-        pool = live or pool
         chain = prefix_chain(prompt_token_hint, self.config)
         least = min(pool, key=lambda r: (r.in_flight, r.picked))
         scored = [(r.reusable(chain), r) for r in pool]
@@ -154,6 +150,9 @@ class ReplicaSet:
 
     def fail(self, replica: Replica) -> None:
         replica.mark_failed(self._clock())
+
+    def live(self) -> list[Replica]:
+        return [r for r in self.replicas if r.healthy]
 
 
 def link_peers(sets: dict[str, ReplicaSet], peers: dict[str, list[str]]) -> None:

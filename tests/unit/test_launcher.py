@@ -25,7 +25,7 @@ from sglang_droidspeak.cli import main
 from sglang_droidspeak.cluster import launcher
 from sglang_droidspeak.cluster.layout import ServerPlan
 from sglang_droidspeak.cluster.procs import ServerProcess, stop_servers
-from sglang_droidspeak.router.proxy import summarize_metrics
+from sglang_droidspeak.router.metrics_summary import summarize_metrics
 
 FAKE = r'''
 import argparse, json, os, sys
@@ -111,7 +111,7 @@ def cluster(tmp_path, monkeypatch):
     def replica(port, gpu):
         return {"host": "127.0.0.1", "port": port, "gpus": [gpu], "mem_fraction": 0.3}
 
-    data = {"name": "t", "router": {"host": "127.0.0.1", "port": router},
+    data = {"name": "t", "router": {"host": "127.0.0.1", "port": router, "kind": "droidspeak"},
             "profiles_dir": str(tmp_path / "profiles"), "transfer": {"base_port": base},
             "models": [{"name": "tester", "path": str(tmp_path / "models" / "tester"),
                         "replicas": [replica(servers[0], 0), replica(servers[1], 1)]},

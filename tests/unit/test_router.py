@@ -20,6 +20,7 @@ from sglang_droidspeak.router.replicas import (
     ReplicaSet,
     prefix_chain,
 )
+from sglang_droidspeak.router.settings import RouterSettings
 
 LONG_P = "shared context " * 80  # 1200 characters: 5 chunks of 256
 LONG_Q = "another document " * 80
@@ -68,19 +69,24 @@ async def _start(app: web.Application, stack: contextlib.AsyncExitStack) -> str:
     return str(server.make_url("")).rstrip("/")
 
 
+async def healthy(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
 @contextlib.asynccontextmanager
-async def servers(upstreams: list[Upstream], routes, peers=None):
+async def servers(upstreams: list[Upstream], routes, peers=None, settings: RouterSettings | None = None):
     """Start the upstreams, then the router over ``routes`` (model -> upstream names or
     raw URLs); yields (router base URL, client session)."""
     async with contextlib.AsyncExitStack() as stack:
         for up in upstreams:
             app = web.Application()
             app.router.add_post("/{tail:.*}", up.handle)
+            app.router.add_get("/health", healthy)
             up.url = await _start(app, stack)
         by_name = {u.name: u.url for u in upstreams}
         urls = {m: [by_name.get(n, n) for n in names] for m, names in routes.items()}
         peer_urls = {by_name[r]: [by_name[s] for s in ss] for r, ss in (peers or {}).items()}
-        base = await _start(build_app(urls, peer_urls), stack)
+        base = await _start(build_app(urls, peer_urls, settings=settings), stack)
         yield base, await stack.enter_async_context(aiohttp.ClientSession())
 
 
@@ -137,7 +143,8 @@ def test_unknown_or_missing_model_is_rejected_and_a_single_model_is_the_default(
         return unknown, missing, default
 
     unknown, missing, default = run(go())
-    assert unknown[0] == 404 and unknown[1]["error"]["message"] == "unknown model 'zz'; known: a, b"
+    assert unknown == (404, {"error": {"message": "The model 'zz' does not exist; known: a, b",
+                                       "type": "invalid_request_error", "param": "model", "code": "model_not_found"}})
     assert missing[0] == 400 and "missing field 'model'" in missing[1]["error"]["message"]
     assert default == (200, {"served_by": "only", "path": "/generate"})
     assert ups[0].bodies == [] and ups[1].bodies == []
@@ -163,34 +170,36 @@ def test_stream_chunks_reach_the_client_before_the_upstream_finishes():
                          sse("s0", 1) + b"data: [DONE]\n\n")
 
 
-def test_retries_past_a_closed_port_and_a_503_then_passes_the_last_5xx_through():
+def test_retries_past_a_closed_port_but_passes_an_upstream_error_answer_through_once():
     bad, good = Upstream("bad", status=503), Upstream("good")
     dead = closed_port_url()
 
     async def go():
-        routes = {"m": [dead, "bad", "good"], "doomed": [dead, "bad"], "gone": [dead]}
+        routes = {"m": [dead, "bad", "good"], "gone": [dead]}
         async with servers([bad, good], routes) as (base, client):
-            ok = await post(client, base + "/v1/completions", {"model": "m", "prompt": "x"})
-            doomed = await post(client, base + "/v1/completions", {"model": "doomed", "prompt": "x"})
+            answered = await post(client, base + "/v1/completions", {"model": "m", "prompt": "x"})
             gone = await post(client, base + "/v1/completions", {"model": "gone", "prompt": "x"})
+            gone_again = await post(client, base + "/v1/completions", {"model": "gone", "prompt": "x"})
             async with client.get(base + "/health") as r:
-                health = (await r.json())["models"]["m"]
-        return ok, doomed, gone, health
+                health = r.status, [x["healthy"] for x in (await r.json())["models"]["m"]]
+        return answered, gone, gone_again, health
 
-    ok, doomed, gone, health = run(go())
-    assert ok == (200, {"served_by": "good", "path": "/v1/completions"})
-    assert doomed == (503, {"error": "bad"})  # the last replica's answer, unchanged
-    assert gone[0] == 502 and gone[1]["error"]["message"].startswith(f"every replica of model 'gone' failed: {dead}")
-    assert [r["healthy"] for r in health] == [False, False, True]
-    assert (len(bad.bodies), len(good.bodies)) == (2, 1)
+    answered, gone, gone_again, health = run(go())
+    assert answered == (503, {"error": "bad"})  # bad's own answer, unchanged, and not replayed on good
+    assert gone[0] == 502 and gone[1]["error"]["message"].startswith(
+        f"every live replica of model 'gone' failed: {dead}: ClientConnectorError")
+    assert gone_again == (503, {"error": {"message": "model 'gone' has no live replica",
+                                          "type": "service_unavailable", "param": None, "code": "no_live_replica"}})
+    assert health == (503, [False, True, True])  # 'gone' has no live replica; an error answer marks nothing
+    assert (len(bad.bodies), len(good.bodies)) == (1, 0)
 
 
-def test_an_upstream_dying_mid_stream_truncates_the_response_and_the_router_carries_on():
+def test_an_upstream_dying_mid_stream_truncates_the_response_until_a_health_check_brings_it_back():
     up = Upstream("d0")
 
     async def go():
         up.die_mid_stream = True
-        async with servers([up], {"m": ["d0"]}) as (base, client):
+        async with servers([up], {"m": ["d0"]}, settings=RouterSettings(health_check_interval_s=0.2)) as (base, client):
             body = {"model": "m", "prompt": "x", "stream": True}
             got, error = b"", None
             async with client.post(base + "/v1/completions", json=body) as r:
@@ -199,11 +208,14 @@ def test_an_upstream_dying_mid_stream_truncates_the_response_and_the_router_carr
                         got += chunk
                 except aiohttp.ClientPayloadError as exc:
                     error = exc
+            marked = (await post(client, base + "/v1/completions", {"model": "m", "prompt": "x"}))[0]
+            await asyncio.sleep(0.5)  # at least one health round
             after = await post(client, base + "/v1/completions", {"model": "m", "prompt": "x"})
-            return got, error, after
+            return got, error, marked, after
 
-    got, error, after = run(go())
+    got, error, marked, after = run(go())
     assert got == sse("d0", 0) and isinstance(error, aiohttp.ClientPayloadError)
+    assert marked == 503  # marked failed at once: no live replica
     assert after == (200, {"served_by": "d0", "path": "/v1/completions"})
 
 
@@ -251,22 +263,21 @@ def test_without_a_prefix_match_the_replica_with_fewer_in_flight_wins():
     assert run(go()) == ("r0", "r1", "r1")
 
 
-def test_pick_leaves_a_prefix_winner_that_is_too_busy_and_skips_failed_replicas_for_the_cooldown():
-    now = [100.0]
-    rset = ReplicaSet("m", ["http://r0/", "http://r1"], PickConfig(balance_abs=2, cooldown_s=5.0),
-                      clock=lambda: now[0])
+def test_pick_leaves_a_prefix_winner_that_is_too_busy_and_a_failed_replica_until_it_is_ok():
+    rset = ReplicaSet("m", ["http://r0/", "http://r1"], PickConfig(balance_abs=2))
     r0, r1 = rset.replicas
     assert r0.url == "http://r0" and rset.pick(LONG_P) is r0
     r0.in_flight = 2  # 2 more in flight is still within balance_abs; 3 is not
     assert rset.pick(LONG_P) is r0
     r0.in_flight = 3
     assert rset.pick(LONG_P) is r1
-    r0.in_flight, now[0] = 0, 100.0
+    r0.in_flight = 0
     rset.fail(r0)
-    now[0] = 104.9
-    assert rset.pick(LONG_Q) is r1 and rset.pick(LONG_Q, exclude=[r1]) is r0  # all out: try anyway
-    now[0] = 105.0
-    assert rset.pick(LONG_P) is r0 and rset.pick("x", exclude=[r0, r1]) is None
+    assert len(r0.prefixes) == 0 and rset.live() == [r1]  # out of prefix affinity too
+    assert rset.pick(LONG_Q) is r1 and rset.pick(LONG_Q, exclude=[r1]) is None
+    r0.mark_ok()
+    assert rset.pick(LONG_P) is r1  # r1 holds LONG_P now; r0 forgot it
+    assert rset.pick("x", exclude=[r1]) is r0 and rset.pick("x", exclude=[r0, r1]) is None
 
 
 def test_prefix_chain_lru_and_hints():
