@@ -54,6 +54,8 @@ def _create_metrics(registry: Any) -> dict[str, Any]:
         "fallbacks": counter("fallbacks", "Foreign hits abandoned for full prefill.", "reason"),
         "decisions": counter("policy_decisions", "Online-policy decisions by reason.", "reason"),
         "exports": counter("exports", "Prefixes exported to a peer."),
+        "drops": counter("dropped_messages", "Wire messages refused (bad signature, replay, stale, ...).",
+                         "reason"),
         "fetch": Histogram("sglang:droidspeak_fetch_seconds", "Remote fetch latency.",
                            ("model",), registry=registry, buckets=FETCH_BUCKETS),
         "stage": Histogram("sglang:droidspeak_import_stage_seconds", "Import time by stage.",
@@ -131,6 +133,12 @@ class DroidSpeakMetrics:
     def record_export(self) -> None:
         self._m["exports"].labels(self.model).inc()
 
+    def record_drop(self, reason: str) -> None:
+        """A wire message refused before it was used (transfer/drops.py reasons)."""
+        if type(reason) is not str or not reason:
+            raise ValueError(f"reason must be a non-empty str, got {reason!r}")
+        self._m["drops"].labels(self.model, reason).inc()
+
     def observe_fetch_seconds(self, s: float) -> None:
         if isinstance(s, bool) or not isinstance(s, numbers.Real) or not math.isfinite(s) or s < 0:
             raise ValueError(f"s must be a finite number >= 0, got {s!r}")
@@ -162,6 +170,9 @@ class NullMetrics:
         pass
 
     def record_export(self) -> None:
+        pass
+
+    def record_drop(self, reason: Any) -> None:
         pass
 
     def observe_fetch_seconds(self, s: Any) -> None:

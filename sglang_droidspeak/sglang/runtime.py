@@ -63,7 +63,8 @@ class DroidSpeakRuntime(ImportRole, DirectoryRole):
                              f"${settings.secret_env}")
         pacing = PacerPolicy(LinkPacer(settings.throttle_gbps) if settings.throttle_gbps else None,
                              settings.allow_request_throttle)
-        self.export_server = FetchServer(settings.export_bind, secret, pacing=pacing) if settings.export_bind else None
+        self.export_server = (FetchServer(settings.export_bind, secret, pacing=pacing, on_drop=metrics.record_drop)
+                              if settings.export_bind else None)
         self.announcer = Announcer(settings.announce_bind, secret) if settings.announce_bind else None
         self.client = FetchClient(secret) if self.peers else None
         planes = build_planes(settings, model, parts, num_layers, secret, self.export_server, self.client,
@@ -76,7 +77,8 @@ class DroidSpeakRuntime(ImportRole, DirectoryRole):
         self._backoff_until: dict[str, float] = {}  # peer fetch endpoint -> monotonic time
         self.chooser = PlanChooser(settings, model, num_layers, metrics)
         # one listener per peer: an announcement is credited to the replica it came from
-        self.listeners = [DirectoryListener([peer.announce], secret, functools.partial(self._on_announce, peer=peer))
+        self.listeners = [DirectoryListener([peer.announce], secret, functools.partial(self._on_announce, peer=peer),
+                                            on_drop=metrics.record_drop)
                           for peer in self.peers]
         self.imports = ImportQueue(self, settings.import_chunk_tokens, blocking=settings.import_mode == "blocking")
         self.worker = FetchWorker() if self.client is not None else None

@@ -210,3 +210,26 @@ def test_gpu_check_sequence_keeps_every_derived_prefix_exact(pair):
                                            expected.k[layer].transpose(0, 1), atol=1e-5, rtol=1e-5)
         run_request(b, tokens + SUFFIX, "off", req_pool)
     assert leak_free(b)
+
+
+@pytest.mark.parametrize("pair", ["same"], indirect=True)
+def test_a_forged_or_replayed_fetch_is_dropped_and_counted_on_the_senders_metrics(pair):
+    import zmq
+
+    from sglang_droidspeak.transfer import wire
+    from sglang_droidspeak.transfer.frames import FetchRequest
+
+    a, b = pair
+    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(a.runtime.export_server.endpoint)
+    try:
+        request = FetchRequest("r1", "coder-a", "coder-b", "fp", tuple(CONTEXT), (0,), (), 0)
+        dealer.send_multipart(wire.encode(request, b"w" * 32))  # signed with the wrong secret
+        frames = wire.encode(request, b"k" * 32)
+        dealer.send_multipart(frames)
+        dealer.send_multipart(frames)  # the same signed frame again: a replay
+        wait_for(lambda: len(a.metrics.drops) == 2, "two drops")
+        assert sorted(a.metrics.drops) == ["replayed", "unauthenticated"]
+    finally:
+        dealer.close(0)

@@ -48,7 +48,7 @@ PLAN_GROUPS = [[1, 3]]  # the receiver's inline plan for coder-a -> coder-b
 
 class CountingMetrics(NullMetrics):
     def __init__(self):
-        self.fallbacks, self.hits, self.decisions = [], [], []
+        self.fallbacks, self.hits, self.decisions, self.drops = [], [], [], []
         self.bytes = {"in": 0, "out": 0}
 
     def record_bytes(self, direction, num_bytes):
@@ -62,6 +62,9 @@ class CountingMetrics(NullMetrics):
 
     def record_decision(self, reason):
         self.decisions.append(reason)
+
+    def record_drop(self, reason):
+        self.drops.append(reason)
 
 
 def make_side(name, model, settings, fingerprint="fp", ipc_backend=None, nccl_backend=None):
