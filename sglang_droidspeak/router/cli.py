@@ -30,8 +30,11 @@ def parse_pairs(values: Sequence[str], flag: str) -> dict[str, list[str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sglang_droidspeak.router",
-                                     description="Model-aware router for SGLang servers.")
+    parser = argparse.ArgumentParser(
+        prog="python -m sglang_droidspeak.router", description="Model-aware router for SGLang servers.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  python -m sglang_droidspeak.router --model tester=http://127.0.0.1:30001 "
+               "--model libwriter=http://127.0.0.1:30002 --port 8000")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=URL",
                         help="a replica of model NAME at URL (repeat for more replicas/models)")
     parser.add_argument("--peer", action="append", default=[], metavar="RECEIVER_URL=SENDER_URL",

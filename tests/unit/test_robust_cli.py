@@ -95,3 +95,12 @@ def test_router_port_in_use_is_one_line_and_status_1(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "address already in use" in err
     assert err.startswith("python -m sglang_droidspeak.router: error: [Errno 98] ")
+
+
+def test_the_routers_help_shows_an_example(capsys):
+    from sglang_droidspeak.router.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and "example:\n  python -m sglang_droidspeak.router --model tester=" in out
