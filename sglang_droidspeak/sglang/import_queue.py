@@ -73,6 +73,9 @@ class ImportQueue:
     # ---- scan: new requests ----
 
     def scan(self, scheduler: Any) -> None:
+        """Examine each request once; only a receiver (it has peers) ever imports."""
+        if getattr(self.runtime, "client", None) is None:
+            return
         for req in list(scheduler.waiting_queue):
             if not hasattr(req, JOB_ATTR):
                 setattr(req, JOB_ATTR, None)
