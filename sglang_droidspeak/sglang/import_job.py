@@ -82,7 +82,7 @@ class ImportJob:
     streams: ImportStreams
     pipelined: bool
     deadline: float  # time.monotonic()
-    blend: Any = None  # blend_import._Blend for a BlendPlan
+    blend: Any = None  # blend_import.Blend for a BlendPlan
     began: float = field(default_factory=time.perf_counter)
     fetched: threading.Event = field(default_factory=threading.Event)
     fetch_error: Optional[BaseException] = None
@@ -181,7 +181,7 @@ def _event_done(event: Any) -> bool:
 
 
 def record_event(stream: Any) -> Any:
-    """A CUDA event recorded now on ``stream`` (timing on); None without CUDA."""
+    """A CUDA event recorded now on ``stream``; None without CUDA."""
     if stream is None:
         return None
     event = torch.cuda.Event()

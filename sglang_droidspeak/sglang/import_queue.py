@@ -36,6 +36,7 @@ import torch
 
 from sglang_droidspeak.radix.tags import KVOrigin
 from sglang_droidspeak.sglang.import_job import ImportJob, WorkItem, record_event
+from sglang_droidspeak.sglang.import_streams import timed_recompute
 from sglang_droidspeak.sglang.request_options import request_options
 
 logger = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ class ImportQueue:
         jobs = [item.job for item in items]
         for job in jobs:
             job.streams.wait(("e", start))  # E_s landed on the copy stream (a no-op for s = 0)
-        with _timed(jobs):
+        with timed_recompute([job.streams for job in jobs]):
             self.runtime.parts.engine.run([item.segment() for item in items],
                                           [job.row.req_pool_idx for job in jobs], start, end)
         event = self._record()
@@ -192,7 +193,7 @@ class ImportQueue:
             item.job.launched(item, event)
 
     def _launch_blend(self, job: ImportJob, step: str) -> None:
-        with job.streams.timed_recompute():
+        with timed_recompute([job.streams]):
             if step == "select":
                 job.blend.select_first()
             else:
@@ -215,21 +216,3 @@ class ImportQueue:
     def close(self) -> None:
         for job in self.jobs:
             job.fail("shutdown", "the server is shutting down")
-
-
-@contextlib.contextmanager
-def _timed(jobs: list[ImportJob]):
-    """One launch's time, counted in every job it served (CUDA events, else wall time)."""
-    streams = jobs[0].streams
-    if not streams.cuda:
-        began = time.perf_counter()
-        yield
-        for job in jobs:
-            job.streams.cpu_recompute_s += time.perf_counter() - began
-        return
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    yield
-    end.record()
-    for job in jobs:
-        job.streams.timers.append((start, end))

@@ -8,10 +8,10 @@
     note_copied(layers)           cuda_ipc plane          layers reused; counts them as complete
                                                           (the sender wrote the slots itself)
     take_whole(what, layer, t)    nccl plane              all rows of E [n, hidden] or K/V at once
-    check_complete()              import_prefix           every expected (what, layer) has n rows
-Every violation raises ``ImportFailed("protocol", ...)``; importer.py frees the slots.
+    check_complete()              import_queue            every expected (what, layer) has n rows
+Every violation raises ``ImportFailed("protocol", ...)``; the job fails and frees the slots.
 A key's last rows record its event (``streams.mark``); a complete E_s calls ``on_e_ready(s)``
-(the pipelined launcher, import_pipeline.py). Imports no SGLang.
+(the job's ``e_landed``, import_job.py). Imports no SGLang.
 """
 
 from __future__ import annotations
@@ -41,14 +41,12 @@ class _Receiver:
     rows are written its event is recorded, and a complete E_s calls ``on_e_ready(s)``.
     """
 
-    def __init__(self, parts: ModelParts, plan: LayerPlan, slots, e_layers, debug_layers=(),
+    def __init__(self, parts: ModelParts, plan: LayerPlan, slots, e_layers,
                  streams: Optional[ImportStreams] = None, on_e_ready: Callable[[int], None] = lambda layer: None):
         self.parts, self.slots, self.num_tokens = parts, slots, slots.shape[0]
         self.streams = streams or ImportStreams(parts.device, pipelined=False)
         self.on_e_ready = on_e_ready
         self.reused = set(plan.reused_layers())
-        self.debug_kv: dict[tuple[str, int], torch.Tensor] = {}  # recomputed layers, sender's K/V
-        self.debug_layers = set(debug_layers)
         self.e = {l: torch.empty(self.num_tokens, parts.hidden_size, dtype=parts.dtype, device=parts.device)
                   for l in e_layers}  # layer -> [n, hidden]
         self.rows: dict[tuple[str, int], int] = {}
@@ -76,8 +74,6 @@ class _Receiver:
             if target is None or tuple(tensor.shape[1:]) != tuple(target.shape[1:]):
                 raise ImportFailed("protocol", f"unexpected E chunk for layer {chunk.layer} {chunk.shape}")
             target[chunk.token_start:end] = tensor.to(target.dtype)
-        elif chunk.layer in self.debug_layers:
-            self._keep_debug(chunk, tensor)
         else:
             if chunk.layer not in self.reused:
                 raise ImportFailed("protocol", f"unexpected {chunk.what} chunk for layer {chunk.layer}")
@@ -87,13 +83,6 @@ class _Receiver:
                 raise ImportFailed("protocol", f"{chunk.what} chunk {chunk.shape} {chunk.dtype} does not "
                                    f"fit the pool's {tuple(buffer.shape[1:])} {buffer.dtype}")
             buffer[self.slots[chunk.token_start:end]] = tensor  # [rows, heads, head_dim]
-
-    def _keep_debug(self, chunk: LayerChunk, tensor: torch.Tensor) -> None:
-        key = (chunk.what, chunk.layer)
-        if key not in self.debug_kv:
-            self.debug_kv[key] = torch.empty(self.num_tokens, *tensor.shape[1:], dtype=tensor.dtype,
-                                             device=tensor.device)
-        self.debug_kv[key][chunk.token_start:chunk.token_start + chunk.shape[0]] = tensor
 
     def note_copied(self, layers) -> None:
         """The cuda_ipc plane wrote K/V of ``layers`` straight into our slots (ipc_import.py)."""

@@ -1,8 +1,8 @@
 """The two GPU streams of a pipelined import, with per-key CUDA events; no-ops on the CPU.
 
     stream    what runs on it                                   who waits on it
-    compute   the scheduler thread's current stream: the        -
-              recompute groups (``recompute_group``)
+    compute   the scheduler's forward stream: the import's      -
+              engine forwards (import_queue.py)
     copy      a side ``torch.cuda.Stream``: host -> device      compute, per key: a group on its
               copies of arriving chunks (pinned staging) and    E_s event; the import's end on
               their writes into E buffers and the KV pool       every event (``wait_all``)
@@ -45,11 +45,6 @@ class ImportStreams:
         self.timers: list[tuple[Any, Any]] = []  # (start, end) CUDA events per recompute group
         self.cpu_recompute_s = 0.0  # without CUDA: wall time of the recompute calls
 
-    def start(self) -> None:
-        """The copy stream waits for what the compute stream queued so far (slot allocation)."""
-        if self.side is not None:
-            self.side.wait_stream(torch.cuda.current_stream(self.device))
-
     def copying(self):
         """Context for work on the copy stream (a no-op without one)."""
         return torch.cuda.stream(self.side) if self.side is not None else contextlib.nullcontext()
@@ -80,27 +75,26 @@ class ImportStreams:
         if self.side is not None:
             torch.cuda.current_stream(self.device).wait_stream(self.side)
 
-    def synchronize(self) -> None:
-        """Block the CPU until both streams are idle (end of import, or before freeing slots)."""
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-
-    @contextlib.contextmanager
-    def timed_recompute(self):
-        """Time one recompute group: CUDA events on the compute stream, else wall time."""
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            yield
-            end.record()
-            self.timers.append((start, end))
-            return
-        begin = time.perf_counter()
-        yield
-        self.cpu_recompute_s += time.perf_counter() - begin
-
     def recompute_ms(self) -> float:
-        """Summed recompute time; call after ``synchronize``."""
+        """Summed recompute time; call once every timed launch has finished."""
         if self.cuda:
             return float(sum(start.elapsed_time(end) for start, end in self.timers))
         return 1e3 * self.cpu_recompute_s
+
+
+@contextlib.contextmanager
+def timed_recompute(streams: list[ImportStreams]):
+    """Time one launch on the current stream and count it in each of ``streams`` (every
+    import it served): CUDA events where there is CUDA, else wall time."""
+    if not streams[0].cuda:
+        began = time.perf_counter()
+        yield
+        for s in streams:
+            s.cpu_recompute_s += time.perf_counter() - began
+        return
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    yield
+    end.record()
+    for s in streams:
+        s.timers.append((start, end))

@@ -89,7 +89,7 @@ class ImportRole:
         pipelined = options.pipelined_or(self.settings.pipelined)
         streams = ImportStreams(parts.device, pipelined)
         layer_plan = LayerPlan.full_reuse(plan.num_layers) if isinstance(plan, BlendPlan) else plan
-        receiver = CancellableReceiver(parts, layer_plan, slots, layer_plan.e_layers(), (), streams)
+        receiver = CancellableReceiver(parts, layer_plan, slots, layer_plan.e_layers(), streams)
         ids = torch.tensor(token_ids, dtype=torch.int64, device=parts.device)  # [n]
         job = ImportJob(getattr(req, "rid", "?"), req, hit, plan, tree.derived_namespace(hit.sender, plan, base),
                         token_ids, slots, row, ids, receiver, streams, pipelined,
