@@ -14,6 +14,11 @@ CUDA graphs and the overlap scheduler on (graph batch sizes capped to start fast
     gemma2    Gemma 2: sliding window 256 < context 1024  "
               on every other layer, logit soft-capping
 
+Backends: ``triton``, ``flashinfer`` and ``flashinfer-paged`` (flashinfer with
+``SGLANG_FLASHINFER_USE_PAGED=1``: SGLang 0.5.17's ragged prefill path applies no sliding
+window to a prefix-free extend, its paged path does; the plugin refuses sliding-window
+models on ragged flashinfer).
+
 Per context (1024 tokens, random ids) the sender prefills it; the receiver answers
 context + 16-token suffix natively first ("off": its own full prefill, the reference),
 its cache is flushed, then it answers under every plan (reuse, 0:2, 3:5 (a middle group),
@@ -21,6 +26,9 @@ its cache is flushed, then it answers under every plan (reuse, 0:2, 3:5 (a middl
 Checks: each plan's request reused the context (cached_tokens), its 16 greedy tokens equal
 the reference's, and its teacher-forced logprobs of suffix + the reference's tokens are
 within TF_TOLERANCE nats of the reference's; no fallback counted on any receiver.
+Control row ``radix`` (no DroidSpeak): the reference's teacher-forced pass reuses the
+context from the receiver's own radix cache; the same pass on a flushed cache (no prefix)
+is compared with it: how far the server's own prefix hits move its outputs.
 """
 
 from __future__ import annotations
@@ -38,7 +46,8 @@ from sglang_droidspeak.bench.servers import Server, metric_sum, post, wait_healt
 
 TOKENIZER = Path(".cache/gpu-tok")  # carried: any tokenizer files (--skip-tokenizer-init: ids in and out)
 ARCHS = ("llama3", "qwen2", "qwen3", "gemma2")
-BACKENDS = ("triton", "flashinfer")
+BACKENDS = ("triton", "flashinfer", "flashinfer-paged")
+PAGED_ENV = {"SGLANG_FLASHINFER_USE_PAGED": "1"}
 PLANS = ("reuse", "0:2", "3:5", "0:8")
 CONTEXT_LEN, SUFFIX_LEN, NEW_TOKENS, NUM_CONTEXTS, VOCAB = 1024, 16, 16, 2, 32000
 TF_TOLERANCE = 0.1  # nats, bf16 (as scripts/gpu/checks.py)
@@ -72,11 +81,13 @@ def start_pair(arch: str, backend: str, index: int, model: Path, work: Path) -> 
     common = ("--dtype", "bfloat16", "--skip-tokenizer-init", "--mem-fraction-static", "0.9",
               "--max-total-tokens", "12288", "--cuda-graph-max-bs-decode", "4", "--cuda-graph-max-bs-prefill", "512",
               "--log-level", "info")
-    name = f"{arch}-{backend}"
-    sender = Server(f"{name}-a", str(model), port, work, plugin=True, backend=backend, extra=common, config={
+    name, env = f"{arch}-{backend}", PAGED_ENV if backend == "flashinfer-paged" else {}
+    backend = backend.removesuffix("-paged")
+    sender = Server(f"{name}-a", str(model), port, work, plugin=True, backend=backend, extra=common, env=env, config={
         "model": f"{name}-a", "export_bind": f"tcp://127.0.0.1:{zmq}", "announce_bind": f"tcp://127.0.0.1:{zmq + 1}",
         "data_plane": "cuda_ipc", "import_chunk_tokens": 512})
-    receiver = Server(f"{name}-b", str(model), port + 1, work, plugin=True, backend=backend, extra=common, config={
+    receiver = Server(f"{name}-b", str(model), port + 1, work, plugin=True, backend=backend, extra=common, env=env,
+                      config={
         "model": f"{name}-b", "data_plane": "cuda_ipc", "fetch_timeout_s": 30.0, "min_foreign_tokens": 16,
         "import_chunk_tokens": 512,
         "peers": [{"model": f"{name}-a", "fetch": f"tcp://127.0.0.1:{zmq}",
@@ -93,6 +104,10 @@ def generate(server: Server, ids: list, plan: str, new_tokens: int, start: int) 
             "input_logprobs": [lp[0] for lp in meta.get("input_token_logprobs") or [] if lp[0] is not None]}
 
 
+def max_abs_diff(a: dict, b: dict) -> float:
+    return max(abs(x - y) for x, y in zip(a["input_logprobs"], b["input_logprobs"]))
+
+
 def check_pair(sender: Server, receiver: Server, rng: random.Random) -> list[dict]:
     rows = []
     for c in range(NUM_CONTEXTS):
@@ -102,12 +117,17 @@ def check_pair(sender: Server, receiver: Server, rng: random.Random) -> list[dic
         time.sleep(0.5)  # the announcement crosses PUB/SUB
         ref = generate(receiver, ctx + suffix, "off", NEW_TOKENS, CONTEXT_LEN)  # its own full prefill
         forced = ctx + suffix + ref["ids"]  # teacher forcing: every plan scores the reference's tokens
-        ref_tf = generate(receiver, forced, "off", 1, CONTEXT_LEN)
+        ref_tf = generate(receiver, forced, "off", 1, CONTEXT_LEN)  # the context from its own radix cache
         flush(receiver)  # else its native copy of the context would serve the plans' requests
+        fresh_tf = generate(receiver, forced, "off", 1, CONTEXT_LEN)  # no prefix: the control
+        flush(receiver)
+        rows.append({"context": c, "plan": "radix", "cached": fresh_tf["cached"], "tf_cached": ref_tf["cached"],
+                     "reused": (ref_tf["cached"] or 0) >= CONTEXT_LEN - 1 and not fresh_tf["cached"],
+                     "greedy_same": None, "max_tf_dlogp": max_abs_diff(fresh_tf, ref_tf), "ref_cached": ref["cached"]})
         for plan in PLANS:
             free = generate(receiver, ctx + suffix, plan, NEW_TOKENS, CONTEXT_LEN)
             tf = generate(receiver, forced, plan, 1, CONTEXT_LEN)
-            diff = max(abs(a - b) for a, b in zip(tf["input_logprobs"], ref_tf["input_logprobs"]))
+            diff = max_abs_diff(tf, ref_tf)
             rows.append({"context": c, "plan": plan, "cached": free["cached"], "tf_cached": tf["cached"],
                          "reused": min(free["cached"] or 0, tf["cached"] or 0) >= CONTEXT_LEN - 1,
                          "greedy_same": free["ids"] == ref["ids"], "max_tf_dlogp": diff,
@@ -155,10 +175,13 @@ def summarize(result: dict) -> None:
             continue
         print(f"{r['arch']:8} {r['backend']:10} {r['plan']:6} {str(r['reused']):6} {str(r['greedy_same']):7} "
               f"{r['max_tf_dlogp']:15.4f}")
-    ok = [r for r in result["rows"] if "error" not in r]
+    ok = [r for r in result["rows"] if "error" not in r and r["plan"] != "radix"]
     passed = all(r["reused"] and r["max_tf_dlogp"] <= TF_TOLERANCE and not r["fallbacks"] for r in ok)
-    print(f"rows {len(ok)}/{len(result['rows'])}, all reused and within {TF_TOLERANCE} nats: {passed}, "
+    print(f"plan rows {len(ok)}, all reused and within {TF_TOLERANCE} nats: {passed}, "
           f"greedy equal {sum(r['greedy_same'] for r in ok)}/{len(ok)}; error: {result.get('error')}")
+    for key in sorted({(r["arch"], r["backend"]) for r in result["rows"] if r.get("plan") == "radix"}):
+        worst = max(r["max_tf_dlogp"] for r in result["rows"] if r.get("plan") == "radix" and (r["arch"], r["backend"]) == key)
+        print(f"radix control {key[0]}/{key[1]}: own prefix hit vs no prefix, max tf |dlogp| {worst:.4f}")
 
 
 if __name__ == "__main__":

@@ -11,12 +11,16 @@
    tester>libwriter, 512-1536-token contexts, plan `auto`, QPS $FD_QPS, $FD_SESSIONS sessions,
    caches flushed between points): TTFT p50/p99 and the highest QPS meeting the TTFT SLO;
 3. faults on the real servers, both doors at once: SIGSTOP one libwriter replica (4 requests
-   per door: status and seconds each, /health), SIGCONT, then SIGKILL one tester replica.
+   per door: status and seconds each, /health), SIGCONT, then SIGKILL one tester replica;
+4. after everything above is stopped: `droidspeak serve examples/cluster-one-gpu.yaml` as a
+   user runs it (no router flags: the gateway is the default front door), one /generate per
+   model through its port 8000, and `droidspeak status` read from it.
 Writes $OUT/front_door.json and prints a table. Both doors: 60 s total, ours 30 s first byte.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -145,6 +149,28 @@ def fault(name: str, model: str, port: int, sig: int) -> dict:
     return row
 
 
+def serve_default() -> dict:
+    """`droidspeak serve` on the one-GPU example, defaults only: which front door answers, and how."""
+    serve = subprocess.Popen([sys.executable, "-m", "sglang_droidspeak.cli", "serve", "examples/cluster-one-gpu.yaml",
+                              "--run-dir", str(RUN / "serve-default"), "--health-timeout-s", "400"],
+                             stdout=open(RUN / "serve-default.log", "w"), stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    try:
+        wait("droidspeak serve (defaults)", lambda: http_status(DOORS["droidspeak"] + "/health") == 200, 480, serve)
+        answers = {m: generate("droidspeak", m) for m in ("tester", "libwriter")}
+        status = subprocess.run([sys.executable, "-m", "sglang_droidspeak.cli", "status", "--url",
+                                 DOORS["droidspeak"]], capture_output=True, text=True, timeout=60)
+        try:
+            workers = [(w["url"], w["is_healthy"]) for w in list_workers(DOORS["droidspeak"])]
+        except (OSError, ValueError, KeyError) as exc:  # our router has no /workers: then it answered, not the gateway
+            workers = repr(exc)
+        return {"answers": answers, "status_rc": status.returncode, "status": (status.stdout + status.stderr)[-3000:],
+                "gateway_workers": workers}
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        serve.wait(timeout=60)
+
+
 def stage_gateway() -> int:
     from sglang_droidspeak.cluster.gateway_vocab import FILE_NAME, vocab_dir
     target = Path(".device-gw")
@@ -163,7 +189,7 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     card = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
                           text=True).stdout.strip()
-    result = {"date": time.strftime("%Y-%m-%d"), "card": card, "doors": {}, "faults": []}
+    result = {"date": time.strftime("%Y-%m-%d"), "card": card, "doors": {}, "faults": [], "serve_default": None}
     procs = []
     try:
         procs = start_all()
@@ -175,11 +201,24 @@ def main() -> int:
         result["error"] = repr(exc)
     finally:
         (OUT / "front_door.json").write_text(json.dumps(result, indent=1))
-        for proc in reversed(procs):
-            with __import__("contextlib").suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+        stop(procs)
+    if "error" not in result:
+        try:
+            result["serve_default"] = serve_default()
+        except Exception as exc:
+            result["error"] = f"serve_default: {exc!r}"
+        (OUT / "front_door.json").write_text(json.dumps(result, indent=1))
     print_table(result)
     return 1 if "error" in result else 0
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for proc in reversed(procs):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=60)
 
 
 def print_table(result: dict) -> None:
@@ -192,6 +231,10 @@ def print_table(result: dict) -> None:
     for row in result["faults"]:
         print(f"  {row['fault']}: " + "; ".join(f"{d}: {a}" for d, a in row["answers"].items())
               + f"  health {row['health_after']}")
+    if result.get("serve_default"):
+        d = result["serve_default"]
+        print(f"  droidspeak serve (defaults): answers {d['answers']}, status rc {d['status_rc']}, "
+              f"gateway workers {d['gateway_workers']}")
     if "error" in result:
         print("ERROR", result["error"])
 

@@ -51,13 +51,15 @@ class EngineSegment(NamedTuple):
     e_start: Optional[torch.Tensor] = None  # [n, hidden] E entering ``start``; None: start at 0
 
 
-def engine_unsupported(model: Any, backend_name: str, tp_size: int = 1, pp_size: int = 1) -> Optional[str]:
+def engine_unsupported(model: Any, backend_name: str, tp_size: int = 1, pp_size: int = 1,
+                       flashinfer_paged: bool = False) -> Optional[str]:
     """Why this server's model cannot run layer slices through the engine (None: it can).
 
-    Sliding-window models on flashinfer are refused: on an H100 (2026-12-06,
-    docs/BENCHMARKS.md) Gemma 2's recomputed plans there left the receiver's own prefill
-    by up to 0.95 nats teacher-forced (0.03 on triton), so they are not served until that
-    is understood.
+    Sliding-window models on flashinfer need its paged-only prefill
+    (``SGLANG_FLASHINFER_USE_PAGED=1``, ``flashinfer_paged``): SGLang 0.5.17's ragged
+    prefill applies no window to a prefix-free extend and the window to one with a prefix,
+    so any prefix hit, the server's own radix cache included, moves Gemma 2's outputs there
+    (docs/BENCHMARKS.md, "Sliding windows on flashinfer").
     """
     if tp_size != 1 or pp_size != 1:
         return f"tensor/pipeline parallelism {tp_size}/{pp_size} (only 1/1 is supported)"
@@ -65,8 +67,9 @@ def engine_unsupported(model: Any, backend_name: str, tp_size: int = 1, pp_size:
         return f"{type(model).__name__} has no forward_split_prefill"
     if backend_name not in BACKENDS:
         return f"attention backend {backend_name!r} (supported: {', '.join(BACKENDS)})"
-    if backend_name == "flashinfer" and _has_sliding_window(model):
-        return "sliding-window attention on flashinfer (outside bf16 tolerance when measured; use triton)"
+    if backend_name == "flashinfer" and not flashinfer_paged and _has_sliding_window(model):
+        return ("sliding-window attention on flashinfer's ragged prefill, which drops the window without a "
+                "prefix (start the server with SGLANG_FLASHINFER_USE_PAGED=1, or use triton)")
     return None
 
 

@@ -30,8 +30,9 @@ def num_model_layers(ctx: Any) -> Optional[int]:
 
 def _unsupported(ctx: Any, runner: Any) -> Optional[str]:
     server_args = runner.server_args
+    paged = bool(getattr(getattr(runner, "attn_backend", None), "use_paged", False))  # FlashInferAttnBackend
     reason = engine_unsupported(runner.model, server_args.attention_backend, getattr(ctx, "tp_size", 1),
-                                getattr(server_args, "pp_size", 1))
+                                getattr(server_args, "pp_size", 1), flashinfer_paged=paged)
     if reason is not None:
         return reason
     kv_pool = runner.token_to_kv_pool
