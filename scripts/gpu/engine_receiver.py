@@ -12,10 +12,11 @@ cuda_ipc: sender ``a`` and receiver ``b`` (plugin, requests force their plan).
     batching  8 imports of fresh 4K contexts one at a time (sum of TTFTs), then 8 more
               sent together (first send -> last answer)
     hol       32 streaming decodes on b (ignore_eos) while 16K imports arrive once a
-              second: inter-token latency p50/p99 with no imports, with asynchronous
-              imports, and with blocking imports (custom_params droidspeak_import_mode:
-              blocking, the old synchronous path) in the same run; the contexts are
-              prefilled on a before each window
+              second: inter-token latency p50/p99 with no imports and with imports in
+              each mode (custom_params droidspeak_import_mode): async (yields to decodes:
+              import_busy_token_layers per tick), eager (async, whole chunks: run 7's
+              async), blocking (the old synchronous path), in the same run; the contexts
+              are prefilled on a before each window
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def stream_decode(server: Server, prompt: list, new_tokens: int, times: list) ->
 
 
 def window(a: Server, b: Server, rng: random.Random, mode: str) -> dict:
-    """32 decodes; from 2 s in, one 16K import a second (mode none/async/blocking)."""
+    """32 decodes; from 2 s in, one 16K import a second (mode none/async/eager/blocking)."""
     contexts = [] if mode == "none" else [ids(rng, 16384) for _ in range(HOL_IMPORTS)]
     for ctx in contexts:
         prefill(a, ctx)
@@ -131,7 +132,7 @@ def window(a: Server, b: Server, rng: random.Random, mode: str) -> dict:
         t.start()
     time.sleep(2.0)
     began, answers = time.perf_counter(), []
-    custom = {"droidspeak_import_mode": "blocking"} if mode == "blocking" else {}
+    custom = {} if mode == "none" else {"droidspeak_import_mode": mode}
     for i, ctx in enumerate(contexts):
         time.sleep(max(0.0, began + i - time.perf_counter()))
         answers.append(ask(b, ctx, "0:8", rng, **custom))
@@ -151,7 +152,7 @@ def phase_hol(a: Server, b: Server, rng: random.Random) -> dict:
     decodes stalled every decode for 70 s once (2026-12-06, H100; SGLang's own kernels'
     first use under that mix, not the import), which must not land in a measured window."""
     warmup = window(a, b, rng, "blocking")
-    rows = [window(a, b, rng, mode) for mode in ("none", "async", "blocking", "async")]
+    rows = [window(a, b, rng, mode) for mode in ("none", "async", "eager", "blocking", "async")]
     base = rows[0]["itl_p99_ms"]
     return {"warmup": warmup, "windows": rows, "p99_over_none": [(r["mode"], r["itl_p99_ms"] / base) for r in rows]}
 

@@ -52,7 +52,7 @@ ARGS = ["--attention-backend", "triton", "--dtype", "bfloat16", "--max-total-tok
 
 def cluster_yaml() -> Path:
     fractions = iter((0.15, 0.3, 0.45, 0.6))  # each counts what the earlier servers took
-    models = [{"name": m, "path": f".cache/gpu-models/{m}", "server_args": ARGS,
+    models = [{"name": m, "path": f".cache/gpu-models/{m}", "server_args": list(ARGS),  # a shared list would dump as a YAML alias, which the loader refuses
                "replicas": [{"host": "127.0.0.1", "port": p, "gpus": [0], "mem_fraction": next(fractions)}
                             for p in ports]} for m, ports in PORTS.items()]
     config = {"name": "front-door", "router": {"host": "127.0.0.1", "port": 8000, "kind": "droidspeak"},

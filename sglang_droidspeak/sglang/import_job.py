@@ -94,6 +94,7 @@ class ImportJob:
     e_ready: set = field(default_factory=set)
     last_event: Any = None  # compute-stream event after our latest launch
     blend_steps: int = 0  # 0: nothing, 1: selection launched, 2: blended layers launched
+    yields: bool = True  # import mode async: small chunks while the server decodes (import_queue.py)
 
     def __post_init__(self) -> None:
         if not isinstance(self.plan, BlendPlan):

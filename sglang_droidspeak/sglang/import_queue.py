@@ -19,9 +19,19 @@ launched as batched engine forwards (one per layer slice) on the compute stream,
 ``chunk_tokens`` tokens and ``MAX_INFLIGHT`` unfinished launches at a time; a finished job
 is inserted (its request then adopts the DERIVED prefix in ``match_prefix``); a failed job
 frees its slots once drained and its request prefills normally (``FELL_BACK_ATTR``).
-``blocking`` (setting ``import_mode: blocking``, or a request's ``droidspeak_import_mode``)
-runs the job to its end inside the tick that starts it: the old synchronous behaviour,
-kept for comparison.
+
+Launches share the forward stream with the server's own batches, so a decode step waits
+behind whatever a tick queued. The import mode (setting ``import_mode``, or a request's
+``droidspeak_import_mode``) says how much:
+
+    mode      while a decode batch runs                 otherwise
+    async     one job's chunk of at most                chunk_tokens per tick,
+              busy_token_layers tokens x layers,        MAX_INFLIGHT launches
+              one launch in flight (decodes wait
+              a slice, not a whole chunk)
+    eager     as otherwise                              "
+    blocking  the job runs to its end inside the tick that starts it (the old
+              synchronous behaviour, kept for comparison)
 """
 
 from __future__ import annotations
@@ -42,11 +52,14 @@ from sglang_droidspeak.sglang.request_options import request_options
 logger = logging.getLogger(__name__)
 JOB_ATTR = "droidspeak_import"  # on a request: its ImportJob, or None once examined
 MAX_INFLIGHT = 2  # launches not yet finished on the GPU (bounds what a decode batch waits behind)
+MIN_BUSY_CHUNK = 16  # tokens: the smallest chunk a yielding job launches
 
 
 class ImportQueue:
-    def __init__(self, runtime: Any, chunk_tokens: int, blocking: bool = False):
-        self.runtime, self.chunk_tokens, self.blocking = runtime, chunk_tokens, blocking
+    def __init__(self, runtime: Any, chunk_tokens: int, mode: str = "async", busy_token_layers: int = 2048):
+        self.runtime, self.chunk_tokens, self.mode = runtime, chunk_tokens, mode
+        self.busy_token_layers = busy_token_layers
+        self.decoding = False  # a decode batch was running at this tick
         self.jobs: list[ImportJob] = []
         self._inflight: list[Any] = []  # events of unfinished launches
         self.compute_stream: Any = None  # the scheduler's forward stream (None: current stream, CPU)
@@ -60,6 +73,7 @@ class ImportQueue:
 
     def tick(self, scheduler: Any) -> None:
         self.bind(scheduler)
+        self.decoding = _decoding(scheduler)
         self.scan(scheduler)
         if self.jobs:
             self.advance(scheduler.waiting_queue)
@@ -100,7 +114,9 @@ class ImportQueue:
             return
         setattr(req, JOB_ATTR, job)
         self.jobs.append(job)
-        if self.blocking or request_options(req).blocking:  # the old behaviour: this tick waits for it
+        mode = request_options(req).import_mode or self.mode
+        job.yields = mode == "async"
+        if mode == "blocking":  # the old behaviour: this tick waits for it
             while job in self.jobs:
                 self.advance([req], only=job)
                 time.sleep(0)
@@ -116,8 +132,9 @@ class ImportQueue:
         for job in jobs:
             self._check(job, waiting_ids, now)
         self._inflight = [event for event in self._inflight if not event.query()]
-        if len(self._inflight) < MAX_INFLIGHT or only is not None:
-            self._launch_ready(jobs)
+        yielding = only is None and self.decoding and any(job.yields for job in jobs)
+        if only is not None or len(self._inflight) < (1 if yielding else MAX_INFLIGHT):
+            self._launch_ready(jobs, yielding)
         for job in list(jobs):
             if job.failure is None and job.succeeded():
                 self.jobs.remove(job)
@@ -150,7 +167,8 @@ class ImportQueue:
 
     # ---- launch ----
 
-    def _launch_ready(self, jobs: list[ImportJob]) -> None:
+    def _launch_ready(self, jobs: list[ImportJob], yielding: bool = False) -> None:
+        """``yielding``: decodes are running; a yielding job launches one small chunk, alone."""
         budget = self.chunk_tokens
         by_slice: dict[tuple[int, int], list[WorkItem]] = defaultdict(list)
         blends = []
@@ -161,9 +179,13 @@ class ImportQueue:
             if step is not None:
                 blends.append((job, step))
                 budget -= job.num_tokens
-            for item in job.ready_items(budget, self.chunk_tokens):
+            chunk = self._busy_chunk(job) if yielding and job.yields else self.chunk_tokens
+            items = job.ready_items(min(budget, chunk), chunk)
+            for item in items:
                 by_slice[(item.group.start, item.group.end)].append(item)
                 budget -= item.end - item.begin
+            if items and yielding and job.yields:
+                break
         with self._on_compute_stream():
             for (start, end), items in by_slice.items():
                 self._guarded([item.job for item in items], self._launch_slice, start, end, items)
@@ -202,6 +224,10 @@ class ImportQueue:
         job.blend_steps = 1 if step == "select" else 2
         job.last_event = self._record()
 
+    def _busy_chunk(self, job: ImportJob) -> int:
+        """Tokens per group such that one tick's slice is about ``busy_token_layers``."""
+        return max(MIN_BUSY_CHUNK, self.busy_token_layers // max(1, job.plan.num_recomputed_layers))
+
     def _record(self) -> Optional[Any]:
         event = record_event(self.compute_stream)
         if event is not None:
@@ -216,3 +242,9 @@ class ImportQueue:
     def close(self) -> None:
         for job in self.jobs:
             job.fail("shutdown", "the server is shutting down")
+
+
+def _decoding(scheduler: Any) -> bool:
+    """Whether the scheduler holds a running (decode) batch: SGLang's ``running_batch``."""
+    running = getattr(scheduler, "running_batch", None)
+    return running is not None and not running.is_empty()

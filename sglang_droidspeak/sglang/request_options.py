@@ -7,9 +7,10 @@
     droidspeak_link_gbps    a number > 0            ask the sender to pace this fetch to that link
                                                     rate (Gbit/s); a sender honours it only with
                                                     ``allow_request_throttle`` (transfer/pacing.py)
-    droidspeak_import_mode  "async" | "blocking"    this request's import runs asynchronously (the
-                                                    server keeps serving) or inside the scheduler
-                                                    tick (the old behaviour; for comparisons)
+    droidspeak_import_mode  "async" | "eager" |     this request's import runs asynchronously,
+                            "blocking"              yielding to decodes (async) or not (eager),
+                                                    or inside the scheduler tick (the old
+                                                    behaviour); the setting ``import_mode``
 
 Absent keys keep the settings. A malformed value is ignored with a warning naming it; the
 request still gets a correct answer (these options change timing, never results). One
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 class RequestOptions:
     pipelined: Optional[bool] = None  # None: the receiver's ``pipelined`` setting
     link_gbps: float = 0.0  # 0: no rate asked of the sender
-    blocking: Optional[bool] = None  # None: the receiver's ``import_mode`` setting
+    import_mode: Optional[str] = None  # None: the receiver's ``import_mode`` setting
 
     def pipelined_or(self, setting: bool) -> bool:
         """This request's ``pipelined``: its own choice, else the receiver's ``setting``."""
@@ -46,7 +47,7 @@ def parse_request_options(params: Any, rid: str = "?") -> RequestOptions:
     if not isinstance(params, Mapping):
         return RequestOptions()
     return RequestOptions(_pipelined(params.get(PIPELINED_PARAM), rid), _link_gbps(params.get(LINK_GBPS_PARAM), rid),
-                          _blocking(params.get(IMPORT_MODE_PARAM), rid))
+                          _import_mode(params.get(IMPORT_MODE_PARAM), rid))
 
 
 def request_options(req: Any) -> RequestOptions:
@@ -64,12 +65,12 @@ def _pipelined(value: Any, rid: str) -> Optional[bool]:
     return None
 
 
-def _blocking(value: Any, rid: str) -> Optional[bool]:
+def _import_mode(value: Any, rid: str) -> Optional[str]:
     if value is None:
         return None
-    if value in ("async", "blocking"):
-        return value == "blocking"
-    _ignore(rid, IMPORT_MODE_PARAM, value, "'async' or 'blocking'")
+    if value in ("async", "eager", "blocking"):
+        return value
+    _ignore(rid, IMPORT_MODE_PARAM, value, "'async', 'eager' or 'blocking'")
     return None
 
 

@@ -80,7 +80,8 @@ class DroidSpeakRuntime(ImportRole, DirectoryRole):
         self.listeners = [DirectoryListener([peer.announce], secret, functools.partial(self._on_announce, peer=peer),
                                             on_drop=metrics.record_drop)
                           for peer in self.peers]
-        self.imports = ImportQueue(self, settings.import_chunk_tokens, blocking=settings.import_mode == "blocking")
+        self.imports = ImportQueue(self, settings.import_chunk_tokens, settings.import_mode,
+                                   settings.import_busy_token_layers)
         self.worker = FetchWorker() if self.client is not None else None
 
     def attach(self, tree: Any) -> None:

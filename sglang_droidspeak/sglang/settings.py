@@ -12,10 +12,14 @@
                                    #     | nccl (two GPUs: a per-pair NCCL channel carries E, K/V)
     nccl_host: 127.0.0.1           # nccl: the address senders reach our pair TCPStores at
     pipelined: true                # receiver: recompute while K/V still arrives (import_pipeline.py)
-    import_mode: async             # receiver: async (the request waits, the server does not) |
+    import_mode: async             # receiver: async (the request waits, the server does not;
+                                   #   while it decodes, imports yield: import_busy_token_layers) |
+                                   #   eager (async, full chunks even while decoding) |
                                    #   blocking (the import runs inside the scheduler tick: the
                                    #   old synchronous behaviour, for comparison)
     import_chunk_tokens: 8192      # receiver: tokens of recompute launched per scheduler tick
+    import_busy_token_layers: 2048 # receiver, async: while a decode batch runs, a tick launches at
+                                   #   most this many tokens x recomputed layers (>= 8)
     import_deadline_s: 10          # receiver: a parked request waits at most this long, then
                                    #   prefills normally
     throttle_gbps: 10              # sender: pace the ZMQ stream to this link rate (transfer/pacing.py)
@@ -71,8 +75,9 @@ class DroidSpeakSettings:
     fetch_timeout_s: float = 2.0
     data_plane: str = "zmq"
     pipelined: bool = True  # receiver: overlap the recompute with the transfer
-    import_mode: str = "async"  # receiver: "async" | "blocking" (import_queue.py)
+    import_mode: str = "async"  # receiver: "async" | "eager" | "blocking" (import_queue.py)
     import_chunk_tokens: int = 8192  # receiver: recompute tokens launched per scheduler tick
+    import_busy_token_layers: int = 2048  # receiver, async: a tick's recompute while decoding
     import_deadline_s: float = 10.0  # receiver: longest a request stays parked
     throttle_gbps: Optional[float] = None  # sender: emulated link rate of the ZMQ stream
     allow_request_throttle: bool = False  # sender: honour a FetchRequest's link_gbps (pacing.py)
@@ -171,8 +176,15 @@ def _plain_name(name: str) -> bool:
 _KEYS = {"model", "allow_derived_export", "min_foreign_tokens", "plans", "profiles_dir", "max_quality_drop",
          "fetch_timeout_s", "data_plane", "nccl_host", "secret_env", "export_bind", "announce_bind", "peers",
          "slo_ttft_ms", "latency_model", "pipelined", "throttle_gbps", "allow_request_throttle",
-         "import_mode", "import_chunk_tokens", "import_deadline_s"}
-IMPORT_MODES = ("async", "blocking")
+         "import_mode", "import_chunk_tokens", "import_busy_token_layers", "import_deadline_s"}
+IMPORT_MODES = ("async", "eager", "blocking")
+
+
+def _int_at_least(data: Mapping, key: str, default: int, low: int, where: str) -> int:
+    value = data.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise SettingsError(f"{where}: {key!r} must be an int >= {low}, got {value!r}")
+    return value
 
 
 def load_settings(path: Optional[str] = None) -> DroidSpeakSettings:
@@ -207,9 +219,8 @@ def parse_settings(data: Any, where: str = "<settings>") -> DroidSpeakSettings:
     if not isinstance(plans, list):
         raise SettingsError(f"{where}: 'plans' must be a list, got {plans!r}")
     pair_plans = tuple(_pair_plan(entry, f"{where}: plans[{i}]") for i, entry in enumerate(plans))
-    chunk = data.get("import_chunk_tokens", 8192)
-    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 8:
-        raise SettingsError(f"{where}: 'import_chunk_tokens' must be an int >= 8, got {chunk!r}")
+    chunk = _int_at_least(data, "import_chunk_tokens", 8192, 8, where)
+    busy = _int_at_least(data, "import_busy_token_layers", 2048, 8, where)
     return DroidSpeakSettings(
         model, allow, min_tokens, pair_plans,
         profiles_dir=_optional_str(data, "profiles_dir", where),
@@ -219,6 +230,7 @@ def parse_settings(data: Any, where: str = "<settings>") -> DroidSpeakSettings:
         pipelined=_flag(data, "pipelined", True, where),
         import_mode=_choice(data, "import_mode", IMPORT_MODES, where),
         import_chunk_tokens=chunk,
+        import_busy_token_layers=busy,
         import_deadline_s=_number(data, "import_deadline_s", 10.0, where, positive=True),
         throttle_gbps=None if data.get("throttle_gbps") is None else _number(data, "throttle_gbps", 0, where, True),
         allow_request_throttle=_flag(data, "allow_request_throttle", False, where),

@@ -150,6 +150,26 @@ def test_a_long_prefix_is_recomputed_in_chunks_one_budget_per_tick(monkeypatch):
                                        expected.v[layer].transpose(0, 1), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mode, chunks", [("async", [[(0, 20)], [(20, 12)]]), ("eager", [[(0, 32)]])])
+def test_while_the_server_decodes_an_async_import_yields_in_small_chunks(monkeypatch, mode, chunks):
+    # 80 token-layers per tick over a 4-layer plan: 20-token chunks (eager: the whole 32-token chunk)
+    with servers(import_chunk_tokens=32, import_busy_token_layers=80) as (a, b):
+        cache = announce_and_wait(a, b, CONTEXT)
+        b.scheduler.running_batch.reqs.append(request([7, 8, 9]))  # a decode batch is running
+        engine, launched = b.runtime.parts.engine, []
+        real = engine.run
+        monkeypatch.setattr(engine, "run", lambda segs, rows, s, e, capture=(): launched.append(
+            [(seg.prefix_len, len(seg.token_ids)) for seg in segs]) or real(segs, rows, s, e, capture))
+        match = import_and_match(b, request(CONTEXT + SUFFIX, "0:4", droidspeak_import_mode=mode))
+        assert launched == chunks
+        expected = ReferenceModel(b.model).build_receiver_cache(cache, LayerPlan(NUM_LAYERS, ((0, 4),)),
+                                                                torch.tensor(CONTEXT))
+        for layer in range(NUM_LAYERS):
+            torch.testing.assert_close(b.pool.get_key_buffer(layer)[match.device_indices],
+                                       expected.k[layer].transpose(0, 1), atol=1e-5, rtol=1e-5)
+        assert leak_free(b)
+
+
 @pytest.mark.parametrize("where", ["setting", "request"])
 def test_a_blocking_import_finishes_inside_the_tick_that_starts_it(where):
     settings = {"import_mode": "blocking"} if where == "setting" else {}

@@ -92,7 +92,10 @@ class SchedulerStandIn:
     prefill hook around a prefill that matches and schedules every request it is given."""
 
     def __init__(self, tree):
+        from sglang.srt.managers.schedule_batch import ScheduleBatch
+
         self.tree_cache, self.waiting_queue, self.forward_stream = tree, [], None
+        self.running_batch = ScheduleBatch(reqs=[], batch_is_full=False)  # decoding: put a Req in it
         self.scheduled: list = []
 
     def loop_once(self) -> None:
