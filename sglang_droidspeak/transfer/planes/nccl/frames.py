@@ -4,7 +4,7 @@
     NcclPairOffer          ---- fetch socket ---->     checks it, starts joining
                            <---------------------      NcclPairAccept | FetchError(nccl_unavailable)
     (both ends rendezvous on the store and open the channel in a background thread)
-    FetchRequest(channel_id) ------------------->      checks, computes E
+    FetchRequest(plane=nccl, session=channel_id) ------------------->      checks, computes E
                            <---------------------      NcclSendStart(num_tensors)
     recv x num_tensors     <==== the channel =====     send x num_tensors (E, then K, V per layer)
                            <---------------------      FetchDone(0) | FetchError
@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sglang_droidspeak.transfer.frames import DTYPES, FetchRequest, WireError, _Message
+from sglang_droidspeak.transfer.frames import DTYPES, FetchRequest, OversizedFrame, WireError, _Message
 
 PAIR_WORLD_SIZE = 2
 
@@ -40,6 +40,7 @@ class NcclPairOffer(_Message):
     """Receiver -> sender: join channel ``channel_id`` through my TCPStore."""
 
     KIND: ClassVar[str] = "nccl_pair_offer"
+    REPLY_FIELD: ClassVar[str] = "channel_id"  # its answer (accept or FetchError) names this
     channel_id: str
     receiver_model: str
     store_host: str
@@ -69,6 +70,11 @@ class NcclPairOffer(_Message):
             raise WireError(f"NcclPairOffer.kv_row must be [kv_heads, head_dim] > 0, got {self.kv_row[:8]}")
         if self.hidden_size == 0:
             raise WireError("NcclPairOffer.hidden_size must be > 0")
+
+    def check_limits(self, limits) -> None:
+        if max(*self.kv_row, self.hidden_size) > limits.max_dim:
+            raise OversizedFrame(f"NcclPairOffer kv_row {self.kv_row} / hidden_size {self.hidden_size} "
+                                 f"exceed {limits.max_dim}")
 
     @property
     def sender_rank(self) -> int:
@@ -102,8 +108,13 @@ class NcclSendStart(_Message):
         if not self.channel_id:
             raise WireError("NcclSendStart.channel_id must be non-empty")
 
+    def check_limits(self, limits) -> None:
+        if self.num_tensors > 3 * limits.max_layers:
+            raise OversizedFrame(f"NcclSendStart.num_tensors {self.num_tensors} > {3 * limits.max_layers}")
 
-NCCL_MESSAGE_TYPES: dict[str, type] = {c.KIND: c for c in (NcclPairOffer, NcclPairAccept, NcclSendStart)}
+
+MESSAGES: tuple[type, ...] = (NcclPairOffer, NcclPairAccept, NcclSendStart)
+ERROR_CODES = ("nccl_unavailable", "no_channel")
 
 
 def tensor_order(request: FetchRequest) -> list[tuple[str, int]]:
