@@ -15,6 +15,7 @@ PLANES: dict[str, str] = {  # the first is the default
     "zmq": "sglang_droidspeak.transfer.planes.zmq",
     "cuda_ipc": "sglang_droidspeak.transfer.planes.cuda_ipc",
     "nccl": "sglang_droidspeak.transfer.planes.nccl",
+    "nixl": "sglang_droidspeak.transfer.planes.nixl",
 }
 
 
