@@ -129,6 +129,16 @@ class _Message:
     def _check(self) -> None:
         pass
 
+    def _nonempty(self, *names: str) -> None:
+        for name in names:
+            if not getattr(self, name):
+                raise WireError(f"{type(self).__name__}.{name} must be non-empty")
+
+    def _dtypes(self, *names: str) -> None:
+        for name in names:
+            if getattr(self, name) not in DTYPES:
+                raise WireError(f"{type(self).__name__}.{name} {getattr(self, name)!r} not in whitelist {tuple(DTYPES)}")
+
     def check_limits(self, limits) -> None:
         """Raise OversizedFrame where a field exceeds ``limits`` (wire.WireLimits); the
         wire calls it after decoding. The base checks nothing."""

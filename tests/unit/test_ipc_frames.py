@@ -11,7 +11,7 @@ import msgpack
 import pytest
 import torch
 
-from sglang_droidspeak.transfer import FetchRequest, WireError, WireLimits, decode, encode
+from sglang_droidspeak.transfer import FetchRequest, WireError, WireLimits, decode, encode, wire
 from sglang_droidspeak.transfer.planes.cuda_ipc.frames import MAX_HANDLE_BYTES, view_extent
 from cpu_ipc import offer_for
 
@@ -95,8 +95,11 @@ def test_view_extent():
 
 def test_oversized_offers_are_rejected_by_the_decoder():
     too_long = _resign(OFFER, handles=[b"x" * (MAX_HANDLE_BYTES + 1)] * 4)
-    with pytest.raises(WireError, match="not well-formed msgpack"):  # msgpack's bin limit, before the MAC
+    with pytest.raises(WireError, match=r"handles entries must be 1\.\.1024 bytes"):  # the offer's own bound
         decode(too_long, SECRET)
+    far_too_long = _resign(OFFER, handles=[b"x" * (wire.MAX_BIN_BYTES + 1)] * 4)  # the largest any kind takes
+    with pytest.raises(WireError, match="not well-formed msgpack"):  # msgpack's bin limit, before the MAC
+        decode(far_too_long, SECRET)
     with pytest.raises(WireError, match="num_layers 2 or shape exceeds limits"):
         decode(encode(OFFER, SECRET), SECRET, WireLimits(max_layers=1))
     with pytest.raises(WireError, match="num_layers 2 or shape exceeds limits"):

@@ -74,11 +74,8 @@ class IpcPoolOffer(_Message):
     event_sync_required: tuple[int, ...]
 
     def _check(self) -> None:
-        for name in ("offer_id", "receiver_model", "device_uuid"):
-            if not getattr(self, name):
-                raise WireError(f"IpcPoolOffer.{name} must be non-empty")
-        if self.dtype not in DTYPES:
-            raise WireError(f"IpcPoolOffer.dtype {self.dtype!r} not in whitelist {tuple(DTYPES)}")
+        self._nonempty("offer_id", "receiver_model", "device_uuid")
+        self._dtypes("dtype")
         if self.num_layers < 1:
             raise WireError("IpcPoolOffer.num_layers must be >= 1")
         for name in ("k_shape", "k_stride", "v_shape", "v_stride"):

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sglang_droidspeak.transfer.frames import DTYPES, FetchRequest, OversizedFrame, WireError, _Message
+from sglang_droidspeak.transfer.frames import FetchRequest, OversizedFrame, WireError, _Message
 
 PAIR_WORLD_SIZE = 2
 
@@ -54,18 +54,14 @@ class NcclPairOffer(_Message):
     device_uuid: str
 
     def _check(self) -> None:
-        for name in ("channel_id", "receiver_model", "store_host"):
-            if not getattr(self, name):
-                raise WireError(f"NcclPairOffer.{name} must be non-empty")
+        self._nonempty("channel_id", "receiver_model", "store_host")
         if not 1 <= self.store_port <= 65535:
             raise WireError(f"NcclPairOffer.store_port must be in 1..65535, got {self.store_port}")
         if self.world_size != PAIR_WORLD_SIZE:
             raise WireError(f"NcclPairOffer.world_size must be {PAIR_WORLD_SIZE}, got {self.world_size}")
         if self.receiver_rank not in (0, 1):
             raise WireError(f"NcclPairOffer.receiver_rank must be 0 or 1, got {self.receiver_rank}")
-        for name in ("dtype", "e_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise WireError(f"NcclPairOffer.{name} {getattr(self, name)!r} not in whitelist {tuple(DTYPES)}")
+        self._dtypes("dtype", "e_dtype")
         if len(self.kv_row) != 2 or 0 in self.kv_row:
             raise WireError(f"NcclPairOffer.kv_row must be [kv_heads, head_dim] > 0, got {self.kv_row[:8]}")
         if self.hidden_size == 0:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sglang_droidspeak.transfer.frames import DTYPES, OversizedFrame, WireError, _Message
+from sglang_droidspeak.transfer.frames import OversizedFrame, WireError, _Message
 
 MAX_METADATA_BYTES = 1 << 16
 MEM_TYPES = ("DRAM", "VRAM")
@@ -53,14 +53,10 @@ class NixlPoolOffer(_Message):
     hidden_bytes: int
 
     def _check(self) -> None:
-        for name in ("session", "receiver_model", "metadata"):
-            if not getattr(self, name):
-                raise WireError(f"NixlPoolOffer.{name} must be non-empty")
+        self._nonempty("session", "receiver_model", "metadata")
         if self.mem_type not in MEM_TYPES:
             raise WireError(f"NixlPoolOffer.mem_type must be one of {MEM_TYPES}, got {self.mem_type!r}")
-        for name in ("dtype", "e_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise WireError(f"NixlPoolOffer.{name} {getattr(self, name)!r} not in whitelist {tuple(DTYPES)}")
+        self._dtypes("dtype", "e_dtype")
         if min(self.num_layers, self.num_rows, self.row_bytes, self.hidden_bytes) == 0:
             raise WireError("NixlPoolOffer.num_layers, num_rows, row_bytes and hidden_bytes must be > 0")
         for name in ("k_addrs", "v_addrs"):
