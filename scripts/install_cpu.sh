@@ -24,7 +24,8 @@ for line in open(sys.argv[1]):
             pass
 PY
 )
-"${pip[@]}" -c "$pins" "torch==2.13.0" -e ".[test,gateway]" $realign
+# nixl: the nixl data plane's CPU tests run over NIXL's TCP transport (a 57 MB wheel).
+"${pip[@]}" -c "$pins" "torch==2.13.0" -e ".[test,gateway,nixl]" $realign
 # The gateway's multi-model mode loads the o200k_base vocabulary at start and cannot
 # download it offline: build it from the npm registry's js-tiktoken (sha256-checked).
 python3 scripts/gateway_vocab.py

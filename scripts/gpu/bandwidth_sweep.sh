@@ -18,7 +18,7 @@
 # Note: the host ZMQ path measured 0.56 GB/s (4.7 Gbit/s) on the H200 machine
 # (docs/BENCHMARKS.md), below every rate here; where the path is slower than the throttle
 # the throttle changes nothing, and the sweep shows the path's own rate. `--data-plane
-# cuda_ipc` paces the sender's GPU copy instead (ipc_export.py), which is faster than 100 Gbit/s.
+# cuda_ipc` paces the sender's GPU copy instead (transfer/planes/cuda_ipc/sender.py), which is faster than 100 Gbit/s.
 source scripts/gpu/device_env.sh || exit 1
 RATES=10,25,100
 if [[ $# -gt 0 && $1 != -* ]]; then

@@ -6,12 +6,14 @@ they are read. Only the exact requested prefix is served, from NATIVE KV (derive
 only when ``allow_derived_export``); anything else is a FetchError and the receiver
 falls back to its own prefill.
 
-    order of the stream        E of each requested layer, then K and V of each reused
-                               layer, each cut into blocks of at most ``block_tokens``
-    cuda_ipc plane (offer_id)  E as above; K/V are copied on the GPU into the receiver's
-                               offered pool by ``ipc`` (ipc_export.py), not streamed
-    nccl plane (channel_id)    NcclSendStart, then E and K/V on the pair channel by
-                               ``nccl`` (nccl_export.py), then FetchDone(0)
+    step                       what
+    checks                     fingerprint, model, layer range (FetchError: bad_request, ...)
+    the plane's refusal        the request's ``plane`` must have a sender here (else
+                               FetchError plane_unavailable: the receiver uses zmq); its
+                               ``refusal`` runs before anything is sent
+    the prefix                 the exact requested tokens, NATIVE (else evicted)
+    E, then the plane          E on demand, then the plane's ``export``: LayerChunks on
+                               zmq, a GPU copy on cuda_ipc, a channel on nccl (planes/)
 
 E comes from ``compute_e`` rather than from a store filled during prefill: a capture
 hook inside the decoder layer produced wrong rows on the GPU under SGLang's default
@@ -24,13 +26,8 @@ from __future__ import annotations
 from array import array
 from typing import Any, Callable, Iterator, Optional
 
-from sglang_droidspeak.sglang.ipc_export import IpcExporter
-from sglang_droidspeak.sglang.nccl_export import NcclExporter
-from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, LayerChunk, Message
-from sglang_droidspeak.transfer.frames_nccl import NcclSendStart, tensor_order
-
-BLOCK_TOKENS = 4096
-
+from sglang_droidspeak.transfer.frames import FetchError, FetchRequest, Message
+from sglang_droidspeak.transfer.planes.base import PlaneSender
 
 EComputer = Callable[[list, tuple], dict]  # (token_ids, layers) -> {layer: [n, hidden]}
 
@@ -47,63 +44,34 @@ def _check(request: FetchRequest, model: str, fingerprint: str, num_layers: int)
     return None
 
 
-def _check_ipc(request: FetchRequest, ipc: Optional[IpcExporter]) -> Optional[FetchError]:
-    if not request.offer_id:
-        return None
-    if ipc is None:
-        return FetchError(request.request_id, "ipc_unavailable", "this sender's data_plane is zmq")
-    return ipc.refusal(request)
+def _plane_refusal(request: FetchRequest, sender: Optional[PlaneSender]) -> Optional[FetchError]:
+    if sender is None:
+        from sglang_droidspeak.transfer.planes import registry
 
-
-def _check_nccl(request: FetchRequest, nccl: Optional[NcclExporter]) -> Optional[FetchError]:
-    if not request.channel_id:
-        return None
-    if nccl is None:
-        return FetchError(request.request_id, "nccl_unavailable", "this sender's data_plane is not nccl")
-    return nccl.refusal(request)
+        code = registry.spec(request.plane).unavailable_code
+        return FetchError(request.request_id, code, f"this sender is not on the {request.plane} plane")
+    return sender.refusal(request)
 
 
 def export_messages(request: FetchRequest, *, model: str, fingerprint: str, tree: Any,
-                    kv_pool: Any, compute_e: EComputer, num_layers: int,
-                    block_tokens: int = BLOCK_TOKENS, ipc: Optional[IpcExporter] = None,
-                    nccl: Optional[NcclExporter] = None) -> Iterator[Message]:
-    """The answer to ``request``: LayerChunks then FetchDone, or a single FetchError.
+                    compute_e: EComputer, num_layers: int, senders: dict) -> Iterator[Message]:
+    """The answer to ``request``: what its plane's sender (``senders[request.plane]``)
+    yields, ending in FetchDone, or a single FetchError.
 
     E is computed on demand by ``compute_e`` (this model's layers [0, s) over the prefix,
-    from its own embeddings; no KV is written), not read from a capture pool. A request
-    with ``offer_id`` has its K/V copied by ``ipc`` (None: refused, ipc_unavailable); one
-    with ``channel_id`` gets E and K/V on that channel by ``nccl`` (None: nccl_unavailable).
+    from its own embeddings; no KV is written), not read from a capture pool.
     """
-    error = _check(request, model, fingerprint, num_layers) or _check_ipc(request, ipc) \
-        or _check_nccl(request, nccl)
+    sender = senders.get(request.plane)
+    error = _check(request, model, fingerprint, num_layers) or _plane_refusal(request, sender)
     if error is not None:
         yield error
         return
-    rid, num_tokens = request.request_id, len(request.token_ids)
+    num_tokens = len(request.token_ids)
     match = tree.match_for_export(array("q", request.token_ids), request.receiver_model)
     if match is None or len(match.match.device_indices) < num_tokens:
         have = 0 if match is None else len(match.match.device_indices)
-        yield FetchError(rid, "evicted", f"holds {have} of {num_tokens} prefix tokens")
+        yield FetchError(request.request_id, "evicted", f"holds {have} of {num_tokens} prefix tokens")
         return
     slots = match.match.device_indices[:num_tokens]  # [num_tokens]
-    num_chunks = 0
     e = compute_e(list(request.token_ids), request.e_layers) if request.e_layers else {}
-    if request.channel_id:
-        yield NcclSendStart(rid, request.channel_id, len(tensor_order(request)))
-        yield nccl.send(request, slots, e) or FetchDone(rid, 0)
-        return
-    for layer in request.e_layers:
-        for start in range(0, num_tokens, block_tokens):
-            yield LayerChunk.from_tensor(rid, "e", layer, start, e[layer][start:start + block_tokens])
-            num_chunks += 1
-    if request.offer_id:
-        yield ipc.copy(request, slots) or FetchDone(rid, num_chunks)
-        return
-    blocks = [(start, slots[start:start + block_tokens].to(kv_pool.device))  # once, not per layer
-              for start in range(0, num_tokens, block_tokens)]
-    for layer in request.reused_layers:
-        for start, block in blocks:
-            yield LayerChunk.from_tensor(rid, "k", layer, start, kv_pool.get_key_buffer(layer)[block])
-            yield LayerChunk.from_tensor(rid, "v", layer, start, kv_pool.get_value_buffer(layer)[block])
-            num_chunks += 2
-    yield FetchDone(rid, num_chunks)
+    yield from sender.export(request, slots, e)

@@ -5,11 +5,14 @@
                                                           E shape, K/V shape and dtype vs the pool;
                                                           layer reused by the plan (K/V) or an
                                                           E layer; writes on the copy stream
-    note_copied(layers)           cuda_ipc plane          layers reused; counts them as complete
-                                                          (the sender wrote the slots itself)
-    take_whole(what, layer, t)    nccl plane              all rows of E [n, hidden] or K/V at once
+    put(what, layer, t)           a plane with whole      all rows of E [n, hidden] or K/V at once
+                                  tensors (nccl)
+    landed(what, layer)           a plane that writes     layer reused (K/V); all rows complete
+                                  the slots / E itself    (the plane wrote them in place)
+                                  (cuda_ipc, nixl)
     check_complete()              import_queue            every expected (what, layer) has n rows
-Every violation raises ``ImportFailed("protocol", ...)``; the job fails and frees the slots.
+These are the ``KvSink`` contract of the data planes (transfer/planes/base.py). Every
+violation raises ``ImportFailed("protocol", ...)``; the job fails and frees the slots.
 A key's last rows record its event (``streams.mark``); a complete E_s calls ``on_e_ready(s)``
 (the job's ``e_landed``, import_job.py). Imports no SGLang.
 """
@@ -22,16 +25,11 @@ import torch
 
 from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.sglang.import_streams import ImportStreams
+from sglang_droidspeak.transfer.errors import ImportFailed  # noqa: F401 - re-exported
 from sglang_droidspeak.transfer.frames import LayerChunk
 
 if TYPE_CHECKING:
     from sglang_droidspeak.sglang.importer import ModelParts
-
-
-class ImportFailed(RuntimeError):
-    def __init__(self, reason: str, message: str):
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
 
 
 class _Receiver:
@@ -84,34 +82,38 @@ class _Receiver:
                                    f"fit the pool's {tuple(buffer.shape[1:])} {buffer.dtype}")
             buffer[self.slots[chunk.token_start:end]] = tensor  # [rows, heads, head_dim]
 
-    def note_copied(self, layers) -> None:
-        """The cuda_ipc plane wrote K/V of ``layers`` straight into our slots (ipc_import.py)."""
-        for layer in layers:
-            if layer not in self.reused:
-                raise ImportFailed("protocol", f"IPC copy of layer {layer}, which the plan recomputes")
-            self.rows[("k", layer)] = self.rows[("v", layer)] = self.num_tokens
-            for buffer in (self.parts.kv_pool.get_key_buffer(layer), self.parts.kv_pool.get_value_buffer(layer)):
-                self.num_bytes += self.num_tokens * buffer[0].numel() * buffer.element_size()  # K or V rows
-
-    def take_whole(self, what: str, layer: int, tensor: torch.Tensor) -> None:
-        """The nccl plane received all rows of one tensor: E [n, hidden] or K/V [n, heads, dim].
+    def put(self, what: str, layer: int, tensor: torch.Tensor) -> None:
+        """All rows of one tensor at once: E [n, hidden] or K/V [n, heads, dim].
 
         Written on the copy stream like a chunk (pipelined: never queued behind the
-        recompute on the compute stream), its event recorded; a complete E_s launches
-        group s (``on_e_ready``), which waits for that event only."""
-        if what != "e" and layer not in self.reused:
-            raise ImportFailed("protocol", f"NCCL {what} of layer {layer}, which the plan recomputes")
+        recompute on the compute stream), then ``landed``."""
+        self._expect(what, layer)
         with self.streams.copying():
             if what == "e":
                 self.e[layer][:] = tensor.to(self.e[layer].dtype)
             else:
                 pool = self.parts.kv_pool
                 (pool.get_key_buffer if what == "k" else pool.get_value_buffer)(layer)[self.slots] = tensor
+        self.landed(what, layer)
+
+    def landed(self, what: str, layer: int) -> None:
+        """All rows of (what, layer) are in place (in our slots, or ``e[layer]``): record its
+        event; a complete E_s launches group s (``on_e_ready``), which waits for it only."""
+        self._expect(what, layer)
         self.rows[(what, layer)] = self.num_tokens
-        self.num_bytes += tensor.numel() * tensor.element_size()
+        if what == "e":
+            self.num_bytes += self.e[layer].numel() * self.e[layer].element_size()
+        else:
+            buffer = self.parts.kv_pool.get_key_buffer(layer)
+            self.num_bytes += self.num_tokens * buffer[0].numel() * buffer.element_size()  # K or V rows
         self.streams.mark((what, layer))
         if what == "e":
             self.on_e_ready(layer)
+
+    def _expect(self, what: str, layer: int) -> None:
+        if (what == "e" and layer not in self.e) or (what in ("k", "v") and layer not in self.reused) \
+                or what not in ("k", "v", "e"):
+            raise ImportFailed("protocol", f"{what} of layer {layer}, which the plan does not fetch")
 
     def check_complete(self) -> None:
         expected = [("e", l) for l in self.e] + [(w, l) for l in self.reused for w in ("k", "v")]

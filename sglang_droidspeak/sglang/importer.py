@@ -12,7 +12,7 @@ runtime_imports.py; this module holds the pieces they share:
                     ImportFailed("no_memory") when they are not free even then
     fetch_request   the FetchRequest of one import (E layers, reused layers)
 
-The receiver's chunk sink and ``ImportFailed``: import_receiver.py.
+The receiver's sink: import_receiver.py; ``ImportFailed``: transfer/errors.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
-from sglang_droidspeak.sglang.import_receiver import ImportFailed, _Receiver  # noqa: F401 - re-exported
+from sglang_droidspeak.transfer.errors import ImportFailed  # noqa: F401 - re-exported
 from sglang_droidspeak.transfer.frames import FetchRequest
 
 

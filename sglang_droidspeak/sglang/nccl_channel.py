@@ -29,8 +29,8 @@ from sglang.srt.distributed.device_communicators.pynccl import PyNcclCommunicato
 from sglang.srt.distributed.device_communicators.pynccl_wrapper import ncclUniqueId
 from sglang.srt.distributed.utils import StatelessProcessGroup
 
-from sglang_droidspeak.transfer.cuda_ipc import device_uuid
-from sglang_droidspeak.transfer.pair_channel import (
+from sglang_droidspeak.transfer.planes.cuda_ipc.backend import device_uuid
+from sglang_droidspeak.transfer.planes.nccl.channel import (
     ChannelError, PairChannel, host_store, join_store, store_rendezvous)
 
 UNIQUE_ID_KEY = "nccl_unique_id"

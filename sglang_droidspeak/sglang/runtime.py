@@ -12,11 +12,9 @@ A receiver's imports are asynchronous jobs (import_queue.py, runtime_imports.py)
 with a REMOTE hit is parked while its fetch runs on the worker and its recompute runs as
 engine forwards (engine_forward.py) between the scheduler's own batches.
 
-With ``data_plane: cuda_ipc`` the sender also keeps receivers' pool offers and copies K/V
-into them on the GPU (ipc_export.IpcExporter), and the receiver offers its pool and asks
-for that copy (ipc_import.IpcFetcher), falling back to ZMQ per peer where it cannot. With
-``data_plane: nccl`` each receiver opens a pair channel to each sender (nccl_import /
-nccl_export; planes.py builds them) and E and K/V move on it GPU to GPU.
+E and K/V move on the configured data plane (``data_plane``: zmq, cuda_ipc, nccl, ...;
+transfer/planes/, built by planes.py): its sender answers the plane's control frames and
+requests, its receiver fetches on the worker, falling back to zmq per peer where it cannot.
 
 Every receiver-side failure is a fallback: the request prefills normally, a warning is
 logged and ``fallbacks_total{reason}`` counts it.
@@ -35,6 +33,7 @@ from sglang_droidspeak.sglang.import_queue import ImportQueue
 from sglang_droidspeak.sglang.importer import ModelParts
 from sglang_droidspeak.sglang.plan_choice import PlanChooser
 from sglang_droidspeak.sglang.planes import build_planes
+from sglang_droidspeak.transfer.planes.base import PlaneContext
 from sglang_droidspeak.sglang.runtime_directory import DirectoryRole
 from sglang_droidspeak.sglang.runtime_e import compute_e
 from sglang_droidspeak.sglang.runtime_imports import BACKOFF_REASONS, PEER_BACKOFF_S, ImportRole  # noqa: F401
@@ -49,10 +48,9 @@ logger = logging.getLogger(__name__)
 
 class DroidSpeakRuntime(ImportRole, DirectoryRole):
     def __init__(self, settings: DroidSpeakSettings, model: str, fingerprint: str, parts: ModelParts,
-                 num_layers: int, metrics: Any, secret: Optional[bytes], ipc_backend: Any = None,
-                 nccl_backend: Any = None):
-        """``ipc_backend`` / ``nccl_backend``: the cuda_ipc / nccl plane's backend (default
-        the GPU one; tests pass CPU stand-ins, see planes.py)."""
+                 num_layers: int, metrics: Any, secret: Optional[bytes], plane_backend: Any = None):
+        """``plane_backend``: the data plane's backend (default the plane's own; tests pass
+        CPU stand-ins, see planes.py)."""
         self.settings, self.model, self.fingerprint = settings, model, fingerprint
         self.parts, self.num_layers, self.metrics = parts, num_layers, metrics
         self.peers = settings.peers  # several replicas of one model are several peers
@@ -67,10 +65,10 @@ class DroidSpeakRuntime(ImportRole, DirectoryRole):
                               if settings.export_bind else None)
         self.announcer = Announcer(settings.announce_bind, secret) if settings.announce_bind else None
         self.client = FetchClient(secret) if self.peers else None
-        planes = build_planes(settings, model, parts, num_layers, secret, self.export_server, self.client,
-                              ipc_backend, nccl_backend, pacing)
-        self.ipc_export, self.ipc_fetch = planes.ipc_export, planes.ipc_fetch
-        self.nccl_export, self.nccl_fetch = planes.nccl_export, planes.nccl_fetch
+        context = PlaneContext(model, parts.kv_pool, num_layers, parts.hidden_size, parts.dtype,
+                               settings.fetch_timeout_s, secret, self.client, pacing, settings.nccl_host,
+                               plane_backend)
+        self.planes = build_planes(settings, context, self.export_server, self.client)
         self.tree: Any = None
         self.scheduler: Any = None
         self._warned: set[str] = set()
@@ -100,31 +98,24 @@ class DroidSpeakRuntime(ImportRole, DirectoryRole):
                 import zmq
 
                 sleeper.poller.register(self.export_server.socket, zmq.POLLIN)  # wake on fetches
-        self.poll_exports()
+        self.answer_fetches()
         self.imports.tick(scheduler)
 
-    def poll_exports(self) -> None:
+    def answer_fetches(self) -> None:
+        """Answer queued FetchRequests and the data plane's control frames (never blocks)."""
         if self.export_server is not None and self.tree is not None:
-            offers = {}  # only the plane's own offer handler
-            if self.ipc_export is not None:
-                offers["on_offer"] = self.ipc_export.accept_offer
-            if self.nccl_export is not None:
-                offers["on_nccl_offer"] = self.nccl_export.accept_offer
-            self.export_server.poll(self._export, **offers)
+            self.export_server.poll(self._export, on_control=self.planes.on_control)
 
     def _export(self, request):
         self.metrics.record_export()
-        planes_before = self._plane_bytes_out()
+        planes_before = self.planes.bytes_out()
         for msg in export_messages(request, model=self.model, fingerprint=self.fingerprint, tree=self.tree,
-                                   kv_pool=self.parts.kv_pool, compute_e=self.compute_e,
-                                   num_layers=self.num_layers, ipc=self.ipc_export, nccl=self.nccl_export):
-            if isinstance(msg, (FetchDone, FetchError)):  # the last message: IPC copies, NCCL sends are done
-                self.metrics.record_bytes("out", self._plane_bytes_out() - planes_before)
+                                   compute_e=self.compute_e, num_layers=self.num_layers,
+                                   senders=self.planes.senders):
+            if isinstance(msg, (FetchDone, FetchError)):  # the last message: the plane's moves are done
+                self.metrics.record_bytes("out", self.planes.bytes_out() - planes_before)
             self.metrics.record_bytes("out", len(getattr(msg, "data", b"")))
             yield msg
-
-    def _plane_bytes_out(self) -> int:
-        return sum(plane.num_bytes_out for plane in (self.ipc_export, self.nccl_export) if plane is not None)
 
     def compute_e(self, token_ids: list, layers: tuple) -> dict:
         """E entering each of ``layers`` for the prefix, by this model's own layers (runtime_e.py)."""
@@ -158,7 +149,7 @@ class DroidSpeakRuntime(ImportRole, DirectoryRole):
         self.imports.close()
         if self.worker is not None:
             self.worker.close()
-        for part in (self.nccl_fetch, self.nccl_export, self.export_server, self.announcer, self.client,
-                     *self.listeners):
+        self.planes.close()
+        for part in (self.export_server, self.announcer, self.client, *self.listeners):
             if part is not None:
                 part.close()

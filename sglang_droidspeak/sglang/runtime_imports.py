@@ -32,13 +32,13 @@ from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.radix.hits import ForeignHit
 from sglang_droidspeak.sglang.import_job import CancellableReceiver, ImportJob, PoolRow, record_event
 from sglang_droidspeak.sglang.import_streams import ImportStreams
-from sglang_droidspeak.sglang.importer import ImportFailed, allocate, fetch_request
+from sglang_droidspeak.sglang.importer import allocate, fetch_request
 from sglang_droidspeak.sglang.request_options import request_options
-from sglang_droidspeak.transfer.fetch import FetchFailed
+from sglang_droidspeak.transfer.errors import FetchFailed, ImportFailed
 
 logger = logging.getLogger(__name__)
 PEER_BACKOFF_S = 10.0  # after a timeout or protocol error, skip that peer for this long
-BACKOFF_REASONS = ("timeout", "protocol", "internal", "deadline", "nccl_error")
+BACKOFF_REASONS = ("timeout", "protocol", "internal", "deadline", "nccl_error", "nixl_error")
 
 
 class ImportRole:
@@ -61,7 +61,7 @@ class ImportRole:
         except ImportFailed as exc:
             setattr(req, FELL_BACK_ATTR, True)
             return self._fallback(exc.reason, rid, str(exc))
-        self.worker.submit(job, self._fetcher(hit.peer, options.link_gbps), self._request_of(job),
+        self.worker.submit(job, self._fetch_from(hit.peer, options.link_gbps), self._request_of(job),
                            record_event(self.imports.compute_stream))
         return job
 
@@ -106,10 +106,11 @@ class ImportRole:
         e_layers = () if isinstance(plan, BlendPlan) else plan.e_layers()
         return fetch_request(job.hit.sender, self.model, self.fingerprint, job.token_ids, kv_layers, e_layers)
 
-    def _fetcher(self, endpoint: str, link_gbps: float = 0.0):
-        """``fetch(request, receiver)`` from ``endpoint`` on the worker thread; ``link_gbps`` > 0
-        goes into the FetchRequest (the sender paces it when it allows that)."""
-        timeout, plane = self.settings.fetch_timeout_s, self.ipc_fetch or self.nccl_fetch or self.client
+    def _fetch_from(self, endpoint: str, link_gbps: float = 0.0):
+        """``fetch(request, receiver)`` from ``endpoint`` on the worker thread, on the data
+        plane's receiver; ``link_gbps`` > 0 goes into the FetchRequest (the sender paces it
+        when it allows that)."""
+        timeout, plane = self.settings.fetch_timeout_s, self.planes.receiver
 
         def fetch(request, receiver):
             if link_gbps > 0:

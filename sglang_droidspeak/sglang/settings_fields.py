@@ -11,10 +11,11 @@ from typing import Any, Mapping, Optional
 
 from sglang_droidspeak.plan.latency import LatencyModelError, PrefillLatencyModel
 from sglang_droidspeak.plan.layer_plan import LayerPlan, PlanError
+from sglang_droidspeak.transfer.planes import registry
 
 _PLAN_KEYS = {"sender", "receiver", "num_layers", "groups"}
 _PEER_KEYS = {"model", "fetch", "announce"}
-DATA_PLANES = ("zmq", "cuda_ipc", "nccl")  # the first is the default
+DATA_PLANES = registry.names()  # the first is the default (transfer/planes/registry.py)
 
 
 class SettingsError(ValueError):

@@ -5,11 +5,11 @@
                             <-------------    LayerChunk * n   (E first, then K/V by layer)
                             <-------------    FetchDone(n) | FetchError(code)
 
-On the cuda_ipc plane the receiver may first send an ``IpcPoolOffer`` on the same socket
-(no reply; ZMQ keeps the order): the server hands it to ``on_offer``. On the nccl plane it
-first sends an ``NcclPairOffer`` and waits for the answer (``FetchClient.ask``): what
-``on_nccl_offer`` returns, or FetchError(nccl_unavailable); an NcclSendStart during a
-fetch goes to the client's ``on_start``. Every frame is ``wire.encode``d (HMAC, timestamp,
+A data plane's control frames (transfer/planes/) share the socket: the receiver may
+``send`` one that gets no answer (a pool offer; ZMQ keeps the order) or ``ask`` one and
+wait for the answer naming it (a channel offer); the server hands each to ``on_control``
+and sends back what it returns. Any other frame during a fetch goes to the client's
+``on_start`` (a plane's "sends follow" notice). Every frame is ``wire.encode``d (HMAC, timestamp,
 nonce); what does not decode (or is stale or replayed) is dropped by the server and ends
 the client's fetch with ``FetchFailed``; answers are bound to the request's own id. The
 server never blocks: ``poll`` drains what is queued, so it runs on SGLang's scheduler
@@ -27,24 +27,23 @@ import zmq
 
 from sglang_droidspeak.transfer import wire
 from sglang_droidspeak.transfer.drops import DropLog
-from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, LayerChunk, Message, WireError
-from sglang_droidspeak.transfer.frames_ipc import IpcPoolOffer
-from sglang_droidspeak.transfer.frames_nccl import NcclPairAccept, NcclPairOffer, NcclSendStart
+from sglang_droidspeak.transfer.errors import FetchFailed  # noqa: F401 - re-exported
+from sglang_droidspeak.transfer.frames import (
+    MESSAGE_TYPES, FetchDone, FetchError, FetchRequest, LayerChunk, Message, WireError)
 from sglang_droidspeak.transfer.pacing import PacerPolicy
 from sglang_droidspeak.transfer.replay import ReplayGuard
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[FetchRequest], Iterable[Message]]
-OfferHandler = Callable[[IpcPoolOffer], None]
-NcclOfferHandler = Callable[[NcclPairOffer], Message]  # -> NcclPairAccept | FetchError
+ControlHandler = Callable[[Message], Optional[Message]]  # a plane's control frame -> its answer
 
 
-class FetchFailed(RuntimeError):
-    """The fetch ended without FetchDone; ``code`` is a FetchError code or 'timeout'/'protocol'."""
+class UnexpectedFrame(LookupError):
+    """Raised by an ``on_control`` that takes no frame of this kind: the frame is dropped."""
 
-    def __init__(self, code: str, message: str):
-        super().__init__(f"{code}: {message}")
-        self.code = code
+
+def _is_control(msg: Message) -> bool:
+    return type(msg) not in MESSAGE_TYPES.values()
 
 
 class FetchServer:
@@ -69,12 +68,11 @@ class FetchServer:
     def num_dropped(self) -> int:
         return self.drops.total
 
-    def poll(self, handler: Handler, max_requests: int = 16, on_offer: Optional[OfferHandler] = None,
-             on_nccl_offer: Optional[NcclOfferHandler] = None) -> int:
+    def poll(self, handler: Handler, max_requests: int = 16, on_control: Optional[ControlHandler] = None) -> int:
         """Answer up to ``max_requests`` queued requests without blocking; returns how many.
 
-        IpcPoolOffers go to ``on_offer`` (dropped when None), NcclPairOffers to
-        ``on_nccl_offer`` (refused when None); neither counts as a request.
+        A data plane's control frame goes to ``on_control`` (not a request); what it
+        returns is sent back; UnexpectedFrame from it (or no handler) drops the frame.
         """
         served = 0
         while served < max_requests:
@@ -82,42 +80,35 @@ class FetchServer:
                 identity, *frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            msg = self._decode(frames, on_offer is not None)
-            if isinstance(msg, IpcPoolOffer):
-                self._take_offer(msg, on_offer)
-            elif isinstance(msg, NcclPairOffer):
-                self._answer_nccl_offer(identity.bytes, msg, on_nccl_offer)
+            msg = self._decode(frames)
+            if msg is not None and _is_control(msg):
+                self._take_control(identity.bytes, msg, on_control)
             elif msg is not None:
                 self._answer(identity.bytes, msg, handler)
                 served += 1
         return served
 
-    def _take_offer(self, offer: IpcPoolOffer, on_offer: OfferHandler) -> None:
+    def _take_control(self, identity: bytes, msg: Message, on_control: Optional[ControlHandler]) -> None:
         try:
-            on_offer(offer)
+            if on_control is None:
+                raise UnexpectedFrame(msg.kind)
+            answer = on_control(msg)
+        except UnexpectedFrame:
+            self.drops.drop("unexpected", f"a {msg.kind} on the fetch socket")
+            return
         except Exception:  # the handler's bug must not kill the scheduler
-            logger.exception("droidspeak: IPC offer handler failed")
+            logger.exception("droidspeak: %s handler failed", msg.kind)
+            return
+        if answer is not None:
+            self.socket.send_multipart([identity, *wire.encode(answer, self.secret)])
 
-    def _answer_nccl_offer(self, identity: bytes, offer: NcclPairOffer,
-                           on_nccl_offer: Optional[NcclOfferHandler]) -> None:
-        answer: Message = FetchError(offer.channel_id, "nccl_unavailable", "this sender is not on the nccl plane")
-        if on_nccl_offer is not None:
-            try:
-                answer = on_nccl_offer(offer)
-            except Exception as exc:  # the handler's bug must not kill the scheduler
-                logger.exception("droidspeak: NCCL offer handler failed")
-                answer = FetchError(offer.channel_id, "nccl_unavailable", str(exc)[:200])
-        self.socket.send_multipart([identity, *wire.encode(answer, self.secret)])
-
-    def _decode(self, frames, offers: bool = False) -> Optional[FetchRequest | IpcPoolOffer | NcclPairOffer]:
+    def _decode(self, frames) -> Optional[Message]:
         try:
             msg = wire.decode([f.buffer for f in frames], self.secret, self.limits, self.replay)
         except WireError as exc:
             self.drops.drop(exc.reason, str(exc))
             return None
-        if (offers and isinstance(msg, IpcPoolOffer)) or isinstance(msg, NcclPairOffer):
-            return msg
-        if not isinstance(msg, FetchRequest):
+        if not isinstance(msg, FetchRequest) and not _is_control(msg):
             self.drops.drop("unexpected", f"a {msg.kind} on the fetch socket")
             return None
         return msg
@@ -149,13 +140,16 @@ class FetchClient:
         self.context = context or zmq.Context.instance()
         self._sockets: dict[str, zmq.Socket] = {}
 
-    def send(self, endpoint: str, msg: Message | IpcPoolOffer) -> None:
-        """Send one message that gets no answer (an IpcPoolOffer) ahead of the next fetch."""
+    def send(self, endpoint: str, msg: Message) -> None:
+        """Send one control frame that gets no answer (a pool offer) ahead of the next fetch."""
         self._socket(endpoint).send_multipart(wire.encode(msg, self.secret))
 
-    def ask(self, endpoint: str, msg: NcclPairOffer, timeout_s: float,
-            idle: Optional[Callable[[], None]] = None) -> Optional[NcclPairAccept | FetchError]:
-        """Send ``msg`` and return the answer naming its channel; None after ``timeout_s``."""
+    def ask(self, endpoint: str, msg: Message, timeout_s: float,
+            idle: Optional[Callable[[], None]] = None) -> Optional[Message]:
+        """Send control frame ``msg`` and return the answer naming it (the value of its
+        ``REPLY_FIELD`` as the answer's ``channel_id``/``request_id``/...: a plane's accept or a
+        FetchError); None after ``timeout_s``."""
+        reply_to = getattr(msg, msg.REPLY_FIELD)
         socket = self._socket(endpoint)
         socket.send_multipart(wire.encode(msg, self.secret))
         deadline = time.monotonic() + timeout_s
@@ -167,18 +161,20 @@ class FetchClient:
             if answer is None:
                 self._drop_socket(endpoint)  # a late answer must not reach the next exchange
                 return None
-            if isinstance(answer, (NcclPairAccept, FetchError)) and msg.channel_id in (
-                    getattr(answer, "channel_id", None), getattr(answer, "request_id", None)):
+            if _is_control(answer) and getattr(answer, msg.REPLY_FIELD, None) == reply_to:
+                return answer
+            if isinstance(answer, FetchError) and answer.request_id == reply_to:
                 return answer
 
     def fetch(self, endpoint: str, request: FetchRequest, on_chunk: Callable[[LayerChunk], None],
               timeout_s: float, idle: Optional[Callable[[], None]] = None,
-              on_start: Optional[Callable[[NcclSendStart], None]] = None) -> FetchDone:
+              on_start: Optional[Callable[[Message], None]] = None) -> FetchDone:
         """Send ``request``, pass each chunk to ``on_chunk``; raise FetchFailed unless done.
 
         ``idle`` runs every few ms while waiting (e.g. to answer our own peers' fetches,
         so two servers fetching from each other do not deadlock until the timeout).
-        ``on_start`` receives an NcclSendStart (nccl plane; without it: a protocol error).
+        ``on_start`` receives a plane's control frame naming this request (the nccl plane's
+        NcclSendStart; without it: a protocol error).
         """
         socket = self._socket(endpoint)
         try:
@@ -206,7 +202,7 @@ class FetchClient:
             if isinstance(msg, LayerChunk):
                 on_chunk(msg)
                 num_chunks += 1
-            elif isinstance(msg, NcclSendStart) and on_start is not None:
+            elif _is_control(msg) and on_start is not None:
                 on_start(msg)
             elif isinstance(msg, FetchError):
                 return msg

@@ -3,19 +3,18 @@
 A receiver asks with ``FetchRequest``; the sender answers with ``LayerChunk``s (one tensor
 slice each: K or V of a reused layer, or E entering a recomputed group) and then exactly one
 ``FetchDone`` or ``FetchError``. Every message validates itself on construction, so a
-message that exists is well-formed; anything else raises ``WireError``. On the cuda_ipc
-plane (one GPU, see transfer/cuda_ipc.py) the receiver first sends an ``IpcPoolOffer``
-(frames_ipc.py) and its FetchRequest names that offer and the slots to write. On the nccl
-plane (two GPUs) it first opens a pair channel (frames_nccl.py) and names it.
+message that exists is well-formed; anything else raises ``WireError``. A FetchRequest
+names its data plane (transfer/planes/); a plane's own control frames (a pool offer, a
+channel offer) live in its folder's frames.py.
 
     kind            fields (all ints are in [0, 2**63))
     fetch_request   request_id, sender_model, receiver_model, fingerprint: str,
                     token_ids, reused_layers, e_layers: tuple[int, ...] (layers strictly
-                    ascending), deadline_ms: int (0 = none; cuda_ipc: absolute
-                    CLOCK_MONOTONIC ms), offer_id: str ("" = ZMQ plane), dst_slots:
-                    tuple[int, ...] (cuda_ipc: one receiver KV slot per token; else ()),
-                    channel_id: str (nccl plane: the open pair channel; "" = not nccl),
-                    link_gbps: float (finite, >= 0; > 0: the receiver asks the sender to
+                    ascending), deadline_ms: int (0 = none; its clock is the plane's),
+                    plane: str (the data plane, registry.py; "zmq" = LayerChunks only),
+                    session: str (the plane's offer / channel / agent; "" on zmq),
+                    dst_slots: tuple[int, ...] (one receiver KV slot per token, for a
+                    plane that writes them itself; else ()), link_gbps: float (finite, >= 0; > 0: the receiver asks the sender to
                     pace this fetch to that link rate, honoured only where the sender
                     allows it, transfer/pacing.py; 0 = no request pacing)
     layer_chunk     request_id: str, what: "k"|"v"|"e", layer, token_start: int,
@@ -77,8 +76,7 @@ class ReplayedMessage(WireError):
 INT_LIMIT = 1 << 63
 CHUNK_WHATS = ("k", "v", "e")
 ERROR_CODES = ("evicted", "fingerprint_mismatch", "busy", "bad_request", "timeout", "internal",
-               "no_offer", "ipc_unavailable", "deadline",  # these three: cuda_ipc plane
-               "nccl_unavailable", "no_channel")  # these two: nccl plane
+               "plane_unavailable")  # and each plane's own (its frames.ERROR_CODES)
 DTYPES: dict[str, torch.dtype] = {
     name: getattr(torch, name)
     for name in ("float16", "bfloat16", "float32", "float8_e4m3fn")
@@ -131,6 +129,20 @@ class _Message:
     def _check(self) -> None:
         pass
 
+    def _nonempty(self, *names: str) -> None:
+        for name in names:
+            if not getattr(self, name):
+                raise WireError(f"{type(self).__name__}.{name} must be non-empty")
+
+    def _dtypes(self, *names: str) -> None:
+        for name in names:
+            if getattr(self, name) not in DTYPES:
+                raise WireError(f"{type(self).__name__}.{name} {getattr(self, name)!r} not in whitelist {tuple(DTYPES)}")
+
+    def check_limits(self, limits) -> None:
+        """Raise OversizedFrame where a field exceeds ``limits`` (wire.WireLimits); the
+        wire calls it after decoding. The base checks nothing."""
+
     @property
     def kind(self) -> str:
         return self.KIND
@@ -141,14 +153,15 @@ class FetchRequest(_Message):
     """Receiver -> sender: stream the KV of ``reused_layers`` and E of ``e_layers`` for
     the prefix ``token_ids``, computed by ``sender_model`` (identity ``fingerprint``).
 
-    With ``offer_id`` (cuda_ipc plane) the sender instead copies that KV on the GPU into
-    the offered pool at ``dst_slots`` before ``deadline_ms``; E still comes as chunks. With
-    ``channel_id`` (nccl plane, frames_nccl.py) E and K/V come on that pair channel.
+    ``plane`` other than "zmq" moves E and/or K/V on that data plane instead of as
+    chunks, using the plane's ``session`` (an offered pool, an open channel) and, for a
+    plane that writes them itself, ``dst_slots`` (transfer/planes/).
     ``link_gbps`` > 0 asks the sender to pace this request's stream (ZMQ frames or the
     IPC copy) to that rate; a sender without ``allow_request_throttle`` ignores it.
     """
 
     KIND: ClassVar[str] = "fetch_request"
+    VERSION: ClassVar[int] = 2  # 2: plane + session replaced offer_id / channel_id
     request_id: str
     sender_model: str
     receiver_model: str
@@ -157,25 +170,25 @@ class FetchRequest(_Message):
     reused_layers: tuple[int, ...]
     e_layers: tuple[int, ...]
     deadline_ms: int
-    offer_id: str = ""
+    plane: str = "zmq"
+    session: str = ""
     dst_slots: tuple[int, ...] = ()
-    channel_id: str = ""
     link_gbps: float = 0.0
 
     def _check(self) -> None:
         if not math.isfinite(self.link_gbps) or self.link_gbps < 0:
             raise WireError(f"FetchRequest.link_gbps must be a finite float >= 0, got {self.link_gbps!r}")
-        if self.offer_id and self.channel_id:
-            raise WireError("FetchRequest names both an IPC offer and an NCCL channel")
+        from sglang_droidspeak.transfer.planes import registry
+
+        if self.plane not in registry.names():
+            raise WireError(f"FetchRequest.plane must be one of {registry.names()}, got {self.plane!r}")
+        if (self.plane == "zmq") != (not self.session):
+            raise WireError("FetchRequest.session must be empty on the zmq plane and set on any other")
         _check_ascending("FetchRequest", "reused_layers", self.reused_layers)
         _check_ascending("FetchRequest", "e_layers", self.e_layers)
-        if not self.offer_id and self.dst_slots:
-            raise WireError("FetchRequest.dst_slots needs an offer_id (cuda_ipc plane)")
-        if self.offer_id and len(self.dst_slots) != len(self.token_ids):
+        if self.dst_slots and len(self.dst_slots) != len(self.token_ids):
             raise WireError(f"FetchRequest has {len(self.dst_slots)} dst_slots for "
                             f"{len(self.token_ids)} tokens")
-        if self.offer_id and self.deadline_ms == 0:
-            raise WireError("FetchRequest on the cuda_ipc plane needs a deadline_ms")
 
 
 @dataclass(frozen=True)
@@ -245,8 +258,11 @@ class FetchError(_Message):
     message: str
 
     def _check(self) -> None:
-        if self.code not in ERROR_CODES:
-            raise WireError(f"FetchError.code must be one of {ERROR_CODES}, got {self.code!r}")
+        from sglang_droidspeak.transfer.planes import registry
+
+        codes = ERROR_CODES + registry.error_codes()
+        if self.code not in codes:
+            raise WireError(f"FetchError.code must be one of {codes}, got {self.code!r}")
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,8 @@ The header is a msgpack map (keys in this order; never pickled):
     key           type        meaning
     v             int         message format version (the class's VERSION)
     kind          str         fetch_request | layer_chunk | fetch_done | fetch_error |
-                              prefix_announce | ipc_pool_offer (frames_ipc.py) |
-                              nccl_pair_offer | nccl_pair_accept | nccl_send_start
-                              (frames_nccl.py)
+                              prefix_announce | a data plane's control frames
+                              (transfer/planes/*/frames.py: ipc_pool_offer, ...)
     ts            int         the sender's wall clock, ms since the epoch (replay.py)
     nonce         bin(16)     random, once per message (replay.py)
     <fields>      per kind    the dataclass fields except ``data`` (see frames.py)
@@ -38,12 +37,12 @@ import msgpack
 from sglang_droidspeak.transfer.frames import (
     INT_LIMIT, MESSAGE_TYPES, FetchRequest, LayerChunk, Message, OversizedFrame, PrefixAnnounce, Unauthenticated,
     WireError)
-from sglang_droidspeak.transfer.frames_ipc import MAX_HANDLE_BYTES, IpcPoolOffer
-from sglang_droidspeak.transfer.frames_nccl import NCCL_MESSAGE_TYPES, NcclPairOffer, NcclSendStart
+from sglang_droidspeak.transfer.planes import registry
 from sglang_droidspeak.transfer.replay import NONCE_LEN, ReplayGuard, now_ms
 
 MAC_LEN = 32
-KINDS: dict[str, type] = {**MESSAGE_TYPES, IpcPoolOffer.KIND: IpcPoolOffer, **NCCL_MESSAGE_TYPES}
+KINDS: dict[str, type] = {**MESSAGE_TYPES, **{cls.KIND: cls for cls in registry.frame_types()}}
+MAX_BIN_BYTES = max([MAC_LEN, *(getattr(cls, "MAX_BIN_BYTES", 0) for cls in KINDS.values())])
 MIN_SECRET_LEN = 16
 ENVELOPE_KEYS = ("v", "kind", "ts", "nonce", "payload_len", "mac")
 
@@ -142,7 +141,7 @@ def _unpack_header(header_frame: memoryview, limits: WireLimits) -> dict[str, An
     try:
         header = msgpack.unpackb(
             header_frame, raw=False, strict_map_key=True, use_list=True,
-            max_str_len=limits.max_str_len, max_bin_len=max(MAC_LEN, MAX_HANDLE_BYTES),
+            max_str_len=limits.max_str_len, max_bin_len=MAX_BIN_BYTES,
             max_array_len=array_len,
             max_map_len=32, max_ext_len=0)
     except Exception as exc:  # msgpack raises many types for malformed input
@@ -193,14 +192,7 @@ def _check_limits(msg: Message, limits: WireLimits) -> None:
     elif isinstance(msg, (FetchRequest, PrefixAnnounce)):
         if len(msg.token_ids) > limits.max_tokens:
             raise OversizedFrame(f"{len(msg.token_ids)} token_ids > max_tokens {limits.max_tokens}")
-    if isinstance(msg, IpcPoolOffer):
-        dims = msg.k_shape + msg.v_shape
-        if msg.num_layers > limits.max_layers or any(d > limits.max_dim for d in dims):
-            raise OversizedFrame(f"IpcPoolOffer num_layers {msg.num_layers} or shape exceeds limits")
-    if isinstance(msg, NcclPairOffer) and max(*msg.kv_row, msg.hidden_size) > limits.max_dim:
-        raise OversizedFrame(f"NcclPairOffer kv_row {msg.kv_row} / hidden_size {msg.hidden_size} exceed {limits.max_dim}")
-    if isinstance(msg, NcclSendStart) and msg.num_tensors > 3 * limits.max_layers:
-        raise OversizedFrame(f"NcclSendStart.num_tensors {msg.num_tensors} > {3 * limits.max_layers}")
+    msg.check_limits(limits)  # a plane frame's own bounds
     if isinstance(msg, FetchRequest):
         for name in ("reused_layers", "e_layers"):
             layers = getattr(msg, name)

@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sglang_droidspeak.sglang.ipc_export import IpcExporter
+from sglang_droidspeak.transfer.planes.cuda_ipc.sender import IpcExporter
 from sglang_droidspeak.transfer import FetchRequest, wire
-from sglang_droidspeak.transfer.cuda_ipc import CudaIpc, device_uuid, now_ms
-from sglang_droidspeak.transfer.frames_ipc import IpcPoolOffer
+from sglang_droidspeak.transfer.planes.cuda_ipc.backend import CudaIpc, device_uuid, now_ms
+from sglang_droidspeak.transfer.planes.cuda_ipc.frames import IpcPoolOffer
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = b"gpu-ipc-test-secret-0123"
@@ -55,7 +55,7 @@ RECEIVER = textwrap.dedent(f"""
     import sys
     import torch
     from sglang_droidspeak.transfer import wire
-    from sglang_droidspeak.transfer.cuda_ipc import CudaIpc
+    from sglang_droidspeak.transfer.planes.cuda_ipc.backend import CudaIpc
     NUM_LAYERS = {NUM_LAYERS}
 """) + inspect.getsource(Pool) + textwrap.dedent(f"""
     pool = Pool(lambda layer, what: torch.zeros({ROWS}, {HEADS}, {DIM}, dtype=torch.bfloat16, device="cuda"))
@@ -94,11 +94,11 @@ def test_sender_copies_slots_into_another_processes_pool(tmp_path):
         assert offer.device_uuid == device_uuid("cuda") != "" and offer.k_shape == (ROWS, HEADS, DIM)
         sender = Pool(sender_fill)
         exporter = IpcExporter(CudaIpc(), sender)
-        exporter.accept_offer(offer)
+        exporter.accept(offer)
         request = FetchRequest("r1", "sender", "receiver", "fp", (11, 12, 13, 14), LAYERS, (),
-                               now_ms() + 30_000, offer_id=offer.offer_id, dst_slots=tuple(DST_SLOTS))
+                               now_ms() + 30_000, plane="cuda_ipc", session=offer.offer_id, dst_slots=tuple(DST_SLOTS))
         bad = FetchRequest("r2", "sender", "receiver", "fp", (11,), LAYERS, (), now_ms() + 30_000,
-                           offer_id=offer.offer_id, dst_slots=(ROWS,))
+                           plane="cuda_ipc", session=offer.offer_id, dst_slots=(ROWS,))
         assert exporter.refusal(bad).code == "bad_request"  # after opening: never out of range
         assert exporter.refusal(request) is None
         assert exporter.copy(request, torch.tensor(SRC_SLOTS, device="cuda")) is None

@@ -40,7 +40,7 @@ def e_rows(device) -> torch.Tensor:
 
 def _sender(port: int) -> None:
     from sglang_droidspeak.sglang.nccl_channel import NcclPairBackend
-    from sglang_droidspeak.transfer.pair_channel import wait_all
+    from sglang_droidspeak.transfer.planes.nccl.channel import wait_all
 
     torch.cuda.set_device(SENDER_GPU)
     device = torch.device("cuda", SENDER_GPU)
@@ -62,7 +62,7 @@ def test_a_pynccl_pair_moves_a_kv_block_exactly_between_two_gpus():
         pytest.skip("needs 2 GPUs")
     pytest.importorskip("sglang.srt.distributed.device_communicators.pynccl")
     from sglang_droidspeak.sglang.nccl_channel import NcclPairBackend
-    from sglang_droidspeak.transfer.pair_channel import ChannelError, wait_all
+    from sglang_droidspeak.transfer.planes.nccl.channel import ChannelError, wait_all
 
     torch.cuda.set_device(RECEIVER_GPU)
     device = torch.device("cuda", RECEIVER_GPU)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import uuid
 
-from sglang_droidspeak.transfer.cuda_ipc import IpcUnavailable
-from sglang_droidspeak.transfer.frames_ipc import IpcPoolOffer
+from sglang_droidspeak.transfer.planes.cuda_ipc.backend import IpcUnavailable
+from sglang_droidspeak.transfer.planes.cuda_ipc.frames import IpcPoolOffer
 
 
 class CpuIpc:

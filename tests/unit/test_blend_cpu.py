@@ -144,7 +144,7 @@ def test_blend_over_the_cuda_ipc_plane():
 
     registry = {}
     backends = (CpuIpc(registry, gpu_uuid="GPU-cpu-stand-in"), CpuIpc(registry))
-    with two_servers(*tiny_pair_models(), data_planes=("cuda_ipc", "cuda_ipc"), ipc_backends=backends) as (a, b):
+    with two_servers(*tiny_pair_models(), data_planes=("cuda_ipc", "cuda_ipc"), backends=backends) as (a, b):
         cache = announce_and_wait(a, b, CONTEXT)
         _, match = import_with(b, "blend:0.25")
         assert len(match.device_indices) == len(CONTEXT) and b.metrics.fallbacks == []

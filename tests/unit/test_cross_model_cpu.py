@@ -123,7 +123,7 @@ def test_evicted_prefix_falls_back(pair):
 def test_silent_sender_times_out_then_backs_off(pair):
     a, b = pair
     announce_and_wait(a, b, CONTEXT)
-    a.runtime.export_server.poll = lambda handler, max_requests=16: 0  # alive, answers nothing
+    a.runtime.export_server.poll = lambda handler, max_requests=16, on_control=None: 0  # alive, answers nothing
     start = time.time()
     fallback_case(a, b, "timeout")
     assert 0.9 < time.time() - start < 3.0

@@ -37,7 +37,7 @@ def ipc_pair(request):
     registry = {}
     backends = (CpuIpc(registry, gpu_uuid=gpu), CpuIpc(registry))
     with two_servers(tiny_llama(), tiny_llama(), data_planes=(sender_plane, "cuda_ipc"),
-                     ipc_backends=backends) as (a, b):
+                     backends=backends) as (a, b):
         a.sent = record_sent(a)
         yield a, b
 
@@ -83,15 +83,15 @@ def test_same_weights_receiver_gets_the_reference_kv_without_kv_frames(ipc_pair,
     assert b.metrics.bytes["in"] == 2 * len(layer_plan.reused_layers()) * len(CONTEXT) * row_bytes + e_bytes
     # the sender counts what it copied into our pool as well as its frames (E, stand-in fp32)
     assert a.metrics.bytes["out"] >= b.metrics.bytes["in"] - e_bytes
-    assert a.runtime.ipc_export.num_bytes_out == 2 * len(layer_plan.reused_layers()) * len(CONTEXT) * row_bytes
+    assert a.runtime.planes.senders["cuda_ipc"].num_bytes_out == 2 * len(layer_plan.reused_layers()) * len(CONTEXT) * row_bytes
     import_and_check(a, b, OTHER, plan)
-    assert b.runtime.ipc_fetch.backend.num_shared == 1 and a.runtime.ipc_export.backend.num_opened == 1
+    assert b.runtime.planes.receiver.backend.num_shared == 1 and a.runtime.planes.senders["cuda_ipc"].backend.num_opened == 1
 
 
 def test_a_sender_that_forgot_the_offer_gets_it_again(ipc_pair):
     a, b = ipc_pair
     import_and_check(a, b, CONTEXT, "reuse")
-    a.runtime.ipc_export.offers.clear()  # e.g. the sender restarted
+    a.runtime.planes.senders["cuda_ipc"].offers.clear()  # e.g. the sender restarted
     import_and_check(a, b, OTHER, "reuse")
     assert [k for k, _ in a.sent] == ["fetch_done", "fetch_error", "fetch_done"]
 
@@ -101,16 +101,16 @@ def test_another_gpu_or_a_zmq_sender_falls_back_to_zmq_for_that_peer(ipc_pair):
     a, b = ipc_pair
     import_and_check(a, b, CONTEXT, "reuse")
     assert a.sent[0] == ("fetch_error", "") and ("layer_chunk", "k") in a.sent
-    assert b.runtime.ipc_fetch.zmq_peers == {a.runtime.export_server.endpoint}
+    assert b.runtime.planes.receiver.zmq_peers == {a.runtime.export_server.endpoint}
     import_and_check(a, b, OTHER, "reuse")
     assert [k for k, _ in a.sent].count("fetch_error") == 1  # no second IPC attempt
 
 
 def test_a_pool_that_cannot_be_shared_uses_zmq(ipc_pair):
     a, b = ipc_pair
-    b.runtime.ipc_fetch.backend.fail_share = True
+    b.runtime.planes.receiver.backend.fail_share = True
     import_and_check(a, b, CONTEXT, "reuse")
-    assert ("layer_chunk", "k") in a.sent and b.runtime.ipc_fetch.unavailable
+    assert ("layer_chunk", "k") in a.sent and b.runtime.planes.receiver.unavailable
 
 
 def fallback_case(a, b, reason, tokens=CONTEXT):
@@ -128,7 +128,7 @@ def fallback_case(a, b, reason, tokens=CONTEXT):
 def test_a_sender_too_close_to_the_deadline_refuses_and_nothing_is_written(ipc_pair):
     a, b = ipc_pair
     announce_and_wait(a, b, CONTEXT)
-    a.runtime.ipc_export.margin_ms = 5000  # more than the receiver's whole 1 s timeout
+    a.runtime.planes.senders["cuda_ipc"].margin_ms = 5000  # more than the receiver's whole 1 s timeout
     before = fallback_case(a, b, "deadline")
     assert all(torch.equal(before[l], b.pool.get_key_buffer(l)) for l in range(NUM_LAYERS))
 
@@ -136,7 +136,7 @@ def test_a_sender_too_close_to_the_deadline_refuses_and_nothing_is_written(ipc_p
 def test_an_offer_smaller_than_the_pool_is_refused_before_any_write(ipc_pair):
     a, b = ipc_pair
     announce_and_wait(a, b, CONTEXT)
-    b.runtime.ipc_fetch.backend.rows = 4  # the stand-in offers 4 rows; the allocator hands out more
+    b.runtime.planes.receiver.backend.rows = 4  # the stand-in offers 4 rows; the allocator hands out more
     before = fallback_case(a, b, "bad_request")
     assert all(torch.equal(before[l], b.pool.get_key_buffer(l)) for l in range(NUM_LAYERS))
 
@@ -144,7 +144,7 @@ def test_an_offer_smaller_than_the_pool_is_refused_before_any_write(ipc_pair):
 def test_a_silent_sender_times_out_and_the_slots_are_freed(ipc_pair):
     a, b = ipc_pair
     announce_and_wait(a, b, CONTEXT)
-    a.runtime.export_server.poll = lambda handler, max_requests=16, on_offer=None: 0
+    a.runtime.export_server.poll = lambda handler, max_requests=16, on_control=None: 0
     fallback_case(a, b, "timeout")
 
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from sglang_droidspeak.sglang.exporter import export_messages
-from sglang_droidspeak.sglang.ipc_export import IpcExporter
+from sglang_droidspeak.transfer.planes.cuda_ipc.sender import IpcExporter
+from sglang_droidspeak.transfer.planes.zmq.plane import ZmqSender
 from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, LayerChunk
 from cpu_ipc import CpuIpc
 
@@ -53,7 +54,7 @@ def sides():
     receiver = TinyPool(lambda layer, n: torch.zeros(n))
     offer = CpuIpc(registry).share_pool("b", receiver, NUM_LAYERS)
     ipc = IpcExporter(CpuIpc(registry), sender, margin_s=0.25, clock_ms=clock)
-    ipc.accept_offer(offer)
+    ipc.accept(offer)
     tree = SimpleNamespace(match_for_export=lambda ids, receiver_model: SimpleNamespace(
         match=SimpleNamespace(device_indices=SRC_SLOTS)))
     return SimpleNamespace(sender=sender, receiver=receiver, offer=offer, ipc=ipc, tree=tree, clock=clock)
@@ -62,14 +63,18 @@ def sides():
 def request(s, layers=(0, 2), e_layers=(), left_ms=1000, **changes):
     fields = dict(request_id="r1", sender_model="a", receiver_model="b", fingerprint="fp", token_ids=(5, 6, 7),
                   reused_layers=layers, e_layers=e_layers, deadline_ms=s.clock.ms + left_ms,
-                  offer_id=s.offer.offer_id, dst_slots=DST_SLOTS)
+                  plane="cuda_ipc", session=s.offer.offer_id, dst_slots=DST_SLOTS)
+    changes = {("session" if k == "offer_id" else k): v for k, v in changes.items()}
     return FetchRequest(**{**fields, **changes})
 
 
 def export(s, req, compute_e=None, ipc="default"):
     compute_e = compute_e or (lambda ids, layers: {l: torch.full((len(ids), 8), float(l)) for l in layers})
-    return list(export_messages(req, model="a", fingerprint="fp", tree=s.tree, kv_pool=s.sender,
-                                compute_e=compute_e, num_layers=NUM_LAYERS, ipc=s.ipc if ipc == "default" else ipc))
+    senders = {"zmq": ZmqSender(s.sender)}
+    if ipc is not None:
+        senders["cuda_ipc"] = s.ipc if ipc == "default" else ipc
+    return list(export_messages(req, model="a", fingerprint="fp", tree=s.tree, compute_e=compute_e,
+                                num_layers=NUM_LAYERS, senders=senders))
 
 
 def untouched(s):
@@ -137,7 +142,7 @@ def test_refuses_out_of_range_dst_slots(sides, dst):
 def test_refuses_slots_past_a_smaller_offered_pool(sides):
     s = sides
     small = CpuIpc(s.ipc.backend.registry, rows=8).share_pool("b", s.receiver, NUM_LAYERS)
-    s.ipc.accept_offer(small)
+    s.ipc.accept(small)
     error = single_error(s, request(s, offer_id=small.offer_id))
     assert error.code == "bad_request" and "out of range [0, 8)" in error.message
 
@@ -145,7 +150,7 @@ def test_refuses_slots_past_a_smaller_offered_pool(sides):
 def test_refuses_another_gpu(sides):
     s = sides
     s.ipc = IpcExporter(CpuIpc(s.ipc.backend.registry, gpu_uuid="GPU-other"), s.sender, clock_ms=s.clock)
-    s.ipc.accept_offer(s.offer)
+    s.ipc.accept(s.offer)
     error = single_error(s, request(s))
     assert error.code == "ipc_unavailable" and "GPU-cpu-stand-in" in error.message
 
@@ -156,9 +161,9 @@ def test_unknown_stale_and_unopenable_offers(sides):
     assert single_error(s, request(s, receiver_model="c")).code == "no_offer"  # not that receiver's offer
     s.ipc.max_offers = 2
     newer = [CpuIpc(s.ipc.backend.registry).share_pool("b", s.receiver, NUM_LAYERS) for _ in range(2)]
-    s.ipc.accept_offer(newer[0])  # a second replica of "b": both offers stay usable
+    s.ipc.accept(newer[0])  # a second replica of "b": both offers stay usable
     assert export(s, request(s)) == [FetchDone("r1", 0)]
-    s.ipc.accept_offer(newer[1])  # a third: the least recently used (newer[0]) is dropped
+    s.ipc.accept(newer[1])  # a third: the least recently used (newer[0]) is dropped
     assert single_error_after_reset(s, request(s, offer_id=newer[0].offer_id)).code == "no_offer"
     del s.ipc.backend.registry[newer[1].offer_id]  # the stand-in's cudaIpcOpenMemHandle fails
     assert single_error_after_reset(s, request(s, offer_id=newer[1].offer_id)).code == "ipc_unavailable"
@@ -180,13 +185,13 @@ def test_opens_each_offer_once(sides):
 
 def test_refuses_layers_and_shapes_that_do_not_fit(sides):
     s = sides
-    s.ipc.accept_offer(small := CpuIpc(s.ipc.backend.registry).share_pool("b", s.receiver, 2))
+    s.ipc.accept(small := CpuIpc(s.ipc.backend.registry).share_pool("b", s.receiver, 2))
     assert "offer's range [0, 2)" in single_error(s, request(s, offer_id=small.offer_id)).message
     wide = TinyPool(lambda layer, n: torch.zeros(n, 2))  # [ROWS, heads, 2 * dim]
-    s.ipc.accept_offer(other := CpuIpc(s.ipc.backend.registry).share_pool("b", wide, NUM_LAYERS))
+    s.ipc.accept(other := CpuIpc(s.ipc.backend.registry).share_pool("b", wide, NUM_LAYERS))
     assert "do not fit" in single_error(s, request(s, offer_id=other.offer_id)).message
 
 
 def test_a_zmq_plane_sender_refuses_ipc_requests(sides):
     error = single_error(sides, request(sides), ipc=None)
-    assert error.code == "ipc_unavailable" and "data_plane is zmq" in error.message
+    assert error.code == "ipc_unavailable" and "not on the cuda_ipc plane" in error.message

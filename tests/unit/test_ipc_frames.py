@@ -11,15 +11,15 @@ import msgpack
 import pytest
 import torch
 
-from sglang_droidspeak.transfer import FetchRequest, WireError, WireLimits, decode, encode
-from sglang_droidspeak.transfer.frames_ipc import MAX_HANDLE_BYTES, view_extent
+from sglang_droidspeak.transfer import FetchRequest, WireError, WireLimits, decode, encode, wire
+from sglang_droidspeak.transfer.planes.cuda_ipc.frames import MAX_HANDLE_BYTES, view_extent
 from cpu_ipc import offer_for
 
 SECRET = b"0123456789abcdef-test-secret"
 BUFFER = torch.zeros(9, 2, 4, dtype=torch.float16)  # [slots + page, heads, dim]: 144 bytes
 OFFER = offer_for("offer-1", "llama-b", "GPU-1234", BUFFER, num_layers=2)
 IPC_REQ = FetchRequest("r1", "llama-a", "llama-b", "fp", (5, 6, 7), (0, 1), (), 123_456,
-                       offer_id="offer-1", dst_slots=(8, 1, 3))
+                       plane="cuda_ipc", session="offer-1", dst_slots=(8, 1, 3))
 
 
 def _resign(msg, **changes) -> list[bytes]:
@@ -44,13 +44,14 @@ def test_offer_fields_in_order():
 
 def test_plain_request_keeps_the_zmq_plane_defaults():
     req = decode(encode(FetchRequest("r", "a", "b", "fp", (1, 2), (0,), (), 0), SECRET), SECRET)
-    assert (req.offer_id, req.dst_slots, req.deadline_ms) == ("", (), 0)
+    assert (req.plane, req.session, req.dst_slots, req.deadline_ms) == ("zmq", "", (), 0)
 
 
 @pytest.mark.parametrize("changes, message", [
     (dict(dst_slots=(1, 2)), r"2 dst_slots for 3 tokens"),
-    (dict(offer_id="", dst_slots=(1, 2, 3)), r"dst_slots needs an offer_id"),
-    (dict(deadline_ms=0), r"needs a deadline_ms"),
+    (dict(session=""), r"session must be empty on the zmq plane and set on any other"),
+    (dict(plane="zmq"), r"session must be empty on the zmq plane and set on any other"),
+    (dict(plane="carrier-pigeon"), r"plane must be one of \('zmq', 'cuda_ipc', 'nccl'"),
     (dict(dst_slots=(1, -2, 3)), r"dst_slots must be tuple of ints"),
     (dict(dst_slots=(1, 2, 1 << 63)), r"dst_slots must be tuple of ints"),
 ])
@@ -94,8 +95,11 @@ def test_view_extent():
 
 def test_oversized_offers_are_rejected_by_the_decoder():
     too_long = _resign(OFFER, handles=[b"x" * (MAX_HANDLE_BYTES + 1)] * 4)
-    with pytest.raises(WireError, match="not well-formed msgpack"):  # msgpack's bin limit, before the MAC
+    with pytest.raises(WireError, match=r"handles entries must be 1\.\.1024 bytes"):  # the offer's own bound
         decode(too_long, SECRET)
+    far_too_long = _resign(OFFER, handles=[b"x" * (wire.MAX_BIN_BYTES + 1)] * 4)  # the largest any kind takes
+    with pytest.raises(WireError, match="not well-formed msgpack"):  # msgpack's bin limit, before the MAC
+        decode(far_too_long, SECRET)
     with pytest.raises(WireError, match="num_layers 2 or shape exceeds limits"):
         decode(encode(OFFER, SECRET), SECRET, WireLimits(max_layers=1))
     with pytest.raises(WireError, match="num_layers 2 or shape exceeds limits"):

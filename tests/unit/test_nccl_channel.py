@@ -15,7 +15,7 @@ import pytest
 import torch
 from cpu_sglang import require_cpu_sglang
 
-from sglang_droidspeak.transfer.pair_channel import ChannelError, GlooPairChannel, host_store, join_store, wait_all
+from sglang_droidspeak.transfer.planes.nccl.channel import ChannelError, GlooPairChannel, host_store, join_store, wait_all
 
 NUM_TOKENS, KV_HEADS, HEAD_DIM = 5, 2, 4
 

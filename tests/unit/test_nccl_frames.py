@@ -12,14 +12,14 @@ import msgpack
 import pytest
 
 from sglang_droidspeak.transfer import FetchRequest, WireError, WireLimits, decode, encode
-from sglang_droidspeak.transfer.frames_nccl import NcclPairAccept, NcclPairOffer, NcclSendStart, tensor_order
+from sglang_droidspeak.transfer.planes.nccl.frames import NcclPairAccept, NcclPairOffer, NcclSendStart, tensor_order
 
 SECRET = b"0123456789abcdef-test-secret"
 OFFER = NcclPairOffer("chan-1", "llama-b", "10.0.0.2", 41234, 2, 0, "bfloat16", (8, 128), 4096, "bfloat16",
                       "GPU-1234")
 ACCEPT = NcclPairAccept("chan-1", "llama-a", "GPU-5678")
 START = NcclSendStart("r1", "chan-1", 7)
-NCCL_REQ = FetchRequest("r1", "llama-a", "llama-b", "fp", (5, 6, 7), (0, 2, 3), (2,), 0, channel_id="chan-1")
+NCCL_REQ = FetchRequest("r1", "llama-a", "llama-b", "fp", (5, 6, 7), (0, 2, 3), (2,), 0, plane="nccl", session="chan-1")
 
 
 def _resign(msg, **changes) -> list[bytes]:
@@ -74,8 +74,8 @@ def test_other_malformed_frames_are_rejected():
         NcclPairAccept("", "llama-a", "")
     with pytest.raises(WireError, match="channel_id must be non-empty"):
         NcclSendStart("r1", "", 1)
-    with pytest.raises(WireError, match="both an IPC offer and an NCCL channel"):
-        dataclasses.replace(NCCL_REQ, offer_id="o1", dst_slots=(1, 2, 3), deadline_ms=5)
+    with pytest.raises(WireError, match="session must be empty on the zmq plane"):
+        dataclasses.replace(NCCL_REQ, plane="zmq")
     with pytest.raises(WireError, match="fields: extra \\['extra'\\]"):
         decode(_resign(ACCEPT, extra=1), SECRET)
     with pytest.raises(WireError, match="num_tensors 99999 > 12288"):

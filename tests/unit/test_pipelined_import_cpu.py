@@ -21,7 +21,7 @@ from types import SimpleNamespace  # noqa: E402
 
 from sglang_droidspeak.plan.layer_plan import LayerPlan  # noqa: E402
 from sglang_droidspeak.reference import ReferenceModel  # noqa: E402
-from sglang_droidspeak.sglang import importer  # noqa: E402
+from sglang_droidspeak.sglang import import_receiver, importer  # noqa: E402
 from sglang_droidspeak.sglang.import_job import ImportJob  # noqa: E402
 from sglang_droidspeak.sglang.request_plan import parse_plan_choice  # noqa: E402
 from two_servers import (  # noqa: E402
@@ -70,7 +70,7 @@ def spy_order(monkeypatch, receiver) -> list:
     """Log ("chunk", what, layer) per arriving chunk (the fetch worker) and ("group", start)
     per engine forward of ``receiver``'s imports (its scheduler thread)."""
     log = []
-    real_call, engine = importer._Receiver.__call__, receiver.runtime.parts.engine
+    real_call, engine = import_receiver._Receiver.__call__, receiver.runtime.parts.engine
     real_run = engine.run
 
     def on_chunk(self, chunk):
@@ -81,7 +81,7 @@ def spy_order(monkeypatch, receiver) -> list:
         log.append(("group", start))
         return real_run(segments, rows, start, end, capture)
 
-    monkeypatch.setattr(importer._Receiver, "__call__", on_chunk)
+    monkeypatch.setattr(import_receiver._Receiver, "__call__", on_chunk)
     monkeypatch.setattr(engine, "run", run)
     return log
 
@@ -174,7 +174,7 @@ def test_out_of_order_chunk_is_a_protocol_error():
     side = make_side("coder-b", tiny_llama(), {})
     try:
         slots = side.allocator.alloc(8)
-        state = importer._Receiver(side.runtime.parts, LayerPlan(NUM_LAYERS, ((0, 1),)), slots, ())
+        state = import_receiver._Receiver(side.runtime.parts, LayerPlan(NUM_LAYERS, ((0, 1),)), slots, ())
         chunk = LayerChunk.from_tensor("r", "k", 1, 4, torch.zeros(4, 2, 16))  # rows [4, 8) first
         with pytest.raises(importer.ImportFailed, match="out of order"):
             state(chunk)

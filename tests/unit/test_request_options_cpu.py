@@ -52,7 +52,7 @@ def record_requests(side) -> list:
 def servers(plane="zmq", receiver_settings=None):
     backends = (CpuIpc(registry := {}), CpuIpc(registry)) if plane == "cuda_ipc" else (None, None)
     return two_servers(tiny_llama(), tiny_llama(), receiver_settings, data_planes=(plane, plane),
-                       ipc_backends=backends)
+                       backends=backends)
 
 
 def ask(a, b, plan, **options):
@@ -81,7 +81,7 @@ def test_the_request_chooses_pipelining(setting, value, pipelined, monkeypatch):
 def test_an_allowing_sender_paces_at_the_request_rate(plane, pacers, plan):
     with servers(plane) as (a, b):
         policy, made = a.runtime.export_server.pacing, []
-        assert a.runtime.ipc_export is None or a.runtime.ipc_export.pacing is policy  # one policy per server
+        assert "cuda_ipc" not in a.runtime.planes.senders or a.runtime.planes.senders["cuda_ipc"].pacing is policy  # one policy per server
         policy.allow_request_throttle = True
         policy.make_pacer = lambda gbps: made.append(RecordingPacer(gbps)) or made[-1]
         seen = record_requests(a)

@@ -177,7 +177,7 @@ def test_the_data_plane_goes_into_every_server_config():
         assert {name: parse_settings(c).data_plane for name, c in configs.items()} == dict.fromkeys(models, plane)
     assert [c["data_plane"] for c in droidspeak_configs(models, 5990, 60.0, "", 32).values()] == ["zmq"] * 3
     assert ThroughputConfig().data_plane == "zmq" and ThroughputConfig(data_plane="cuda_ipc").data_plane == "cuda_ipc"
-    with pytest.raises(ValueError, match="--data-plane must be one of zmq, cuda_ipc, nccl, got 'rdma'"):
+    with pytest.raises(ValueError, match="--data-plane must be one of zmq, cuda_ipc, nccl, nixl, got 'rdma'"):
         ThroughputConfig(data_plane="rdma")
     with pytest.raises(SystemExit) as exit_info:  # a bad argument: the usage and status 2 (cli_errors)
         main(["bench-throughput", "--url", "http://x", "--data-plane", "ZMQ"])

@@ -67,7 +67,7 @@ class CountingMetrics(NullMetrics):
         self.drops.append(reason)
 
 
-def make_side(name, model, settings, fingerprint="fp", ipc_backend=None, nccl_backend=None):
+def make_side(name, model, settings, fingerprint="fp", plane_backend=None):
     engine = cpu_engine(model, pool_size=POOL_SIZE, max_context_len=128, num_rows=8)
     kv_pool, allocator = engine.kv_pool, engine.allocator
     layers = engine.model.model.layers
@@ -75,8 +75,7 @@ def make_side(name, model, settings, fingerprint="fp", ipc_backend=None, nccl_ba
                        torch.device("cpu"), engine.engine, engine.req_pool)
     metrics = CountingMetrics()
     settings = parse_settings({"model": name, **settings})
-    runtime = DroidSpeakRuntime(settings, name, fingerprint, parts, NUM_LAYERS, metrics, SECRET, ipc_backend,
-                                nccl_backend)
+    runtime = DroidSpeakRuntime(settings, name, fingerprint, parts, NUM_LAYERS, metrics, SECRET, plane_backend)
     tree = DroidSpeakRadixCache(CacheInitParams(False, engine.req_pool, allocator, 1), model=name,
                                 plan_lookup=settings.plan_lookup(), min_foreign_tokens=8,
                                 num_layers=NUM_LAYERS, runtime=runtime)
@@ -159,7 +158,7 @@ class Polling:
 
     def _run(self):
         while not self.stop.is_set():
-            self.side.runtime.poll_exports()
+            self.side.runtime.answer_fetches()
             self.stop.wait(0.002)
 
     def close(self):
@@ -209,20 +208,19 @@ def tiny_pair_models(same: bool = False):
 
 @contextlib.contextmanager
 def two_servers(sender_model, receiver_model, receiver_settings=None, data_planes=("zmq", "zmq"),
-                ipc_backends=(None, None), nccl_backends=(None, None)):
+                backends=(None, None)):
     """(a, b): coder-a exports and announces, coder-b fetches from it with PLAN_GROUPS
-    (``receiver_settings`` replaces the inline plan with other settings). ``data_planes``,
-    ``ipc_backends`` and ``nccl_backends``: each side's setting, CUDA IPC backend (cpu_ipc.CpuIpc
-    on the CPU) and NCCL pair backend (pair_channel.GlooPairBackend on the CPU)."""
+    (``receiver_settings`` replaces the inline plan with other settings). ``data_planes`` and
+    ``backends``: each side's setting and plane backend (cuda_ipc: cpu_ipc.CpuIpc on the CPU;
+    nccl: planes/nccl/channel.GlooPairBackend; None: the plane's own)."""
     a = make_side("coder-a", sender_model, {"export_bind": "tcp://127.0.0.1:*", "announce_bind": "tcp://127.0.0.1:*",
-                                            "data_plane": data_planes[0]}, ipc_backend=ipc_backends[0],
-                  nccl_backend=nccl_backends[0])
+                                            "data_plane": data_planes[0]}, plane_backend=backends[0])
     fetch, announce = a.runtime.export_server.endpoint, a.runtime.announcer.endpoint
     plans = [{"sender": "coder-a", "receiver": "coder-b", "num_layers": NUM_LAYERS, "groups": PLAN_GROUPS}]
     b = make_side("coder-b", receiver_model, {
         "peers": [{"model": "coder-a", "fetch": fetch, "announce": announce}], "fetch_timeout_s": 1.0,
         "data_plane": data_planes[1], **(receiver_settings if receiver_settings is not None else {"plans": plans})},
-        ipc_backend=ipc_backends[1], nccl_backend=nccl_backends[1])
+        plane_backend=backends[1])
     polling = Polling(a)
     try:
         yield a, b

@@ -9,7 +9,7 @@
                                          still opening -> ZMQ (it keeps opening; later
                                          fetches use ZMQ without waiting until it is open),
                                          failed -> torn down, ZMQ, no re-offer for REOFFER_S
-    open channel                         FetchRequest(channel_id); on NcclSendStart post
+    open channel                         FetchRequest(session=channel id); on NcclSendStart post
                                          the recvs (at most ``window`` in flight) into
                                          scratch buffers and scatter each into our slots
                                          (``k_cache[slots] = buf``), until the deadline;
@@ -36,11 +36,12 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from sglang_droidspeak.sglang.importer import ImportFailed
-from sglang_droidspeak.transfer.fetch import FetchClient, FetchFailed
+from sglang_droidspeak.transfer.errors import FetchFailed, ImportFailed
+from sglang_droidspeak.transfer.fetch import FetchClient
 from sglang_droidspeak.transfer.frames import DTYPES, FetchDone, FetchError, FetchRequest
-from sglang_droidspeak.transfer.frames_nccl import NcclPairOffer, NcclSendStart, tensor_order
-from sglang_droidspeak.transfer.pair_channel import ChannelError, PairChannel, wait_all
+from sglang_droidspeak.transfer.planes.base import PlaneReceiver
+from sglang_droidspeak.transfer.planes.nccl.channel import ChannelError, PairChannel, wait_all
+from sglang_droidspeak.transfer.planes.nccl.frames import NcclPairOffer, NcclSendStart, tensor_order
 
 OPEN_SHARE = 0.5  # of the first fetch's budget spent waiting for the channel to open
 REOFFER_S = 30.0
@@ -62,7 +63,7 @@ class NcclLayout:
     device: Any
 
 
-class NcclFetcher:
+class NcclFetcher(PlaneReceiver):
     def __init__(self, backend: Any, client: FetchClient, layout: NcclLayout, window: int = WINDOW):
         self.backend, self.client, self.layout, self.window = backend, client, layout, window
         self.channels: dict[str, PairChannel] = {}  # endpoint -> our end (open or opening)
@@ -90,7 +91,7 @@ class NcclFetcher:
 
     def _fetch_on(self, channel: PairChannel, endpoint: str, request: FetchRequest, receiver: Any,
                   deadline: float, idle) -> FetchDone:
-        nccl_request = dataclasses.replace(request, channel_id=channel.channel_id)
+        nccl_request = dataclasses.replace(request, plane="nccl", session=channel.channel_id)
 
         def on_start(start: NcclSendStart) -> None:
             self._receive(channel, nccl_request, start, receiver, deadline, idle)
@@ -134,7 +135,7 @@ class NcclFetcher:
     def _finish(item, receiver: Any, deadline: float, idle) -> None:
         what, layer, buf, op = item
         wait_all([op], deadline, idle)
-        receiver.take_whole(what, layer, buf)  # [num_tokens, ...] -> our E / our slots
+        receiver.put(what, layer, buf)  # [num_tokens, ...] -> our E / our slots
 
     def _channel(self, endpoint: str, deadline: float, timeout_s: float, idle) -> Optional[PairChannel]:
         """The open channel to ``endpoint``, or None: use ZMQ for this fetch."""

@@ -1,7 +1,7 @@
 """Sender side of the nccl plane: join receivers' pair channels, send E and K/V on them.
 
     step (scheduler thread)             on failure
-    accept_offer(NcclPairOffer)         FetchError nccl_unavailable (same GPU: use cuda_ipc;
+    accept(NcclPairOffer)               FetchError nccl_unavailable (same GPU: use cuda_ipc;
       -> NcclPairAccept, join begins      K/V row, dtype or hidden size differ; cannot join)
          in a background thread
     refusal(FetchRequest)               FetchError no_channel (unknown / failed / not open
@@ -23,20 +23,21 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict, deque
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
-from sglang_droidspeak.transfer.frames import DTYPES, FetchError, FetchRequest
-from sglang_droidspeak.transfer.frames_nccl import NcclPairAccept, NcclPairOffer, tensor_order
-from sglang_droidspeak.transfer.pair_channel import ChannelError, PairChannel, wait_all
+from sglang_droidspeak.transfer.frames import DTYPES, FetchDone, FetchError, FetchRequest, Message
+from sglang_droidspeak.transfer.planes.base import PlaneSender
+from sglang_droidspeak.transfer.planes.nccl.channel import ChannelError, PairChannel, wait_all
+from sglang_droidspeak.transfer.planes.nccl.frames import NcclPairAccept, NcclPairOffer, NcclSendStart, tensor_order
 
 MAX_CHANNELS = 16
 WINDOW = 4  # sends in flight (each holds one gathered [num_tokens, ...] buffer)
 logger = logging.getLogger(__name__)
 
 
-class NcclExporter:
+class NcclExporter(PlaneSender):
     """Answers the nccl part of offers and FetchRequests for this server's ``kv_pool``.
 
     ``backend`` has ``device_uuid(device)`` and ``join(channel_id, host, port, rank,
@@ -52,7 +53,9 @@ class NcclExporter:
         self._uuid: Optional[str] = None
         self.num_bytes_out = 0  # E and K/V bytes sent over pair channels (bytes_moved{out})
 
-    def accept_offer(self, offer: NcclPairOffer):
+    controls = (NcclPairOffer,)
+
+    def accept(self, offer: NcclPairOffer):
         """NcclPairAccept once joining has begun, else FetchError(nccl_unavailable)."""
         why = self._misfit(offer)
         if why is None and offer.channel_id in self.channels:
@@ -87,21 +90,26 @@ class NcclExporter:
 
     def refusal(self, request: FetchRequest) -> Optional[FetchError]:
         """Why ``request`` cannot be sent on its channel now (checked before anything is sent)."""
-        channel = self.channels.get(request.channel_id)
+        channel = self.channels.get(request.session)
         if channel is not None and not channel.is_open:
             try:
                 channel.wait_open(time.monotonic() + self.timeout_s)  # the receiver's end is open
             except ChannelError:
-                self._drop(request.channel_id)
+                self._drop(request.session)
                 channel = None
         if channel is None:
-            return FetchError(request.request_id, "no_channel", f"no open channel {request.channel_id[:12]}")
-        self.channels.move_to_end(request.channel_id)
+            return FetchError(request.request_id, "no_channel", f"no open channel {request.session[:12]}")
+        self.channels.move_to_end(request.session)
         return None
+
+    def export(self, request: FetchRequest, slots: torch.Tensor, e: dict) -> Iterator[Message]:
+        """NcclSendStart, the sends, then FetchDone(0) or the send's FetchError."""
+        yield NcclSendStart(request.request_id, request.session, len(tensor_order(request)))
+        yield self.send(request, slots, e) or FetchDone(request.request_id, 0)
 
     def send(self, request: FetchRequest, slots: torch.Tensor, e: dict) -> Optional[FetchError]:
         """Send E (``e``: layer -> [num_tokens, hidden]) then K/V at ``slots`` [num_tokens]."""
-        channel, e_dtype = self.channels[request.channel_id], self.e_dtypes[request.channel_id]
+        channel, e_dtype = self.channels[request.session], self.e_dtypes[request.session]
         deadline = time.monotonic() + self.timeout_s
         src = slots.to(device=self.kv_pool.device, dtype=torch.int64)  # [num_tokens]
         in_flight: deque = deque()
@@ -115,7 +123,7 @@ class NcclExporter:
             wait_all(in_flight, deadline)
         except ChannelError as exc:
             logger.warning("droidspeak: NCCL send to %s failed, closing the channel: %s", request.receiver_model, exc)
-            self._drop(request.channel_id)
+            self._drop(request.session)
             return FetchError(request.request_id, "timeout", str(exc)[:200])
         return None
 

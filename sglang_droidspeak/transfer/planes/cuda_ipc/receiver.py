@@ -4,9 +4,9 @@
     1 share the pool (once per process)           cannot (no CUDA, odd allocator): ZMQ for
                                                   every peer, one warning
     2 send the IpcPoolOffer to a new peer         (no reply; it precedes the request)
-    3 the request + offer_id + dst_slots (the     E chunks arrive as on the ZMQ plane; K/V
-      receiver's slots) + deadline_ms (now +      are in our pool when FetchDone comes
-      timeout, CLOCK_MONOTONIC), wait for the end
+    3 the request + session (the offer id) +      E chunks arrive as on the ZMQ plane; K/V
+      dst_slots (the receiver's slots) +          are in our pool when FetchDone comes
+      deadline_ms (now + timeout, CLOCK_MONOTONIC)
     4 FetchError no_offer (the sender restarted   re-offer, ask once more (same deadline)
       or forgot us)
       FetchError ipc_unavailable (other GPU,      ZMQ for this peer from now on; this
@@ -16,7 +16,7 @@
 
 The deadline is the whole safety contract: we wait for the answer until ``deadline_ms``
 and free the slots only after that; the sender never starts a copy within its margin of
-the deadline (ipc_export.py). Refusals (no_offer, ipc_unavailable) come before any chunk,
+the deadline (sender.py). Refusals (no_offer, ipc_unavailable) come before any chunk,
 so a retry never sees a half-received stream. Imports no SGLang.
 """
 
@@ -26,20 +26,21 @@ import dataclasses
 import logging
 from typing import Any, Callable, Optional
 
-from sglang_droidspeak.transfer.cuda_ipc import IpcUnavailable, now_ms
+from sglang_droidspeak.transfer.planes.cuda_ipc.backend import IpcUnavailable, now_ms
 from sglang_droidspeak.transfer.fetch import FetchClient, FetchFailed
 from sglang_droidspeak.transfer.frames import FetchDone, FetchRequest
-from sglang_droidspeak.transfer.frames_ipc import IpcPoolOffer
+from sglang_droidspeak.transfer.planes.base import PlaneReceiver
+from sglang_droidspeak.transfer.planes.cuda_ipc.frames import IpcPoolOffer
 
 logger = logging.getLogger(__name__)
 
 
-class IpcFetcher:
+class IpcFetcher(PlaneReceiver):
     """Fetches over the cuda_ipc plane where it can, over ZMQ where it cannot.
 
     ``backend.share_pool(model, kv_pool, num_layers)`` makes the offer (cuda_ipc.CudaIpc on
-    a GPU; a CPU stand-in in tests). ``receiver`` is import_receiver's ``_Receiver``: its
-    ``slots`` are the destination, ``note_copied`` records what arrived by IPC.
+    a GPU; a CPU stand-in in tests). ``receiver`` is the import's KvSink: its ``slots``
+    are the destination, ``landed`` records what the sender copied there.
     """
 
     def __init__(self, backend: Any, client: FetchClient, model: str, kv_pool: Any, num_layers: int):
@@ -57,7 +58,7 @@ class IpcFetcher:
             return self.client.fetch(endpoint, request, receiver, timeout_s, idle)
         deadline_ms = now_ms() + int(timeout_s * 1000)
         slots = tuple(int(s) for s in receiver.slots.tolist())  # [n] our KV slots, one per token
-        ipc_request = dataclasses.replace(request, offer_id=offer.offer_id, dst_slots=slots,
+        ipc_request = dataclasses.replace(request, plane="cuda_ipc", session=offer.offer_id, dst_slots=slots,
                                           deadline_ms=deadline_ms)
         for attempt in range(2):
             if endpoint not in self.offered:
@@ -75,7 +76,9 @@ class IpcFetcher:
                                "for it", endpoint, exc)
                 self.zmq_peers.add(endpoint)
                 return self.client.fetch(endpoint, request, receiver, _left_s(deadline_ms), idle)
-            receiver.note_copied(request.reused_layers)
+            for layer in request.reused_layers:  # the sender wrote them into our slots
+                receiver.landed("k", layer)
+                receiver.landed("v", layer)
             return done
         raise FetchFailed("no_offer", f"{endpoint} did not take our IPC offer")
 

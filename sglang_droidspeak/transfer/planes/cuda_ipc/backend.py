@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 
 from sglang_droidspeak.transfer.frames import DTYPES
-from sglang_droidspeak.transfer.frames_ipc import IpcPoolOffer
+from sglang_droidspeak.transfer.planes.cuda_ipc.frames import IpcPoolOffer
 
 
 def now_ms() -> int:
@@ -63,7 +63,7 @@ def _uniform_layout(buffers: Sequence[torch.Tensor], what: str) -> tuple[tuple[i
 
 
 def share_buffer(tensor: torch.Tensor) -> tuple:
-    """The per-buffer offer fields of one CUDA tensor (see frames_ipc.PER_BUFFER)."""
+    """The per-buffer offer fields of one CUDA tensor (see frames.PER_BUFFER)."""
     (_device, handle, storage_size, storage_offset, ref_handle, ref_offset, event_handle,
      event_sync) = tensor.untyped_storage()._share_cuda_()
     if handle is None or event_handle is None:

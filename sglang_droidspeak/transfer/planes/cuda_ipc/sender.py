@@ -9,7 +9,8 @@ copy only while ``now < deadline - margin_s`` (``DEADLINE_MARGIN_S``, the budget
 copy itself) and reports a copy that ended late.
 
     check, before anything is sent          answer when it fails
-    an offer of receiver_model == offer_id  FetchError no_offer (the receiver re-offers)
+    dst_slots (one per token), a deadline   bad_request
+    an offer of receiver_model == session   FetchError no_offer (the receiver re-offers)
     offer's GPU UUID == this pool's          ipc_unavailable (the receiver uses ZMQ for us)
     the offer's buffers open                 ipc_unavailable
     layers, K/V shapes and dtype fit         bad_request
@@ -28,14 +29,16 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from sglang_droidspeak.transfer.cuda_ipc import IpcUnavailable, now_ms
-from sglang_droidspeak.transfer.frames import DTYPES, FetchError, FetchRequest
-from sglang_droidspeak.transfer.frames_ipc import IpcPoolOffer
+from sglang_droidspeak.transfer.planes.cuda_ipc.backend import IpcUnavailable, now_ms
+from sglang_droidspeak.transfer.frames import DTYPES, FetchDone, FetchError, FetchRequest, Message
 from sglang_droidspeak.transfer.pacing import PacerPolicy
+from sglang_droidspeak.transfer.planes.base import PlaneSender
+from sglang_droidspeak.transfer.planes.chunks import e_chunks
+from sglang_droidspeak.transfer.planes.cuda_ipc.frames import IpcPoolOffer
 
 DEADLINE_MARGIN_S = 0.25
 MAX_DEADLINE_AHEAD_S = 3600.0
@@ -43,8 +46,9 @@ MAX_OFFERS = 16
 logger = logging.getLogger(__name__)
 
 
-class IpcExporter:
-    """Answers the cuda_ipc part of FetchRequests for this server's ``kv_pool``.
+class IpcExporter(PlaneSender):
+    """Answers the cuda_ipc part of FetchRequests for this server's ``kv_pool``: E as
+    LayerChunks, K/V copied into the receiver's pool.
 
     ``backend`` has ``device_uuid(device)`` and ``open_pool(offer, device)`` (cuda_ipc.CudaIpc
     on a GPU; a CPU stand-in in tests).
@@ -63,7 +67,9 @@ class IpcExporter:
         self.num_late = 0
         self.num_bytes_out = 0  # K/V bytes copied into receivers' pools (bytes_moved{out})
 
-    def accept_offer(self, offer: IpcPoolOffer) -> None:
+    controls = (IpcPoolOffer,)
+
+    def accept(self, offer: IpcPoolOffer) -> None:
         known = self.offers.get(offer.offer_id)
         if known is not None and known != offer:
             logger.warning("droidspeak: ignoring a different IPC offer under a known id from %s",
@@ -77,9 +83,11 @@ class IpcExporter:
 
     def refusal(self, request: FetchRequest) -> Optional[FetchError]:
         """Why ``request`` cannot be copied over IPC now (checked before anything is sent)."""
-        rid, offer = request.request_id, self.offers.get(request.offer_id)
+        rid, offer = request.request_id, self.offers.get(request.session)
+        if len(request.dst_slots) != len(request.token_ids) or request.deadline_ms == 0:
+            return FetchError(rid, "bad_request", "the cuda_ipc plane needs one dst slot per token and a deadline")
         if offer is None or offer.receiver_model != request.receiver_model:
-            return FetchError(rid, "no_offer", f"no IPC offer {request.offer_id[:12]} from {request.receiver_model}")
+            return FetchError(rid, "no_offer", f"no IPC offer {request.session[:12]} from {request.receiver_model}")
         if self._uuid is None:
             self._uuid = self.backend.device_uuid(self.kv_pool.device)
         if not self._uuid or offer.device_uuid != self._uuid:
@@ -119,6 +127,14 @@ class IpcExporter:
             return FetchError(request.request_id, "deadline", f"{left_ms} ms left, copy needs {self.margin_ms}")
         return None
 
+    def export(self, request: FetchRequest, slots: torch.Tensor, e: dict) -> Iterator[Message]:
+        """E as chunks, then the K/V copy; FetchDone(number of E chunks) or the copy's error."""
+        num_chunks = 0
+        for chunk in e_chunks(request, e):
+            yield chunk
+            num_chunks += 1
+        yield self.copy(request, slots) or FetchDone(request.request_id, num_chunks)
+
     def copy(self, request: FetchRequest, src_slots: torch.Tensor) -> Optional[FetchError]:
         """Write K/V of ``reused_layers`` at ``src_slots`` [n] into the receiver's ``dst_slots``.
 
@@ -128,7 +144,7 @@ class IpcExporter:
         error = self._deadline(request)
         if error is not None:
             return error
-        k_buffers, v_buffers = self._buffers(self.offers[request.offer_id])
+        k_buffers, v_buffers = self._buffers(self.offers[request.session])
         device = self.kv_pool.device
         src = src_slots.to(device=device, dtype=torch.int64)  # [n]
         dst = torch.tensor(request.dst_slots, dtype=torch.int64).to(device)  # [n]

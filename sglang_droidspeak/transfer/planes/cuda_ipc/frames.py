@@ -5,7 +5,7 @@ the fetch socket (no reply). It carries, for every layer's K and V buffer of the
 pool, what ``torch.multiprocessing.reductions.reduce_tensor`` would carry for a CUDA tensor
 (the fields of ``UntypedStorage._share_cuda_()`` plus the tensor's offset / shape / stride),
 as typed fields, never pickled. A FetchRequest with ``offer_id`` then asks the sender to
-copy K/V straight into ``dst_slots`` of these buffers (transfer/cuda_ipc.py opens them).
+copy K/V straight into ``dst_slots`` of these buffers (backend.py opens them).
 
     field                 type               meaning
     offer_id              str                new per shared pool (a uuid)
@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sglang_droidspeak.transfer.frames import DTYPES, WireError, _Message
+from sglang_droidspeak.transfer.frames import DTYPES, OversizedFrame, WireError, _Message
 
 MAX_HANDLE_BYTES = 1024  # legacy handles are 65 bytes; expandable segments carry more
 EVENT_HANDLE_BYTES = 64  # CUDA_IPC_HANDLE_SIZE
@@ -54,6 +54,7 @@ class IpcPoolOffer(_Message):
     """Receiver -> sender: the CUDA IPC handles of every K/V buffer of its pool."""
 
     KIND: ClassVar[str] = "ipc_pool_offer"
+    MAX_BIN_BYTES: ClassVar[int] = MAX_HANDLE_BYTES
     offer_id: str
     receiver_model: str
     device_uuid: str
@@ -73,11 +74,8 @@ class IpcPoolOffer(_Message):
     event_sync_required: tuple[int, ...]
 
     def _check(self) -> None:
-        for name in ("offer_id", "receiver_model", "device_uuid"):
-            if not getattr(self, name):
-                raise WireError(f"IpcPoolOffer.{name} must be non-empty")
-        if self.dtype not in DTYPES:
-            raise WireError(f"IpcPoolOffer.dtype {self.dtype!r} not in whitelist {tuple(DTYPES)}")
+        self._nonempty("offer_id", "receiver_model", "device_uuid")
+        self._dtypes("dtype")
         if self.num_layers < 1:
             raise WireError("IpcPoolOffer.num_layers must be >= 1")
         for name in ("k_shape", "k_stride", "v_shape", "v_stride"):
@@ -110,6 +108,14 @@ class IpcPoolOffer(_Message):
                 raise WireError(f"IpcPoolOffer buffer {i}: view ends at byte {end_bytes}, past its "
                                 f"{self.storage_sizes[i]}-byte storage")
 
+    def check_limits(self, limits) -> None:
+        if self.num_layers > limits.max_layers or any(d > limits.max_dim for d in self.k_shape + self.v_shape):
+            raise OversizedFrame(f"IpcPoolOffer num_layers {self.num_layers} or shape exceeds limits")
+
     def buffer_layout(self, index: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(shape, stride) of buffer ``index`` (even: K of layer index // 2, odd: V)."""
         return (self.k_shape, self.k_stride) if index % 2 == 0 else (self.v_shape, self.v_stride)
+
+
+MESSAGES: tuple[type, ...] = (IpcPoolOffer,)
+ERROR_CODES = ("no_offer", "ipc_unavailable", "deadline")

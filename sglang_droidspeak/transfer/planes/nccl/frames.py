@@ -4,7 +4,7 @@
     NcclPairOffer          ---- fetch socket ---->     checks it, starts joining
                            <---------------------      NcclPairAccept | FetchError(nccl_unavailable)
     (both ends rendezvous on the store and open the channel in a background thread)
-    FetchRequest(channel_id) ------------------->      checks, computes E
+    FetchRequest(plane=nccl, session=channel_id) ------------------->      checks, computes E
                            <---------------------      NcclSendStart(num_tensors)
     recv x num_tensors     <==== the channel =====     send x num_tensors (E, then K, V per layer)
                            <---------------------      FetchDone(0) | FetchError
@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sglang_droidspeak.transfer.frames import DTYPES, FetchRequest, WireError, _Message
+from sglang_droidspeak.transfer.frames import FetchRequest, OversizedFrame, WireError, _Message
 
 PAIR_WORLD_SIZE = 2
 
@@ -40,6 +40,7 @@ class NcclPairOffer(_Message):
     """Receiver -> sender: join channel ``channel_id`` through my TCPStore."""
 
     KIND: ClassVar[str] = "nccl_pair_offer"
+    REPLY_FIELD: ClassVar[str] = "channel_id"  # its answer (accept or FetchError) names this
     channel_id: str
     receiver_model: str
     store_host: str
@@ -53,22 +54,23 @@ class NcclPairOffer(_Message):
     device_uuid: str
 
     def _check(self) -> None:
-        for name in ("channel_id", "receiver_model", "store_host"):
-            if not getattr(self, name):
-                raise WireError(f"NcclPairOffer.{name} must be non-empty")
+        self._nonempty("channel_id", "receiver_model", "store_host")
         if not 1 <= self.store_port <= 65535:
             raise WireError(f"NcclPairOffer.store_port must be in 1..65535, got {self.store_port}")
         if self.world_size != PAIR_WORLD_SIZE:
             raise WireError(f"NcclPairOffer.world_size must be {PAIR_WORLD_SIZE}, got {self.world_size}")
         if self.receiver_rank not in (0, 1):
             raise WireError(f"NcclPairOffer.receiver_rank must be 0 or 1, got {self.receiver_rank}")
-        for name in ("dtype", "e_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise WireError(f"NcclPairOffer.{name} {getattr(self, name)!r} not in whitelist {tuple(DTYPES)}")
+        self._dtypes("dtype", "e_dtype")
         if len(self.kv_row) != 2 or 0 in self.kv_row:
             raise WireError(f"NcclPairOffer.kv_row must be [kv_heads, head_dim] > 0, got {self.kv_row[:8]}")
         if self.hidden_size == 0:
             raise WireError("NcclPairOffer.hidden_size must be > 0")
+
+    def check_limits(self, limits) -> None:
+        if max(*self.kv_row, self.hidden_size) > limits.max_dim:
+            raise OversizedFrame(f"NcclPairOffer kv_row {self.kv_row} / hidden_size {self.hidden_size} "
+                                 f"exceed {limits.max_dim}")
 
     @property
     def sender_rank(self) -> int:
@@ -102,8 +104,13 @@ class NcclSendStart(_Message):
         if not self.channel_id:
             raise WireError("NcclSendStart.channel_id must be non-empty")
 
+    def check_limits(self, limits) -> None:
+        if self.num_tensors > 3 * limits.max_layers:
+            raise OversizedFrame(f"NcclSendStart.num_tensors {self.num_tensors} > {3 * limits.max_layers}")
 
-NCCL_MESSAGE_TYPES: dict[str, type] = {c.KIND: c for c in (NcclPairOffer, NcclPairAccept, NcclSendStart)}
+
+MESSAGES: tuple[type, ...] = (NcclPairOffer, NcclPairAccept, NcclSendStart)
+ERROR_CODES = ("nccl_unavailable", "no_channel")
 
 
 def tensor_order(request: FetchRequest) -> list[tuple[str, int]]:

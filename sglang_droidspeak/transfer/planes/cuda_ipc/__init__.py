@@ -1,0 +1,1 @@
+"""The cuda_ipc data plane (see plane.py)."""

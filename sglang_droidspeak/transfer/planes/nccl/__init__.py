@@ -1,0 +1,1 @@
+"""The nccl data plane (see plane.py)."""
