@@ -3,6 +3,8 @@
     what happens upstream                          replica        relay(...) returns
     connect refused / times out, reset, or the     mark failed    Retry (proxy tries another
       body fails before its first byte                              replica: nothing reached the client)
+    marked failed (a health check, other traffic)  -              Retry (our upstream request is
+      before our first byte                                         closed: SGLang aborts it)
     no first byte within first_byte_timeout_s      mark failed    504 JSON (no retry: the upstream
       (or total_timeout_s)                                          may still be generating)
     an answer, whatever its status                 -              the answer, relayed as it arrives
@@ -22,6 +24,7 @@ first chunk. Imports no SGLang.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import NamedTuple, Optional
 
 import aiohttp
@@ -65,13 +68,10 @@ async def relay(request: web.Request, session: aiohttp.ClientSession, rset: Repl
     deadline = loop.time() + settings.total_timeout_s
     try:
         async with asyncio.timeout_at(min(deadline, loop.time() + settings.first_byte_timeout_s)):
-            upstream = await session.request(request.method, replica.url + request.path, data=body_chunks(body),
-                                             headers=_headers(request, body), params=request.query)
-            try:
-                chunk = await upstream.content.readany()
-            except BaseException:
-                upstream.close()
-                raise
+            first = _first_chunk(request, session, replica, body)
+            upstream, chunk = await _unless_marked_failed(replica, first)
+    except ReplicaFailed:
+        return Retry(f"{replica.url}: marked failed before its first byte")
     except UPSTREAM_ERRORS as exc:
         rset.fail(replica)
         if isinstance(exc, aiohttp.ClientError) or not isinstance(exc, asyncio.TimeoutError):
@@ -83,6 +83,37 @@ async def relay(request: web.Request, session: aiohttp.ClientSession, rset: Repl
         return await _pump(request, rset, replica, upstream, chunk, deadline, settings.idle_timeout_s)
     finally:
         upstream.close()  # a no-op after release(); otherwise the upstream sees the disconnect
+
+
+class ReplicaFailed(Exception):
+    """The replica was marked failed while this request waited for its first byte."""
+
+
+async def _first_chunk(request: web.Request, session: aiohttp.ClientSession, replica: Replica,
+                       body: Optional[bytearray]) -> tuple[aiohttp.ClientResponse, bytes]:
+    upstream = await session.request(request.method, replica.url + request.path, data=body_chunks(body),
+                                     headers=_headers(request, body), params=request.query)
+    try:
+        return upstream, await upstream.content.readany()
+    except BaseException:
+        upstream.close()
+        raise
+
+
+async def _unless_marked_failed(replica: Replica, first) -> tuple[aiohttp.ClientResponse, bytes]:
+    """Await ``first``; raise ReplicaFailed (``first`` cancelled: its connection closes) as soon as
+    ``replica`` is marked failed."""
+    work, failed = asyncio.ensure_future(first), asyncio.ensure_future(replica.failed.wait())
+    try:
+        await asyncio.wait((work, failed), return_when=asyncio.FIRST_COMPLETED)
+        if work.done():
+            return work.result()
+        raise ReplicaFailed
+    finally:
+        for task in (work, failed):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, *UPSTREAM_ERRORS):
+            await work
 
 
 async def _pump(request: web.Request, rset: ReplicaSet, replica: Replica, upstream: aiohttp.ClientResponse,

@@ -11,6 +11,7 @@ replica can fetch, cross-model). Nothing is tokenized; characters stand in for t
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -90,15 +91,20 @@ class Replica:
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
         self.prefixes = PrefixLRU(self.lru_entries)
+        self.failed = asyncio.Event()  # set while marked failed: requests waiting on it move on
 
     def mark_failed(self, now: float) -> None:
         """Out of the pool and out of prefix affinity (what it cached may be gone) until a
-        health probe or a clean answer marks it ok again."""
+        health probe or a clean answer marks it ok again; requests still waiting for its
+        first byte are retried elsewhere (relay.py)."""
         self.healthy, self.last_failure = False, now
         self.prefixes.clear()
+        self.failed.set()
 
     def mark_ok(self) -> None:
         self.healthy = True
+        if self.failed.is_set():
+            self.failed = asyncio.Event()
 
     def reusable(self, chain: Sequence[tuple[int, int]]) -> tuple[int, bool]:
         """(characters reusable here, whether that much is native)."""

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import time
 
 import aiohttp
 import pytest
@@ -38,6 +39,10 @@ class Upstream:
         self.hold: asyncio.Event | None = None  # wait before answering
         self.gate: asyncio.Event | None = None  # wait between stream chunks 0 and 1
         self.die_mid_stream = self.finished = False
+        self.sick = False  # its /health answers 503
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=503 if self.sick else 200, text="ok")
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -69,10 +74,6 @@ async def _start(app: web.Application, stack: contextlib.AsyncExitStack) -> str:
     return str(server.make_url("")).rstrip("/")
 
 
-async def healthy(request: web.Request) -> web.Response:
-    return web.Response(text="ok")
-
-
 @contextlib.asynccontextmanager
 async def servers(upstreams: list[Upstream], routes, peers=None, settings: RouterSettings | None = None):
     """Start the upstreams, then the router over ``routes`` (model -> upstream names or
@@ -81,7 +82,7 @@ async def servers(upstreams: list[Upstream], routes, peers=None, settings: Route
         for up in upstreams:
             app = web.Application()
             app.router.add_post("/{tail:.*}", up.handle)
-            app.router.add_get("/health", healthy)
+            app.router.add_get("/health", up.health)
             up.url = await _start(app, stack)
         by_name = {u.name: u.url for u in upstreams}
         urls = {m: [by_name.get(n, n) for n in names] for m, names in routes.items()}
@@ -192,6 +193,24 @@ def test_retries_past_a_closed_port_but_passes_an_upstream_error_answer_through_
                                           "type": "service_unavailable", "param": None, "code": "no_live_replica"}})
     assert health == (503, [False, True, True])  # 'gone' has no live replica; an error answer marks nothing
     assert (len(bad.bodies), len(good.bodies)) == (1, 0)
+
+
+def test_a_request_waiting_on_a_replica_that_fails_its_health_check_moves_to_another():
+    stuck, good = Upstream("stuck"), Upstream("good")
+    settings = RouterSettings(health_check_interval_s=0.2, health_check_timeout_s=0.2)  # first byte: 1800 s
+
+    async def go():
+        stuck.hold = asyncio.Event()  # never set: accepts the request, never answers
+        async with servers([stuck, good], {"m": ["stuck", "good"]}, settings=settings) as (base, client):
+            answer = asyncio.ensure_future(post(client, base + "/v1/completions", {"model": "m", "prompt": "x"}))
+            while not stuck.bodies:
+                await asyncio.sleep(0.01)
+            began, stuck.sick = time.monotonic(), True
+            return await answer, time.monotonic() - began
+
+    (status, body), seconds = run(go())
+    assert (status, body) == (200, {"served_by": "good", "path": "/v1/completions"})
+    assert seconds < 1.5 and (len(stuck.bodies), len(good.bodies)) == (1, 1)
 
 
 def test_an_upstream_dying_mid_stream_truncates_the_response_until_a_health_check_brings_it_back():
