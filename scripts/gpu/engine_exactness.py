@@ -151,10 +151,13 @@ def main() -> None:
         for (arch, backend), (sender, receiver) in pairs.items():
             try:
                 rows = check_pair(sender, receiver, random.Random(7))
-                fallbacks = metric_sum(receiver.metrics(), "sglang:droidspeak_fallbacks_total")
+                metrics = receiver.metrics()
+                fallbacks = metric_sum(metrics, "sglang:droidspeak_fallbacks_total")
+                reasons = [line for line in metrics.splitlines() if line.startswith("sglang:droidspeak_fallbacks_total")]
             except Exception as exc:  # one broken pair must not hide the others
-                rows, fallbacks = [{"error": repr(exc), "log": receiver.tail(30)}], None
+                rows, fallbacks, reasons = [{"error": repr(exc), "log": receiver.tail(30)}], None, []
             result["rows"] += [{"arch": arch, "backend": backend, "fallbacks": fallbacks, **r} for r in rows]
+            result.setdefault("fallback_reasons", {})[f"{arch}/{backend}"] = reasons
             print(f"[{time.strftime('%X')}] {arch}/{backend} done", flush=True)
     except Exception as exc:
         result["error"] = repr(exc)

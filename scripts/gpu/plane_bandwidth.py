@@ -43,10 +43,12 @@ class Pool:
         return self.v[layer]
 
 
-def context(args, pool, client=None):
+def context(args, pool, model: str, client=None):
+    """``model``: this side's name; the receiver's must be the FetchRequest's receiver_model
+    (the cuda_ipc sender matches offers by it)."""
     from sglang_droidspeak.transfer.planes.base import PlaneContext
 
-    return PlaneContext("bench", pool, args.layers, args.hidden, torch.bfloat16, 60.0, SECRET, client)
+    return PlaneContext(model, pool, args.layers, args.hidden, torch.bfloat16, 60.0, SECRET, client)
 
 
 def sender(args, plane: str, ready) -> None:
@@ -56,7 +58,7 @@ def sender(args, plane: str, ready) -> None:
 
     pool = Pool(args, 1.0)
     server = FetchServer("tcp://127.0.0.1:*", SECRET)
-    planes = build_planes(SimpleNamespace(data_plane=plane), context(args, pool), server, None)
+    planes = build_planes(SimpleNamespace(data_plane=plane), context(args, pool, "sender"), server, None)
     slots = torch.arange(1, args.tokens + 1)  # [n]
     tree = SimpleNamespace(match_for_export=lambda ids, model: SimpleNamespace(match=SimpleNamespace(
         device_indices=slots)))
@@ -83,9 +85,10 @@ def measure(args, plane: str) -> dict:
     try:
         endpoint = ready.get(timeout=120)
         pool, client = Pool(args, 0.0), FetchClient(SECRET)
-        planes = build_planes(SimpleNamespace(data_plane=plane), context(args, pool, client), None, client)
+        planes = build_planes(SimpleNamespace(data_plane=plane), context(args, pool, "receiver", client), None, client)
         parts = SimpleNamespace(kv_pool=pool, hidden_size=args.hidden, dtype=torch.bfloat16, device=pool.device)
-        plan = LayerPlan(args.layers, ((1, 2),)) if args.layers > 1 else LayerPlan.full_reuse(1)
+        with_e = args.with_e and args.layers > 1  # E of layer 1 (recompute [1, 2)), else K/V only
+        plan = LayerPlan(args.layers, ((1, 2),)) if with_e else LayerPlan.full_reuse(args.layers)
         slots = torch.arange(1, args.tokens + 1, device=pool.device)  # [n]
         times = []
         for _ in range(args.repeats + 1):
@@ -98,7 +101,7 @@ def measure(args, plane: str) -> dict:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - began)
             sink.check_complete()
-        layer = plan.reused_layers()[-1]
+        layer = plan.reused_layers()[-1]  # [n] rows of K filled with the sender's 1.0 + layer
         assert torch.equal(pool.k[layer][1:], torch.full_like(pool.k[layer][1:], 1.0 + layer)), "K/V differ"
         nbytes, receiver = sink.num_bytes, planes.receiver
         fell_back = bool(getattr(receiver, "unavailable", False) or endpoint in getattr(receiver, "zmq_peers", ()))
@@ -120,6 +123,7 @@ def main() -> None:
                           ("hidden", 4096), ("repeats", 5)):
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--with-e", type=int, default=1, help="1: also E of one layer; 0: K/V of every layer only")
     parser.add_argument("--out", default=os.environ.get("OUT", "out"))
     args = parser.parse_args()
     results = [measure(args, plane) for plane in args.planes.split(",")]
