@@ -24,7 +24,7 @@ from sglang_droidspeak.reference import ReferenceModel  # noqa: E402
 from sglang_droidspeak.sglang.radix_cache import FELL_BACK_ATTR  # noqa: E402
 from sglang_droidspeak.sglang.request_plan import parse_plan_choice  # noqa: E402
 from two_servers import (  # noqa: E402
-    import_and_match, NUM_LAYERS, POOL_SIZE, announce_and_wait, leak_free, request, sender_prefill, tiny_pair_models, two_servers,
+    assert_pool_holds, import_and_match, NUM_LAYERS, POOL_SIZE, announce_and_wait, leak_free, request, sender_prefill, tiny_pair_models, two_servers,
     wait_for)
 
 CONTEXT = list(range(20, 52))  # 32 tokens
@@ -162,9 +162,7 @@ def test_second_context_in_the_same_derived_namespace(pair):
         assert len(match.device_indices) == len(tokens)
         expected = ReferenceModel(b.model).build_receiver_cache(cache, LayerPlan(NUM_LAYERS, ((0, 4),)),
                                                                  torch.tensor(tokens))
-        for layer in range(NUM_LAYERS):
-            torch.testing.assert_close(b.pool.get_key_buffer(layer)[match.device_indices],
-                                       expected.k[layer].transpose(0, 1), atol=1e-5, rtol=1e-5)
+        assert_pool_holds(b, match.device_indices, expected)
         assert leak_free(b)
 
 
@@ -205,9 +203,7 @@ def test_gpu_check_sequence_keeps_every_derived_prefix_exact(pair):
             layer_plan = parse_plan_choice(plan, NUM_LAYERS)
             expected = ReferenceModel(b.model).build_receiver_cache(cache, layer_plan, torch.tensor(tokens))
             assert len(match.device_indices) == len(tokens), plan
-            for layer in range(NUM_LAYERS):
-                torch.testing.assert_close(b.pool.get_key_buffer(layer)[match.device_indices],
-                                           expected.k[layer].transpose(0, 1), atol=1e-5, rtol=1e-5)
+            assert_pool_holds(b, match.device_indices, expected)
         run_request(b, tokens + SUFFIX, "off", req_pool)
     assert leak_free(b)
 

@@ -24,7 +24,8 @@ from sglang_droidspeak.reference import ReferenceModel  # noqa: E402
 from sglang_droidspeak.sglang.import_queue import JOB_ATTR  # noqa: E402
 from sglang_droidspeak.sglang.radix_cache import FELL_BACK_ATTR  # noqa: E402
 from two_servers import (  # noqa: E402
-    NUM_LAYERS, PLAN_GROUPS, announce_and_wait, import_and_match, leak_free, request, tiny_pair_models, two_servers)
+    NUM_LAYERS, PLAN_GROUPS, announce_and_wait, assert_pool_holds, import_and_match, leak_free, request,
+    tiny_pair_models, two_servers)
 
 CONTEXT, OTHER = list(range(20, 52)), list(range(60, 92))  # 32 tokens each
 SUFFIX = [3, 4, 5]
@@ -128,9 +129,7 @@ def test_imports_ready_together_run_as_one_forward_and_stay_exact(monkeypatch):
         plan = LayerPlan(NUM_LAYERS, ((1, 3),))
         for req, cache, tokens in zip(reqs, caches, (CONTEXT, OTHER)):
             expected = ReferenceModel(b.model).build_receiver_cache(cache, plan, torch.tensor(tokens))
-            for layer in range(NUM_LAYERS):
-                torch.testing.assert_close(b.pool.get_key_buffer(layer)[req.prefix_indices],
-                                           expected.k[layer].transpose(0, 1), atol=1e-5, rtol=1e-5)
+            assert_pool_holds(b, req.prefix_indices, expected)
         assert leak_free(b)
 
 
@@ -145,9 +144,7 @@ def test_a_long_prefix_is_recomputed_in_chunks_one_budget_per_tick(monkeypatch):
         assert chunks == [[(0, 12)], [(12, 12)], [(24, 8)]]
         expected = ReferenceModel(b.model).build_receiver_cache(cache, LayerPlan(NUM_LAYERS, ((0, 4),)),
                                                                 torch.tensor(CONTEXT))
-        for layer in range(NUM_LAYERS):
-            torch.testing.assert_close(b.pool.get_value_buffer(layer)[match.device_indices],
-                                       expected.v[layer].transpose(0, 1), atol=1e-5, rtol=1e-5)
+        assert_pool_holds(b, match.device_indices, expected)
 
 
 @pytest.mark.parametrize("mode, chunks", [("async", [[(0, 20)], [(20, 12)]]), ("eager", [[(0, 32)]])])
@@ -164,9 +161,7 @@ def test_while_the_server_decodes_an_async_import_yields_in_small_chunks(monkeyp
         assert launched == chunks
         expected = ReferenceModel(b.model).build_receiver_cache(cache, LayerPlan(NUM_LAYERS, ((0, 4),)),
                                                                 torch.tensor(CONTEXT))
-        for layer in range(NUM_LAYERS):
-            torch.testing.assert_close(b.pool.get_key_buffer(layer)[match.device_indices],
-                                       expected.k[layer].transpose(0, 1), atol=1e-5, rtol=1e-5)
+        assert_pool_holds(b, match.device_indices, expected)
         assert leak_free(b)
 
 

@@ -175,6 +175,17 @@ def request(tokens, plan=None, **custom):
     return Req(f"req-{next(_RIDS)}", "", array("q", tokens), SamplingParams(max_new_tokens=4, custom_params=params))
 
 
+def assert_pool_holds(side, indices, expected, values=True):
+    """``side``'s pool at ``indices`` holds ``expected``'s K (and V) in every layer
+    (expected: [heads, T, dim] per layer, the reference engine's layout)."""
+    for layer in range(NUM_LAYERS):
+        torch.testing.assert_close(side.pool.get_key_buffer(layer)[indices],  # [T, heads, dim]
+                                   expected.k[layer].transpose(0, 1), atol=1e-5, rtol=1e-5)
+        if values:
+            torch.testing.assert_close(side.pool.get_value_buffer(layer)[indices],
+                                       expected.v[layer].transpose(0, 1), atol=1e-5, rtol=1e-5)
+
+
 def leak_free(side, held=0):
     """SGLang's idle check: free + evictable + protected (+ held by running requests) == pool."""
     return side.allocator.available_size() + side.tree.evictable_size() + side.tree.protected_size() + held == POOL_SIZE
