@@ -15,6 +15,11 @@ HELP = {
     "granularity": "group bounds on multiples of this (1 or 2)",
     "metric": "metric the frontier is built on (target_acc, agreement, or a task metric; empty = the task's primary)",
     "work_dir": "where per-example scores are kept for resuming",
+    "corpus": "stdlib (the micro family's) or django (the real family's pinned sdist)",
+    "device": "where both models run (cuda for the real family's 30 layers)",
+    "dtype": "model dtype (float32 keeps a same-weights pair exact)",
+    "generate": "greedy answer per plan (task metrics); --no-generate: teacher-forced only, batched",
+    "batch_size": "plans per batched extend (--no-generate)",
 }
 
 

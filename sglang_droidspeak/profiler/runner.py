@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import torch
+
 from sglang_droidspeak import __version__
 from sglang_droidspeak.config_cli import at_least, check_fields, one_of
-from sglang_droidspeak.family.corpus import SPLITS
 from sglang_droidspeak.identity import check_compatible
 from sglang_droidspeak.plan import FrontierPoint, LayerPlan, ModelRef, Profile, profile_filename, save_profile
+from sglang_droidspeak.profiler.batched import BatchedPlanScorer
 from sglang_droidspeak.profiler.evaluate import PairEvaluator
 from sglang_droidspeak.profiler.loading import default_work_dir, load_model, run_header
 from sglang_droidspeak.profiler.search import (
@@ -26,6 +28,9 @@ from sglang_droidspeak.profiler.search import (
 from sglang_droidspeak.profiler.store import ResultStore
 from sglang_droidspeak.profiler.systems import RECEIVER, SENDER, plan_system
 from sglang_droidspeak.tasks import TASKS, build_task
+from sglang_droidspeak.tasks.corpora import ALL_SPLITS, CORPORA, corpus_identity, load_corpus, split_problem
+
+FAST_METRICS = ("agreement", "target_acc")  # what the batched scorer's frontier can be built on
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,8 @@ class ProfileConfig:
     sender: str
     receiver: str
     dataset: str = field(default="lcc", metadata=one_of(*TASKS))
-    split: str = field(default="lib_heldout", metadata=one_of(*SPLITS))
+    split: str = field(default="lib_heldout", metadata=one_of(*ALL_SPLITS))
+    corpus: str = field(default="stdlib", metadata=one_of(*CORPORA))
     num_examples: int = field(default=32, metadata=at_least(1))
     context_len: int = field(default=768, metadata=at_least(1))
     query_len: int = field(default=32, metadata=at_least(1))
@@ -49,9 +55,20 @@ class ProfileConfig:
     work_dir: str = ""  # "" = ~/.cache/sglang_droidspeak/profiler
     plots: bool = True
     progress: bool = True
+    device: str = field(default="cpu", metadata=one_of("cpu", "cuda"))
+    dtype: str = field(default="float32", metadata=one_of("float32", "bfloat16"))
+    # False: teacher-forced metrics only, every plan scored by the batched scorer (profiler/
+    # batched.py; minutes on a GPU for 30 layers), no greedy answer per plan
+    generate: bool = True
+    batch_size: int = field(default=32, metadata=at_least(1))
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if split_problem(self.corpus, self.split):
+            raise ValueError(split_problem(self.corpus, self.split))
+        if not self.generate and self.metric not in FAST_METRICS:
+            raise ValueError(f"metric: without generation it must be one of {', '.join(FAST_METRICS)}, "
+                             f"got {self.metric!r}")
 
 
 class ProfileRun(NamedTuple):
@@ -62,20 +79,29 @@ class ProfileRun(NamedTuple):
 
 
 def run_profile(config: ProfileConfig) -> ProfileRun:
-    sender, receiver = load_model(config.sender), load_model(config.receiver)
+    dtype = getattr(torch, config.dtype)
+    sender = load_model(config.sender, config.device, dtype)
+    receiver = load_model(config.receiver, config.device, dtype)
     check_compatible(sender.fingerprint, receiver.fingerprint, sender.name, receiver.name)
     spec = TASKS[config.dataset]
     metric = config.metric or spec.primary_metric
+    corpus = load_corpus(config.corpus)
     examples = build_task(config.dataset, receiver.tokenizer, split=config.split, num_examples=config.num_examples,
-                          context_len=config.context_len, query_len=config.query_len, seed=config.seed)
-    header = run_header(config, sender, receiver, exclude=("out_dir", "work_dir", "plots", "progress", "metric"))
+                          context_len=config.context_len, query_len=config.query_len, seed=config.seed, corpus=corpus)
+    header = run_header(config, sender, receiver, corpus_identity=corpus_identity(config.corpus, corpus),
+                        exclude=("out_dir", "work_dir", "plots", "progress", "metric", "batch_size"))
     work_dir = config.work_dir or default_work_dir()
     store = ResultStore.for_run(work_dir, f"{sender.name}__{receiver.name}-{config.dataset}", header)
 
     num_layers = receiver.model.num_layers
     plans = candidate_plans(num_layers, config.granularity)
-    evaluator = PairEvaluator(sender.model, receiver.model, receiver.tokenizer, config.dataset, examples,
-                              max_new_tokens=config.max_new_tokens or None)
+    max_new_tokens = config.max_new_tokens or None
+    if config.generate:
+        evaluator = PairEvaluator(sender.model, receiver.model, receiver.tokenizer, config.dataset, examples,
+                                  max_new_tokens=max_new_tokens)
+    else:
+        evaluator = BatchedPlanScorer(sender.model, receiver.model, receiver.tokenizer, config.dataset, examples,
+                                      batch_size=config.batch_size, max_new_tokens=max_new_tokens)
     evaluator.run([RECEIVER, SENDER] + [plan_system(p) for p in plans], store, progress=config.progress)
 
     scores = {p: store.mean(plan_system(p).key, metric) for p in plans}
