@@ -21,7 +21,7 @@ from sglang_droidspeak.identity import check_compatible
 from sglang_droidspeak.plan import FrontierPoint, LayerPlan, ModelRef, Profile, profile_filename, save_profile
 from sglang_droidspeak.profiler.batched import BatchedPlanScorer
 from sglang_droidspeak.profiler.evaluate import PairEvaluator
-from sglang_droidspeak.profiler.loading import default_work_dir, load_model, run_header
+from sglang_droidspeak.profiler.loading import LoadedModel, default_work_dir, load_model, run_header
 from sglang_droidspeak.profiler.search import (
     ScoredPlan, candidate_plans, contiguous_plans, pareto_frontier, sensitivity_drops,
 )
@@ -82,12 +82,21 @@ def run_profile(config: ProfileConfig) -> ProfileRun:
     dtype = getattr(torch, config.dtype)
     sender = load_model(config.sender, config.device, dtype)
     receiver = load_model(config.receiver, config.device, dtype)
+    return profile_models(config, sender, receiver)
+
+
+def profile_models(config: ProfileConfig, sender: LoadedModel, receiver: LoadedModel, corpus=None,
+                   examples: list | None = None) -> ProfileRun:
+    """``run_profile`` on models already loaded (``corpus`` and ``examples``: reuse them when
+    several pairs are profiled in one process; None = load / build from ``config``)."""
     check_compatible(sender.fingerprint, receiver.fingerprint, sender.name, receiver.name)
     spec = TASKS[config.dataset]
     metric = config.metric or spec.primary_metric
-    corpus = load_corpus(config.corpus)
-    examples = build_task(config.dataset, receiver.tokenizer, split=config.split, num_examples=config.num_examples,
-                          context_len=config.context_len, query_len=config.query_len, seed=config.seed, corpus=corpus)
+    corpus = corpus if corpus is not None else load_corpus(config.corpus)
+    if examples is None:
+        examples = build_task(config.dataset, receiver.tokenizer, split=config.split, num_examples=config.num_examples,
+                              context_len=config.context_len, query_len=config.query_len, seed=config.seed,
+                              corpus=corpus)
     header = run_header(config, sender, receiver, corpus_identity=corpus_identity(config.corpus, corpus),
                         exclude=("out_dir", "work_dir", "plots", "progress", "metric", "batch_size"))
     work_dir = config.work_dir or default_work_dir()

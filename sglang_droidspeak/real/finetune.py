@@ -6,7 +6,7 @@ Writes into ``out_dir``: ``finetune.json`` (config, corpus hashes, base sha256, 
 the training losses, seconds, held-out loss on every domain before and after, sha256 of
 what it saved) and ``adapters/smollm2-<variant>.safetensors`` for LoRA variants (bfloat16,
 what is evaluated is what is saved). Every variant's full weights go to ``models_dir`` as a
-Hugging Face directory (LoRA merged), ready for the profiler.
+Hugging Face directory ``smollm2-<variant>`` (LoRA merged), ready for the profiler.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import platform
 import shutil
 import sys
 from collections.abc import Mapping
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -60,14 +60,21 @@ def domain_losses(model: torch.nn.Module, windows: Mapping[str, torch.Tensor], c
         return {d: round(evaluate(model, w, config.eval_batch_size).loss, 5) for d, w in windows.items()}
 
 
+@contextmanager
 def _determinism(config: RecipeConfig):
     """CPU: fixed threads, deterministic algorithms (bitwise repeatable). CUDA: deterministic
     algorithms where torch has them (warn_only: an op without one warns, never stops a lease)."""
     if config.device == "cpu":
-        return deterministic_torch(torch.get_num_threads())
+        with deterministic_torch(torch.get_num_threads()):
+            yield
+        return
+    old = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
-    return nullcontext()
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old[0], warn_only=old[1])
 
 
 def _autocast(config: RecipeConfig):
@@ -145,7 +152,7 @@ def run_recipe(config: RecipeConfig, corpus: RealCorpus | None = None, base_path
                 record["adapter_sha256"], record["adapter_bytes"] = file_sha256(adapter), adapter.stat().st_size
                 merge_lora(model)
             record["heldout_loss"] = domain_losses(model, windows, config)
-            record["weights_sha256"] = save_variant(model, base_path, models_dir / name)
+            record["weights_sha256"] = save_variant(model, base_path, models_dir / f"smollm2-{name}")
             report["variants"][name] = record
             del model
     (out_dir / "finetune.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")

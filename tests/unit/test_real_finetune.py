@@ -60,7 +60,7 @@ def test_each_fine_tune_lowers_its_own_held_out_loss_and_the_adapter_reloads(tin
     adapter = tmp_path / "a" / "adapters" / "smollm2-docs-lora.safetensors"
     assert report["variants"]["docs-lora"]["adapter_bytes"] == adapter.stat().st_size
     reloaded = load_adapter(AutoModelForCausalLM.from_pretrained(tiny_base), adapter)
-    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "a" / "models" / "docs-lora")
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "a" / "models" / "smollm2-docs-lora")
     for name, tensor in saved.state_dict().items():
         assert torch.equal(reloaded.state_dict()[name], tensor), name
     assert "docs-lora" in loss_table(report) and "*" in loss_table(report)
