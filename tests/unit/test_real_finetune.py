@@ -15,7 +15,7 @@ from sglang_droidspeak.real.base import ensure_base
 from sglang_droidspeak.real.corpus import corpus_from_members
 from sglang_droidspeak.real.finetune import loss_table, run_recipe
 from sglang_droidspeak.real.lora import LoraSpec, load_adapter
-from sglang_droidspeak.real.pins import SMOLLM2_GGUF_MEMBER
+from sglang_droidspeak.real.pins import SMOLLM2_GGUF_MEMBER, file_sha256
 from sglang_droidspeak.real.recipe import VARIANTS, RecipeConfig, Variant
 
 TINY_VARIANTS = {
@@ -82,3 +82,20 @@ def test_the_recipe_config_names_a_bad_field():
         Variant("x", "lib", "lora", steps=1, lr=1.0)
     assert RecipeConfig(max_steps=3).steps(VARIANTS["lib-full"]) == 3
     assert {v.method for v in VARIANTS.values()} == {"full", "lora"} and len(VARIANTS) >= 3
+
+
+def test_a_lora_variant_is_rebuilt_from_its_committed_adapter_on_cpu(tiny_base, tmp_path):
+    from sglang_droidspeak.real.variants import ensure_variant
+
+    report = _run(tiny_base, tmp_path / "a")
+    root = tiny_base.parent  # ensure_base(root) finds the tiny base already converted there
+    path = ensure_variant("docs-lora", adapters_dir=tmp_path / "a" / "adapters", root=root)
+    assert path.name.startswith("smollm2-docs-lora-")
+    assert (path / "model.safetensors").read_bytes() == (
+        tmp_path / "a" / "models" / "smollm2-docs-lora" / "model.safetensors").read_bytes()
+    assert report["variants"]["docs-lora"]["weights_sha256"] == file_sha256(path / "model.safetensors")
+    assert ensure_variant("base", root=root) == tiny_base
+    with pytest.raises(FileNotFoundError, match="full fine-tune: its weights are not committed"):
+        ensure_variant("lib-full", root=root)
+    with pytest.raises(FileNotFoundError, match="is missing: the recipe writes it"):
+        ensure_variant("test-lora", adapters_dir=tmp_path, root=root)
