@@ -26,6 +26,7 @@ import os
 import sys
 import tarfile
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,19 +97,26 @@ def main(argv: list[str] | None = None) -> int:
     link = WORK / "models" / "smollm2-base"
     if not link.exists():
         link.symlink_to(base, target_is_directory=True)
-    report["profiles"], report["skipped_pairs"] = {}, []
-    profile_pairs(args, names, corpus, results, report, lap)
+    report["profiles"], report["skipped_pairs"], report["failed_pairs"] = {}, [], {}
+    write_outputs(report, results, out)  # the fine-tunes come back even if profiling fails
+    profile_pairs(args, names, corpus, results, report, lap, lambda: write_outputs(report, results, out))
     report["seconds"]["total"] = lap()
-    (results / "real-family.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_outputs(report, results, out)
+    print(f"written: {out / 'real-family.json'}, {out / 'real-family.results.tar.gz'} ({lap()} s in all)")
+    return 1 if report["failed_pairs"] else 0
+
+
+def write_outputs(report: dict, results: Path, out: Path) -> None:
+    """$OUT/real-family.json and $OUT/real-family.results.tar.gz as they stand (rewritten after each stage)."""
+    text = json.dumps(report, indent=2, sort_keys=True) + "\n"
+    (results / "real-family.json").write_text(text)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "real-family.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    (out / "real-family.json").write_text(text)
     with tarfile.open(out / "real-family.results.tar.gz", "w:gz") as archive:
         archive.add(results, arcname="real-family")
-    print(f"written: {out / 'real-family.json'}, {out / 'real-family.results.tar.gz'} ({lap()} s in all)")
-    return 0
 
 
-def profile_pairs(args, names: list[str], corpus, results: Path, report: dict, lap) -> None:
+def profile_pairs(args, names: list[str], corpus, results: Path, report: dict, lap, save) -> None:
     import torch
 
     from sglang_droidspeak.profiler.loading import load_model
@@ -140,7 +148,14 @@ def profile_pairs(args, names: list[str], corpus, results: Path, report: dict, l
                                          num_examples=args.num_examples, context_len=args.context_len,
                                          query_len=args.query_len, seed=config.seed, corpus=corpus)
         began = time.perf_counter()
-        run = profile_models(config, models[sender], models[receiver], corpus=corpus, examples=examples[split])
+        try:
+            run = profile_models(config, models[sender], models[receiver], corpus=corpus, examples=examples[split])
+        except Exception as exc:  # one failing pair must not cost the others (nor the fine-tunes)
+            report["failed_pairs"][key] = f"{type(exc).__name__}: {exc}"
+            print(f"{key}: FAILED {report['failed_pairs'][key]}", flush=True)
+            traceback.print_exc()
+            save()
+            continue
         p = run.profile
         best = {pt.num_recomputed_layers: round(pt.quality, 4) for pt in p.frontier}
         report["profiles"][key] = {"split": split, "seconds": round(time.perf_counter() - began, 1),
@@ -150,6 +165,7 @@ def profile_pairs(args, names: list[str], corpus, results: Path, report: dict, l
         (results / "scores" / f"{key}.json").write_text(json.dumps({str(k): v for k, v in run.scores.items()}) + "\n")
         print(f"{key:<38} {split:<13} full reuse {p.full_reuse_quality:.3f}  frontier {best}  "
               f"({report['profiles'][key]['seconds']} s)", flush=True)
+        save()
 
 
 if __name__ == "__main__":
