@@ -9,7 +9,8 @@ sha256 against the pin); the tokenizer checked under this machine's transformers
 recipe (real/recipe.py: lib-full, test-lora, docs-lora; held-out loss per domain before
 and after); profiles for the ordered pairs of {base, fine-tunes} (12 for 4 models) with
 the batched teacher-forced scorer (profiler/batched.py), each on the receiver's own held-out
-domain (the base: lib). Pairs go base -> each, each -> base, then the rest; past
+domain (the base: lib), with CacheBlend-style token recompute scored at a few layer budgets
+beside the best group of as many layers (equal compute). Pairs go base -> each, each -> base, then the rest; past
 ``--budget-s`` the remaining pairs are skipped and listed (a rerun resumes from the work files).
 
 Writes $OUT/real-family.json (everything, with card, date, versions, corpus hash) and
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query-len", type=int, default=32)
     p.add_argument("--granularity", type=int, default=2, choices=(1, 2))
     p.add_argument("--plan-batch", type=int, default=64, help="plans per batched extend")
+    p.add_argument("--cacheblend-budgets", default="4,8,12", help="CacheBlend-style rows at these layer budgets")
     p.add_argument("--pairs", type=int, default=0, help="profile only the first N pairs (0 = all)")
     p.add_argument("--budget-s", type=float, default=480.0, help="start no pair after this many seconds")
     return p
@@ -116,6 +118,17 @@ def write_outputs(report: dict, results: Path, out: Path) -> None:
         archive.add(results, arcname="real-family")
 
 
+def equal_budget(run) -> dict[str, dict[str, float]]:
+    """Per CacheBlend budget k: the best single group of k layers against token recompute at k."""
+    out = {}
+    for key, blend in run.baselines.items():
+        k = int(key.split(":")[1])
+        groups = [q for plan, q in run.scores.items() if len(plan.groups) == 1 and plan.num_recomputed_layers == k]
+        out[str(k)] = {"droidspeak_group": round(max(groups), 4) if groups else float("nan"),
+                       "cacheblend": round(blend, 4)}
+    return out
+
+
 def profile_pairs(args, names: list[str], corpus, results: Path, report: dict, lap, save) -> None:
     import torch
 
@@ -141,6 +154,7 @@ def profile_pairs(args, names: list[str], corpus, results: Path, report: dict, l
                                num_examples=args.num_examples, context_len=args.context_len,
                                query_len=args.query_len, granularity=args.granularity, metric="agreement",
                                generate=False, device=args.device, batch_size=args.plan_batch,
+                               cacheblend_budgets=args.cacheblend_budgets,
                                out_dir=str(results / "profiles"), work_dir=str(WORK / "work"), plots=plots,
                                progress=False)
         if split not in examples:
@@ -160,11 +174,14 @@ def profile_pairs(args, names: list[str], corpus, results: Path, report: dict, l
         best = {pt.num_recomputed_layers: round(pt.quality, 4) for pt in p.frontier}
         report["profiles"][key] = {"split": split, "seconds": round(time.perf_counter() - began, 1),
                                    "receiver_quality": p.receiver_quality, "full_reuse_quality": p.full_reuse_quality,
-                                   "frontier": best, "sensitivity": [round(x, 4) for x in p.sensitivity]}
+                                   "frontier": best, "sensitivity": [round(x, 4) for x in p.sensitivity],
+                                   "equal_budget": equal_budget(run)}
         (results / "scores").mkdir(parents=True, exist_ok=True)
         (results / "scores" / f"{key}.json").write_text(json.dumps({str(k): v for k, v in run.scores.items()}) + "\n")
+        versus = "  ".join(f"k={k}: group {v['droidspeak_group']:.3f} / tokens {v['cacheblend']:.3f}"
+                           for k, v in report["profiles"][key]["equal_budget"].items())
         print(f"{key:<38} {split:<13} full reuse {p.full_reuse_quality:.3f}  frontier {best}  "
-              f"({report['profiles'][key]['seconds']} s)", flush=True)
+              f"({report['profiles'][key]['seconds']} s)\n    equal compute (agreement): {versus}", flush=True)
         save()
 
 

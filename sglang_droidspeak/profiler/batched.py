@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from sglang_droidspeak.plan import LayerPlan
-from sglang_droidspeak.profiler.evaluate import stop_token_ids
+from sglang_droidspeak.profiler.evaluate import cacheblend_tokens, stop_token_ids, system_prefix_kv
 from sglang_droidspeak.profiler.store import Record, ResultStore
 from sglang_droidspeak.profiler.systems import System
 from sglang_droidspeak.reference import PrefixKV, ReferenceModel, SenderCache
@@ -69,7 +69,8 @@ def batched_teacher_forced(model: ReferenceModel, prefixes: Sequence[PrefixKV], 
 
 
 class BatchedPlanScorer:
-    """Scores ``plan:*``, ``receiver`` and ``sender`` systems of one pair, teacher-forced only."""
+    """Scores ``plan:*``, ``cacheblend:*``, ``receiver`` and ``sender`` systems of one pair,
+    teacher-forced only (CacheBlend's prefixes are built one by one, then batched like plans)."""
 
     def __init__(self, sender: ReferenceModel, receiver: ReferenceModel, tokenizer: Any, task: str,
                  examples: Sequence[TaskExample], batch_size: int = 32, max_new_tokens: int | None = None):
@@ -82,8 +83,11 @@ class BatchedPlanScorer:
 
     def run(self, systems: Iterable[System], store: ResultStore, progress: bool = True) -> None:
         systems = list(systems)
-        if any(s.kind == "cacheblend" for s in systems):
-            raise ValueError("the batched scorer scores plans, the receiver and the sender; not cacheblend")
+        context_len = len(self.examples[0].context_ids) if self.examples else 0
+        too_small = [s.key for s in systems if s.kind == "cacheblend"
+                     and cacheblend_tokens(self.receiver, s.cacheblend_layers, context_len) is None]
+        if too_small:
+            raise ValueError(f"{', '.join(too_small)}: the budget does not cover CacheBlend's selection pass")
         starts = sorted({g.start for s in systems if s.plan is not None for g in s.plan.groups})
         todo = [i for i in range(len(self.examples)) if any((s.key, i) not in store for s in systems)]
         for i in tqdm(todo, disable=not progress, desc="examples", unit="ex"):
@@ -102,11 +106,12 @@ class BatchedPlanScorer:
             if system.kind in own:
                 model, prefix = own[system.kind]
                 records.append(Record(system.key, i, self._metrics(model, [prefix], example, reference)[0], ""))
-        plans = [s for s in systems if s.kind == "plan"]
+        plans = [s for s in systems if s.kind in ("plan", "cacheblend")]
         runs = shared_recompute(self.receiver, sender_cache, context, starts)
         for chunk in range(0, len(plans), self.batch_size):
             batch = plans[chunk:chunk + self.batch_size]
-            prefixes = [composed_prefix(sender_cache, s.plan, runs) for s in batch]
+            prefixes = [composed_prefix(sender_cache, s.plan, runs) if s.kind == "plan"
+                        else system_prefix_kv(self.receiver, s, context, sender_cache) for s in batch]
             for system, metrics in zip(batch, self._metrics(self.receiver, prefixes, example, reference)):
                 records.append(Record(system.key, i, metrics, ""))
         return records

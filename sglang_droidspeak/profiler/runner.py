@@ -26,7 +26,7 @@ from sglang_droidspeak.profiler.search import (
     ScoredPlan, candidate_plans, contiguous_plans, pareto_frontier, sensitivity_drops,
 )
 from sglang_droidspeak.profiler.store import ResultStore
-from sglang_droidspeak.profiler.systems import RECEIVER, SENDER, plan_system
+from sglang_droidspeak.profiler.systems import RECEIVER, SENDER, cacheblend_system, plan_system
 from sglang_droidspeak.tasks import TASKS, build_task
 from sglang_droidspeak.tasks.corpora import ALL_SPLITS, CORPORA, corpus_identity, load_corpus, split_problem
 
@@ -61,9 +61,15 @@ class ProfileConfig:
     # batched.py; minutes on a GPU for 30 layers), no greedy answer per plan
     generate: bool = True
     batch_size: int = field(default=32, metadata=at_least(1))
+    # comma-separated layer budgets k: also score CacheBlend-style token recompute at the
+    # compute of k layers (ProfileRun.baselines), to compare with groups of k layers
+    cacheblend_budgets: str = ""
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if any(not b.isdigit() or int(b) < 1 for b in self.cacheblend_budgets.split(",") if self.cacheblend_budgets):
+            raise ValueError(f"cacheblend_budgets: must be comma-separated whole numbers >= 1, "
+                             f"got {self.cacheblend_budgets!r}")
         if split_problem(self.corpus, self.split):
             raise ValueError(split_problem(self.corpus, self.split))
         if not self.generate and self.metric not in FAST_METRICS:
@@ -76,6 +82,7 @@ class ProfileRun(NamedTuple):
     path: Path
     plots: tuple[Path, ...]
     scores: dict[LayerPlan, float]
+    baselines: dict[str, float] = {}  # "cacheblend:<k>" -> mean metric (cacheblend_budgets)
 
 
 def run_profile(config: ProfileConfig) -> ProfileRun:
@@ -98,7 +105,8 @@ def profile_models(config: ProfileConfig, sender: LoadedModel, receiver: LoadedM
                               context_len=config.context_len, query_len=config.query_len, seed=config.seed,
                               corpus=corpus)
     header = run_header(config, sender, receiver, corpus_identity=corpus_identity(config.corpus, corpus),
-                        exclude=("out_dir", "work_dir", "plots", "progress", "metric", "batch_size"))
+                        exclude=("out_dir", "work_dir", "plots", "progress", "metric", "batch_size",
+                                 "cacheblend_budgets"))
     work_dir = config.work_dir or default_work_dir()
     store = ResultStore.for_run(work_dir, f"{sender.name}__{receiver.name}-{config.dataset}", header)
 
@@ -111,7 +119,8 @@ def profile_models(config: ProfileConfig, sender: LoadedModel, receiver: LoadedM
     else:
         evaluator = BatchedPlanScorer(sender.model, receiver.model, receiver.tokenizer, config.dataset, examples,
                                       batch_size=config.batch_size, max_new_tokens=max_new_tokens)
-    evaluator.run([RECEIVER, SENDER] + [plan_system(p) for p in plans], store, progress=config.progress)
+    blends = [cacheblend_system(int(b)) for b in config.cacheblend_budgets.split(",") if b]
+    evaluator.run([RECEIVER, SENDER] + [plan_system(p) for p in plans] + blends, store, progress=config.progress)
 
     scores = {p: store.mean(plan_system(p).key, metric) for p in plans}
     receiver_quality = store.mean(RECEIVER.key, metric)
@@ -131,4 +140,4 @@ def profile_models(config: ProfileConfig, sender: LoadedModel, receiver: LoadedM
         from sglang_droidspeak.profiler.plots import write_profile_plots
 
         plots = write_profile_plots(profile, scores, path.with_suffix(""))
-    return ProfileRun(profile, path, plots, scores)
+    return ProfileRun(profile, path, plots, scores, {b.key: store.mean(b.key, metric) for b in blends})

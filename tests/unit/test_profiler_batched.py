@@ -54,11 +54,22 @@ def test_batched_scores_equal_the_evaluators_teacher_forced_scores(pair, tokeniz
     assert differ > 0  # the pair differs: the check compares real numbers, not all-ones
 
 
-def test_the_batched_scorer_refuses_cacheblend(pair, tokenizer, tmp_path):
+def test_cacheblend_rows_equal_the_evaluators_and_a_budget_below_the_selection_pass_is_refused(
+        pair, tokenizer, tmp_path):
     sender, receiver = pair
-    scorer = BatchedPlanScorer(sender, receiver, tokenizer, "lcc", _examples(tokenizer, 1))
-    with pytest.raises(ValueError, match="not cacheblend"):
-        scorer.run([cacheblend_system(2)], ResultStore(tmp_path / "x.jsonl", {"t": 1}), progress=False)
+    examples = _examples(tokenizer, 2)
+    systems = [cacheblend_system(2), cacheblend_system(3)]
+    slow, fast = ResultStore(tmp_path / "slow.jsonl", {"t": 1}), ResultStore(tmp_path / "fast.jsonl", {"t": 1})
+    PairEvaluator(sender, receiver, tokenizer, "lcc", examples, max_new_tokens=8).run(systems, slow, progress=False)
+    scorer = BatchedPlanScorer(sender, receiver, tokenizer, "lcc", examples, max_new_tokens=8)
+    scorer.run(systems, fast, progress=False)
+    for s in systems:
+        for i in range(2):
+            a, b = slow.get(s.key, i).metrics, fast.get(s.key, i).metrics
+            assert (a["agreement"], a["target_acc"]) == (b["agreement"], b["target_acc"]), s.key
+            assert math.isclose(a["target_nll"], b["target_nll"], rel_tol=1e-5), s.key
+    with pytest.raises(ValueError, match="cacheblend:1: the budget does not cover CacheBlend's selection pass"):
+        scorer.run([cacheblend_system(1)], ResultStore(tmp_path / "x.jsonl", {"t": 1}), progress=False)
 
 
 def test_run_profile_without_generation_matches_with_it(tmp_path, model_dirs):  # noqa: F811
@@ -66,8 +77,12 @@ def test_run_profile_without_generation_matches_with_it(tmp_path, model_dirs):  
                   plots=False, granularity=2, metric="agreement", max_new_tokens=6, **SMALL)
     slow = run_profile(ProfileConfig(out_dir=str(tmp_path / "p1"), work_dir=str(tmp_path / "w1"), **common))
     fast = run_profile(ProfileConfig(out_dir=str(tmp_path / "p2"), work_dir=str(tmp_path / "w2"), generate=False,
-                                     batch_size=4, **common))
-    assert fast.scores == slow.scores
+                                     batch_size=4, cacheblend_budgets="2,3", **common))
+    assert fast.scores == slow.scores and slow.baselines == {}
+    assert set(fast.baselines) == {"cacheblend:2", "cacheblend:3"}
+    assert all(0.0 <= q <= 1.0 for q in fast.baselines.values())
+    with pytest.raises(ValueError, match="cacheblend_budgets: must be comma-separated whole numbers"):
+        ProfileConfig(sender="a", receiver="b", cacheblend_budgets="4,x")
     assert fast.profile.frontier == slow.profile.frontier
     with pytest.raises(ValueError, match="metric: without generation it must be one of agreement, target_acc"):
         ProfileConfig(sender="a", receiver="b", generate=False, metric="edit_sim")
