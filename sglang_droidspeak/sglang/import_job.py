@@ -27,6 +27,7 @@ that chunks before it wrote at slots [0, a), so chunks of one group run in order
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
@@ -95,6 +96,9 @@ class ImportJob:
     last_event: Any = None  # compute-stream event after our latest launch
     blend_steps: int = 0  # 0: nothing, 1: selection launched, 2: blended layers launched
     yields: bool = True  # import mode async: small chunks while the server decodes (import_queue.py)
+    overlap: bool = False  # import mode overlap: launched on the queue's overlap stream
+    fence: Any = None  # event on the forward stream at allocation: the slots' last user is done
+    fenced: bool = False  # our launches' stream has waited for ``fence``
 
     def __post_init__(self) -> None:
         if not isinstance(self.plan, BlendPlan):
@@ -123,6 +127,13 @@ class ImportJob:
             items.append(WorkItem(self, group, begin, end))
             budget -= end - begin
         return items
+
+    def await_fence(self) -> None:
+        """The current stream waits for ``fence`` once (a no-op on the stream that recorded it,
+        and without CUDA)."""
+        if self.fence is not None and not self.fenced:
+            torch.cuda.current_stream().wait_event(self.fence)
+        self.fenced = True
 
     def launched(self, item: WorkItem, event: Any) -> None:
         self.next_token[item.group.start] = item.end
@@ -188,3 +199,24 @@ def record_event(stream: Any) -> Any:
     event = torch.cuda.Event()
     event.record(stream)
     return event
+
+
+class Lane:
+    """A stream the queue launches imports on, with its launches not yet finished."""
+
+    def __init__(self, stream: Any = None):
+        self.stream, self.inflight = stream, []
+
+    def settle(self) -> None:
+        self.inflight = [event for event in self.inflight if not event.query()]
+
+    def record(self) -> Any:
+        """An event after everything launched so far on this lane (None without CUDA)."""
+        event = record_event(self.stream)
+        if event is not None:
+            self.inflight.append(event)
+        return event
+
+    def active(self):
+        """Context: this lane's stream is the current one (a no-op without CUDA)."""
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()

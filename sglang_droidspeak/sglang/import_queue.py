@@ -30,13 +30,15 @@ behind whatever a tick queued. The import mode (setting ``import_mode``, or a re
               one launch in flight (decodes wait
               a slice, not a whole chunk)
     eager     as otherwise                              "
+    overlap   whole chunks on a second stream (the overlap lane), which first waits
+              for the job's fence; the GPU runs them beside the decode steps instead
+              of between them (not yet measured on a GPU: docs/GPU_PLAN.md)
     blocking  the job runs to its end inside the tick that starts it (the old
               synchronous behaviour, kept for comparison)
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -45,7 +47,7 @@ from typing import Any, Optional
 import torch
 
 from sglang_droidspeak.radix.tags import KVOrigin
-from sglang_droidspeak.sglang.import_job import ImportJob, WorkItem, record_event
+from sglang_droidspeak.sglang.import_job import ImportJob, Lane, WorkItem
 from sglang_droidspeak.sglang.import_streams import timed_recompute
 from sglang_droidspeak.sglang.request_options import request_options
 
@@ -61,15 +63,21 @@ class ImportQueue:
         self.busy_token_layers = busy_token_layers
         self.decoding = False  # a decode batch was running at this tick
         self.jobs: list[ImportJob] = []
-        self._inflight: list[Any] = []  # events of unfinished launches
-        self.compute_stream: Any = None  # the scheduler's forward stream (None: current stream, CPU)
+        self.forward = Lane()  # the scheduler's forward stream (None: the current stream, CPU)
+        self.overlap = Lane()  # a stream of our own, for mode overlap
+
+    @property
+    def compute_stream(self) -> Any:
+        return self.forward.stream
 
     # ---- hooks ----
 
     def bind(self, scheduler: Any) -> None:
-        """Launch on the scheduler's forward stream: ordered with its own batches."""
-        if self.compute_stream is None and torch.cuda.is_available():
-            self.compute_stream = getattr(scheduler, "forward_stream", None) or torch.cuda.current_stream()
+        """Launch on the scheduler's forward stream (ordered with its own batches); mode
+        overlap on a stream of our own."""
+        if self.forward.stream is None and torch.cuda.is_available():
+            self.forward.stream = getattr(scheduler, "forward_stream", None) or torch.cuda.current_stream()
+            self.overlap.stream = torch.cuda.Stream()
 
     def tick(self, scheduler: Any) -> None:
         self.bind(scheduler)
@@ -105,7 +113,7 @@ class ImportQueue:
             return
         try:
             job = self.runtime.start_import(tree, req, hit)
-        except Exception as exc:  # noqa: BLE001 - our bug must never lose the request
+        except Exception:  # noqa: BLE001 - our bug must never lose the request
             logger.exception("droidspeak: starting an import failed")
             setattr(req, FELL_BACK_ATTR, True)
             self.runtime.metrics.record_fallback("internal")
@@ -115,7 +123,7 @@ class ImportQueue:
         setattr(req, JOB_ATTR, job)
         self.jobs.append(job)
         mode = request_options(req).import_mode or self.mode
-        job.yields = mode == "async"
+        job.yields, job.overlap = mode == "async", mode == "overlap"
         if mode == "blocking":  # the old behaviour: this tick waits for it
             while job in self.jobs:
                 self.advance([req], only=job)
@@ -131,10 +139,15 @@ class ImportQueue:
         now = time.monotonic()
         for job in jobs:
             self._check(job, waiting_ids, now)
-        self._inflight = [event for event in self._inflight if not event.query()]
-        yielding = only is None and self.decoding and any(job.yields for job in jobs)
-        if only is not None or len(self._inflight) < (1 if yielding else MAX_INFLIGHT):
-            self._launch_ready(jobs, yielding)
+        self.forward.settle()
+        self.overlap.settle()
+        ours = [job for job in jobs if not job.overlap]
+        yielding = only is None and self.decoding and any(job.yields for job in ours)
+        if ours and (only is not None or len(self.forward.inflight) < (1 if yielding else MAX_INFLIGHT)):
+            self._launch_ready(ours, self.forward, yielding)
+        beside = [job for job in jobs if job.overlap]
+        if beside and len(self.overlap.inflight) < MAX_INFLIGHT:
+            self._launch_ready(beside, self.overlap)
         for job in list(jobs):
             if job.failure is None and job.succeeded():
                 self.jobs.remove(job)
@@ -167,8 +180,9 @@ class ImportQueue:
 
     # ---- launch ----
 
-    def _launch_ready(self, jobs: list[ImportJob], yielding: bool = False) -> None:
-        """``yielding``: decodes are running; a yielding job launches one small chunk, alone."""
+    def _launch_ready(self, jobs: list[ImportJob], lane: Lane, yielding: bool = False) -> None:
+        """Launch on ``lane``; ``yielding``: decodes are running, and a yielding job launches
+        one small chunk, alone."""
         budget = self.chunk_tokens
         by_slice: dict[tuple[int, int], list[WorkItem]] = defaultdict(list)
         blends = []
@@ -186,11 +200,11 @@ class ImportQueue:
                 budget -= item.end - item.begin
             if items and yielding and job.yields:
                 break
-        with self._on_compute_stream():
+        with lane.active():
             for (start, end), items in by_slice.items():
-                self._guarded([item.job for item in items], self._launch_slice, start, end, items)
+                self._guarded([item.job for item in items], self._launch_slice, start, end, items, lane)
             for job, step in blends:
-                self._guarded([job], self._launch_blend, job, step)
+                self._guarded([job], self._launch_blend, job, step, lane)
 
     def _guarded(self, jobs: list[ImportJob], call, *args) -> bool:
         """``call(*args)``; an exception fails ``jobs`` (never the scheduler): False."""
@@ -203,18 +217,20 @@ class ImportQueue:
                 job.fail("internal", repr(exc))
             return False
 
-    def _launch_slice(self, start: int, end: int, items: list[WorkItem]) -> None:
+    def _launch_slice(self, start: int, end: int, items: list[WorkItem], lane: Lane) -> None:
         jobs = [item.job for item in items]
         for job in jobs:
+            job.await_fence()
             job.streams.wait(("e", start))  # E_s landed on the copy stream (a no-op for s = 0)
         with timed_recompute([job.streams for job in jobs]):
             self.runtime.parts.engine.run([item.segment() for item in items],
                                           [job.row.req_pool_idx for job in jobs], start, end)
-        event = self._record()
+        event = lane.record()
         for item in items:
             item.job.launched(item, event)
 
-    def _launch_blend(self, job: ImportJob, step: str) -> None:
+    def _launch_blend(self, job: ImportJob, step: str, lane: Lane) -> None:
+        job.await_fence()
         with timed_recompute([job.streams]):
             if step == "select":
                 job.blend.select_first()
@@ -222,22 +238,11 @@ class ImportQueue:
                 job.streams.wait_all()
                 job.blend.recompute()
         job.blend_steps = 1 if step == "select" else 2
-        job.last_event = self._record()
+        job.last_event = lane.record()
 
     def _busy_chunk(self, job: ImportJob) -> int:
         """Tokens per group such that one tick's slice is about ``busy_token_layers``."""
         return max(MIN_BUSY_CHUNK, self.busy_token_layers // max(1, job.plan.num_recomputed_layers))
-
-    def _record(self) -> Optional[Any]:
-        event = record_event(self.compute_stream)
-        if event is not None:
-            self._inflight.append(event)
-        return event
-
-    def _on_compute_stream(self):
-        if self.compute_stream is None:
-            return contextlib.nullcontext()
-        return torch.cuda.stream(self.compute_stream)
 
     def close(self) -> None:
         for job in self.jobs:

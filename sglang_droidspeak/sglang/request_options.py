@@ -8,7 +8,8 @@
                                                     rate (Gbit/s); a sender honours it only with
                                                     ``allow_request_throttle`` (transfer/pacing.py)
     droidspeak_import_mode  "async" | "eager" |     this request's import runs asynchronously,
-                            "blocking"              yielding to decodes (async) or not (eager),
+                            "overlap" | "blocking"  yielding to decodes (async) or not (eager),
+                                                    beside them on a second stream (overlap),
                                                     or inside the scheduler tick (the old
                                                     behaviour); the setting ``import_mode``
 
@@ -68,9 +69,9 @@ def _pipelined(value: Any, rid: str) -> Optional[bool]:
 def _import_mode(value: Any, rid: str) -> Optional[str]:
     if value is None:
         return None
-    if value in ("async", "eager", "blocking"):
+    if value in ("async", "eager", "overlap", "blocking"):
         return value
-    _ignore(rid, IMPORT_MODE_PARAM, value, "'async', 'eager' or 'blocking'")
+    _ignore(rid, IMPORT_MODE_PARAM, value, "'async', 'eager', 'overlap' or 'blocking'")
     return None
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import uuid
 from array import array
 from typing import Any, Optional
 
@@ -61,8 +60,8 @@ class ImportRole:
         except ImportFailed as exc:
             setattr(req, FELL_BACK_ATTR, True)
             return self._fallback(exc.reason, rid, str(exc))
-        self.worker.submit(job, self._fetch_from(hit.peer, options.link_gbps), self._request_of(job),
-                           record_event(self.imports.compute_stream))
+        job.fence = record_event(self.imports.compute_stream)
+        self.worker.submit(job, self._fetch_from(hit.peer, options.link_gbps), self._request_of(job), job.fence)
         return job
 
     def _refusal(self, hit: ForeignHit, choice: Any) -> Optional[tuple[str, str]]:

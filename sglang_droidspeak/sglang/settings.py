@@ -15,6 +15,7 @@
     import_mode: async             # receiver: async (the request waits, the server does not;
                                    #   while it decodes, imports yield: import_busy_token_layers) |
                                    #   eager (async, full chunks even while decoding) |
+                                   #   overlap (full chunks on a second stream, beside decodes) |
                                    #   blocking (the import runs inside the scheduler tick: the
                                    #   old synchronous behaviour, for comparison)
     import_chunk_tokens: 8192      # receiver: tokens of recompute launched per scheduler tick
@@ -75,7 +76,7 @@ class DroidSpeakSettings:
     fetch_timeout_s: float = 2.0
     data_plane: str = "zmq"
     pipelined: bool = True  # receiver: overlap the recompute with the transfer
-    import_mode: str = "async"  # receiver: "async" | "eager" | "blocking" (import_queue.py)
+    import_mode: str = "async"  # receiver: "async" | "eager" | "overlap" | "blocking" (import_queue.py)
     import_chunk_tokens: int = 8192  # receiver: recompute tokens launched per scheduler tick
     import_busy_token_layers: int = 2048  # receiver, async: a tick's recompute while decoding
     import_deadline_s: float = 10.0  # receiver: longest a request stays parked
@@ -177,7 +178,7 @@ _KEYS = {"model", "allow_derived_export", "min_foreign_tokens", "plans", "profil
          "fetch_timeout_s", "data_plane", "nccl_host", "secret_env", "export_bind", "announce_bind", "peers",
          "slo_ttft_ms", "latency_model", "pipelined", "throttle_gbps", "allow_request_throttle",
          "import_mode", "import_chunk_tokens", "import_busy_token_layers", "import_deadline_s"}
-IMPORT_MODES = ("async", "eager", "blocking")
+IMPORT_MODES = ("async", "eager", "overlap", "blocking")
 
 
 def _int_at_least(data: Mapping, key: str, default: int, low: int, where: str) -> int:

@@ -147,7 +147,8 @@ def test_a_long_prefix_is_recomputed_in_chunks_one_budget_per_tick(monkeypatch):
         assert_pool_holds(b, match.device_indices, expected)
 
 
-@pytest.mark.parametrize("mode, chunks", [("async", [[(0, 20)], [(20, 12)]]), ("eager", [[(0, 32)]])])
+@pytest.mark.parametrize("mode, chunks", [("async", [[(0, 20)], [(20, 12)]]), ("eager", [[(0, 32)]]),
+                                         ("overlap", [[(0, 32)]])])
 def test_while_the_server_decodes_an_async_import_yields_in_small_chunks(monkeypatch, mode, chunks):
     # 80 token-layers per tick over a 4-layer plan: 20-token chunks (eager: the whole 32-token chunk)
     with servers(import_chunk_tokens=32, import_busy_token_layers=80) as (a, b):
@@ -157,8 +158,9 @@ def test_while_the_server_decodes_an_async_import_yields_in_small_chunks(monkeyp
         real = engine.run
         monkeypatch.setattr(engine, "run", lambda segs, rows, s, e, capture=(): launched.append(
             [(seg.prefix_len, len(seg.token_ids)) for seg in segs]) or real(segs, rows, s, e, capture))
-        match = import_and_match(b, request(CONTEXT + SUFFIX, "0:4", droidspeak_import_mode=mode))
-        assert launched == chunks
+        req = request(CONTEXT + SUFFIX, "0:4", droidspeak_import_mode=mode)
+        match = import_and_match(b, req)
+        assert launched == chunks and req.droidspeak_import.overlap == (mode == "overlap")
         expected = ReferenceModel(b.model).build_receiver_cache(cache, LayerPlan(NUM_LAYERS, ((0, 4),)),
                                                                 torch.tensor(CONTEXT))
         assert_pool_holds(b, match.device_indices, expected)

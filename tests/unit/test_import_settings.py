@@ -23,7 +23,7 @@ def test_accepted_values():
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("import_mode", "sync", "import_mode: must be one of ['async', 'eager', 'blocking'], got 'sync'"),
+    ("import_mode", "sync", "import_mode: must be one of ['async', 'eager', 'overlap', 'blocking'], got 'sync'"),
     ("import_chunk_tokens", 4, "'import_chunk_tokens' must be an int >= 8, got 4"),
     ("import_chunk_tokens", 8.5, "'import_chunk_tokens' must be an int >= 8, got 8.5"),
     ("import_busy_token_layers", True, "'import_busy_token_layers' must be an int >= 8, got True"),
@@ -37,7 +37,7 @@ def test_bad_values_name_the_field(field, value, message):
 
 
 @pytest.mark.parametrize("value, mode", [("blocking", "blocking"), ("async", "async"), ("eager", "eager"),
-                                         ("later", None), (None, None), (True, None)])
+                                         ("overlap", "overlap"), ("later", None), (None, None), (True, None)])
 def test_a_request_may_choose_its_import_mode(value, mode):
     params = {} if value is None else {"droidspeak_import_mode": value}
     assert parse_request_options(params, "r1").import_mode == mode
