@@ -91,13 +91,25 @@ class EngineForward:
         self.model, self.backend, self.req_to_token = model, backend, req_to_token
         self.num_layers, self.hidden_size, self.dtype = num_layers, hidden_size, dtype
         self.device, self.backend_name = torch.device(device), backend_name
+        self.new_backend: Optional[Any] = None  # () -> another backend like ``backend`` (twin())
 
     @classmethod
     def from_model_runner(cls, runner: Any) -> "EngineForward":
-        backend = runner._get_attention_backend(init_new_workspace=True)
         config = runner.model_config.hf_text_config
-        return cls(runner.model, backend, runner.req_to_token_pool.req_to_token, config.num_hidden_layers,
-                   config.hidden_size, runner.dtype, runner.device, runner.server_args.attention_backend)
+        engine = cls(runner.model, runner._get_attention_backend(init_new_workspace=True),
+                     runner.req_to_token_pool.req_to_token, config.num_hidden_layers, config.hidden_size,
+                     runner.dtype, runner.device, runner.server_args.attention_backend)
+        engine.new_backend = lambda: runner._get_attention_backend(init_new_workspace=True)
+        return engine
+
+    def twin(self) -> "EngineForward":
+        """The same model with an attention backend of its own (its own plan buffers and
+        workspace), for launches on another stream: two streams must never share one
+        backend's metadata buffers. Without a factory (CPU tests), this engine itself."""
+        if self.new_backend is None:
+            return self
+        return EngineForward(self.model, self.new_backend(), self.req_to_token, self.num_layers, self.hidden_size,
+                             self.dtype, self.device, self.backend_name)
 
     @torch.no_grad()
     def run(self, segments: Sequence[EngineSegment], rows: Sequence[int], start: int, end: int,

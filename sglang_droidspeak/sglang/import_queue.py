@@ -65,6 +65,7 @@ class ImportQueue:
         self.jobs: list[ImportJob] = []
         self.forward = Lane()  # the scheduler's forward stream (None: the current stream, CPU)
         self.overlap = Lane()  # a stream of our own, for mode overlap
+        self._overlap_engine: Any = None  # its engine (own attention backend), made at first use
 
     @property
     def compute_stream(self) -> Any:
@@ -223,8 +224,8 @@ class ImportQueue:
             job.await_fence()
             job.streams.wait(("e", start))  # E_s landed on the copy stream (a no-op for s = 0)
         with timed_recompute([job.streams for job in jobs]):
-            self.runtime.parts.engine.run([item.segment() for item in items],
-                                          [job.row.req_pool_idx for job in jobs], start, end)
+            self._engine(lane).run([item.segment() for item in items], [job.row.req_pool_idx for job in jobs],
+                                   start, end)
         event = lane.record()
         for item in items:
             item.job.launched(item, event)
@@ -239,6 +240,14 @@ class ImportQueue:
                 job.blend.recompute()
         job.blend_steps = 1 if step == "select" else 2
         job.last_event = lane.record()
+
+    def _engine(self, lane: Lane) -> Any:
+        engine = self.runtime.parts.engine
+        if lane is not self.overlap:
+            return engine
+        if self._overlap_engine is None:
+            self._overlap_engine = engine.twin()
+        return self._overlap_engine
 
     def _busy_chunk(self, job: ImportJob) -> int:
         """Tokens per group such that one tick's slice is about ``busy_token_layers``."""

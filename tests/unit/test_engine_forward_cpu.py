@@ -7,6 +7,8 @@ slice, batched and chunked forwards against one-segment forwards.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -122,6 +124,22 @@ def test_chunked_slice_from_e_equals_the_whole_prefix_at_once():
     for layer in (1, 2):
         for got, want in zip(kv_rows(chunked, layer, slots_c), kv_rows(whole, layer, slots_w)):
             torch.testing.assert_close(got, want, **TOL)
+
+
+def test_a_twin_has_its_own_backend_and_computes_the_same():
+    hf = tiny("llama")
+    side = cpu_engine(hf)
+    assert side.engine.twin() is side.engine  # no backend factory (CPU tests): itself
+    made = []
+    runner = SimpleNamespace(device="cpu", req_to_token_pool=side.req_pool, token_to_kv_pool=side.kv_pool)
+    side.engine.new_backend = lambda: made.append(type(side.engine.backend)(runner)) or made[-1]
+    twin = side.engine.twin()
+    assert made and twin.backend is made[0] is not side.engine.backend and twin.model is side.engine.model
+    ref = ReferenceModel(hf).prefill(torch.tensor(TOKENS))
+    slots = side.allocator.alloc(len(TOKENS))
+    twin.run([segment(TOKENS, slots)], [1], 0, NUM_LAYERS)
+    for layer in range(NUM_LAYERS):
+        assert_layer_kv(side, layer, slots, ref.kv)
 
 
 def test_a_segment_whose_slots_do_not_cover_its_positions_is_refused():
