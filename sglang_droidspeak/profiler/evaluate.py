@@ -44,7 +44,7 @@ class PairEvaluator:
         systems = list(systems)
         e_layers = sorted({l for s in systems if s.plan is not None for l in s.plan.e_layers()})
         todo = [i for i in range(len(self.examples)) if any((s.key, i) not in store for s in systems)]
-        bar = tqdm(total=len(todo) * len(systems), disable=not progress, desc="scoring", unit="run")
+        bar = tqdm(total=len(todo) * len(systems), disable=not progress or not todo, desc="scoring", unit="run")
         for i in todo:
             example = self.examples[i]
             context = torch.tensor(example.context_ids)
