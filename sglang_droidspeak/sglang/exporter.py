@@ -12,8 +12,11 @@ falls back to its own prefill.
                                FetchError plane_unavailable: the receiver uses zmq); its
                                ``refusal`` runs before anything is sent
     the prefix                 the exact requested tokens, NATIVE (else evicted)
-    E, then the plane          E on demand, then the plane's ``export``: LayerChunks on
-                               zmq, a GPU copy on cuda_ipc, a channel on nccl (planes/)
+    E, then the plane          E on demand (launched; the answer parks, yielding
+                               PENDING, until it has run), then the prefix matched again
+                               (it may have been evicted meanwhile) and the plane's
+                               ``export``: LayerChunks on zmq, a GPU copy on cuda_ipc, a
+                               channel on nccl (planes/)
 
 E comes from ``compute_e`` rather than from a store filled during prefill: a capture
 hook inside the decoder layer produced wrong rows on the GPU under SGLang's default
@@ -26,10 +29,11 @@ from __future__ import annotations
 from array import array
 from typing import Any, Callable, Iterator, Optional
 
+from sglang_droidspeak.transfer.fetch import PENDING
 from sglang_droidspeak.transfer.frames import FetchError, FetchRequest, Message
 from sglang_droidspeak.transfer.planes.base import PlaneSender
 
-EComputer = Callable[[list, tuple], dict]  # (token_ids, layers) -> {layer: [n, hidden]}
+EComputer = Callable[[list, tuple], Any]  # (token_ids, layers) -> {layer: [n, hidden]} or a PendingE
 
 
 def _check(request: FetchRequest, model: str, fingerprint: str, num_layers: int) -> Optional[FetchError]:
@@ -66,12 +70,29 @@ def export_messages(request: FetchRequest, *, model: str, fingerprint: str, tree
     if error is not None:
         yield error
         return
+    missing = _missing(request, tree)
+    if isinstance(missing, FetchError):
+        yield missing
+        return
+    e = compute_e(list(request.token_ids), request.e_layers) if request.e_layers else {}
+    if not isinstance(e, dict):  # a PendingE: park until its forward has run
+        try:
+            while not e.ready():
+                yield PENDING
+        finally:
+            e = e.take()  # also when the answer is closed while parked
+    slots = _missing(request, tree)  # matched again: within this tick nothing evicts it
+    if isinstance(slots, FetchError):
+        yield slots
+        return
+    yield from sender.export(request, slots, e)
+
+
+def _missing(request: FetchRequest, tree: Any) -> Any:
+    """The prefix's slots [num_tokens] (NATIVE), or FetchError evicted."""
     num_tokens = len(request.token_ids)
     match = tree.match_for_export(array("q", request.token_ids), request.receiver_model)
     if match is None or len(match.match.device_indices) < num_tokens:
         have = 0 if match is None else len(match.match.device_indices)
-        yield FetchError(request.request_id, "evicted", f"holds {have} of {num_tokens} prefix tokens")
-        return
-    slots = match.match.device_indices[:num_tokens]  # [num_tokens]
-    e = compute_e(list(request.token_ids), request.e_layers) if request.e_layers else {}
-    yield from sender.export(request, slots, e)
+        return FetchError(request.request_id, "evicted", f"holds {have} of {num_tokens} prefix tokens")
+    return match.match.device_indices[:num_tokens]

@@ -13,7 +13,7 @@ tests/unit/test_hook_targets.py fails naming it. Re-read it, adjust, then update
     Scheduler.process_input_requests               AFTER hook: fetches answered, imports started
     Scheduler.get_new_batch_prefill                AROUND hook: parked requests left out; it must
                                                    rebind waiting_queue to what it did not take
-    Scheduler.is_fully_idle                        AROUND hook: not idle while an import runs
+    Scheduler.is_fully_idle                        AROUND hook: not idle while an import or a parked export runs
     Req.init_next_round_input                      the import queue's scan calls it (HiCache does)
     LlamaForCausalLM.forward_split_prefill         layer slices, state in forward_batch (engine)
     RadixAttention.forward                         attention from the forward context's backend

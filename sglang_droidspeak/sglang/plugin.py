@@ -12,7 +12,8 @@ a receiver, two hooks:
     AROUND    get_new_batch_prefill                    advance imports, then leave requests
                                                        whose import runs out of the batch
                                                        (HiCache's prefetch pattern)
-    AROUND    is_fully_idle                            not idle while an import runs
+    AROUND    is_fully_idle                            not idle while an import runs or an
+                                                       export waits for its E (both hold slots)
 
 A server with neither role gets no hooks at all, only the tagged tree. E is computed on
 demand by the sender at export time (see ``sglang.exporter``), so no hook runs inside
@@ -89,7 +90,7 @@ def new_batch_prefill_hook(original: Any, scheduler: Any, *args: Any, **kwargs: 
 
 def fully_idle_hook(original: Any, scheduler: Any, *args: Any, **kwargs: Any) -> bool:
     runtime = _runtime(scheduler)
-    if runtime is not None and runtime.imports.busy():
+    if runtime is not None and runtime.busy():
         return False
     return original(scheduler, *args, **kwargs)
 

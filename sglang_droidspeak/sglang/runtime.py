@@ -35,7 +35,7 @@ from sglang_droidspeak.sglang.plan_choice import PlanChooser
 from sglang_droidspeak.sglang.planes import build_planes
 from sglang_droidspeak.transfer.planes.base import PlaneContext
 from sglang_droidspeak.sglang.runtime_directory import DirectoryRole
-from sglang_droidspeak.sglang.runtime_e import compute_e
+from sglang_droidspeak.sglang.runtime_e import PendingE, compute_e, launch_e
 from sglang_droidspeak.sglang.runtime_imports import BACKOFF_REASONS, PEER_BACKOFF_S, ImportRole  # noqa: F401
 from sglang_droidspeak.sglang.settings import DroidSpeakSettings
 from sglang_droidspeak.transfer.directory import Announcer, DirectoryListener
@@ -101,6 +101,11 @@ class DroidSpeakRuntime(ImportRole, DirectoryRole):
         self.answer_fetches()
         self.imports.tick(scheduler)
 
+    def busy(self) -> bool:
+        """Work in flight that holds slots: an import, or an export parked on its E."""
+        parked = self.export_server is not None and self.export_server.num_parked > 0
+        return parked or self.imports.busy()
+
     def answer_fetches(self) -> None:
         """Answer queued FetchRequests and the data plane's control frames (never blocks)."""
         if self.export_server is not None and self.tree is not None:
@@ -110,7 +115,7 @@ class DroidSpeakRuntime(ImportRole, DirectoryRole):
         self.metrics.record_export()
         planes_before = self.planes.bytes_out()
         for msg in export_messages(request, model=self.model, fingerprint=self.fingerprint, tree=self.tree,
-                                   compute_e=self.compute_e, num_layers=self.num_layers,
+                                   compute_e=self.launch_e, num_layers=self.num_layers,
                                    senders=self.planes.senders):
             if isinstance(msg, (FetchDone, FetchError)):  # the last message: the plane's moves are done
                 self.metrics.record_bytes("out", self.planes.bytes_out() - planes_before)
@@ -120,6 +125,10 @@ class DroidSpeakRuntime(ImportRole, DirectoryRole):
     def compute_e(self, token_ids: list, layers: tuple) -> dict:
         """E entering each of ``layers`` for the prefix, by this model's own layers (runtime_e.py)."""
         return compute_e(self.parts, self.tree, token_ids, layers, self.imports.compute_stream)
+
+    def launch_e(self, token_ids: list, layers: tuple) -> PendingE:
+        """The same, launched: the export parks until it has run."""
+        return launch_e(self.parts, self.tree, token_ids, layers, self.imports.compute_stream)
 
     # ---- receiver ----
 

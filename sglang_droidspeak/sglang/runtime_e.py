@@ -8,12 +8,15 @@ recomputes layers [0, max s) over the prefix when a FetchRequest names E layers:
     step        what
     scratch     n KV slots and a request-pool row of our own (evicting first when short);
                 never the prefix's own slots, whose K/V other requests read
-    forward     engine slices (0, s1), (s1, s2), ... on the compute stream, E read between
-    wait        the CPU waits for that forward (the export answers right after)
-    release     slots and row freed
+    forward     engine slices (0, s1), (s1, s2), ... on the compute stream, E read between,
+                then an event
+    wait        ``launch_e``: none; the export parks (``PendingE.ready``, FetchServer's
+                PENDING) and resumes at a later scheduler tick once the event has passed,
+                so the sender's scheduler keeps scheduling meanwhile. ``compute_e``: the
+                CPU waits for the event (tests, tools)
+    release     slots and row freed after the event (``PendingE.take`` / ``abandon``)
 
-The wait holds the sender's scheduler for s layers of prefill over the prefix, once per
-fetch that asks for E. Groups starting at layer 0 need none.
+Groups starting at layer 0 need no E.
 """
 
 from __future__ import annotations
@@ -21,42 +24,88 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
 from sglang_droidspeak.sglang.engine_forward import EngineSegment
-from sglang_droidspeak.sglang.import_job import PoolRow
+from sglang_droidspeak.sglang.import_job import PoolRow, record_event
 from sglang_droidspeak.sglang.importer import allocate
 
 logger = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
-def scratch(parts: Any, tree: Any, num_tokens: int):
-    """(slots, row) held for one engine forward; freed after the stream has run it."""
+def _hold(parts: Any, tree: Any, num_tokens: int) -> tuple[Any, PoolRow]:
+    """n scratch KV slots and a request-pool row."""
     slots = allocate(parts, tree, num_tokens)
     row = PoolRow()
     if parts.req_to_token_pool.alloc([row]) is None:
         parts.allocator.free(slots)
         raise RuntimeError("no free request-pool row")
+    return slots, row
+
+
+def _free(parts: Any, slots: Any, row: PoolRow) -> None:
+    parts.req_to_token_pool.free(row)
+    parts.allocator.free(slots)
+
+
+@contextlib.contextmanager
+def scratch(parts: Any, tree: Any, num_tokens: int):
+    """(slots, row) held for one engine forward; freed after the stream has run it."""
+    slots, row = _hold(parts, tree, num_tokens)
     try:
         yield slots, row
     finally:
         if torch.cuda.is_available():
             torch.cuda.current_stream().synchronize()
-        parts.req_to_token_pool.free(row)
-        parts.allocator.free(slots)
+        _free(parts, slots, row)
+
+
+class PendingE:
+    """E launched on the stream: ``ready()`` once its forward has run; ``take()`` then frees
+    the scratch and gives {s: E_s [n, hidden]}. ``abandon()``: free it without the E (it
+    waits for the forward first: the forward still writes the scratch slots)."""
+
+    def __init__(self, e: dict, event: Any, release: Callable[[], None]):
+        self.e, self.event, self._release = e, event, release
+
+    def ready(self) -> bool:
+        return self.event is None or self.event.query()
+
+    def take(self) -> dict:
+        self.abandon()
+        return self.e
+
+    def abandon(self) -> None:
+        if self._release is not None:
+            if self.event is not None:
+                self.event.synchronize()
+            self._release()
+            self._release = None
+
+
+def launch_e(parts: Any, tree: Any, token_ids, layers, stream: Optional[Any] = None) -> PendingE:
+    """E entering each s in ``layers`` (0 < s < num_layers), launched, not waited for."""
+    ids = torch.tensor([int(t) for t in token_ids], dtype=torch.int64, device=parts.device)
+    slots, row = _hold(parts, tree, len(token_ids))
+    release = lambda: _free(parts, slots, row)  # noqa: E731
+    try:
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            captured = parts.engine.run([EngineSegment(ids, slots)], [row.req_pool_idx], 0, max(layers),
+                                        capture=tuple(layers))
+            event = record_event(stream)
+    except BaseException:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        release()
+        raise
+    return PendingE(captured, event, release)
 
 
 def compute_e(parts: Any, tree: Any, token_ids, layers, stream: Optional[Any] = None) -> dict:
-    """{s: E_s [n, hidden]} for each s in ``layers`` (0 < s < num_layers)."""
-    ids = torch.tensor([int(t) for t in token_ids], dtype=torch.int64, device=parts.device)
-    context = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
-    with context, scratch(parts, tree, len(token_ids)) as (slots, row):
-        captured = parts.engine.run([EngineSegment(ids, slots)], [row.req_pool_idx], 0, max(layers),
-                                    capture=tuple(layers))
-    return captured
+    """{s: E_s [n, hidden]} for each s in ``layers``; the CPU waits for it."""
+    return launch_e(parts, tree, token_ids, layers, stream).take()
 
 
 def warm_up(parts: Any, tree: Any, num_layers: int, chunk_tokens: int) -> None:

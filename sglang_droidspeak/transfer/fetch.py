@@ -13,7 +13,9 @@ and sends back what it returns. Any other frame during a fetch goes to the clien
 nonce); what does not decode (or is stale or replayed) is dropped by the server and ends
 the client's fetch with ``FetchFailed``; answers are bound to the request's own id. The
 server never blocks: ``poll`` drains what is queued, so it runs on SGLang's scheduler
-thread between batches. With ``pacing`` (transfer/pacing.py) it sleeps before each frame
+thread between batches. A handler that must wait for the GPU (the sender's E on demand)
+yields ``PENDING``: its answer is parked and resumed at a later ``poll``, so the scheduler
+is not held meanwhile. With ``pacing`` (transfer/pacing.py) it sleeps before each frame
 to keep to a link rate, holding the scheduler thread that long. No SGLang imports.
 """
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import zmq
 
@@ -36,6 +38,9 @@ from sglang_droidspeak.transfer.replay import ReplayGuard
 logger = logging.getLogger(__name__)
 Handler = Callable[[FetchRequest], Iterable[Message]]
 ControlHandler = Callable[[Message], Optional[Message]]  # a plane's control frame -> its answer
+
+
+PENDING = object()  # yielded by a handler: not ready, resume this answer at a later poll
 
 
 class UnexpectedFrame(LookupError):
@@ -63,6 +68,7 @@ class FetchServer:
         self.socket.bind(bind)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.num_served = 0
+        self._parked: list[tuple[bytes, FetchRequest, Iterator[Message], object]] = []  # answers at PENDING
 
     @property
     def num_dropped(self) -> int:
@@ -74,6 +80,9 @@ class FetchServer:
         A data plane's control frame goes to ``on_control`` (not a request); what it
         returns is sent back; UnexpectedFrame from it (or no handler) drops the frame.
         """
+        parked, self._parked = self._parked, []
+        for identity, request, answer, pacer in parked:
+            self._drive(identity, request, answer, pacer)
         served = 0
         while served < max_requests:
             try:
@@ -116,18 +125,40 @@ class FetchServer:
     def _answer(self, identity: bytes, request: FetchRequest, handler: Handler) -> None:
         try:
             pacer = self.pacing.for_request(request.link_gbps)
-            for msg in handler(request):
+            answer = iter(handler(request))
+        except Exception as exc:  # the handler's bug must not kill the scheduler
+            self._fail(identity, request, exc)
+            return
+        self._drive(identity, request, answer, pacer)
+
+    def _drive(self, identity: bytes, request: FetchRequest, answer: Iterator[Message], pacer) -> None:
+        """Send what ``answer`` yields until it ends, or park it at PENDING."""
+        try:
+            for msg in answer:
+                if msg is PENDING:
+                    self._parked.append((identity, request, answer, pacer))
+                    return
                 frames = wire.encode(msg, self.secret)
                 if pacer is not None:
                     pacer.consume(sum(len(frame) for frame in frames))
                 self.socket.send_multipart([identity, *frames], copy=False)
             self.num_served += 1
         except Exception as exc:  # the handler's bug must not kill the scheduler
-            logger.exception("droidspeak: fetch handler failed")
-            error = FetchError(request.request_id, "internal", str(exc)[:200])
-            self.socket.send_multipart([identity, *wire.encode(error, self.secret)])
+            self._fail(identity, request, exc)
+
+    def _fail(self, identity: bytes, request: FetchRequest, exc: Exception) -> None:
+        logger.exception("droidspeak: fetch handler failed")
+        error = FetchError(request.request_id, "internal", str(exc)[:200])
+        self.socket.send_multipart([identity, *wire.encode(error, self.secret)])
+
+    @property
+    def num_parked(self) -> int:
+        return len(self._parked)
 
     def close(self) -> None:
+        for _, _, answer, _ in self._parked:
+            getattr(answer, "close", lambda: None)()  # its finally blocks release what it holds
+        self._parked = []
         self.socket.close(0)
 
 

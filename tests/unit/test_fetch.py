@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -10,7 +11,7 @@ import zmq
 
 from fetch_serving import Serving
 from sglang_droidspeak.transfer import wire
-from sglang_droidspeak.transfer.fetch import FetchClient, FetchFailed, FetchServer
+from sglang_droidspeak.transfer.fetch import PENDING, FetchClient, FetchFailed, FetchServer
 from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, LayerChunk
 
 SECRET = b"s" * 32
@@ -65,6 +66,57 @@ def test_roundtrip_delivers_chunks_in_order(client):
         assert eventually(lambda: serving.server.num_served == 1)
     finally:
         serving.close()
+
+
+def test_a_pending_answer_is_parked_and_resumed_while_other_requests_are_served(client):
+    """A handler waiting for the GPU yields PENDING: the server goes on polling (answering
+    another client meanwhile) and sends the parked answer once it is ready."""
+    ready = threading.Event()
+
+    def handler(req):
+        if req.request_id == "slow":
+            while not ready.is_set():
+                yield PENDING
+        yield from chunks_for(req)
+
+    serving, other = Serving(handler, SECRET), FetchClient(SECRET)
+    try:
+        got, result = [], {}
+        slow = threading.Thread(target=lambda: result.setdefault("done", client.fetch(
+            serving.server.endpoint, request("slow"), got.append, timeout_s=5)))
+        slow.start()
+        assert eventually(lambda: serving.server.num_parked == 1)
+        fast = []
+        other.fetch(serving.server.endpoint, request("fast"), fast.append, timeout_s=5)  # served while parked
+        assert len(fast) == 2 and got == [] and serving.server.num_parked == 1
+        ready.set()
+        slow.join(5)
+        assert result["done"] == FetchDone("slow", 2) and [c.what for c in got] == ["e", "k"]
+        assert serving.server.num_parked == 0
+    finally:
+        other.close()
+        serving.close()
+
+
+def test_closing_the_server_closes_parked_answers():
+    closed = []
+
+    def handler(req):
+        try:
+            while True:
+                yield PENDING
+        finally:
+            closed.append(req.request_id)
+
+    server, client = FetchServer("tcp://127.0.0.1:*", SECRET), FetchClient(SECRET)
+    try:
+        sock = client._socket(server.endpoint)
+        sock.send_multipart(wire.encode(request("r9"), SECRET))
+        assert eventually(lambda: server.poll(handler) >= 0 and server.num_parked == 1)
+    finally:
+        server.close()
+        client.close()
+    assert closed == ["r9"]
 
 
 def test_sender_error_is_raised_with_its_code(client):

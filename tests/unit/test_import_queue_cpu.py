@@ -167,6 +167,30 @@ def test_while_the_server_decodes_an_async_import_yields_in_small_chunks(monkeyp
         assert leak_free(b)
 
 
+def test_an_export_waiting_for_its_e_parks_and_the_sender_stays_busy_until_it_is_sent(monkeypatch):
+    with servers() as (a, b):
+        cache = announce_and_wait(a, b, CONTEXT)
+        gate, real = threading.Event(), a.runtime.launch_e
+
+        def gated(ids, layers):  # E "still on the GPU" until the gate opens
+            pending = real(ids, layers)
+            ready = pending.ready
+            pending.ready = lambda: gate.is_set() and ready()
+            return pending
+
+        monkeypatch.setattr(a.runtime, "launch_e", gated)
+        req = request(CONTEXT + SUFFIX, "1:3")  # a group at 1 needs E_1 from the sender
+        b.scheduler.waiting_queue.append(req)
+        loop_until(b.scheduler, lambda: a.runtime.export_server.num_parked == 1)
+        assert not a.scheduler.is_fully_idle() and not leak_free(a)  # its scratch is held
+        gate.set()
+        loop_until(b.scheduler, lambda: req in b.scheduler.scheduled)
+        expected = ReferenceModel(b.model).build_receiver_cache(cache, LayerPlan(NUM_LAYERS, ((1, 3),)),
+                                                                torch.tensor(CONTEXT))
+        assert_pool_holds(b, req.prefix_indices, expected)
+        assert a.runtime.export_server.num_parked == 0 and a.scheduler.is_fully_idle() and leak_free(a)
+
+
 @pytest.mark.parametrize("where", ["setting", "request"])
 def test_a_blocking_import_finishes_inside_the_tick_that_starts_it(where):
     settings = {"import_mode": "blocking"} if where == "setting" else {}

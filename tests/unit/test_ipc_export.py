@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from sglang_droidspeak.sglang.exporter import export_messages
+from sglang_droidspeak.transfer.fetch import PENDING
 from sglang_droidspeak.transfer.planes.cuda_ipc.sender import IpcExporter
 from sglang_droidspeak.transfer.planes.zmq.plane import ZmqSender
 from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, LayerChunk
@@ -123,6 +124,40 @@ def test_deadline_passing_during_e_computation_refuses_the_copy(sides):
 
     msgs = export(s, request(s, e_layers=(1,)), compute_e=slow_e)
     assert isinstance(msgs[-1], FetchError) and msgs[-1].code == "deadline" and untouched(s)
+
+
+class SlowE:
+    """A PendingE stand-in: not ready for the first ``polls`` checks; counts ``take``s."""
+
+    def __init__(self, polls):
+        self.polls, self.taken = polls, 0
+
+    def ready(self):
+        self.polls -= 1
+        return self.polls < 0
+
+    def take(self):
+        self.taken += 1
+        return {1: torch.full((3, 8), 1.0)}
+
+
+def test_an_answer_parks_while_e_computes_then_exports_and_frees_the_scratch_once(sides):
+    s, slow = sides, SlowE(polls=2)
+    msgs = export(s, request(s, e_layers=(1,)), compute_e=lambda ids, layers: slow)
+    assert msgs[:2] == [PENDING, PENDING] and PENDING not in msgs[2:]
+    assert isinstance(msgs[-1], FetchDone) and slow.taken == 1
+    e = [m for m in msgs[2:] if getattr(m, "what", None) == "e"]
+    assert len(e) == 1 and e[0].to_tensor().tolist() == [[1.0] * 8] * 3
+
+
+def test_a_parked_answer_closed_early_still_frees_the_scratch(sides):
+    s, slow = sides, SlowE(polls=100)
+    answer = export_messages(request(s, e_layers=(1,)), model="a", fingerprint="fp", tree=s.tree,
+                             compute_e=lambda ids, layers: slow, num_layers=NUM_LAYERS,
+                             senders={"zmq": ZmqSender(s.sender), "cuda_ipc": s.ipc})
+    assert next(answer) is PENDING
+    answer.close()
+    assert slow.taken == 1 and untouched(s)
 
 
 def test_a_copy_that_ends_late_is_reported(sides):

@@ -69,6 +69,12 @@ def test_sender_runtime_gets_fingerprint_and_computes_e(tmp_path, monkeypatch):
         torch.testing.assert_close(e[3], ref.e[3], atol=1e-5, rtol=1e-5)
         allocator = ctx.params.token_to_kv_pool_allocator
         assert allocator.available_size() == 64 and ctx.params.req_to_token_pool.available_size() == 2  # freed
+        pending = runtime.launch_e(tokens, (2,))  # what exports use: the scratch is held until take()
+        assert allocator.available_size() == 64 - len(tokens) and ctx.params.req_to_token_pool.available_size() == 1
+        assert pending.ready()  # no CUDA: no event to wait for
+        torch.testing.assert_close(pending.take()[2], e[2])
+        pending.abandon()  # a second release frees nothing twice
+        assert allocator.available_size() == 64 and ctx.params.req_to_token_pool.available_size() == 2
     finally:
         cache.runtime.close()
 
