@@ -70,9 +70,9 @@ def export_messages(request: FetchRequest, *, model: str, fingerprint: str, tree
     if error is not None:
         yield error
         return
-    missing = _missing(request, tree)
-    if isinstance(missing, FetchError):
-        yield missing
+    slots = _prefix_slots(request, tree)
+    if isinstance(slots, FetchError):
+        yield slots
         return
     e = compute_e(list(request.token_ids), request.e_layers) if request.e_layers else {}
     if not isinstance(e, dict):  # a PendingE: park until its forward has run
@@ -81,14 +81,14 @@ def export_messages(request: FetchRequest, *, model: str, fingerprint: str, tree
                 yield PENDING
         finally:
             e = e.take()  # also when the answer is closed while parked
-    slots = _missing(request, tree)  # matched again: within this tick nothing evicts it
-    if isinstance(slots, FetchError):
-        yield slots
-        return
+        slots = _prefix_slots(request, tree)  # matched again: ticks passed; within this one nothing evicts it
+        if isinstance(slots, FetchError):
+            yield slots
+            return
     yield from sender.export(request, slots, e)
 
 
-def _missing(request: FetchRequest, tree: Any) -> Any:
+def _prefix_slots(request: FetchRequest, tree: Any) -> Any:
     """The prefix's slots [num_tokens] (NATIVE), or FetchError evicted."""
     num_tokens = len(request.token_ids)
     match = tree.match_for_export(array("q", request.token_ids), request.receiver_model)

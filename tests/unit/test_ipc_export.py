@@ -160,6 +160,17 @@ def test_a_parked_answer_closed_early_still_frees_the_scratch(sides):
     assert slow.taken == 1 and untouched(s)
 
 
+def test_a_prefix_evicted_while_e_computes_is_refused_after_it(sides):
+    s, slow = sides, SlowE(polls=1)
+    answer = export_messages(request(s, e_layers=(1,)), model="a", fingerprint="fp", tree=s.tree,
+                             compute_e=lambda ids, layers: slow, num_layers=NUM_LAYERS,
+                             senders={"zmq": ZmqSender(s.sender), "cuda_ipc": s.ipc})
+    assert next(answer) is PENDING
+    s.tree.match_for_export = lambda tokens, receiver: None  # evicted between two ticks
+    rest = list(answer)
+    assert [m.code for m in rest] == ["evicted"] and slow.taken == 1 and untouched(s)
+
+
 def test_a_copy_that_ends_late_is_reported(sides):
     s = sides
     original = s.sender.get_key_buffer
