@@ -213,9 +213,7 @@ def parse_settings(data: Any, where: str = "<settings>") -> DroidSpeakSettings:
     allow = data.get("allow_derived_export", False)
     if not isinstance(allow, bool):
         raise SettingsError(f"{where}: 'allow_derived_export' must be true or false, got {allow!r}")
-    min_tokens = data.get("min_foreign_tokens", 1)
-    if not isinstance(min_tokens, int) or isinstance(min_tokens, bool) or min_tokens < 1:
-        raise SettingsError(f"{where}: 'min_foreign_tokens' must be an int >= 1, got {min_tokens!r}")
+    min_tokens = _int_at_least(data, "min_foreign_tokens", 1, 1, where)
     plans = data.get("plans") or []
     if not isinstance(plans, list):
         raise SettingsError(f"{where}: 'plans' must be a list, got {plans!r}")

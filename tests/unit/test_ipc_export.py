@@ -69,13 +69,18 @@ def request(s, layers=(0, 2), e_layers=(), left_ms=1000, **changes):
     return FetchRequest(**{**fields, **changes})
 
 
-def export(s, req, compute_e=None, ipc="default"):
+def answer(s, req, compute_e=None, ipc="default"):
+    """The exporter's answer to ``req`` (a generator, as FetchServer drives it)."""
     compute_e = compute_e or (lambda ids, layers: {l: torch.full((len(ids), 8), float(l)) for l in layers})
     senders = {"zmq": ZmqSender(s.sender)}
     if ipc is not None:
         senders["cuda_ipc"] = s.ipc if ipc == "default" else ipc
-    return list(export_messages(req, model="a", fingerprint="fp", tree=s.tree, compute_e=compute_e,
-                                num_layers=NUM_LAYERS, senders=senders))
+    return export_messages(req, model="a", fingerprint="fp", tree=s.tree, compute_e=compute_e,
+                           num_layers=NUM_LAYERS, senders=senders)
+
+
+def export(s, req, compute_e=None, ipc="default"):
+    return list(answer(s, req, compute_e, ipc))
 
 
 def untouched(s):
@@ -152,22 +157,18 @@ def test_an_answer_parks_while_e_computes_then_exports_and_frees_the_scratch_onc
 
 def test_a_parked_answer_closed_early_still_frees_the_scratch(sides):
     s, slow = sides, SlowE(polls=100)
-    answer = export_messages(request(s, e_layers=(1,)), model="a", fingerprint="fp", tree=s.tree,
-                             compute_e=lambda ids, layers: slow, num_layers=NUM_LAYERS,
-                             senders={"zmq": ZmqSender(s.sender), "cuda_ipc": s.ipc})
-    assert next(answer) is PENDING
-    answer.close()
+    parked = answer(s, request(s, e_layers=(1,)), compute_e=lambda ids, layers: slow)
+    assert next(parked) is PENDING
+    parked.close()
     assert slow.taken == 1 and untouched(s)
 
 
 def test_a_prefix_evicted_while_e_computes_is_refused_after_it(sides):
     s, slow = sides, SlowE(polls=1)
-    answer = export_messages(request(s, e_layers=(1,)), model="a", fingerprint="fp", tree=s.tree,
-                             compute_e=lambda ids, layers: slow, num_layers=NUM_LAYERS,
-                             senders={"zmq": ZmqSender(s.sender), "cuda_ipc": s.ipc})
-    assert next(answer) is PENDING
+    parked = answer(s, request(s, e_layers=(1,)), compute_e=lambda ids, layers: slow)
+    assert next(parked) is PENDING
     s.tree.match_for_export = lambda tokens, receiver: None  # evicted between two ticks
-    rest = list(answer)
+    rest = list(parked)
     assert [m.code for m in rest] == ["evicted"] and slow.taken == 1 and untouched(s)
 
 
