@@ -13,8 +13,11 @@
 #               30 s idle window, or the machine and the run are gone)
 # Each call waits up to N seconds, prints progress, and copies every step's *.json and one
 # log archive per finished step into $OUT (8 files at most come back).
+# DS_SESSION=NAME (in every call of that session) runs a second, independent session beside
+# the default one (/tmp/NAME, /tmp/NAME-repo): e.g. SGLang exactness checks on the same GPU
+# while a training step runs; only for steps whose numbers are not timings.
 set -uo pipefail
-ROOT=/tmp/ds-session REPO=/tmp/ds-repo
+if [ -n "${DS_SESSION:-}" ]; then ROOT=/tmp/$DS_SESSION REPO=/tmp/$DS_SESSION-repo; else ROOT=/tmp/ds-session REPO=/tmp/ds-repo; fi
 
 start() {
   rm -rf "$ROOT" "$REPO" && mkdir -p "$ROOT" && cp -a . "$REPO"
