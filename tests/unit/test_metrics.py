@@ -81,3 +81,35 @@ def test_token_f1(prediction: str, target: str, expected: float) -> None:
 def test_metric_registry() -> None:
     assert METRICS == {"edit_sim": edit_similarity, "rouge_l": rouge_l, "token_f1": token_f1}
     assert all(isinstance(METRICS[name]("a b", "a c"), float) for name in METRICS)
+
+
+def test_pure_python_twins_agree_with_rapidfuzz_and_rouge_score() -> None:
+    """The GPU machine lacks rapidfuzz and rouge-score: the fallbacks must give their numbers."""
+    import random
+
+    from sglang_droidspeak.tasks import metrics
+
+    rng = random.Random(0)
+    alphabet = "ab c(x)=_.\n"
+    for _ in range(300):
+        a = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 14)))
+        b = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 14)))
+        assert metrics._indel_ratio_py(a, b) == pytest.approx(metrics.fuzz.ratio(a, b) / 100, abs=EXACT)
+        assert metrics._rouge_l_py(a, b) == pytest.approx(rouge_l(a, b), abs=EXACT)
+    assert metrics.lcs_length("", "abc") == 0 and metrics.lcs_length("abcbdab", "bdcaba") == 4
+
+
+def test_metrics_import_and_score_without_rapidfuzz_or_rouge_score() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; sys.modules['rapidfuzz'] = sys.modules['rouge_score'] = None\n"
+            "from sglang_droidspeak.tasks import edit_similarity, rouge_l, build_task\n"
+            "from sglang_droidspeak.tasks import metrics\n"
+            "assert metrics.fuzz is None and metrics._ROUGE_L is None\n"
+            "print(edit_similarity('abc', 'abd'), rouge_l('x = f(a)', 'x = f(b)'))")
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert [float(x) for x in done.stdout.split()] == pytest.approx([2 * 2 / 6, 5 / 6], abs=EXACT)
