@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from sglang_droidspeak.profiler.store import Record, ResultStore
 from sglang_droidspeak.profiler.systems import System
 from sglang_droidspeak.reference import (
-    PrefixKV, ReferenceModel, SenderCache, cacheblend_receiver_cache, cacheblend_tokens_for_cost, kv_projection_fraction,
+    PrefixKV, ReferenceModel, SenderCache, cacheblend_receiver_cache, cacheblend_tokens_for_cost, hybrid_receiver_cache,
+    hybrid_tokens_for_cost, kv_projection_fraction,
 )
 from sglang_droidspeak.tasks import TASKS, TaskExample, decode_answer, score_prediction
 
@@ -87,6 +88,10 @@ def system_prefix_kv(receiver: ReferenceModel, system: System, context: torch.Te
         return receiver_kv if receiver_kv is not None else receiver.prefill(context).kv
     if system.kind == "plan":
         return receiver.build_receiver_cache(sender_cache, system.plan, context)
+    if system.kind == "hybrid":
+        group = system.plan.groups[0]
+        num_tokens = hybrid_tokens(receiver, system, len(context))
+        return hybrid_receiver_cache(receiver, sender_cache, context, group.start, group.end, num_tokens)
     num_tokens = cacheblend_tokens(receiver, system.cacheblend_layers, len(context))
     if num_tokens is None:
         raise ValueError(f"{system.key}: the budget does not cover CacheBlend's selection pass")
@@ -132,3 +137,9 @@ def cacheblend_tokens(receiver: ReferenceModel, num_layers_budget: int, context_
     even the selection pass does not fit the budget."""
     return cacheblend_tokens_for_cost(num_layers_budget * context_len, receiver.num_layers, context_len,
                                       keep_selection_kv=True, kv_fraction=kv_projection_fraction(receiver.config))
+
+
+def hybrid_tokens(receiver: ReferenceModel, system, context_len: int) -> int:
+    """Tokens a ``hybrid:*`` system recomputes after its group for its extra layer budget."""
+    return hybrid_tokens_for_cost(system.cacheblend_layers * context_len, receiver.num_layers, context_len,
+                                  system.plan.groups[0].end, kv_fraction=kv_projection_fraction(receiver.config))

@@ -72,6 +72,29 @@ def cacheblend_cost(
     return RecomputeCost(float(total), L, n)
 
 
+def hybrid_cost(num_layers: int, num_tokens: int, start: int, end: int, num_recompute_tokens: int,
+                kv_fraction: float = 0.0) -> RecomputeCost:
+    """Cost of ``hybrid_receiver_cache``: the group's (end - start) * n, plus, when tokens are
+    recomputed after it, the selection projection at layer ``end`` and the tokens' layers
+    (counted as CacheBlend's keep_selection_kv mode counts them)."""
+    n, t, L = num_tokens, num_recompute_tokens, num_layers
+    total = float((end - start) * n)
+    if t > 0 and end < L:
+        total += kv_fraction * n + (1 - kv_fraction) * t + (L - end - 1) * t
+    return RecomputeCost(total, L, n)
+
+
+def hybrid_tokens_for_cost(extra_layer_tokens: float, num_layers: int, num_tokens: int, end: int,
+                           kv_fraction: float = 0.0) -> int:
+    """The largest num_recompute_tokens after a group ending at ``end`` whose cost beyond the
+    group's fits ``extra_layer_tokens`` (0: the selection pass does not fit, or end == L)."""
+    for t in range(num_tokens, 0, -1):
+        extra = hybrid_cost(num_layers, num_tokens, 0, end, t, kv_fraction).layer_tokens - end * num_tokens
+        if end < num_layers and extra <= extra_layer_tokens + 1e-9:
+            return t
+    return 0
+
+
 def cacheblend_tokens_for_cost(
     layer_tokens: float,
     num_layers: int,
