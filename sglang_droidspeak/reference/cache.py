@@ -31,6 +31,18 @@ class PreallocatedLayer(DynamicLayer):
         self.is_initialized = True
         self._set_views()
 
+    @classmethod
+    def from_buffers(cls, k_buffer: Tensor, v_buffer: Tensor, length: int) -> "PreallocatedLayer":
+        """A layer over filled buffers [batch, num_kv_heads, capacity, head_dim] (the first
+        ``length`` tokens hold K/V); a batch of several rows runs batched extends."""
+        layer = cls.__new__(cls)
+        DynamicLayer.__init__(layer)
+        layer.dtype, layer.device = k_buffer.dtype, k_buffer.device
+        layer._k_buffer, layer._v_buffer, layer.length = k_buffer, v_buffer, length
+        layer.is_initialized = True
+        layer._set_views()
+        return layer
+
     def _set_views(self) -> None:
         self.keys = self._k_buffer[:, :, : self.length]  # [1, num_kv_heads, length, head_dim]
         self.values = self._v_buffer[:, :, : self.length]
