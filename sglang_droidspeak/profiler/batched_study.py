@@ -30,12 +30,12 @@ from transformers.cache_utils import Cache
 from sglang_droidspeak.profiler.batched_prefix import ChunkKV, chunk_prefixes
 from sglang_droidspeak.profiler.evaluate import cacheblend_tokens, stop_token_ids
 from sglang_droidspeak.profiler.store import Record, ResultStore
-from sglang_droidspeak.profiler.systems import RECEIVER, System
+from sglang_droidspeak.profiler.systems import RECEIVER, SENDER, System
 from sglang_droidspeak.reference import ReferenceModel
 from sglang_droidspeak.reference.cache import PreallocatedLayer
 from sglang_droidspeak.tasks import TASKS, TaskExample, decode_answer, score_prediction
 
-Row = tuple[System, int]  # (system, example index within the chunk)
+Row = tuple[System, ChunkKV, int, int]  # (system, its chunk prefix, row j in the chunk, example index)
 
 
 def stacked_cache(blocks: Sequence[tuple[ChunkKV, int, int]], capacity: int) -> Cache:
@@ -111,7 +111,12 @@ def teacher_forced(model: ReferenceModel, cache: Cache, query: Tensor, n: int,
 
 class BatchedStudy:
     """Scores ``receiver``, ``sender``, ``plan:*``, ``cacheblend:*`` and ``hybrid:*`` systems of a
-    pair with PairEvaluator's metrics (task metrics on the greedy answer + teacher-forced)."""
+    pair with PairEvaluator's metrics (task metrics on the greedy answer + teacher-forced).
+
+    The ``sender`` rows (the only rows on the sender model) wait across chunks of a bucket
+    until ``rows_per_batch`` of them fill a batch: a chunk's few would run a whole greedy
+    decode at a small batch.
+    """
 
     def __init__(self, sender: ReferenceModel, receiver: ReferenceModel, tokenizer: Any, task: str,
                  examples: Sequence[TaskExample], examples_per_chunk: int = 16, rows_per_batch: int = 64,
@@ -119,7 +124,8 @@ class BatchedStudy:
         if sender.num_layers != receiver.num_layers:
             raise ValueError(f"layer counts differ: sender {sender.num_layers}, receiver {receiver.num_layers}")
         if examples_per_chunk < 1 or rows_per_batch < 1:
-            raise ValueError(f"examples_per_chunk and rows_per_batch must be >= 1, got {examples_per_chunk}, {rows_per_batch}")
+            raise ValueError(f"examples_per_chunk and rows_per_batch must be >= 1, got {examples_per_chunk}, "
+                             f"{rows_per_batch}")
         self.sender, self.receiver, self.tokenizer, self.examples = sender, receiver, tokenizer, list(examples)
         self.spec, self.chunk, self.rows_per_batch = TASKS[task], examples_per_chunk, rows_per_batch
         self.max_new_tokens = self.spec.max_new_tokens if max_new_tokens is None else max_new_tokens
@@ -135,55 +141,56 @@ class BatchedStudy:
                             and cacheblend_tokens(self.receiver, s.cacheblend_layers, n) is None})
         if too_small:
             raise ValueError(f"{', '.join(too_small)}: the budget does not cover CacheBlend's selection pass")
-        chunks = [todo[i:i + self.chunk] for todo in buckets.values() for i in range(0, len(todo), self.chunk)]
-        for chunk in tqdm(chunks, disable=not progress, desc="chunks", unit="chunk"):
-            store.add_many(self._score_chunk(chunk, systems))
-
-    def _score_chunk(self, indices: list[int], systems: list[System]) -> list[Record]:
-        examples = [self.examples[i] for i in indices]
-        context = torch.tensor([e.context_ids for e in examples], device=self.receiver.device)  # [c, n]
-        query = torch.tensor([e.query_ids for e in examples], device=self.receiver.device)  # [c, q]
-        n = context.shape[1]
-        rows_of = [RECEIVER] + [s for s in systems if s.kind != "receiver"]  # the receiver's answers come first
-        prefixes = chunk_prefixes(self.sender, self.receiver, context, rows_of)
-        rows: list[Row] = [(s, j) for s in rows_of for j in range(len(indices))]
-        on_sender = [r for r in rows if r[0].kind == "sender"]
-        on_receiver = [r for r in rows if r[0].kind != "sender"]
-        answers: dict[tuple[str, int], list[int]] = {}
-        records = []
-        for model, group in ((self.receiver, on_receiver), (self.sender, on_sender)):
-            for lo in range(0, len(group), self.rows_per_batch):
-                records += self._score_rows(model, group[lo:lo + self.rows_per_batch], prefixes, query, n,
-                                            examples, indices, answers)
         wanted = {s.key for s in systems}
-        return [r for r in records if r.system in wanted]
+        rows_of = [RECEIVER] + [s for s in systems if s.kind not in ("receiver", "sender")]  # receiver answers first
+        bar = tqdm(total=sum(map(len, buckets.values())), disable=not progress, desc="examples", unit="ex")
+        for todo in buckets.values():
+            answers: dict[int, list[int]] = {}  # example index -> the receiver's own answer
+            pending: list[Row] = []  # sender rows waiting for a full batch
+            for lo in range(0, len(todo), self.chunk):
+                indices = todo[lo:lo + self.chunk]
+                context = torch.tensor([self.examples[i].context_ids for i in indices], device=self.receiver.device)
+                prefixes = chunk_prefixes(self.sender, self.receiver, context, rows_of)
+                rows = [(s, prefixes[s.key], j, i) for s in rows_of for j, i in enumerate(indices)]
+                for b in range(0, len(rows), self.rows_per_batch):
+                    records = self._score_rows(self.receiver, rows[b:b + self.rows_per_batch], answers)
+                    store.add_many(r for r in records if r.system in wanted)
+                if "sender" in wanted:
+                    pending += [(SENDER, prefixes["sender"], j, i) for j, i in enumerate(indices)]
+                while len(pending) >= self.rows_per_batch or (pending and lo + self.chunk >= len(todo)):
+                    store.add_many(self._score_rows(self.sender, pending[:self.rows_per_batch], answers))
+                    pending = pending[self.rows_per_batch:]
+                bar.update(len(indices))
+        bar.close()
 
-    def _score_rows(self, model: ReferenceModel, rows: list[Row], prefixes: dict[str, ChunkKV], query: Tensor,
-                    n: int, examples: list[TaskExample], indices: list[int],
-                    answers: dict[tuple[str, int], list[int]]) -> list[Record]:
-        blocks = [(prefixes[s.key], j, j + 1) for s, j in rows]
-        merged = [blocks[0]]
-        for block in blocks[1:]:  # consecutive rows of one system: one copy
-            last = merged[-1]
-            merged[-1:] = [(last[0], last[1], block[2])] if block[0] is last[0] and block[1] == last[2] \
-                else [last, block]
+    def _score_rows(self, model: ReferenceModel, rows: list[Row], answers: dict[int, list[int]]) -> list[Record]:
+        """Greedy answers and teacher-forced scores of ``rows`` on ``model`` (answers: the
+        receiver's, by example index; filled from the receiver rows)."""
+        merged: list[tuple[ChunkKV, int, int]] = []
+        for _, kv, j, _ in rows:  # consecutive rows of one prefix tensor: one copy
+            if merged and merged[-1][0] is kv and merged[-1][2] == j:
+                merged[-1] = (kv, merged[-1][1], j + 1)
+            else:
+                merged.append((kv, j, j + 1))
+        examples = [self.examples[i] for *_, i in rows]
+        n = rows[0][1][0][0].shape[2]
+        query = torch.tensor([e.query_ids for e in examples], device=model.device)  # [B, q]
         longest = max(len(e.continuation_ids) for e in examples)
-        capacity = n + query.shape[1] + max(self.max_new_tokens, longest)
-        cache = stacked_cache(merged, capacity)
-        row_query = query[torch.tensor([j for _, j in rows], device=query.device)]  # [B, q]
-        generated = greedy(model, cache, row_query, n, self.max_new_tokens, self.stop_ids)
-        for (s, j), ids in zip(rows, generated):
-            answers[s.key, j] = ids
+        cache = stacked_cache(merged, n + query.shape[1] + max(self.max_new_tokens, longest))
+        generated = greedy(model, cache, query, n, self.max_new_tokens, self.stop_ids)
+        for (system, *_, i), ids in zip(rows, generated):
+            if system.kind == "receiver":
+                answers[i] = ids
         reset(cache, n)
-        agreement = teacher_forced(model, cache, row_query, n, [answers["receiver", j] for _, j in rows])
+        agreement = teacher_forced(model, cache, query, n, [answers[i] for *_, i in rows])
         reset(cache, n)
-        truth = teacher_forced(model, cache, row_query, n, [examples[j].continuation_ids for _, j in rows])
+        truth = teacher_forced(model, cache, query, n, [e.continuation_ids for e in examples])
         records = []
-        for (s, j), ids, (hits, _), (acc, nll) in zip(rows, generated, agreement, truth):
+        for (system, *_, i), example, ids, (hits, _), (acc, nll) in zip(rows, examples, generated, agreement, truth):
             answer = decode_answer(self.tokenizer, ids, self.spec.name)
-            metrics = score_prediction(self.spec.name, answer, examples[j])
+            metrics = score_prediction(self.spec.name, answer, example)
             metrics["agreement"] = hits.float().mean().item() if hits.numel() else 1.0
             if acc.numel():
                 metrics["target_acc"], metrics["target_nll"] = acc.float().mean().item(), nll.mean().item()
-            records.append(Record(s.key, indices[j], metrics, answer))
+            records.append(Record(system.key, i, metrics, answer))
         return records

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from test_profiler_run import VOCAB, _examples, tokenizer  # noqa: F401 (fixture)
@@ -42,10 +44,12 @@ def test_chunk_prefixes_equal_the_per_example_reference(pair, tokenizer):
                        for (k, v), wk, wv in zip(got, want.k, want.v)), (j, system.key)
 
 
-@pytest.mark.parametrize("chunk, rows", [(2, 7), (3, 64)])
-def test_scores_and_answers_equal_the_evaluators(pair, tokenizer, tmp_path, chunk, rows):
+@pytest.mark.parametrize("chunk, rows, cut", [(2, 7, 0), (3, 64, 0), (3, 2, 3)])
+def test_scores_and_answers_equal_the_evaluators(pair, tokenizer, tmp_path, chunk, rows, cut):
     sender, receiver = pair
     examples = _examples(tokenizer, 3)
+    if cut:  # example 1 with a shorter query: a bucket of its own
+        examples[1] = dataclasses.replace(examples[1], query_ids=examples[1].query_ids[cut:])
     slow, fast = ResultStore(tmp_path / "slow.jsonl", {"t": 1}), ResultStore(tmp_path / "fast.jsonl", {"t": 1})
     PairEvaluator(sender, receiver, tokenizer, "lcc", examples, max_new_tokens=8).run(SYSTEMS, slow, progress=False)
     BatchedStudy(sender, receiver, tokenizer, "lcc", examples, examples_per_chunk=chunk, rows_per_batch=rows,
