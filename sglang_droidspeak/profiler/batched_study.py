@@ -96,13 +96,14 @@ def teacher_forced(model: ReferenceModel, cache: Cache, query: Tensor, n: int,
     q, longest = query.shape[1], max(len(t) for t in targets)
     if longest == 0:
         return [(torch.zeros(0, dtype=torch.bool), torch.zeros(0)) for _ in targets]
-    ids = torch.zeros(query.shape[0], q + longest - 1, dtype=torch.long, device=model.device)  # right-padded
-    ids[:, :q] = query
+    ids = torch.zeros(query.shape[0], q + longest - 1, dtype=torch.long)  # [B, q + longest - 1], right-padded
     for row, target in enumerate(targets):
         ids[row, q:q + len(target) - 1] = torch.tensor(list(target[:-1]), dtype=torch.long)
+    ids = ids.to(model.device)
+    ids[:, :q] = query
     hidden = _hidden(model, cache, ids, n)  # [B, q + longest - 1, hidden]
-    rows = torch.tensor([r for r, t in enumerate(targets) for _ in t], device=model.device)
-    cols = torch.tensor([q - 1 + i for t in targets for i in range(len(t))], device=model.device)
+    rows = torch.tensor([r for r, t in enumerate(targets) for _ in t]).to(model.device)  # [sum m]
+    cols = torch.tensor([q - 1 + i for t in targets for i in range(len(t))]).to(model.device)
     logits = model.parts.lm_head(hidden[rows, cols]).float()  # [sum m, vocab]
     truth = torch.tensor([x for t in targets for x in t], device=model.device)
     hits, nll = (logits.argmax(-1) == truth).cpu(), torch.nn.functional.cross_entropy(logits, truth, reduction="none").cpu()
