@@ -4,23 +4,32 @@
     mkdir -p /tmp/ds-real-q && ln -sfn $PWD/.cache/real/downloads $PWD/.cache/real/smollm2-135m-instruct /tmp/ds-real-q/
     DROIDSPEAK_REAL_DIR=/tmp/ds-real-q OUT=/tmp/out-q python3 scripts/gpu/real_quality.py --device cpu --rehearse \\
         --num-examples 2 --pairs 1 --context-len 64 --query-len 8 --budgets 2,4 --examples-per-chunk 2 --rows-per-batch 16
-        # CPU rehearsal: tiny fine-tunes + profile via real_family.py first (REHEARSAL_SECONDS)
+        # CPU rehearsal: 1-step fine-tunes + one profile via real_family.py first, then the study
+        # (93 s from scratch on 2 shared CPU cores, the study itself 5 s; 20 s once the models exist;
+        # 2026-12-06). Its models barely differ, so every row agrees: it checks the plumbing only.
 
 Per ordered pair (real_family.py's order; none starts after ``--budget-s``, the rest are
 listed as skipped), on ``--num-examples`` examples of the receiver's held-out domain
 (seed 1; the profiles used seed 0), scored by the batched study (profiler/batched_study.py:
 greedy answers + teacher-forced scores, the same numbers as PairEvaluator): the receiver's
 full prefill, the sender alone, full reuse, DroidSpeak at every frontier point of the
-pair's profile (<= ``--max-budget`` layers; or with ``--budgets`` the best single group
-of each size among every plan the profile scored: results/scores/<pair>.json), CacheBlend-style token recompute at each of
-those budgets, and the hybrid (the profile's best group of <= ``--hybrid-layers`` layers,
-then token recompute up to each larger budget); systems and tables: profiler/study_report.py.
+pair's profile (<= ``--max-budget`` layers; or with ``--budgets`` the best single group of
+each size among every plan the profiler scored: results/scores/<pair>.json), CacheBlend-style
+token recompute at each of those budgets, and the hybrid (the profile's best group of
+<= ``--hybrid-layers`` layers, then token recompute up to each larger budget); systems and
+tables: profiler/study_report.py.
 
 Writes $OUT/real-quality.json (per pair and task, per system: recompute fraction, layers
 fetched from the sender, every metric's mean and 95% interval, paired comparisons at
-equal budget; seconds, card, versions, date, command, corpus hash) and
-$OUT/real-quality.results.tar.gz (per-example scores and answers, JSONL), and prints a
-markdown table per pair.
+equal budget; seconds, split into building prefixes and scoring rows; card, versions,
+date, command, corpus hash) and $OUT/real-quality.results.tar.gz (per-example scores and
+answers, JSONL), and prints a markdown table per pair.
+
+Speed knobs (the H100 rate is not yet measured; estimate 15-25 s per pair at the defaults,
+float32 with TF32 matmuls): each greedy decode is launch-bound (~48 steps of 30 HF layers),
+so fewer, larger batches go faster: ``--dtype bfloat16 --examples-per-chunk 32
+--rows-per-batch 1024`` halves the decode loops in about the same memory (~35 GB).
+Memory at the defaults: ~20 GB for 512 cached rows + ~11 GB of chunk prefixes (float32).
 """
 
 from __future__ import annotations
@@ -40,7 +49,6 @@ sys.path.insert(0, str(ROOT))  # run from a checkout
 sys.path.insert(0, str(ROOT / "scripts" / "gpu"))  # real_family.py (pair order, held-out splits, rehearsal)
 
 WORK = Path(os.environ.get("DROIDSPEAK_REAL_DIR", "/tmp/ds-real"))
-REHEARSAL_SECONDS = "not yet measured"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,12 +170,13 @@ def study_pair(args, sender, receiver, task: str, split: str, corpus, examples: 
               "sender_weights": sender.weights_digest, "receiver_weights": receiver.weights_digest,
               "profile_created": profile.created}
     store = ResultStore.for_run(WORK / "quality-work", f"{sender.name}__{receiver.name}-{task}", header)
-    BatchedStudy(sender.model, receiver.model, receiver.tokenizer, task, examples[task, split],
-                 examples_per_chunk=args.examples_per_chunk, rows_per_batch=args.rows_per_batch).run(
-        systems, store, progress=False)
+    study = BatchedStudy(sender.model, receiver.model, receiver.tokenizer, task, examples[task, split],
+                         examples_per_chunk=args.examples_per_chunk, rows_per_batch=args.rows_per_batch)
+    study.run(systems, store, progress=False)
     metrics = [*TASKS[task].metrics, "agreement", "target_acc", "target_nll"]
     result = {"task": task, "split": split, "num_examples": len(examples[task, split]),
               "seconds": round(time.perf_counter() - began, 1), "num_rows": len(systems) * args.num_examples,
+              "seconds_by_stage": {k: round(v, 1) for k, v in study.seconds.items()},
               "profile": {"metric": profile.metric, "created": profile.created},
               "systems": system_rows(store, systems, metrics, receiver.model, args.context_len),
               "equal_budget": equal_budget(store, systems, ["agreement", "target_nll", TASKS[task].primary_metric])}

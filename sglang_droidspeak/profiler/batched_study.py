@@ -18,6 +18,7 @@ token changes none of its logits. Numbers equal PairEvaluator's up to float roun
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -131,6 +132,14 @@ class BatchedStudy:
         self.spec, self.chunk, self.rows_per_batch = TASKS[task], examples_per_chunk, rows_per_batch
         self.max_new_tokens = self.spec.max_new_tokens if max_new_tokens is None else max_new_tokens
         self.stop_ids = stop_token_ids(tokenizer, self.spec)
+        self.seconds = {"prefixes": 0.0, "rows": 0.0}  # where run's time went (device synchronised)
+
+    def _lap(self, stage: str, began: float) -> float:
+        if self.receiver.device.type == "cuda":
+            torch.cuda.synchronize(self.receiver.device)
+        now = time.perf_counter()
+        self.seconds[stage] += now - began
+        return now
 
     def run(self, systems: Iterable[System], store: ResultStore, progress: bool = True) -> None:
         systems = list(systems)
@@ -151,7 +160,9 @@ class BatchedStudy:
             for lo in range(0, len(todo), self.chunk):
                 indices = todo[lo:lo + self.chunk]
                 context = torch.tensor([self.examples[i].context_ids for i in indices], device=self.receiver.device)
+                began = time.perf_counter()
                 prefixes = chunk_prefixes(self.sender, self.receiver, context, rows_of)
+                began = self._lap("prefixes", began)
                 rows = [(s, prefixes[s.key], j, i) for s in rows_of for j, i in enumerate(indices)]
                 for b in range(0, len(rows), self.rows_per_batch):
                     records = self._score_rows(self.receiver, rows[b:b + self.rows_per_batch], answers)
@@ -161,6 +172,7 @@ class BatchedStudy:
                 while len(pending) >= self.rows_per_batch or (pending and lo + self.chunk >= len(todo)):
                     store.add_many(self._score_rows(self.sender, pending[:self.rows_per_batch], answers))
                     pending = pending[self.rows_per_batch:]
+                self._lap("rows", began)
                 bar.update(len(indices))
         bar.close()
 

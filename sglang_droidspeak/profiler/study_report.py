@@ -127,8 +127,9 @@ LABELS = {"receiver": "receiver full prefill", "sender": "sender alone", "plan:r
 
 def markdown(pair: str, result: dict, metrics: Sequence[str]) -> str:
     """One pair's table (mean ± 95% interval) and its equal-budget verdicts."""
+    stages = "".join(f", {k} {v} s" for k, v in result.get("seconds_by_stage", {}).items())
     lines = [f"### {pair} ({result['task']}, {result['split']}, {result['num_examples']} examples, "
-             f"{result['seconds']} s)", "",
+             f"{result['seconds']} s{stages})", "",
              "| system | recompute | fetched layers | " + " | ".join(metrics) + " |",
              "|---|---:|---:|" + "---:|" * len(metrics)]
     for key, row in result["systems"].items():
