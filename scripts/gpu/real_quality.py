@@ -25,7 +25,7 @@ equal budget; seconds, split into building prefixes and scoring rows; card, vers
 date, command, corpus hash) and $OUT/real-quality.results.tar.gz (per-example scores and
 answers, JSONL), and prints a markdown table per pair.
 
-Speed knobs (the H100 rate is not yet measured; estimate 15-25 s per pair at the defaults,
+Speed knobs (the H100 rate is not yet measured; estimate 10-25 s per pair at the defaults,
 float32 with TF32 matmuls): each greedy decode is launch-bound (~48 steps of 30 HF layers),
 so fewer, larger batches go faster: ``--dtype bfloat16 --examples-per-chunk 32
 --rows-per-batch 1024`` halves the decode loops in about the same memory (~35 GB).

@@ -8,7 +8,7 @@
 #   `bash scripts/gpu/real_stage.sh part2 && bash scripts/gpu/session.sh start 540 real_family real_quality`
 #   then `bash scripts/gpu/session.sh wait 540` within the warm window until "all steps done".
 # Options pass through session.sh as real_quality:--rows-per-batch+256+--budget-s+200.
-# Expected on one H100: not yet measured (estimate 15-25 s per pair, so 3-5 min for 12); no pair
+# Expected on one H100: not yet measured (estimate 10-25 s per pair, so 2-5 min for 12); no pair
 # starts after 240 s (--budget-s), each pair prints its seconds (prefixes / rows). CPU rehearsal
 # (93 s): see the docstring of real_quality.py.
 # Results: $OUT/real-quality.json, $OUT/real-quality.results.tar.gz (per-example scores, JSONL).
