@@ -16,8 +16,15 @@ A profile is YAML (``profiles/<sender>__<receiver>.yaml``)::
     sensitivity: [...]           # optional: quality drop when only layer l is reused
     frontier:                    # Pareto frontier, by num_recomputed_layers ascending
       - {groups: [[0, 2]], num_recomputed_layers: 2, quality: 0.55, quality_drop: 0.06}
+    systems:                     # optional: other systems measured on the same examples
+      cacheblend:                # token recompute at the compute of `budget` layers, served as
+        - {budget: 2, select_layer: 1, quality: 0.58, quality_drop: 0.03}   # blend:(2/8)@1
+      hybrid:                    # group [s, e) + token recompute at `budget` layers (not served yet)
+        - {groups: [[0, 2]], budget: 1, quality: 0.59, quality_drop: 0.02}
 
-``quality_drop`` is ``receiver_quality - quality`` (absolute, in metric units).
+``quality_drop`` is ``receiver_quality - quality`` (absolute, in metric units). Without
+``systems`` a profile is DroidSpeak-only, as before the section existed; ``frontier`` always
+holds the DroidSpeak points (plan.system_points: the systems and their plans).
 Loading (``profile_io``) validates every field and names the file and field on error.
 """
 
@@ -28,10 +35,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sglang_droidspeak.identity import ModelFingerprint
+from sglang_droidspeak.plan.blend_plan import BlendPlan
 from sglang_droidspeak.plan.layer_plan import LayerPlan
+from sglang_droidspeak.plan.system_points import (
+    CACHEBLEND, HYBRID, PROFILE_SYSTEMS, HybridPlan, Plan, cacheblend_budget, layer_equivalents, system_of,
+)
 
 FORMAT_VERSION = 1
-
 
 
 @dataclass(frozen=True)
@@ -42,13 +52,24 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class FrontierPoint:
-    plan: LayerPlan
+    """One measured point: a DroidSpeak LayerPlan (``frontier``) or another system's plan."""
+
+    plan: Plan
     quality: float
     quality_drop: float
 
     @property
     def num_recomputed_layers(self) -> int:
         return self.plan.num_recomputed_layers
+
+    @property
+    def system(self) -> str:
+        return system_of(self.plan)
+
+    @property
+    def budget(self) -> float:
+        """Layer-equivalents of prefix compute (plan.system_points)."""
+        return layer_equivalents(self.plan)
 
 
 @dataclass(frozen=True)
@@ -65,6 +86,11 @@ class Profile:
     sensitivity: tuple[float, ...] | None = None
     created: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     tool_version: str = ""
+    systems: tuple[FrontierPoint, ...] = ()  # CacheBlend / hybrid points, by system then budget
+
+    def points(self) -> tuple[FrontierPoint, ...]:
+        """Every measured point: the DroidSpeak frontier, then the other systems'."""
+        return self.frontier + self.systems
 
     def cheapest_within(self, max_quality_drop: float) -> FrontierPoint | None:
         """The fewest-layer frontier point whose drop is at most ``max_quality_drop``."""
@@ -92,4 +118,18 @@ class Profile:
              "quality": p.quality, "quality_drop": p.quality_drop}
             for p in self.frontier
         ]
+        if self.systems:
+            data["systems"] = {name: [_system_point_dict(p) for p in self.systems if p.system == name]
+                               for name in PROFILE_SYSTEMS if any(p.system == name for p in self.systems)}
         return data
+
+
+def _system_point_dict(point: FrontierPoint) -> dict[str, Any]:
+    plan = point.plan
+    if isinstance(plan, BlendPlan):
+        head: dict[str, Any] = {"budget": cacheblend_budget(plan), "select_layer": plan.select_layer}
+    elif isinstance(plan, HybridPlan):
+        head = {"groups": [[plan.group.start, plan.group.end]], "budget": plan.budget}
+    else:
+        raise ValueError(f"Profile.systems holds {CACHEBLEND} and {HYBRID} points, got {plan}")
+    return {**head, "quality": point.quality, "quality_drop": point.quality_drop}

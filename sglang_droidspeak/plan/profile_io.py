@@ -4,7 +4,8 @@ Every rule, next to the field it guards: unknown keys are errors (with the close
 key); qualities are finite numbers in [0, 1]; ``quality_drop`` is in [-1, 1] and equals
 ``receiver_quality - quality`` (a plan may beat the receiver's own prefill, never by a
 made-up margin); ``sensitivity`` holds ``num_layers`` finite numbers; the frontier's groups
-are valid LayerPlans on the granularity, sorted by recomputed layers.
+are valid LayerPlans on the granularity, sorted by recomputed layers; the optional
+``systems`` section follows ``plan.profile_systems``' rules.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import yaml
 from sglang_droidspeak.identity import IncompatibleModels, ModelFingerprint, check_compatible
 from sglang_droidspeak.plan.layer_plan import LayerPlan, PlanError
 from sglang_droidspeak.plan.profile import FORMAT_VERSION, FrontierPoint, ModelRef, Profile
+from sglang_droidspeak.plan.profile_systems import measured_quality, parse_systems
 from sglang_droidspeak.validation import FieldError, Section, is_number
 from sglang_droidspeak.yaml_io import FileLoadError, read_yaml_file
 
@@ -30,10 +32,9 @@ class _Section(Section):
 
 
 PROFILE_KEYS = ("format_version", "sender", "receiver", "num_layers", "dataset", "metric", "granularity", "created",
-                "tool_version", "receiver_quality", "full_reuse_quality", "sensitivity", "frontier")
-OPTIONAL_KEYS = ("granularity", "sensitivity")
+                "tool_version", "receiver_quality", "full_reuse_quality", "sensitivity", "frontier", "systems")
+OPTIONAL_KEYS = ("granularity", "sensitivity", "systems")
 POINT_KEYS = ("groups", "num_recomputed_layers", "quality", "quality_drop")
-DROP_TOLERANCE = 1e-6  # quality_drop must be receiver_quality - quality (as the profiler writes it)
 
 
 def _text(s: Section, key: str) -> str:
@@ -75,10 +76,7 @@ def _frontier(top: Section, num_layers: int, granularity: int, receiver_quality:
     for i in range(len(top.items("frontier"))):
         point = top.item("frontier", i, POINT_KEYS, required=POINT_KEYS)
         plan = _plan(point, num_layers, granularity)
-        quality, drop = point.number("quality", 0.0, 1.0), point.number("quality_drop", -1.0, 1.0)
-        if abs(drop - (receiver_quality - quality)) > DROP_TOLERANCE:
-            point.fail("quality_drop", f"must be receiver_quality - quality = {receiver_quality - quality:.6g}", drop)
-        points.append(FrontierPoint(plan, quality, drop))
+        points.append(FrontierPoint(plan, *measured_quality(point, receiver_quality)))
     counts = [p.num_recomputed_layers for p in points]
     if counts != sorted(counts):
         top.fail("frontier", f"must be sorted by num_recomputed_layers, got {counts}")
@@ -118,7 +116,7 @@ def parse_profile(data: Any, where: str = "<profile>", lines: Optional[Mapping[s
         full_reuse_quality=top.number("full_reuse_quality", 0.0, 1.0),
         frontier=_frontier(top, num_layers, granularity, receiver_quality), granularity=granularity,
         sensitivity=_sensitivity(top, num_layers), created=_text(top, "created"),
-        tool_version=_text(top, "tool_version"),
+        tool_version=_text(top, "tool_version"), systems=parse_systems(top, num_layers, receiver_quality),
     )
 
 
