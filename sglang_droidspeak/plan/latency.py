@@ -1,4 +1,4 @@
-"""Prefill latency model: predicted TTFT of a request that reuses a prefix under a LayerPlan.
+"""Prefill latency model: predicted TTFT of a request that reuses a prefix under a plan.
 
 Terms (n = prefix_len, m = suffix_len, L = num_layers, k = plan.num_recomputed_layers,
 r = L - k reused layers, e = len(plan.e_layers()), i.e. groups with start > 0):
@@ -13,6 +13,20 @@ r = L - k reused layers, e = len(plan.e_layers()), i.e. groups with start > 0):
     total_ms         pipelined:     ms_fixed + max(compute_prefix, transfer_ms) + compute_suffix
                      not pipelined: ms_fixed + compute_ms + transfer_ms
 
+A BlendPlan (CacheBlend-style, plan/blend_plan.py; t = plan.num_tokens(n) ~ R * n tokens,
+S = plan.select_layer) moves every layer's K/V and no E, and its token recompute needs
+every layer's K/V first, so only the selection pass may overlap the transfer:
+
+    term             formula                                        unit
+    select_ms        ms_per_layer_token * S * n   (0 < t < n; else 0: nothing to select)
+    recompute_ms     ms_per_layer_token * L * t                     ms
+    compute_suffix   ms_per_layer_token * L * m                     ms
+    compute_ms       select_ms + recompute_ms + compute_suffix      ms
+    transfer_bytes   L * kv_bytes_per_layer_token * n               bytes
+    total_ms         pipelined:     ms_fixed + max(select_ms, transfer_ms) + recompute_ms
+                                    + compute_suffix
+                     not pipelined: ms_fixed + compute_ms + transfer_ms
+
 A full prefill (no reuse) costs ms_fixed + ms_per_layer_token * L * (n + m).
 ``fit`` calibrates the two compute constants from measured (layer_tokens, ms) samples.
 """
@@ -25,6 +39,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from sglang_droidspeak.plan.blend_plan import BlendPlan
 from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.text_files import excerpt
 from sglang_droidspeak.validation import unknown_keys_problem
@@ -103,11 +118,16 @@ class PrefillLatencyModel:
                      + len(plan.e_layers()) * self.e_bytes_per_token)
         return per_token * prefix_len / (self.link_gbps * _BYTES_PER_MS_PER_GBPS)
 
-    def predict(self, plan: LayerPlan, prefix_len: int, suffix_len: int, num_layers: int) -> LatencyEstimate:
+    def predict(self, plan: LayerPlan | BlendPlan, prefix_len: int, suffix_len: int,
+                num_layers: int) -> LatencyEstimate:
         """TTFT of reusing ``prefix_len`` tokens under ``plan`` and prefilling ``suffix_len`` new ones."""
         _check_request(prefix_len, suffix_len, num_layers)
+        if not isinstance(plan, (LayerPlan, BlendPlan)):
+            raise LatencyModelError(f"field 'plan' must be a LayerPlan or a BlendPlan, got {excerpt(str(plan))}")
         if plan.num_layers != num_layers:
             raise LatencyModelError(f"field 'num_layers' is {num_layers} but the plan has {plan.num_layers}")
+        if isinstance(plan, BlendPlan):
+            return self._predict_blend(plan, prefix_len, suffix_len)
         prefix = self.ms_per_layer_token * plan.num_recomputed_layers * prefix_len
         suffix = self.ms_per_layer_token * num_layers * suffix_len
         transfer = self.transfer_ms(plan, prefix_len)
@@ -116,6 +136,19 @@ class PrefillLatencyModel:
         else:
             total = self.ms_fixed + prefix + suffix + transfer
         return LatencyEstimate(prefix + suffix, transfer, total)
+
+    def _predict_blend(self, plan: BlendPlan, prefix_len: int, suffix_len: int) -> LatencyEstimate:
+        """The BlendPlan rows of the module table."""
+        tokens, layers = plan.num_tokens(prefix_len), plan.num_layers
+        select = self.ms_per_layer_token * plan.select_layer * prefix_len if 0 < tokens < prefix_len else 0.0
+        recompute = self.ms_per_layer_token * layers * tokens
+        suffix = self.ms_per_layer_token * layers * suffix_len
+        transfer = layers * self.kv_bytes_per_layer_token * prefix_len / (self.link_gbps * _BYTES_PER_MS_PER_GBPS)
+        if self.pipelined:
+            total = self.ms_fixed + max(select, transfer) + recompute + suffix
+        else:
+            total = self.ms_fixed + select + recompute + suffix + transfer
+        return LatencyEstimate(select + recompute + suffix, transfer, total)
 
     def full_prefill(self, prefix_len: int, suffix_len: int, num_layers: int) -> LatencyEstimate:
         """Estimate of a normal prefill of all ``prefix_len + suffix_len`` tokens (no transfer)."""
