@@ -38,7 +38,8 @@ from sglang_droidspeak.identity import ModelFingerprint
 from sglang_droidspeak.plan.blend_plan import BlendPlan
 from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.plan.system_points import (
-    CACHEBLEND, HYBRID, PROFILE_SYSTEMS, HybridPlan, Plan, cacheblend_budget, layer_equivalents, system_of,
+    CACHEBLEND, DROIDSPEAK, HYBRID, PROFILE_SYSTEMS, SERVABLE, HybridPlan, Plan, cacheblend_budget,
+    layer_equivalents, system_of,
 )
 
 FORMAT_VERSION = 1
@@ -96,6 +97,13 @@ class Profile:
         """The fewest-layer frontier point whose drop is at most ``max_quality_drop``."""
         ok = [p for p in self.frontier if p.quality_drop <= max_quality_drop]
         return min(ok, key=lambda p: p.num_recomputed_layers) if ok else None
+
+    def cheapest_servable_within(self, max_quality_drop: float) -> FrontierPoint | None:
+        """The smallest-budget servable point (any system) whose drop is at most
+        ``max_quality_drop``; ties go to DroidSpeak, then to the earlier point. Without
+        ``systems`` it is ``cheapest_within``."""
+        ok = [p for p in self.points() if p.system in SERVABLE and p.quality_drop <= max_quality_drop]
+        return min(ok, key=lambda p: (p.budget, p.system != DROIDSPEAK)) if ok else None
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {

@@ -19,6 +19,9 @@ tests/unit/test_hook_targets.py fails naming it. Re-read it, adjust, then update
     RadixAttention.forward                         attention from the forward context's backend
     forward_context.forward_context                the engine's private backend for one forward
     ModelRunner._get_attention_backend             a second instance of the server's backend
+    _GenerationStreamAccumulator.accept            req.customized_info (response_info.py) sliced
+                                                   per chunk into meta_info (the tokenizer
+                                                   manager, which needs uvloop, is not pinned)
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ REVIEWED = {  # "module:qualname" -> sha256 of inspect.getsource, first 16 hex d
     "sglang.srt.layers.radix_attention:RadixAttention.forward": "eac55d011907e247",
     "sglang.srt.model_executor.forward_context:forward_context": "b30bf420a7093942",
     "sglang.srt.model_executor.model_runner:ModelRunner._get_attention_backend": "4047f66415dae8c5",
+    "sglang.srt.managers.scheduler_components.output_streamer:_GenerationStreamAccumulator.accept":
+        "1f50943c70c2b1e4",
 }
 
 

@@ -13,13 +13,16 @@ that variable is set; this module imports no SGLang.
     sglang:droidspeak_bytes_moved_total                 counter    model, direction
     sglang:droidspeak_fallbacks_total                   counter    model, reason
     sglang:droidspeak_policy_decisions_total            counter    model, reason
+    sglang:droidspeak_policy_systems_total              counter    model, system
     sglang:droidspeak_exports_total                     counter    model
     sglang:droidspeak_fetch_seconds_{bucket,sum,count}  histogram  model
     sglang:droidspeak_import_stage_seconds_{...}        histogram  model, stage
 
 ``stage`` is one of IMPORT_STAGES (importer's ImportTimings: fetch = request -> FetchDone,
 recompute = the groups' GPU time, drain = FetchDone -> GPU idle, total); the _sum
-differences around one request give its split (bench-prefill reads them).
+differences around one request give its split (bench-prefill reads them). ``system`` is
+the system an online-policy decision serves (CHOSEN_SYSTEMS: droidspeak, cacheblend,
+full_prefill); every value's series exists from the start.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any, Optional, Union
 ORIGINS = ("remote", "derived")
 DIRECTIONS = ("in", "out")
 IMPORT_STAGES = ("fetch", "recompute", "drain", "total")
+CHOSEN_SYSTEMS = ("droidspeak", "cacheblend", "full_prefill")  # plan.system_points' servable systems
 FETCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 # registry -> {short name: metric}; prometheus refuses a second metric of the same name.
@@ -53,6 +57,7 @@ def _create_metrics(registry: Any) -> dict[str, Any]:
         "bytes": counter("bytes_moved", "KV/E bytes transferred.", "direction"),
         "fallbacks": counter("fallbacks", "Foreign hits abandoned for full prefill.", "reason"),
         "decisions": counter("policy_decisions", "Online-policy decisions by reason.", "reason"),
+        "systems": counter("policy_systems", "Online-policy decisions by the system they serve.", "system"),
         "exports": counter("exports", "Prefixes exported to a peer."),
         "drops": counter("dropped_messages", "Wire messages refused (bad signature, replay, stale, ...).",
                          "reason"),
@@ -105,6 +110,8 @@ class DroidSpeakMetrics:
             self._m[key].labels(model)
         for stage in IMPORT_STAGES:
             self._m["stage"].labels(model, stage)
+        for system in CHOSEN_SYSTEMS:
+            self._m["systems"].labels(model, system)
 
     def record_hit(self, origin: str, num_tokens: int, num_recomputed_layers: int) -> None:
         """One foreign hit: ``origin`` "remote" (fetched) or "derived" (local derived KV)."""
@@ -129,6 +136,11 @@ class DroidSpeakMetrics:
         if type(reason) is not str or not reason:
             raise ValueError(f"reason must be a non-empty str, got {reason!r}")
         self._m["decisions"].labels(self.model, reason).inc()
+
+    def record_system(self, system: str) -> None:
+        """The system one online-policy decision serves (one of CHOSEN_SYSTEMS)."""
+        _check_choice("system", system, CHOSEN_SYSTEMS)
+        self._m["systems"].labels(self.model, system).inc()
 
     def record_export(self) -> None:
         self._m["exports"].labels(self.model).inc()
@@ -167,6 +179,9 @@ class NullMetrics:
         pass
 
     def record_decision(self, reason: Any) -> None:
+        pass
+
+    def record_system(self, system: Any) -> None:
         pass
 
     def record_export(self) -> None:

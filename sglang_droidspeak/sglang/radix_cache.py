@@ -40,6 +40,7 @@ from sglang_droidspeak.sglang.import_queue import JOB_ATTR
 from sglang_droidspeak.sglang.radix_lookup import ForeignLookup
 from sglang_droidspeak.sglang.radix_withdraw import WithdrawOnEvict
 from sglang_droidspeak.sglang.request_plan import OFF, request_plan_choice
+from sglang_droidspeak.sglang.response_info import record_derived
 from sglang_droidspeak.sglang.settings import PlanLookup
 
 FOREIGN_HIT_ATTR = "droidspeak_foreign_hit"
@@ -148,6 +149,7 @@ class DroidSpeakRadixCache(WithdrawOnEvict, ForeignLookup, RadixCache):
             return native
         if self.runtime is not None and getattr(req, JOB_ATTR, None) is None:  # not its own import
             self.runtime.metrics.record_hit("derived", hit.prefix_len, 0)
+            record_derived(req, hit.tag.plan)
         req.extra_key = hit.namespace
         key = RadixKey(params.key.token_ids, hit.namespace, limit=params.key.limit, is_bigram=params.key.is_bigram)
         return super().match_prefix(dataclasses.replace(params, key=key))

@@ -6,6 +6,8 @@
                                                               request-pool row held, fetch queued
                                                               on the worker; None = prefill
                                                               normally (reason logged + counted)
+                                                              the choice or fallback also goes on
+                                                              the request (response_info.py)
     finish_import(job)          the job succeeded             insert under the derived namespace
                                                               (duplicates freed), metrics, log
     abandon_import(job)         the job failed and drained    slots and row freed, the request
@@ -33,6 +35,7 @@ from sglang_droidspeak.sglang.import_job import CancellableReceiver, ImportJob, 
 from sglang_droidspeak.sglang.import_streams import ImportStreams
 from sglang_droidspeak.sglang.importer import allocate, fetch_request
 from sglang_droidspeak.sglang.request_options import request_options
+from sglang_droidspeak.sglang.response_info import record_choice, record_fallback
 from sglang_droidspeak.transfer.errors import FetchFailed, ImportFailed
 
 logger = logging.getLogger(__name__)
@@ -54,12 +57,15 @@ class ImportRole:
         reason = self._refusal(hit, choice)
         if reason is not None:
             setattr(req, FELL_BACK_ATTR, True)
+            record_fallback(req, choice.reason if reason[0] == "policy" else reason[0])
             return self._fallback(reason[0], rid, reason[1])
         try:
             job = self._new_job(tree, req, hit, choice.plan, token_ids, options)
         except ImportFailed as exc:
             setattr(req, FELL_BACK_ATTR, True)
+            record_fallback(req, exc.reason)
             return self._fallback(exc.reason, rid, str(exc))
+        record_choice(req, choice.plan, choice.reason)
         job.fence = record_event(self.imports.compute_stream)
         self.worker.submit(job, self._fetch_from(hit.peer, options.link_gbps), self._request_of(job), job.fence)
         return job
@@ -151,6 +157,7 @@ class ImportRole:
         self.parts.allocator.free(job.slots)
         setattr(job.req, FELL_BACK_ATTR, True)
         reason, message = job.failure
+        record_fallback(job.req, reason)
         if reason in BACKOFF_REASONS:
             self._backoff_until[job.hit.peer] = time.monotonic() + PEER_BACKOFF_S
         self._fallback(reason, job.rid, message)

@@ -47,8 +47,9 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Union
 
+from sglang_droidspeak.plan.blend_plan import BlendPlan
 from sglang_droidspeak.plan.latency import PrefillLatencyModel
 from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.plan.profile import Profile
@@ -61,7 +62,7 @@ from sglang_droidspeak.yaml_io import FileLoadError, read_yaml_file
 CONFIG_ENV = "DROIDSPEAK_CONFIG"
 DEFAULT_SECRET_ENV = "DROIDSPEAK_SECRET"
 MIN_SECRET_BYTES = 16
-PlanLookup = Callable[[str, str], Optional[LayerPlan]]
+PlanLookup = Callable[[str, str], Optional[Union[LayerPlan, BlendPlan]]]
 logger = logging.getLogger(__name__)
 
 
@@ -108,17 +109,17 @@ class DroidSpeakSettings:
         return lookup
 
     def plan_lookup(self) -> PlanLookup:
-        """``(sender, receiver) -> LayerPlan | None``: inline plans, else the pair's profile.
-
-        The profile's plan is its cheapest frontier point within ``max_quality_drop``
-        (profiles are matched by name only). Results, None included, are cached per pair
+        """``(sender, receiver) -> LayerPlan | BlendPlan | None``: inline plans, else the
+        pair's profile's cheapest servable point within ``max_quality_drop``
+        (``Profile.cheapest_servable_within``: a BlendPlan only when a CacheBlend point is
+        cheaper; profiles are matched by name only). Results, None included, are cached per pair
         in the returned function. Never raises: an unusable profile logs one warning and
         gives None.
         """
         inline = {(p.sender, p.receiver): p.plan for p in self.plans}
-        cache: dict[tuple[str, str], Optional[LayerPlan]] = {}
+        cache: dict[tuple[str, str], Optional[Union[LayerPlan, BlendPlan]]] = {}
 
-        def lookup(sender: str, receiver: str) -> Optional[LayerPlan]:
+        def lookup(sender: str, receiver: str) -> Optional[Union[LayerPlan, BlendPlan]]:
             key = (sender, receiver)
             if key in inline:
                 return inline[key]
@@ -130,9 +131,9 @@ class DroidSpeakSettings:
 
         return lookup
 
-    def _profile_plan(self, sender: str, receiver: str) -> Optional[LayerPlan]:
+    def _profile_plan(self, sender: str, receiver: str) -> Optional[Union[LayerPlan, BlendPlan]]:
         profile = _read_profile(Path(self.profiles_dir or "."), sender, receiver)
-        point = profile.cheapest_within(self.max_quality_drop) if profile else None
+        point = profile.cheapest_servable_within(self.max_quality_drop) if profile else None
         if profile is not None and point is None:
             logger.info("droidspeak: no %s->%s frontier point within drop %s", sender, receiver,
                         self.max_quality_drop)

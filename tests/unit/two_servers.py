@@ -36,7 +36,7 @@ from sglang_droidspeak.reference import ReferenceModel
 from sglang_droidspeak.reference.tiny import perturbed_copy, tiny_model
 from sglang_droidspeak.sglang.importer import ModelParts
 from sglang_droidspeak.sglang import plugin
-from sglang_droidspeak.sglang.metrics import NullMetrics
+from sglang_droidspeak.sglang.metrics import CHOSEN_SYSTEMS, NullMetrics
 from sglang_droidspeak.sglang.radix_cache import DroidSpeakRadixCache
 from sglang_droidspeak.sglang.runtime import DroidSpeakRuntime
 from sglang_droidspeak.sglang.settings import parse_settings
@@ -48,7 +48,7 @@ PLAN_GROUPS = [[1, 3]]  # the receiver's inline plan for coder-a -> coder-b
 
 class CountingMetrics(NullMetrics):
     def __init__(self):
-        self.fallbacks, self.hits, self.decisions, self.drops = [], [], [], []
+        self.fallbacks, self.hits, self.decisions, self.drops, self.systems = [], [], [], [], []
         self.bytes = {"in": 0, "out": 0}
 
     def record_bytes(self, direction, num_bytes):
@@ -62,6 +62,10 @@ class CountingMetrics(NullMetrics):
 
     def record_decision(self, reason):
         self.decisions.append(reason)
+
+    def record_system(self, system):
+        assert system in CHOSEN_SYSTEMS, system  # the real counter refuses other labels
+        self.systems.append(system)
 
     def record_drop(self, reason):
         self.drops.append(reason)
