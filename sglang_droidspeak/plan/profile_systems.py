@@ -15,11 +15,13 @@ profile's top ``validation.Section`` (profile_io's type, so errors are ProfileEr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from sglang_droidspeak.plan.layer_plan import LayerGroup, LayerPlan, PlanError
 from sglang_droidspeak.plan.profile import FrontierPoint
-from sglang_droidspeak.plan.system_points import CACHEBLEND, HYBRID, PROFILE_SYSTEMS, HybridPlan, cacheblend_plan
+from sglang_droidspeak.plan.system_points import (
+    CACHEBLEND, HYBRID, PROFILE_SYSTEMS, HybridPlan, cacheblend_plan, plan_from_key,
+)
 
 DROP_TOLERANCE = 1e-6  # quality_drop must be receiver_quality - quality (as the profiler writes it)
 QUALITY_KEYS = ("quality", "quality_drop")
@@ -80,3 +82,16 @@ def parse_systems(top: Any, num_layers: int, receiver_quality: float) -> tuple[F
         top.fail("systems", f"must name at least one of {list(PROFILE_SYSTEMS)}", section.data)
     return tuple(p for name in PROFILE_SYSTEMS if name in section.data
                  for p in _points(section, name, num_layers, receiver_quality))
+
+
+def points_from_scores(scores: Mapping[str, float], receiver_quality: float,
+                       num_layers: int) -> tuple[FrontierPoint, ...]:
+    """Profile ``systems`` points from the profiler's mean scores by system key
+    ("cacheblend:<k>", "hybrid:<s>-<e>+<k>"; other keys are not system points), ordered as
+    the section is: by system, then budget."""
+    points = []
+    for key, quality in scores.items():
+        plan = plan_from_key(key, num_layers)
+        if plan is not None:
+            points.append(FrontierPoint(plan, quality, receiver_quality - quality))
+    return tuple(sorted(points, key=lambda p: (PROFILE_SYSTEMS.index(p.system), p.budget)))

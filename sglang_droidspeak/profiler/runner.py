@@ -19,6 +19,7 @@ from sglang_droidspeak import __version__
 from sglang_droidspeak.config_cli import at_least, check_fields, one_of
 from sglang_droidspeak.identity import check_compatible
 from sglang_droidspeak.plan import FrontierPoint, LayerPlan, ModelRef, Profile, profile_filename, save_profile
+from sglang_droidspeak.plan.profile_systems import points_from_scores
 from sglang_droidspeak.profiler.batched import BatchedPlanScorer
 from sglang_droidspeak.profiler.evaluate import PairEvaluator
 from sglang_droidspeak.profiler.loading import LoadedModel, default_work_dir, load_model, run_header
@@ -62,7 +63,8 @@ class ProfileConfig:
     generate: bool = True
     batch_size: int = field(default=32, metadata=at_least(1))
     # comma-separated layer budgets k: also score CacheBlend-style token recompute at the
-    # compute of k layers (ProfileRun.baselines), to compare with groups of k layers
+    # compute of k layers (ProfileRun.baselines), to compare with groups of k layers; the
+    # profile records them under systems.cacheblend (served as blend:(k/L)@1)
     cacheblend_budgets: str = ""
 
     def __post_init__(self) -> None:
@@ -126,13 +128,14 @@ def profile_models(config: ProfileConfig, sender: LoadedModel, receiver: LoadedM
     receiver_quality = store.mean(RECEIVER.key, metric)
     on_grid = [LayerPlan.full_reuse(num_layers)] + contiguous_plans(num_layers, config.granularity)
     frontier = pareto_frontier(ScoredPlan(p, scores[p]) for p in on_grid)
+    baselines = {b.key: store.mean(b.key, metric) for b in blends}
     profile = Profile(
         sender=ModelRef(sender.name, sender.fingerprint), receiver=ModelRef(receiver.name, receiver.fingerprint),
         num_layers=num_layers, dataset=config.dataset, metric=metric, receiver_quality=receiver_quality,
         full_reuse_quality=scores[LayerPlan.full_reuse(num_layers)],
         frontier=tuple(FrontierPoint(s.plan, s.quality, receiver_quality - s.quality) for s in frontier),
         granularity=config.granularity, sensitivity=tuple(sensitivity_drops(scores, num_layers)),
-        tool_version=__version__,
+        tool_version=__version__, systems=points_from_scores(baselines, receiver_quality, num_layers),
     )
     path = save_profile(profile, Path(config.out_dir) / profile_filename(sender.name, receiver.name))
     plots: tuple[Path, ...] = ()
@@ -140,4 +143,4 @@ def profile_models(config: ProfileConfig, sender: LoadedModel, receiver: LoadedM
         from sglang_droidspeak.profiler.plots import write_profile_plots
 
         plots = write_profile_plots(profile, scores, path.with_suffix(""))
-    return ProfileRun(profile, path, plots, scores, {b.key: store.mean(b.key, metric) for b in blends})
+    return ProfileRun(profile, path, plots, scores, baselines)

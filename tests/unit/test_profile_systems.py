@@ -125,3 +125,12 @@ def test_system_of():
     assert [system_of(p) for p in (None, LayerPlan.full_reuse(4), LayerPlan.full_prefill(4), BlendPlan(4, 0.5),
                                    HybridPlan(4, LayerGroup(0, 1), 1))] == [
         FULL_PREFILL, DROIDSPEAK, FULL_PREFILL, CACHEBLEND, HYBRID]
+
+
+def test_profiler_scores_become_system_points():
+    from sglang_droidspeak.plan.profile_systems import points_from_scores
+
+    scores = {"receiver": 1.0, "plan:[0, 2)": 0.7, "hybrid:0-2+1": 0.95, "cacheblend:3": 0.9, "cacheblend:2": 0.8}
+    points = points_from_scores(scores, 1.0, 8)
+    assert [(str(p.plan), p.quality, p.quality_drop) for p in points] == [
+        ("blend:0.25@1", 0.8, 1.0 - 0.8), ("blend:0.375@1", 0.9, 1.0 - 0.9), ("hybrid:0-2+1", 0.95, 1.0 - 0.95)]
