@@ -36,7 +36,6 @@ from typing import Any
 
 from sglang_droidspeak.identity import ModelFingerprint
 from sglang_droidspeak.plan.blend_plan import BlendPlan
-from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.plan.system_points import (
     CACHEBLEND, DROIDSPEAK, HYBRID, PROFILE_SYSTEMS, SERVABLE, HybridPlan, Plan, cacheblend_budget,
     layer_equivalents, system_of,
