@@ -134,3 +134,10 @@ def test_profiler_scores_become_system_points():
     points = points_from_scores(scores, 1.0, 8)
     assert [(str(p.plan), p.quality, p.quality_drop) for p in points] == [
         ("blend:0.25@1", 0.8, 1.0 - 0.8), ("blend:0.375@1", 0.9, 1.0 - 0.9), ("hybrid:0-2+1", 0.95, 1.0 - 0.95)]
+
+
+def test_profiler_system_keys_are_the_ones_the_profile_reads():
+    from sglang_droidspeak.profiler.systems import cacheblend_system, hybrid_system
+
+    assert plan_from_key(cacheblend_system(3).key, 8) == BlendPlan(8, 3 / 8, 1)
+    assert plan_from_key(hybrid_system(8, 2, 4, 3).key, 8) == HybridPlan(8, LayerGroup(2, 4), 3)
