@@ -22,6 +22,12 @@ tests/unit/test_hook_targets.py fails naming it. Re-read it, adjust, then update
     _GenerationStreamAccumulator.accept            req.customized_info (response_info.py) sliced
                                                    per chunk into meta_info (the tokenizer
                                                    manager, which needs uvloop, is not pinned)
+    RadixCache.cache_finished_req                  overridden: the quality guard sees finished requests
+    SchedulerLogprobResultProcessor.               the guard's teacher forcing: input_top_logprobs rows
+      _process_input_top_logprobs                  from logprob_start_len on, None first
+    Scheduler._set_or_validate_priority            the guard's low priority (only with priority scheduling)
+    ServerArgs.url                                 the guard's own-server URL (loopback for 0.0.0.0)
+    SamplingParams.__post_init__                   temperature 0 becomes top_k 1 (what "greedy" means)
 """
 
 from __future__ import annotations
@@ -43,6 +49,12 @@ REVIEWED = {  # "module:qualname" -> sha256 of inspect.getsource, first 16 hex d
     "sglang.srt.model_executor.model_runner:ModelRunner._get_attention_backend": "4047f66415dae8c5",
     "sglang.srt.managers.scheduler_components.output_streamer:_GenerationStreamAccumulator.accept":
         "1f50943c70c2b1e4",
+    "sglang.srt.mem_cache.radix_cache:RadixCache.cache_finished_req": "55a1780690fd3d23",
+    "sglang.srt.managers.scheduler_components.logprob_result_processor:"
+    "SchedulerLogprobResultProcessor._process_input_top_logprobs": "4dc752b749cb5fd6",
+    "sglang.srt.managers.scheduler:Scheduler._set_or_validate_priority": "e206b5f52ca01b25",
+    "sglang.srt.server_args:ServerArgs.url": "ad754d6f08871a21",
+    "sglang.srt.sampling.sampling_params:SamplingParams.__post_init__": "7c9afee53121fb67",
 }
 
 

@@ -17,12 +17,21 @@ that variable is set; this module imports no SGLang.
     sglang:droidspeak_exports_total                     counter    model
     sglang:droidspeak_fetch_seconds_{bucket,sum,count}  histogram  model
     sglang:droidspeak_import_stage_seconds_{...}        histogram  model, stage
+    sglang:droidspeak_guard_checks_total                counter    model, sender, outcome
+    sglang:droidspeak_guard_trips_total                 counter    model, sender
+    sglang:droidspeak_guard_agreement_{bucket,sum,count}  histogram  model, sender
 
 ``stage`` is one of IMPORT_STAGES (importer's ImportTimings: fetch = request -> FetchDone,
 recompute = the groups' GPU time, drain = FetchDone -> GPU idle, total); the _sum
 differences around one request give its split (bench-prefill reads them). ``system`` is
 the system an online-policy decision serves (CHOSEN_SYSTEMS: droidspeak, cacheblend,
 full_prefill); every value's series exists from the start.
+
+The guard series (quality_guard.py): ``outcome`` is one of GUARD_OUTCOMES (checked = scored,
+dropped = the guard's queue was full, failed = the shadow request or its answer failed);
+``guard_agreement`` observes each scored check's teacher-forced agreement; a trip switches
+the pair (``sender`` -> ``model``) to normal prefill. ``sender`` takes the configured peers'
+model names only.
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ ORIGINS = ("remote", "derived")
 DIRECTIONS = ("in", "out")
 IMPORT_STAGES = ("fetch", "recompute", "drain", "total")
 CHOSEN_SYSTEMS = ("droidspeak", "cacheblend", "full_prefill")  # plan.system_points' servable systems
+GUARD_OUTCOMES = ("checked", "dropped", "failed")
+AGREEMENT_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
 FETCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 # registry -> {short name: metric}; prometheus refuses a second metric of the same name.
@@ -65,6 +76,10 @@ def _create_metrics(registry: Any) -> dict[str, Any]:
                            ("model",), registry=registry, buckets=FETCH_BUCKETS),
         "stage": Histogram("sglang:droidspeak_import_stage_seconds", "Import time by stage.",
                            ("model", "stage"), registry=registry, buckets=FETCH_BUCKETS),
+        "guard_checks": counter("guard_checks", "Quality-guard shadow checks by outcome.", "sender", "outcome"),
+        "guard_trips": counter("guard_trips", "Pairs switched to normal prefill by the quality guard.", "sender"),
+        "guard_agreement": Histogram("sglang:droidspeak_guard_agreement", "Live teacher-forced agreement per check.",
+                                     ("model", "sender"), registry=registry, buckets=AGREEMENT_BUCKETS),
     }
 
 
@@ -78,6 +93,11 @@ def _metrics_for(registry: Any) -> dict[str, Any]:
 def _check_count(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
         raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+
+
+def _check_name(name: str, value: object) -> None:
+    if type(value) is not str or not value:
+        raise ValueError(f"{name} must be a non-empty str, got {value!r}")
 
 
 def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -162,6 +182,22 @@ class DroidSpeakMetrics:
             raise ValueError(f"s must be a finite number >= 0, got {s!r}")
         self._m["stage"].labels(self.model, stage).observe(s)
 
+    def record_guard_check(self, sender: str, outcome: str) -> None:
+        _check_name("sender", sender)
+        _check_choice("outcome", outcome, GUARD_OUTCOMES)
+        self._m["guard_checks"].labels(self.model, sender, outcome).inc()
+
+    def record_guard_trip(self, sender: str) -> None:
+        _check_name("sender", sender)
+        self._m["guard_trips"].labels(self.model, sender).inc()
+
+    def observe_guard_agreement(self, sender: str, agreement: float) -> None:
+        _check_name("sender", sender)
+        if (isinstance(agreement, bool) or not isinstance(agreement, numbers.Real) or not math.isfinite(agreement)
+                or not 0 <= agreement <= 1):
+            raise ValueError(f"agreement must be a number in [0, 1], got {agreement!r}")
+        self._m["guard_agreement"].labels(self.model, sender).observe(agreement)
+
 
 class NullMetrics:
     """The same methods as DroidSpeakMetrics; each accepts anything and does nothing."""
@@ -194,6 +230,15 @@ class NullMetrics:
         pass
 
     def observe_import_stage(self, stage: Any, s: Any) -> None:
+        pass
+
+    def record_guard_check(self, sender: Any, outcome: Any) -> None:
+        pass
+
+    def record_guard_trip(self, sender: Any) -> None:
+        pass
+
+    def observe_guard_agreement(self, sender: Any, agreement: Any) -> None:
         pass
 
 

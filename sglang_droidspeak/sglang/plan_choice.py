@@ -25,6 +25,7 @@ from sglang_droidspeak.plan.blend_plan import BlendPlan
 from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.plan.policy import choose_plan, servable
 from sglang_droidspeak.plan.system_points import system_of
+from sglang_droidspeak.sglang.quality_guard import GUARD_REASON
 from sglang_droidspeak.sglang.settings import DroidSpeakSettings
 
 STATIC = "static plan"
@@ -42,6 +43,8 @@ class PlanChoice(NamedTuple):
 
 
 class PlanChooser:
+    guard: Any = None  # the live QualityGuard (quality_guard.py), set by the runtime; None: off
+
     def __init__(self, settings: DroidSpeakSettings, model: str, num_layers: int, metrics: Any):
         self.settings, self.model, self.num_layers, self.metrics = settings, model, num_layers, metrics
         self._profiles = settings.profile_lookup() if settings.policy_enabled else None
@@ -51,6 +54,8 @@ class PlanChooser:
                queue_len: int, pipelined: Optional[bool] = None) -> PlanChoice:
         """The plan for one REMOTE hit of ``prefix_len`` tokens (``default``: the pair's plan).
         ``pipelined``: the request's own import mode (None: the latency model's)."""
+        if not forced and self.guard is not None and self.guard.blocks(sender):  # tripped: prefill normally
+            return PlanChoice(None, GUARD_REASON)
         profile = None if forced or self._profiles is None else self._profiles(sender, self.model)
         if profile is None:
             return PlanChoice(default, STATIC)

@@ -154,6 +154,14 @@ class DroidSpeakRadixCache(WithdrawOnEvict, ForeignLookup, RadixCache):
         key = RadixKey(params.key.token_ids, hit.namespace, limit=params.key.limit, is_bigram=params.key.is_bigram)
         return super().match_prefix(dataclasses.replace(params, key=key))
 
+    def cache_finished_req(self, req: Any, is_insert: bool = True, **kwargs: Any) -> None:
+        """SGLang's, then the runtime's quality guard sees the finished request (it may
+        shadow-check a reused one; it never raises or blocks). Also called for retracted and
+        aborted requests: the guard skips those (``Req.finished()``, FINISH_ABORT)."""
+        super().cache_finished_req(req, is_insert, **kwargs)
+        if self.runtime is not None:
+            self.runtime.on_request_finished(req)
+
     # ---- DroidSpeak queries ----
 
     def match_prefix_split(self, params: MatchPrefixParams, plan: Optional[LayerPlan] = None) -> TaggedMatch:

@@ -4,6 +4,9 @@
     _longest_planned_remote   the longest REMOTE prefix whose sender has a plan for this
                               model (or a forced plan), preferring replicas not in backoff
     _longest_derived          the longest DERIVED prefix (namespace, length) reusable here
+
+Both skip a sender the live quality guard tripped (quality_guard.py), unless the request
+forced its plan.
     _derived_hit              that DERIVED prefix as a ForeignHit with its device indices
     _peek_len                 a matched length without splitting nodes or touching times
 
@@ -39,6 +42,9 @@ class ForeignLookup:
                 remote = self.remote_index.longest_match(tokens, base=base, exclude=excluded)
             if remote is None:
                 return None, None
+            if forced is None and self.runtime is not None and self.runtime.guard_blocks(remote.sender):
+                excluded.add(remote.sender)  # the quality guard tripped this pair: prefill normally
+                continue
             plan = forced or self.plan_lookup(remote.sender, self.model)
             if plan is not None:
                 return remote, plan
@@ -54,6 +60,8 @@ class ForeignLookup:
             tag = decode_namespace(namespace, self.model).tag
             if not reusable_by(tag, self.model) or (plan is not None and tag.plan != str(plan)):
                 continue
+            if plan is None and self.runtime is not None and self.runtime.guard_blocks(tag.origin_sender):
+                continue  # tripped by the quality guard: its derived KV is not adopted either
             matched = self._peek_len(RadixKey(tokens, namespace))
             if matched > best_len:
                 best_ns, best_len = namespace, matched

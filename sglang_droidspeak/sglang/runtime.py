@@ -74,6 +74,7 @@ class DroidSpeakRuntime(ImportRole, DirectoryRole):
         self._warned: set[str] = set()
         self._backoff_until: dict[str, float] = {}  # peer fetch endpoint -> monotonic time
         self.chooser = PlanChooser(settings, model, num_layers, metrics)
+        self.guard: Any = None  # QualityGuard (set_guard); None: no live quality guard
         # one listener per peer: an announcement is credited to the replica it came from
         self.listeners = [DirectoryListener([peer.announce], secret, functools.partial(self._on_announce, peer=peer),
                                             on_drop=metrics.record_drop)
@@ -84,6 +85,19 @@ class DroidSpeakRuntime(ImportRole, DirectoryRole):
 
     def attach(self, tree: Any) -> None:
         self.tree = tree
+
+    def set_guard(self, guard: Any) -> None:
+        """The live quality guard (quality_guard.py): fed by the tree's cache_finished_req, it
+        blocks tripped senders in the tree's lookups and in the plan choice."""
+        self.guard = self.chooser.guard = guard
+
+    def on_request_finished(self, req: Any) -> None:
+        """A request left the tree (``cache_finished_req``): maybe shadow-check it (never raises)."""
+        if self.guard is not None:
+            self.guard.on_finished(req)
+
+    def guard_blocks(self, sender: str) -> bool:
+        return self.guard is not None and self.guard.blocks(sender)
 
     # ---- scheduler loop ----
 
@@ -155,6 +169,8 @@ class DroidSpeakRuntime(ImportRole, DirectoryRole):
             logger.warning(fmt, *args)
 
     def close(self) -> None:
+        if self.guard is not None:
+            self.guard.close()
         self.imports.close()
         if self.worker is not None:
             self.worker.close()

@@ -18,6 +18,7 @@ from sglang_droidspeak.identity.fingerprint import fingerprint_model_dir
 from sglang_droidspeak.sglang.engine_forward import EngineForward, engine_unsupported
 from sglang_droidspeak.sglang.importer import ModelParts
 from sglang_droidspeak.sglang.metrics import make_metrics
+from sglang_droidspeak.sglang.quality_guard import build_guard
 from sglang_droidspeak.sglang.settings import DroidSpeakSettings
 
 logger = logging.getLogger(__name__)
@@ -70,5 +71,7 @@ def build_runtime(ctx: Any, settings: DroidSpeakSettings, model_name: str):
         logger.warning("droidspeak: cross-model reuse off for %r: cannot fingerprint the model: %s", model_name, exc)
         metrics.record_fallback("unsupported")
         return None
-    return DroidSpeakRuntime(settings, model_name, fingerprint, _model_parts(ctx, runner), num_model_layers(ctx),
-                             metrics, settings.secret())
+    runtime = DroidSpeakRuntime(settings, model_name, fingerprint, _model_parts(ctx, runner), num_model_layers(ctx),
+                                metrics, settings.secret())
+    runtime.set_guard(build_guard(settings, model_name, metrics, ctx.server_args))  # None unless guard_fraction > 0
+    return runtime

@@ -34,6 +34,7 @@ from sglang_droidspeak.radix.hits import ForeignHit
 from sglang_droidspeak.sglang.import_job import CancellableReceiver, ImportJob, PoolRow, record_event
 from sglang_droidspeak.sglang.import_streams import ImportStreams
 from sglang_droidspeak.sglang.importer import allocate, fetch_request
+from sglang_droidspeak.sglang.quality_guard import GUARD_REASON
 from sglang_droidspeak.sglang.request_options import request_options
 from sglang_droidspeak.sglang.response_info import record_choice, record_fallback
 from sglang_droidspeak.transfer.errors import FetchFailed, ImportFailed
@@ -72,7 +73,7 @@ class ImportRole:
 
     def _refusal(self, hit: ForeignHit, choice: Any) -> Optional[tuple[str, str]]:
         if choice.plan is None:
-            return "policy", choice.reason
+            return ("quality_guard" if choice.reason == GUARD_REASON else "policy"), choice.reason
         if choice.plan.num_layers != self.num_layers:
             return "bad_plan", f"plan for {choice.plan.num_layers} layers, model has {self.num_layers}"
         if self.client is None or hit.peer not in self._peer_fetches:

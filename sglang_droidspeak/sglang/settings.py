@@ -35,6 +35,14 @@
     slo_ttft_ms: 500               # with latency_model and profiles_dir: the online policy
     latency_model: {ms_per_layer_token: 0.0004, ms_fixed: 5, kv_bytes_per_layer_token: 4096,
                     e_bytes_per_token: 8192, link_gbps: 25, pipelined: false}   # plan.latency
+    guard_fraction: 0.02           # receiver: live quality guard (quality_guard.py): re-run this share
+                                   #   of reused greedy requests as a normal prefill, at low priority
+    guard_margin: 0.05             #   a pair trips (normal prefill until restart) when its mean live
+    guard_window: 32               #   agreement over the last guard_window checks (>= guard_min_checks)
+    guard_min_checks: 8            #   is below its profile's bound - guard_margin
+    guard_min_output_tokens: 4     #   only requests with at least this many output tokens
+    guard_timeout_s: 30            #   one shadow request's HTTP timeout
+    guard_url: http://127.0.0.1:30000   # default: this server's own URL (ServerArgs.url())
 
 Endpoints are ``tcp://host:port`` (port 1..65535) or ``ipc://path``; only the format is
 checked. Every error is a SettingsError naming the file and field. Imports no SGLang:
@@ -55,8 +63,8 @@ from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.plan.profile import Profile
 from sglang_droidspeak.plan.profile_io import load_profile, profile_filename
 from sglang_droidspeak.sglang.settings_fields import (  # noqa: F401 - Peer/PairPlan/SettingsError are public here
-    DATA_PLANES, PairPlan, Peer, SettingsError, _binds, _choice, _flag, _latency_model, _number, _optional_str,
-    _pair_plan, _peers, _secret_env)
+    DATA_PLANES, GUARD_KEYS, PairPlan, Peer, SettingsError, _binds, _choice, _flag, _guard_fields, _latency_model,
+    _number, _optional_str, _pair_plan, _peers, _secret_env)
 from sglang_droidspeak.yaml_io import FileLoadError, read_yaml_file
 
 CONFIG_ENV = "DROIDSPEAK_CONFIG"
@@ -90,6 +98,13 @@ class DroidSpeakSettings:
     peers: tuple[Peer, ...] = ()
     slo_ttft_ms: Optional[float] = None  # with latency_model and profiles_dir: online policy
     latency_model: Optional[PrefillLatencyModel] = None
+    guard_fraction: float = 0.0  # receiver: share of reused greedy requests shadow-checked (quality_guard.py)
+    guard_margin: float = 0.05  # trip when live agreement < the profile's bound - this
+    guard_window: int = 32  # checks per pair the live agreement is averaged over
+    guard_min_checks: int = 8  # no trip before this many checks of the pair
+    guard_min_output_tokens: int = 4  # only requests with at least this many output tokens
+    guard_timeout_s: float = 30.0  # one shadow request's HTTP timeout
+    guard_url: Optional[str] = None  # where shadow requests go (default: this server's own URL)
     source: str = field(default="<settings>", compare=False)  # file name, for messages
 
     @property
@@ -179,6 +194,7 @@ _KEYS = {"model", "allow_derived_export", "min_foreign_tokens", "plans", "profil
          "fetch_timeout_s", "data_plane", "nccl_host", "secret_env", "export_bind", "announce_bind", "peers",
          "slo_ttft_ms", "latency_model", "pipelined", "throttle_gbps", "allow_request_throttle",
          "import_mode", "import_chunk_tokens", "import_busy_token_layers", "import_deadline_s"}
+_KEYS |= GUARD_KEYS  # the live quality guard (quality_guard.py)
 IMPORT_MODES = ("async", "eager", "overlap", "blocking")
 
 
@@ -240,6 +256,7 @@ def parse_settings(data: Any, where: str = "<settings>") -> DroidSpeakSettings:
         peers=_peers(data.get("peers") or [], model, where),
         slo_ttft_ms=None if data.get("slo_ttft_ms") is None else _number(data, "slo_ttft_ms", 0, where, True),
         latency_model=_latency_model(data.get("latency_model"), f"{where}: latency_model"),
+        **_guard_fields(data, where),
         source=where,
     )
 

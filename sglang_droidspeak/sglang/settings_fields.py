@@ -145,3 +145,29 @@ def _peers(entries: Any, model: Optional[str], where: str) -> tuple[Peer, ...]:
                 raise SettingsError(f"{at}.{key}: {getattr(peer, key)!r} is listed twice")
         peers.append(peer)
     return tuple(peers)
+
+
+GUARD_KEYS = {"guard_fraction", "guard_margin", "guard_window", "guard_min_checks", "guard_min_output_tokens",
+              "guard_timeout_s", "guard_url"}
+
+
+def _guard_fields(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The live quality guard's settings (sglang/quality_guard.py), validated."""
+    fraction = _number(data, "guard_fraction", 0.0, where, positive=False)
+    if fraction > 1:
+        raise SettingsError(f"{where}: guard_fraction: must be a number in [0, 1], got {fraction!r}")
+    ints = {}
+    for name, default in (("guard_window", 32), ("guard_min_checks", 8), ("guard_min_output_tokens", 4)):
+        value = data.get(name, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise SettingsError(f"{where}: {name}: must be an int >= 1, got {value!r}")
+        ints[name] = value
+    if ints["guard_min_checks"] > ints["guard_window"]:
+        raise SettingsError(f"{where}: guard_min_checks: {ints['guard_min_checks']} is more than guard_window "
+                            f"({ints['guard_window']}): the guard could never trip")
+    url = _optional_str(data, "guard_url", where)
+    if url is not None and (not url.startswith(("http://", "https://")) or any(c.isspace() for c in url)):
+        raise SettingsError(f"{where}: guard_url: must be an 'http://host:port' or 'https://...' URL, got {url!r}")
+    return {"guard_fraction": fraction, "guard_margin": _number(data, "guard_margin", 0.05, where, positive=False),
+            "guard_timeout_s": _number(data, "guard_timeout_s", 30.0, where, positive=True), "guard_url": url,
+            **ints}

@@ -14,7 +14,7 @@ from sglang_droidspeak.sglang.plugin import HOOK_TARGETS  # noqa: E402
 def test_every_reviewed_target_is_unchanged_in_the_installed_sglang():
     states = hook_targets.check()
     assert [s for s in states if s.state != "ok"] == []
-    assert len(states) == 9
+    assert len(states) == 14
 
 
 def test_every_hooked_method_is_pinned():
