@@ -25,7 +25,8 @@ from sglang.srt.sampling.sampling_params import SamplingParams  # noqa: E402
 from shadow_server import shadow_server  # noqa: E402
 from sglang_droidspeak.identity import fingerprint_from_config  # noqa: E402
 from sglang_droidspeak.plan import FrontierPoint, LayerPlan, ModelRef, Profile, save_profile  # noqa: E402
-from sglang_droidspeak.sglang.quality_guard import GUARD_REASON, QualityGuard, ShadowEndpoint, profile_bound  # noqa: E402
+from sglang_droidspeak.sglang.quality_guard import (GUARD_REASON, QualityGuard, ShadowEndpoint,  # noqa: E402
+                                                   profile_bound)
 from two_servers import (CountingMetrics, NUM_LAYERS, announce_and_wait, import_and_match, leak_free,  # noqa: E402
                          tiny_pair_models, two_servers)
 
