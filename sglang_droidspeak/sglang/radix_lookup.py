@@ -4,11 +4,11 @@
     _longest_planned_remote   the longest REMOTE prefix whose sender has a plan for this
                               model (or a forced plan), preferring replicas not in backoff
     _longest_derived          the longest DERIVED prefix (namespace, length) reusable here
-
-Both skip a sender the live quality guard tripped (quality_guard.py), unless the request
-forced its plan.
     _derived_hit              that DERIVED prefix as a ForeignHit with its device indices
     _peek_len                 a matched length without splitting nodes or touching times
+
+The first two skip a sender the live quality guard tripped (quality_guard.py), unless the
+request forced its plan.
 
 The host class provides ``model``, ``runtime``, ``remote_index``, ``plan_lookup``,
 ``page_size``, ``root_node``, ``_derived_namespaces`` and SGLang's RadixCache API; put
