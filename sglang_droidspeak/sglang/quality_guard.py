@@ -27,9 +27,9 @@ not on a plan the request forced (``custom_params.droidspeak_plan``): a forced p
 client's choice, not the profile's promise.
 
 The bound of one check: the agreement the pair's profile promises for the plan used, i.e. the
-``quality`` of the frontier point with that plan when the profile's metric is ``agreement``;
-otherwise (another metric, no profile, an inline plan that is not on the frontier, a blend
-plan) ``1 - max_quality_drop``: the settings' promise read as agreement. Each check keeps its
+``quality`` of the profile's point with that plan (its DroidSpeak frontier or its CacheBlend
+``systems`` points) when the profile's metric is ``agreement``; otherwise (another metric, no
+profile, an inline or forced plan the profile did not measure) ``1 - max_quality_drop``: the settings' promise read as agreement. Each check keeps its
 own bound, so a window that mixes plans compares with the mean of their bounds.
 
 Imports no SGLang (the caller passes SGLang's ``Req`` and ``server_args``).
@@ -341,8 +341,9 @@ def profile_bound(settings: Any, model: str) -> BoundOf:
     def bound_of(sender: str, plan: str) -> float:
         if (sender, plan) not in cache:
             profile = profiles(sender, model)
-            points = [] if profile is None or profile.metric != "agreement" else \
-                [p.quality for p in profile.frontier if str(p.plan) == plan]
+            measured = () if profile is None or profile.metric != "agreement" else \
+                getattr(profile, "points", lambda: profile.frontier)()  # DroidSpeak, then CacheBlend points
+            points = [p.quality for p in measured if str(p.plan) == plan]
             value = points[0] if points else default
             cache[(sender, plan)] = value if math.isfinite(value) else default
         return cache[(sender, plan)]

@@ -15,6 +15,7 @@ import pytest
 from shadow_server import shadow_server
 from sglang_droidspeak.identity import fingerprint_from_config
 from sglang_droidspeak.plan import FrontierPoint, LayerPlan, ModelRef, Profile, save_profile
+from sglang_droidspeak.plan.blend_plan import parse_blend
 from sglang_droidspeak.radix.namespace import encode_namespace
 from sglang_droidspeak.radix.tags import ModelTag
 from sglang_droidspeak.sglang.metrics import DroidSpeakMetrics, NullMetrics
@@ -48,10 +49,11 @@ def _fp():
 
 
 def save_agreement_profile(directory, quality=0.98, metric="agreement", sender="coder-a"):
-    """A pair profile promising ``quality`` agreement for PLAN."""
+    """A pair profile promising ``quality`` agreement for PLAN, and 0.9 for CacheBlend at 0.25."""
     point = FrontierPoint(PLAN, quality, round(1.0 - quality, 10))
+    blend = FrontierPoint(parse_blend("blend:0.25", 8), 0.9, 0.1)
     save_profile(Profile(ModelRef(sender, _fp()), ModelRef("coder-b", _fp()), 8, "lcc", metric, 1.0, 0.5,
-                         (point,)), directory / f"{sender}__coder-b.yaml")
+                         (point,), systems=(blend,)), directory / f"{sender}__coder-b.yaml")
 
 
 # ---- window and trip ----
@@ -170,6 +172,7 @@ def test_the_bound_is_the_profiles_agreement_for_the_plan_else_one_minus_max_qua
     save_agreement_profile(tmp_path, 0.9, metric="edit_sim", sender="coder-c")
     bound = profile_bound(parse_settings({"profiles_dir": str(tmp_path), "max_quality_drop": 0.07}), "coder-b")
     assert bound("coder-a", "[0, 2)") == 0.98
+    assert bound("coder-a", "blend:0.25@1") == 0.9  # the profile's CacheBlend point
     assert bound("coder-a", "[0, 4)") == pytest.approx(0.93)  # not on the frontier
     assert bound("coder-c", "[0, 2)") == pytest.approx(0.93)  # not an agreement profile
     assert bound("coder-x", "[0, 2)") == pytest.approx(0.93)  # no profile
