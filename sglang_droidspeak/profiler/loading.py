@@ -1,4 +1,11 @@
-"""Load a model for the reference engine: a HF directory, or a micro-family name."""
+"""Load a model for the reference engine: a HF directory, a real-family name or a micro-family name.
+
+    name                    resolves to
+    an existing directory   itself (the model is named after the directory)
+    smollm2-base            the converted pinned SmolLM2 base (real/base.py)
+    smollm2-<lora variant>  the base with the committed adapter merged (real/variants.py)
+    tester, libwriter, ...  the micro family (built on first use)
+"""
 
 from __future__ import annotations
 
@@ -29,11 +36,18 @@ def default_work_dir() -> Path:
     return default_cache_dir() / "profiler"
 
 
+REAL_PREFIX = "smollm2-"
+
+
 def resolve_model_path(name_or_path: str) -> Path:
-    """A directory as given, else a micro-family model name (building the family if needed)."""
+    """A directory as given, else a real-family or micro-family model name (built if needed)."""
     path = Path(name_or_path)
     if path.is_dir():
         return path
+    if name_or_path.startswith(REAL_PREFIX):
+        from sglang_droidspeak.real.variants import ensure_variant
+
+        return ensure_variant(name_or_path.removeprefix(REAL_PREFIX))
     from sglang_droidspeak.family import ensure_family
 
     family = ensure_family()

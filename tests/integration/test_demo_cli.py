@@ -1,6 +1,8 @@
-"""The README's main job end to end: ``droidspeak demo`` on the real micro family.
+"""The README's main job end to end: ``droidspeak demo`` on the micro family and, by
+default, on the real family (SmolLM2 base -> a LoRA fine-tune from its committed adapter).
 
-Slow: builds the family on a fresh machine (minutes on 2 cores), then reuses the cache.
+Slow: builds the micro family on a fresh machine (minutes on 2 cores), then reuses the
+cache; the real demo converts nothing (install_cpu.sh did) and merges one adapter.
 Runs the installed console script in a subprocess, as a user would.
 """
 
@@ -20,7 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_demo_prints_the_comparison_table():
     exe = shutil.which("droidspeak") or f"{sys.executable} -m sglang_droidspeak.cli"
-    out = subprocess.run(f"{exe} demo --num-examples 6 --timing-repeats 1", shell=True, cwd=REPO,
+    out = subprocess.run(f"{exe} demo --sender tester --receiver libwriter --corpus stdlib --split lib_heldout "
+                         "--context-len 1024 --num-examples 6 --timing-repeats 1", shell=True, cwd=REPO,
                          capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
