@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples-per-chunk", type=int, default=16, help="examples whose prefixes are built together")
     p.add_argument("--rows-per-batch", type=int, default=512, help="(system, example) rows per batched decode")
     p.add_argument("--pairs", type=int, default=0, help="only the first N pairs (0 = all)")
+    p.add_argument("--only", default="", help="comma-separated SENDER__RECEIVER pairs (default: every pair)")
     p.add_argument("--budget-s", type=float, default=240.0, help="start no pair after this many seconds")
     p.add_argument("--rehearse", action="store_true", help="models missing: build them (and profiles) at tiny "
                                                             "settings with real_family.py first (CPU rehearsal)")
@@ -112,9 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     report["corpus"] = corpus.describe()
     from sglang_droidspeak.profiler.loading import load_model
 
-    models = {n: load_model(str(WORK / "models" / n), args.device, getattr(torch, args.dtype)) for n in names}
-    report["seconds"]["load"] = lap()
     pairs = ordered_pairs(names)[: args.pairs or None]
+    if args.only:  # e.g. the LoRA pairs on a CPU, where no full fine-tune exists
+        wanted = args.only.split(",")
+        unknown = [k for k in wanted if k not in {f"{a}__{b}" for a, b in pairs}]
+        if unknown:
+            raise SystemExit(f"--only: unknown pair(s) {unknown}; pairs are SENDER__RECEIVER of {', '.join(names)}")
+        pairs = [(a, b) for a, b in pairs if f"{a}__{b}" in wanted]
+    needed = sorted({n for pair in pairs for n in pair})
+    models = {n: load_model(str(WORK / "models" / n), args.device, getattr(torch, args.dtype)) for n in needed}
+    report["seconds"]["load"] = lap()
     examples: dict = {}
     for sender, receiver in pairs:
         key = f"{sender}__{receiver}"

@@ -99,3 +99,25 @@ def test_a_lora_variant_is_rebuilt_from_its_committed_adapter_on_cpu(tiny_base, 
         ensure_variant("lib-full", root=root)
     with pytest.raises(FileNotFoundError, match="is missing: the recipe writes it"):
         ensure_variant("test-lora", adapters_dir=tmp_path, root=root)
+
+
+def _forward_after_a_step(context) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inside ONE autocast region (as train_variant's loop): forward, change the weight as an
+    optimizer step does (in place), forward again."""
+    torch.manual_seed(0)
+    layer, x = torch.nn.Linear(8, 8), torch.randn(4, 8)
+    with context:
+        before = layer(x).float()
+        with torch.no_grad():
+            layer.weight.add_(1.0)
+        after = layer(x).float()
+    return before, after
+
+
+def test_autocast_weight_cache_would_hide_the_optimizer_step_and_the_recipe_turns_it_off():
+    from sglang_droidspeak.real.finetune import bf16_autocast
+
+    before, after = _forward_after_a_step(torch.autocast("cpu", dtype=torch.bfloat16))
+    assert torch.equal(before, after)  # the pitfall: the cached bf16 weight is the step-0 one
+    before, after = _forward_after_a_step(bf16_autocast("cpu"))
+    assert not torch.equal(before, after)  # the recipe's autocast sees every step
