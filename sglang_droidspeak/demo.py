@@ -132,7 +132,7 @@ def _label(system: System) -> str:
 def _answers(evaluator: PairEvaluator, systems: list[System], store: ResultStore, width: int = 72) -> str:
     """The first context's query tail and every system's answer, one line each."""
     example = evaluator.examples[0]
-    tail = evaluator.tokenizer.decode(list(example.query_ids)).splitlines() or [""]
+    tail = [line for line in evaluator.tokenizer.decode(list(example.query_ids)).splitlines() if line.strip()] or [""]
     show = lambda text: repr(text[:width])  # noqa: E731
     rows = [f"first context: {example.source}, the query ends with {show(tail[-1])}",
             f"  {'true next line':<26}{show(example.target)}"]

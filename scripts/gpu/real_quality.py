@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples-per-chunk", type=int, default=16, help="examples whose prefixes are built together")
     p.add_argument("--rows-per-batch", type=int, default=512, help="(system, example) rows per batched decode")
     p.add_argument("--pairs", type=int, default=0, help="only the first N pairs (0 = all)")
+    p.add_argument("--profiles-dir", default="", help="default: $DROIDSPEAK_REAL_DIR/results/profiles (real_family's)")
     p.add_argument("--only", default="", help="comma-separated SENDER__RECEIVER pairs (default: every pair)")
     p.add_argument("--budget-s", type=float, default=240.0, help="start no pair after this many seconds")
     p.add_argument("--rehearse", action="store_true", help="models missing: build them (and profiles) at tiny "
@@ -159,10 +160,11 @@ def study_pair(args, sender, receiver, task: str, split: str, corpus, examples: 
     from sglang_droidspeak.tasks import TASKS, build_task
 
     began = time.perf_counter()
-    profile = find_profile(results / "profiles", ModelRef(sender.name, sender.fingerprint),
+    profiles_dir = Path(args.profiles_dir) if args.profiles_dir else results / "profiles"
+    profile = find_profile(profiles_dir, ModelRef(sender.name, sender.fingerprint),
                            ModelRef(receiver.name, receiver.fingerprint))
     if profile is None:
-        raise FileNotFoundError(f"no profile for {sender.name} -> {receiver.name} in {results / 'profiles'}")
+        raise FileNotFoundError(f"no profile for {sender.name} -> {receiver.name} in {profiles_dir}")
     if (task, split) not in examples:
         examples[task, split] = build_task(task, receiver.tokenizer, split=split, num_examples=args.num_examples,
                                            context_len=args.context_len, query_len=args.query_len, seed=args.seed,

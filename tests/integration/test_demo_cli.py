@@ -35,3 +35,17 @@ def test_demo_prints_the_comparison_table():
     assert full.group(2) == "100" and full.group(3) == "True" and float(full.group(4)) == 1.0
     assert reuse.group(2) == "0"
     assert re.search(r"^DroidSpeak \[\d+, \d+\)", text, re.M), text
+
+
+@pytest.mark.slow
+def test_the_default_demo_runs_on_the_real_family_and_shows_each_systems_answer():
+    exe = shutil.which("droidspeak") or f"{sys.executable} -m sglang_droidspeak.cli"
+    out = subprocess.run(f"{exe} demo --num-examples 2 --timing-repeats 1", shell=True, cwd=REPO,
+                         capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "A=smollm2-base -> B=smollm2-test-lora (30 layers); profile loaded from profiles/" in text
+    answers = re.findall(r"^  (B full prefill|full reuse|DroidSpeak \[\d+, \d+\)|A alone \(no B\))\s+'", text, re.M)
+    assert len(answers) == 4, text
+    full = re.search(r"^B full prefill\s+[\d.]+\s+100%\s+True\s+1\.000", text, re.M)
+    assert full, text
