@@ -32,50 +32,32 @@ The bound of one check: the agreement the pair's profile promises for the plan u
 profile, an inline or forced plan the profile did not measure) ``1 - max_quality_drop``: the settings' promise read as agreement. Each check keeps its
 own bound, so a window that mixes plans compares with the mean of their bounds.
 
-Imports no SGLang (the caller passes SGLang's ``Req`` and ``server_args``).
+The shadow request itself (body, agreement, endpoint, which requests qualify) is
+guard_shadow.py. Imports no SGLang (the caller passes SGLang's ``Req`` and ``server_args``).
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import math
 import queue
 import random
-import ssl
-import sys
 import threading
-import urllib.request
-import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Optional
 
+from sglang_droidspeak.sglang.guard_shadow import (  # noqa: F401 (re-exported: tests, callers)
+    PLAN_FORCED_ATTR, RID_PREFIX, ShadowCheck, ShadowEndpoint, ShadowError, guardable, shadow_body,
+    teacher_forced_agreement,
+)
 from sglang_droidspeak.radix.namespace import decode_namespace, is_tagged_namespace
 from sglang_droidspeak.radix.tags import KVOrigin
 
 logger = logging.getLogger(__name__)
 GUARD_REASON = "quality guard"  # PlanChooser's reason for a blocked pair
 QUEUE_SIZE = 16  # shadow checks waiting for the guard thread; more are dropped and counted
-RID_PREFIX = "droidspeak-guard-"
 OUTCOMES = ("checked", "dropped", "failed")  # guard_checks_total{outcome}
-PLAN_FORCED_ATTR = "droidspeak_plan_forced"  # radix_cache.PLAN_FORCED_ATTR (no SGLang import here)
-
-
-class ShadowError(ValueError):
-    """A shadow answer that cannot be scored (wrong shape, missing logprobs)."""
-
-
-@dataclass(frozen=True)
-class ShadowCheck:
-    """One reused request to check: who served it, with which plan, and its ids."""
-
-    rid: str
-    sender: str
-    plan: str
-    bound: float
-    prompt_ids: tuple[int, ...]
-    output_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -84,54 +66,6 @@ class Trip:
     live: float  # mean agreement of the window
     bound: float  # mean bound of the window
     checks: int
-
-
-# ---- pure parts ----
-
-def shadow_body(check: ShadowCheck, priority: Optional[int] = None) -> dict:
-    """The /generate JSON for ``check``: prompt + reused output, prefilled normally, top-1 at
-    every output position (SGLang 0.5.17 semantics: managers/scheduler.py handle_generate_request
-    keeps ``logprob_start_len``; logprob_result_processor.py returns ``input_top_logprobs`` for
-    input positions ``logprob_start_len..`` with None first)."""
-    body = {
-        "rid": RID_PREFIX + uuid.uuid4().hex,
-        "input_ids": list(check.prompt_ids) + list(check.output_ids),
-        "sampling_params": {"max_new_tokens": 1, "temperature": 0.0,
-                            "custom_params": {"droidspeak_plan": "off"}},
-        "return_logprob": True,
-        "logprob_start_len": len(check.prompt_ids) - 1,
-        "top_logprobs_num": 1,
-    }
-    if priority is not None:
-        body["priority"] = priority
-    return body
-
-
-def teacher_forced_agreement(output_ids: Sequence[int], answer: Mapping) -> float:
-    """Share of ``output_ids`` equal to the full prefill's top-1 at their positions.
-
-    ``answer`` is /generate's JSON for ``shadow_body``: ``meta_info.input_top_logprobs`` has one
-    entry per input token from ``logprob_start_len`` = prompt_len - 1 on (len(output) + 1), the
-    first None; entry k >= 1 is the distribution that predicted input token prompt_len - 1 + k,
-    i.e. output token k - 1, as ``[[logprob, token_id, text], ...]``, best first.
-    """
-    meta = answer.get("meta_info") if isinstance(answer, Mapping) else None
-    rows = meta.get("input_top_logprobs") if isinstance(meta, Mapping) else None
-    if not isinstance(rows, list):
-        raise ShadowError("the answer has no meta_info.input_top_logprobs")
-    if len(rows) != len(output_ids) + 1:
-        raise ShadowError(f"input_top_logprobs has {len(rows)} rows, expected {len(output_ids) + 1}")
-    hits = 0
-    for k, token in enumerate(output_ids, start=1):
-        row = rows[k]
-        try:
-            top1 = row[0][1]
-        except (TypeError, IndexError, KeyError):
-            raise ShadowError(f"input_top_logprobs[{k}] is not a top-1 entry: {row!r}") from None
-        if isinstance(top1, bool) or not isinstance(top1, int):
-            raise ShadowError(f"input_top_logprobs[{k}]: token id {top1!r} is not an int")
-        hits += top1 == token
-    return hits / len(output_ids)
 
 
 class PairWindow:
@@ -154,63 +88,6 @@ class PairWindow:
     def trips(self, min_checks: int, margin: float) -> bool:
         """At least ``min_checks`` checks and live < bound - margin (1e-9 slack for sums)."""
         return len(self.checks) >= min_checks and self.live < self.bound - margin - 1e-9
-
-
-def guardable(req: Any, min_output_tokens: int) -> bool:
-    """Whether a finished request can be checked by teacher forcing (see the module docstring)."""
-    reason = getattr(req, "finished_reason", None)
-    if reason is None or type(reason).__name__ == "FINISH_ABORT":
-        return False
-    if len(getattr(req, "output_ids", ()) or ()) < min_output_tokens or not getattr(req, "origin_input_ids", None):
-        return False
-    if getattr(req, PLAN_FORCED_ATTR, False):
-        return False
-    if any(getattr(req, name, None) is not None for name in ("lora_id", "custom_logit_processor",
-                                                              "multimodal_inputs", "session")):
-        return False
-    sp = getattr(req, "sampling_params", None)
-    if sp is None or getattr(sp, "top_k", None) != 1:  # temperature 0 becomes top_k 1 (sampling_params.py)
-        return False
-    plain = (getattr(sp, "frequency_penalty", 0.0) == 0.0 and getattr(sp, "presence_penalty", 0.0) == 0.0
-             and getattr(sp, "repetition_penalty", 1.0) == 1.0 and getattr(sp, "min_new_tokens", 0) == 0
-             and not getattr(sp, "logit_bias", None))
-    grammar = any(getattr(sp, name, None) for name in ("json_schema", "regex", "ebnf", "structural_tag"))
-    return plain and not grammar
-
-
-# ---- the endpoint ----
-
-@dataclass(frozen=True)
-class ShadowEndpoint:
-    """Where shadow requests go: this server's own HTTP API."""
-
-    url: str  # base, e.g. http://127.0.0.1:30000
-    headers: tuple[tuple[str, str], ...] = ()
-    priority: Optional[int] = None  # sent only when the server schedules by priority
-    ssl_context: Any = None
-
-    @classmethod
-    def from_server_args(cls, server_args: Any, url: Optional[str] = None) -> "ShadowEndpoint":
-        """SGLang 0.5.17: ``ServerArgs.url()`` (loopback for 0.0.0.0, https with a certificate),
-        ``api_key`` as a Bearer token, and the lowest priority: what the scheduler gives a request
-        without one (``Scheduler._set_or_validate_priority``), only with --enable-priority-scheduling."""
-        base = url or server_args.url()
-        headers = (("Authorization", f"Bearer {server_args.api_key}"),) if getattr(server_args, "api_key", None) else ()
-        priority = None
-        if getattr(server_args, "enable_priority_scheduling", False):
-            low_first = getattr(server_args, "schedule_low_priority_values_first", False)
-            priority = sys.maxsize if low_first else -sys.maxsize - 1
-        context = None
-        if base.startswith("https://"):
-            ca = getattr(server_args, "ssl_ca_certs", None)
-            context = ssl.create_default_context(cafile=ca) if ca else ssl._create_unverified_context()
-        return cls(base.rstrip("/"), headers, priority, context)
-
-    def post(self, body: dict, timeout: float) -> dict:
-        request = urllib.request.Request(self.url + "/generate", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json", **dict(self.headers)})
-        with urllib.request.urlopen(request, timeout=timeout, context=self.ssl_context) as response:
-            return json.loads(response.read())
 
 
 # ---- the guard ----
