@@ -2,12 +2,12 @@
 
     python3 scripts/gpu/real_family.py                      # what scripts/gpu/real_family.sh runs
     python3 scripts/gpu/real_family.py --device cpu --max-steps 1 --seq-len 64 --batch-size 2 \\
-        --eval-windows 2 --num-examples 1 --context-len 64 --query-len 8 --pairs 2   # CPU rehearsal
+        --eval-windows 2 --num-examples 1 --context-len 64 --query-len 8 --pairs 2 --keep-failed   # CPU rehearsal
 
 Stages, each timed: the pinned SmolLM2-135M-Instruct converted (real/base.py; its weights'
 sha256 against the pin); the tokenizer checked under this machine's transformers; the
 recipe (real/recipe.py: lib-full, test-lora, docs-lora; held-out loss per domain before
-and after); profiles for the ordered pairs of {base, fine-tunes} (12 for 4 models) with
+and after; a variant whose own held-out loss did not fall is failed, named, and not profiled); profiles for the ordered pairs of {base, fine-tunes} (12 for 4 models) with
 the batched teacher-forced scorer (profiler/batched.py), each on the receiver's own held-out
 domain (the base: lib), with CacheBlend-style token recompute scored at a few layer budgets
 beside the best group of as many layers (equal compute). Pairs go base -> each, each -> base, then the rest; past
@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan-batch", type=int, default=64, help="plans per batched extend")
     p.add_argument("--cacheblend-budgets", default="4,8,12", help="CacheBlend-style rows at these layer budgets")
     p.add_argument("--pairs", type=int, default=0, help="profile only the first N pairs (0 = all)")
+    p.add_argument("--keep-failed", action="store_true",
+                   help="profile variants that did not learn their domain too (1-step CPU rehearsals)")
     p.add_argument("--budget-s", type=float, default=480.0, help="start no pair after this many seconds")
     return p
 
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sglang_droidspeak.real.base import ensure_base
     from sglang_droidspeak.real.corpus import load_real_corpus
-    from sglang_droidspeak.real.finetune import loss_table, run_recipe
+    from sglang_droidspeak.real.finetune import failed_variants, loss_table, run_recipe
     from sglang_droidspeak.real.gguf_tokenizer import check_tokenizer
     from sglang_droidspeak.real.recipe import RecipeConfig
 
@@ -95,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     report["finetune"] = finetune
     report["seconds"]["finetune"] = lap()
     print(loss_table(finetune), flush=True)
-    names = ["smollm2-base"] + [f"smollm2-{v}" for v in config.variant_names]
+    report["failed_variants"] = failed_variants(finetune)
+    for name, why in report["failed_variants"].items():
+        print(f"{name}: FAILED, not profiled: {why}", flush=True)
+    skip = () if args.keep_failed else report["failed_variants"]
+    names = ["smollm2-base"] + [f"smollm2-{v}" for v in config.variant_names if v not in skip]
     link = WORK / "models" / "smollm2-base"
     if not link.exists():
         link.symlink_to(base, target_is_directory=True)

@@ -76,13 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def failed_in_family_run() -> dict:
+    """Variants real_family.py found failed in this machine's run (none when it kept them)."""
+    path = WORK / "results" / "real-family.json"
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    return {} if report.get("args", {}).get("keep_failed") else report.get("failed_variants", {})
+
+
 def rehearse(args) -> None:
     """Tiny fine-tunes and profiles, as real_family.py's CPU rehearsal makes them."""
     import real_family
 
     real_family.main(["--device", args.device, "--max-steps", "1", "--seq-len", "64", "--batch-size", "2",
                       "--eval-windows", "2", "--num-examples", "1", "--context-len", str(args.context_len),
-                      "--query-len", str(args.query_len), "--pairs", str(args.pairs), "--cacheblend-budgets", ""])
+                      "--query-len", str(args.query_len), "--pairs", str(args.pairs), "--cacheblend-budgets", "",
+                      "--keep-failed"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sglang_droidspeak.real.recipe import VARIANTS
 
-    names = ["smollm2-base"] + [f"smollm2-{v}" for v in VARIANTS]
+    names = ["smollm2-base"] + [f"smollm2-{v}" for v in VARIANTS if v not in failed_in_family_run()]
     if args.rehearse and not all((WORK / "models" / n).is_dir() for n in names):
         rehearse(args)
     import torch

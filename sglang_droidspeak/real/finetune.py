@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import platform
 import shutil
@@ -174,6 +175,20 @@ def _machine(device: str) -> dict:
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def failed_variants(report: dict) -> dict[str, str]:
+    """Variants that did not learn their domain: own held-out loss not below the base's, or a
+    held-out loss that is not finite. A failed variant is a bug or a bad recipe, never a model
+    to profile (the 2026-12-06 lib-full: lib 1.86 -> 6.51)."""
+    base, failed = report["base"]["heldout_loss"], {}
+    for name, v in report["variants"].items():
+        losses, domain = v["heldout_loss"], v["domain"]
+        if not all(math.isfinite(x) for x in losses.values()):
+            failed[name] = f"held-out loss not finite: {losses}"
+        elif losses[domain] >= base[domain]:
+            failed[name] = f"own domain {domain}: held-out loss {losses[domain]:.4f} >= the base's {base[domain]:.4f}"
+    return failed
 
 
 def loss_table(report: dict) -> str:

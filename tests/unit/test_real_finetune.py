@@ -121,3 +121,16 @@ def test_autocast_weight_cache_would_hide_the_optimizer_step_and_the_recipe_turn
     assert torch.equal(before, after)  # the pitfall: the cached bf16 weight is the step-0 one
     before, after = _forward_after_a_step(bf16_autocast("cpu"))
     assert not torch.equal(before, after)  # the recipe's autocast sees every step
+
+
+def test_a_variant_that_did_not_learn_its_domain_is_failed_and_named():
+    from sglang_droidspeak.real.finetune import failed_variants
+
+    report = {"base": {"heldout_loss": {"lib": 1.86, "test": 1.79, "docs": 2.61}},
+              "variants": {"test-lora": {"domain": "test", "heldout_loss": {"lib": 1.72, "test": 1.52, "docs": 2.47}},
+                           "lib-full": {"domain": "lib", "heldout_loss": {"lib": 6.51, "test": 6.74, "docs": 5.77}},
+                           "docs-lora": {"domain": "docs", "heldout_loss": {"lib": 1.7, "test": float("nan"), "docs": 2.3}}}}
+    failed = failed_variants(report)
+    assert sorted(failed) == ["docs-lora", "lib-full"]
+    assert failed["lib-full"] == "own domain lib: held-out loss 6.5100 >= the base's 1.8600"
+    assert failed["docs-lora"].startswith("held-out loss not finite")
