@@ -61,10 +61,17 @@ def test_a_profile_without_systems_writes_no_section():
 
 @pytest.mark.parametrize("path", sorted(PROFILES.glob("*.yaml")), ids=lambda p: p.name)
 def test_stored_profiles_load_unchanged(path):
-    profile = load_profile(path)
-    assert profile.systems == () and profile.points() == profile.frontier
-    assert profile.to_dict() == yaml.safe_load(path.read_text())
+    profile, data = load_profile(path), yaml.safe_load(path.read_text())
+    assert profile.to_dict() == data
+    if "systems" not in data:  # written before the section existed: DroidSpeak-only, as before
+        assert profile.systems == () and profile.points() == profile.frontier
     assert {p.system for p in profile.frontier} <= {DROIDSPEAK, FULL_PREFILL}
+
+
+def test_the_real_familys_profile_carries_its_cacheblend_points():
+    profile = load_profile(PROFILES / "smollm2-base__smollm2-test-lora.yaml")
+    assert [(p.system, p.budget) for p in profile.systems] == [("cacheblend", 4), ("cacheblend", 8), ("cacheblend", 12)]
+    assert profile.points()[: len(profile.frontier)] == profile.frontier
 
 
 @pytest.mark.parametrize("section, message", [
