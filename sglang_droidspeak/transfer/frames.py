@@ -280,10 +280,7 @@ class PrefixAnnounce(_Message):
     stored: int
 
     def _check(self) -> None:
-        if not self.sender_model:
-            raise WireError("PrefixAnnounce.sender_model must be non-empty")
-        if not self.token_ids:
-            raise WireError("PrefixAnnounce.token_ids must be non-empty")
+        self._nonempty("sender_model", "token_ids")
         if self.stored not in (0, 1):
             raise WireError(f"PrefixAnnounce.stored must be 0 or 1, got {self.stored}")
 

@@ -87,8 +87,7 @@ class NcclPairAccept(_Message):
     device_uuid: str
 
     def _check(self) -> None:
-        if not self.channel_id:
-            raise WireError("NcclPairAccept.channel_id must be non-empty")
+        self._nonempty("channel_id")
 
 
 @dataclass(frozen=True)
@@ -101,8 +100,7 @@ class NcclSendStart(_Message):
     num_tensors: int
 
     def _check(self) -> None:
-        if not self.channel_id:
-            raise WireError("NcclSendStart.channel_id must be non-empty")
+        self._nonempty("channel_id")
 
     def check_limits(self, limits) -> None:
         if self.num_tensors > 3 * limits.max_layers:
