@@ -24,7 +24,7 @@ from transformers import DynamicCache
 from sglang_droidspeak.profiler.evaluate import cacheblend_tokens, hybrid_tokens
 from sglang_droidspeak.profiler.systems import System
 from sglang_droidspeak.reference import ReferenceModel
-from sglang_droidspeak.reference.hybrid import select_positions
+from sglang_droidspeak.reference.cacheblend import select_positions
 from sglang_droidspeak.reference.manual import apply_rope, linear, mlp, rms_norm
 from sglang_droidspeak.reference.parts import prefill_masks
 

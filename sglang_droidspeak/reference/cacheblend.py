@@ -46,21 +46,29 @@ def hkvd_scores(
     return scores, k, v
 
 
+def select_positions(scores: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Token 0 plus the top-(k-1) scores, sorted ([..., k] long); every position when k >= n.
+
+    scores: [..., n] (not modified).
+    """
+    n = scores.shape[-1]
+    if num_tokens >= n:
+        return torch.arange(n, device=scores.device).expand(*scores.shape[:-1], n)
+    scores = scores.clone()
+    scores[..., 0] = float("inf")  # always recompute token 0
+    return torch.topk(scores, num_tokens, dim=-1).indices.sort(dim=-1).values
+
+
 @torch.inference_mode()
 def select_tokens(
     receiver: ReferenceModel, sender: SenderCache, input_ids: Tensor, num_recompute_tokens: int, select_layer: int
 ) -> Selection:
     """Token 0 plus the top-(k-1) HKVD tokens at ``select_layer`` (all tokens when k >= n)."""
-    n = sender.seq_len
     run = receiver.run_layers(receiver.embed(input_ids), 0, select_layer)
     scores, k_sel, v_sel = hkvd_scores(receiver, run.hidden, select_layer, sender.kv.v[select_layer])
     full_kv = {l: (run.k[l], run.v[l]) for l in run.k}
     full_kv[select_layer] = (k_sel, v_sel)
-    if num_recompute_tokens >= n:
-        return Selection(torch.arange(n, device=receiver.device), full_kv, run.hidden)
-    scores[0] = float("inf")  # always recompute token 0
-    positions = torch.topk(scores, num_recompute_tokens).indices.sort().values
-    return Selection(positions, full_kv, run.hidden)
+    return Selection(select_positions(scores, num_recompute_tokens), full_kv, run.hidden)
 
 
 @torch.inference_mode()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from sglang_droidspeak.reference.cacheblend import blend_layers, hkvd_scores
+from sglang_droidspeak.reference.cacheblend import blend_layers, hkvd_scores, select_positions
 from sglang_droidspeak.reference.engine import ReferenceModel
 from sglang_droidspeak.reference.kv import PrefixKV, ReferenceEngineError, SenderCache
 from sglang_droidspeak.reference.parts import as_token_ids
@@ -50,15 +50,3 @@ def hybrid_receiver_cache(receiver: ReferenceModel, sender: SenderCache, input_i
     positions = select_positions(scores, num_recompute_tokens)
     return blend_layers(receiver, base, run.hidden[positions], positions, end)
 
-
-def select_positions(scores: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """Token 0 plus the top-(k-1) scores, sorted ([..., k] long); every position when k >= n.
-
-    scores: [..., n] (not modified).
-    """
-    n = scores.shape[-1]
-    if num_tokens >= n:
-        return torch.arange(n, device=scores.device).expand(*scores.shape[:-1], n)
-    scores = scores.clone()
-    scores[..., 0] = float("inf")  # always recompute token 0
-    return torch.topk(scores, num_tokens, dim=-1).indices.sort(dim=-1).values
