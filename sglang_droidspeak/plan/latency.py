@@ -112,10 +112,14 @@ class PrefillLatencyModel:
         if not isinstance(self.pipelined, bool):
             raise LatencyModelError(f"field 'pipelined' must be a bool, got {excerpt(self.pipelined)}")
 
-    def transfer_ms(self, plan: LayerPlan, prefix_len: int) -> float:
-        """Time to move the reused layers' KV and the needed E caches of ``prefix_len`` tokens."""
-        per_token = (len(plan.reused_layers()) * self.kv_bytes_per_layer_token
-                     + len(plan.e_layers()) * self.e_bytes_per_token)
+    def transfer_ms(self, plan: LayerPlan | BlendPlan, prefix_len: int) -> float:
+        """Time to move the reused layers' KV and the needed E caches of ``prefix_len`` tokens
+        (a BlendPlan: every layer's KV, no E)."""
+        if isinstance(plan, BlendPlan):
+            per_token = plan.num_layers * self.kv_bytes_per_layer_token
+        else:
+            per_token = (len(plan.reused_layers()) * self.kv_bytes_per_layer_token
+                         + len(plan.e_layers()) * self.e_bytes_per_token)
         return per_token * prefix_len / (self.link_gbps * _BYTES_PER_MS_PER_GBPS)
 
     def predict(self, plan: LayerPlan | BlendPlan, prefix_len: int, suffix_len: int,
@@ -143,7 +147,7 @@ class PrefillLatencyModel:
         select = self.ms_per_layer_token * plan.select_layer * prefix_len if 0 < tokens < prefix_len else 0.0
         recompute = self.ms_per_layer_token * layers * tokens
         suffix = self.ms_per_layer_token * layers * suffix_len
-        transfer = layers * self.kv_bytes_per_layer_token * prefix_len / (self.link_gbps * _BYTES_PER_MS_PER_GBPS)
+        transfer = self.transfer_ms(plan, prefix_len)
         if self.pipelined:
             total = self.ms_fixed + max(select, transfer) + recompute + suffix
         else:

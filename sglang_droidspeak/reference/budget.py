@@ -88,9 +88,11 @@ def hybrid_tokens_for_cost(extra_layer_tokens: float, num_layers: int, num_token
                            kv_fraction: float = 0.0) -> int:
     """The largest num_recompute_tokens after a group ending at ``end`` whose cost beyond the
     group's fits ``extra_layer_tokens`` (0: the selection pass does not fit, or end == L)."""
+    if end >= num_layers:
+        return 0
     for t in range(num_tokens, 0, -1):
         extra = hybrid_cost(num_layers, num_tokens, 0, end, t, kv_fraction).layer_tokens - end * num_tokens
-        if end < num_layers and extra <= extra_layer_tokens + 1e-9:
+        if extra <= extra_layer_tokens + 1e-9:
             return t
     return 0
 
