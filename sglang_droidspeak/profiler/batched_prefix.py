@@ -25,7 +25,7 @@ from sglang_droidspeak.profiler.evaluate import cacheblend_tokens, hybrid_tokens
 from sglang_droidspeak.profiler.systems import System
 from sglang_droidspeak.reference import ReferenceModel
 from sglang_droidspeak.reference.cacheblend import select_positions
-from sglang_droidspeak.reference.manual import apply_rope, linear, mlp, rms_norm
+from sglang_droidspeak.reference.manual import linear, mlp, project_qkv, rms_norm
 from sglang_droidspeak.reference.parts import prefill_masks
 
 ChunkKV = list[tuple[Tensor, Tensor]]
@@ -60,15 +60,8 @@ def run_layers(model: ReferenceModel, hidden: Tensor, start: int, end: int, capt
 
 def _project(layer, hidden: Tensor, positions: Tensor, rotary_emb) -> tuple[Tensor, Tensor, Tensor]:
     """q [c, heads, t, hd]; k, v [c, kv_heads, t, hd] of hidden [c, t, hidden] at positions [c, t]."""
-    attn = layer.self_attn
-    c, t, head_dim = hidden.shape[0], hidden.shape[1], attn.head_dim
     cos, sin = rotary_emb(hidden, positions)  # [c, t, head_dim]
-    x = rms_norm(hidden, layer.input_layernorm)
-    q, k, v = (linear(x, p).view(c, t, -1, head_dim) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
-    if getattr(attn, "q_norm", None) is not None:
-        q, k = rms_norm(q, attn.q_norm), rms_norm(k, attn.k_norm)
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # heads first
-    return apply_rope(q, cos[:, None], sin[:, None]), apply_rope(k, cos[:, None], sin[:, None]), v
+    return project_qkv(layer, rms_norm(hidden, layer.input_layernorm), cos[:, None], sin[:, None])
 
 
 @torch.inference_mode()

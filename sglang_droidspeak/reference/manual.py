@@ -65,15 +65,19 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def project_qkv(layer: nn.Module, x_norm: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """q: [num_heads, t, head_dim]; k, v: [num_kv_heads, t, head_dim]; q and k rotated."""
+    """q: [..., num_heads, t, head_dim]; k, v: [..., num_kv_heads, t, head_dim]; q and k rotated.
+
+    x_norm: [..., t, hidden_size] (leading axes: a batch, as profiler/batched_prefix.py uses);
+    cos, sin broadcast against [..., heads, t, head_dim].
+    """
     attn = layer.self_attn
-    t, head_dim = x_norm.shape[0], attn.head_dim
-    q = linear(x_norm, attn.q_proj).view(t, -1, head_dim)  # [t, num_heads, head_dim]
-    k = linear(x_norm, attn.k_proj).view(t, -1, head_dim)  # [t, num_kv_heads, head_dim]
-    v = linear(x_norm, attn.v_proj).view(t, -1, head_dim)
+    lead, head_dim = x_norm.shape[:-1], attn.head_dim
+    q = linear(x_norm, attn.q_proj).view(*lead, -1, head_dim)  # [..., t, num_heads, head_dim]
+    k = linear(x_norm, attn.k_proj).view(*lead, -1, head_dim)  # [..., t, num_kv_heads, head_dim]
+    v = linear(x_norm, attn.v_proj).view(*lead, -1, head_dim)
     if getattr(attn, "q_norm", None) is not None:
         q, k = rms_norm(q, attn.q_norm), rms_norm(k, attn.k_norm)
-    q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # heads first
+    q, k, v = q.transpose(-3, -2), k.transpose(-3, -2), v.transpose(-3, -2)  # heads first
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 
