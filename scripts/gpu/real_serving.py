@@ -79,6 +79,7 @@ from sglang_droidspeak.bench import prefill_model as pm  # noqa: E402
 from sglang_droidspeak.bench import sweep_report as sweep  # noqa: E402
 from sglang_droidspeak.bench.servers import Server, argv_of, metric_lines, post, wait_healthy  # noqa: E402
 from sglang_droidspeak.bench.throughput_stats import percentile  # noqa: E402
+from sglang_droidspeak.profiler.quality_study import ci95_half_width  # noqa: E402
 
 WORK = Path(os.environ.get("DROIDSPEAK_REAL_DIR", "/tmp/ds-real"))
 # the receiver's own held-out domain, as scripts/gpu/real_family.py profiles it
@@ -326,8 +327,7 @@ def mean_ci(values: list[float]) -> dict:
     if n == 0:
         return {"mean": None, "ci95": None, "n": 0}
     mean = sum(values) / n
-    half = Z95 * math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
-    return {"mean": round(mean, 6), "ci95": round(half, 6), "n": n}
+    return {"mean": round(mean, 6), "ci95": round(ci95_half_width(values), 6), "n": n}
 
 
 def pcts(values: list[float]) -> dict:
