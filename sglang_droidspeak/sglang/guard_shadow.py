@@ -20,8 +20,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
+from sglang_droidspeak.sglang.request_plan import PLAN_FORCED_ATTR
+
 RID_PREFIX = "droidspeak-guard-"
-PLAN_FORCED_ATTR = "droidspeak_plan_forced"  # radix_cache.PLAN_FORCED_ATTR (no SGLang import here)
 
 
 class ShadowError(ValueError):

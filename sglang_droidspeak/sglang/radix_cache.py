@@ -39,13 +39,12 @@ from sglang_droidspeak.radix.tags import KVOrigin, ModelTag, exportable_to
 from sglang_droidspeak.sglang.import_queue import JOB_ATTR
 from sglang_droidspeak.sglang.radix_lookup import ForeignLookup
 from sglang_droidspeak.sglang.radix_withdraw import WithdrawOnEvict
-from sglang_droidspeak.sglang.request_plan import OFF, request_plan_choice
+from sglang_droidspeak.sglang.request_plan import OFF, PLAN_FORCED_ATTR, request_plan_choice
 from sglang_droidspeak.sglang.response_info import record_derived
 from sglang_droidspeak.sglang.settings import PlanLookup
 
 FOREIGN_HIT_ATTR = "droidspeak_foreign_hit"
 FELL_BACK_ATTR = "droidspeak_fell_back"  # set once an import failed: no second attempt
-PLAN_FORCED_ATTR = "droidspeak_plan_forced"  # the request named its plan: no online policy
 logger = logging.getLogger(__name__)
 
 

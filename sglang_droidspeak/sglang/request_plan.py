@@ -27,6 +27,7 @@ from sglang_droidspeak.plan.blend_plan import BlendPlan, is_blend, parse_blend
 from sglang_droidspeak.plan.layer_plan import LayerPlan, PlanError
 
 PLAN_PARAM = "droidspeak_plan"
+PLAN_FORCED_ATTR = "droidspeak_plan_forced"  # set on a Req by the tree: it named its plan, no online policy
 OFF = "off"
 logger = logging.getLogger(__name__)
 Choice = Union[None, str, LayerPlan, BlendPlan]  # None = auto, OFF, or a forced plan
