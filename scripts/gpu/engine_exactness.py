@@ -100,8 +100,16 @@ def generate(server: Server, ids: list, plan: str, new_tokens: int, start: int) 
         "max_new_tokens": new_tokens, "temperature": 0, "custom_params": {"droidspeak_plan": plan}}}
     r = post(server.url + "/generate", body, timeout=600)
     meta = r["meta_info"]
-    return {"ids": r["output_ids"], "cached": meta.get("cached_tokens"),
+    system = meta.get("droidspeak_system") or [None]  # response_info.py: a one-element list
+    reason = meta.get("droidspeak_reason") or [None]
+    return {"ids": r["output_ids"], "cached": meta.get("cached_tokens"), "system": system[0], "reason": reason[0],
             "input_logprobs": [lp[0] for lp in meta.get("input_token_logprobs") or [] if lp[0] is not None]}
+
+
+def foreign(got: dict) -> bool:
+    """The request's context came from the sender (imported, or adopted from an import),
+    not from a fallback's own prefill (meta_info droidspeak_system, response_info.py)."""
+    return got["system"] in ("droidspeak", "cacheblend") and (got["cached"] or 0) >= CONTEXT_LEN - 1
 
 
 def max_abs_diff(a: dict, b: dict) -> float:
@@ -128,8 +136,10 @@ def check_pair(sender: Server, receiver: Server, rng: random.Random) -> list[dic
             free = generate(receiver, ctx + suffix, plan, NEW_TOKENS, CONTEXT_LEN)
             tf = generate(receiver, forced, plan, 1, CONTEXT_LEN)
             diff = max_abs_diff(tf, ref_tf)
+            flush(receiver)  # a fallback's own prefill must not serve the next plan's requests
             rows.append({"context": c, "plan": plan, "cached": free["cached"], "tf_cached": tf["cached"],
-                         "reused": min(free["cached"] or 0, tf["cached"] or 0) >= CONTEXT_LEN - 1,
+                         "reused": foreign(free) and foreign(tf), "system": free["system"],
+                         "reason": free["reason"], "tf_reason": tf["reason"],
                          "greedy_same": free["ids"] == ref["ids"], "max_tf_dlogp": diff,
                          "ref_cached": ref["cached"]})
     return rows
@@ -177,7 +187,7 @@ def summarize(result: dict) -> None:
             print(f"{r['arch']:8} {r['backend']:10} ERROR {r['error'][:200]}")
             continue
         print(f"{r['arch']:8} {r['backend']:10} {r['plan']:6} {str(r['reused']):6} {str(r['greedy_same']):7} "
-              f"{r['max_tf_dlogp']:15.4f}")
+              f"{r['max_tf_dlogp']:15.4f}  {r.get('reason') or ''}")
     ok = [r for r in result["rows"] if "error" not in r and r["plan"] != "radix"]
     passed = all(r["reused"] and r["max_tf_dlogp"] <= TF_TOLERANCE and not r["fallbacks"] for r in ok)
     print(f"plan rows {len(ok)}, all reused and within {TF_TOLERANCE} nats: {passed}, "

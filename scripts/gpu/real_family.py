@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan-batch", type=int, default=64, help="plans per batched extend")
     p.add_argument("--cacheblend-budgets", default="4,8,12", help="CacheBlend-style rows at these layer budgets")
     p.add_argument("--pairs", type=int, default=0, help="profile only the first N pairs (0 = all)")
+    p.add_argument("--only", default="", help="comma-separated SENDER__RECEIVER pairs to profile (default: every "
+                   "pair; e.g. the ones a lease's --budget-s skipped)")
     p.add_argument("--keep-failed", action="store_true",
                    help="profile variants that did not learn their domain too (1-step CPU rehearsals)")
     p.add_argument("--budget-s", type=float, default=480.0, help="start no pair after this many seconds")
@@ -61,6 +63,17 @@ def ordered_pairs(names: list[str]) -> list[tuple[str, str]]:
     base, tuned = names[0], names[1:]
     pairs = [(base, t) for t in tuned] + [(t, base) for t in tuned]
     return pairs + [(a, b) for a in tuned for b in tuned if a != b]
+
+
+def select_pairs(pairs: list[tuple[str, str]], only: str) -> list[tuple[str, str]]:
+    """``pairs`` restricted to the comma-separated SENDER__RECEIVER keys of ``only`` ("" = all);
+    a key that names no pair of this family is an error (a typo must not profile nothing)."""
+    wanted = [k.strip() for k in only.split(",") if k.strip()]
+    known = {f"{s}__{r}": (s, r) for s, r in pairs}
+    unknown = [k for k in wanted if k not in known]
+    if unknown:
+        raise SystemExit(f"--only: unknown pair(s) {unknown}; pairs: {sorted(known)}")
+    return [known[k] for k in wanted] if wanted else pairs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +161,7 @@ def profile_pairs(args, names: list[str], corpus, results: Path, report: dict, l
     except ImportError:
         plots = False
     models = {n: load_model(str(WORK / "models" / n), args.device, torch.float32) for n in names}
-    pairs = ordered_pairs(names)[: args.pairs or None]
+    pairs = select_pairs(ordered_pairs(names)[: args.pairs or None], args.only)
     examples = {}
     for sender, receiver in pairs:
         key = f"{sender}__{receiver}"

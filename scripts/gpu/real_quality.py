@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                                     examples, results)
                 report["pairs"].setdefault(key, {})[task] = result
                 print(result.pop("markdown"), flush=True)
+        except NoProfile as exc:  # real_family did not reach this pair (its --budget-s): not a failure
+            report.setdefault("unprofiled_pairs", {})[key] = str(exc)
+            print(f"{key}: skipped, {exc}", flush=True)
         except Exception as exc:  # one failing pair must not cost the others
             report["failed_pairs"][key] = f"{type(exc).__name__}: {exc}"
             print(f"{key}: FAILED {report['failed_pairs'][key]}", flush=True)
@@ -155,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     write_outputs(report, out)
     print(f"written: {out / 'real-quality.json'}, {out / 'real-quality.results.tar.gz'} ({lap()} s in all)")
     return 1 if report["failed_pairs"] else 0
+
+
+class NoProfile(FileNotFoundError):
+    """The pair has no profile (so no frontier to study)."""
 
 
 def study_pair(args, sender, receiver, task: str, split: str, corpus, examples: dict, results: Path) -> dict:
@@ -172,7 +179,7 @@ def study_pair(args, sender, receiver, task: str, split: str, corpus, examples: 
     profile = find_profile(profiles_dir, ModelRef(sender.name, sender.fingerprint),
                            ModelRef(receiver.name, receiver.fingerprint))
     if profile is None:
-        raise FileNotFoundError(f"no profile for {sender.name} -> {receiver.name} in {profiles_dir}")
+        raise NoProfile(f"no profile for {sender.name} -> {receiver.name} in {profiles_dir}")
     if (task, split) not in examples:
         examples[task, split] = build_task(task, receiver.tokenizer, split=split, num_examples=args.num_examples,
                                            context_len=args.context_len, query_len=args.query_len, seed=args.seed,

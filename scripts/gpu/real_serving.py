@@ -92,7 +92,8 @@ BACKENDS = ("flashinfer", "flashinfer-paged", "triton")
 PAGED_ENV = {"SGLANG_FLASHINFER_USE_PAGED": "1"}
 DEFAULT_PLANS = "auto,best,reuse,0:10,blend:0.3333"
 META_KEYS = ("cached_tokens", "prompt_tokens", "completion_tokens", "e2e_latency", "queue_time",
-             "forward_entry_time", "prefill_finished_time", "finish_reason")
+             "forward_entry_time", "prefill_finished_time", "finish_reason",
+             "droidspeak_system", "droidspeak_plan", "droidspeak_reason")  # the last three: response_info.py
 COUNTERS = ("foreign_hits_total", "tokens_reused_total", "layers_recomputed_total", "fallbacks_total")
 Z95 = 1.96
 

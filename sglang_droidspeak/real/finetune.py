@@ -64,16 +64,22 @@ def domain_losses(model: torch.nn.Module, windows: Mapping[str, torch.Tensor], c
 @contextmanager
 def _determinism(config: RecipeConfig):
     """CPU: fixed threads, deterministic algorithms (bitwise repeatable). CUDA: deterministic
-    algorithms where torch has them (warn_only: an op without one warns, never stops a lease)."""
+    algorithms where torch has them (warn_only: an op without one warns, never stops a lease),
+    and attention on SDPA's math kernel: with the default choice, cuDNN attention's backward
+    (non-deterministic) made two runs of the recipe on one H100 differ (2026-12-06: adapters
+    1fd6407e vs 3a6f2cbe, held-out losses equal to 1e-3)."""
     if config.device == "cpu":
         with deterministic_torch(torch.get_num_threads()):
             yield
         return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     old = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     try:
-        yield
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
     finally:
         torch.use_deterministic_algorithms(old[0], warn_only=old[1])
 

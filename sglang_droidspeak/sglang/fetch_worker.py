@@ -48,6 +48,7 @@ class FetchWorker:
                     raise RuntimeError("cancelled before the fetch began")
                 if fence is not None:
                     fence.synchronize()
+                    _note_slow_fence(job, time.perf_counter() - began)
                 fetch(request, job.receiver)
             except BaseException as exc:  # noqa: BLE001 - the scheduler decides; never lose the job
                 job.fetch_error = exc
@@ -59,6 +60,16 @@ class FetchWorker:
     def close(self) -> None:
         self._jobs.put(_STOP)
         self._thread.join(timeout=5)
+
+
+SLOW_FENCE_S = 0.25
+
+
+def _note_slow_fence(job: Any, waited_s: float) -> None:
+    """The fetch waited this long for the slots' last user (part of the job's fetch time)."""
+    if waited_s >= SLOW_FENCE_S:
+        logger.warning("droidspeak: import %s waited %.1f ms for its slots' fence before fetching",
+                       getattr(job, "rid", "?"), 1e3 * waited_s)
 
 
 def _sync_copies(job: Any) -> None:

@@ -39,11 +39,24 @@ from sglang_droidspeak.sglang.runtime_e import PendingE, compute_e, launch_e
 from sglang_droidspeak.sglang.runtime_imports import BACKOFF_REASONS, PEER_BACKOFF_S, ImportRole  # noqa: F401
 from sglang_droidspeak.sglang.settings import DroidSpeakSettings
 from sglang_droidspeak.transfer.directory import Announcer, DirectoryListener
-from sglang_droidspeak.transfer.fetch import FetchClient, FetchServer
+from sglang_droidspeak.transfer.fetch import PENDING, FetchClient, FetchServer
 from sglang_droidspeak.transfer.frames import FetchDone, FetchError
 from sglang_droidspeak.transfer.pacing import LinkPacer, PacerPolicy
 
 logger = logging.getLogger(__name__)
+
+
+SLOW_EXPORT_MS = 250.0  # an export slower than this is logged with its shape (the H100 run of 2026-12-06
+# saw 1-5 s fetches on cuda_ipc for every plan but 0:10 while a training job shared the GPU)
+
+
+def _log_slow_export(request: Any, end: Any, elapsed_ms: float, parked_ticks: int) -> None:
+    if elapsed_ms < SLOW_EXPORT_MS:
+        return
+    outcome = "done" if isinstance(end, FetchDone) else f"error {end.code}"
+    logger.warning("droidspeak: slow export to %s over %s: %.1f ms (%s) for %d tokens, %d K/V layers, E at %s, "
+                   "%d ticks parked on E", request.receiver_model, request.plane, elapsed_ms, outcome,
+                   len(request.token_ids), len(request.reused_layers), list(request.e_layers), parked_ticks)
 
 
 class DroidSpeakRuntime(ImportRole, DirectoryRole):
@@ -127,12 +140,14 @@ class DroidSpeakRuntime(ImportRole, DirectoryRole):
 
     def _export(self, request):
         self.metrics.record_export()
-        planes_before = self.planes.bytes_out()
+        planes_before, began, parked = self.planes.bytes_out(), time.perf_counter(), 0
         for msg in export_messages(request, model=self.model, fingerprint=self.fingerprint, tree=self.tree,
                                    compute_e=self.launch_e, num_layers=self.num_layers,
                                    senders=self.planes.senders):
             if isinstance(msg, (FetchDone, FetchError)):  # the last message: the plane's moves are done
                 self.metrics.record_bytes("out", self.planes.bytes_out() - planes_before)
+                _log_slow_export(request, msg, 1e3 * (time.perf_counter() - began), parked)
+            parked += msg is PENDING
             self.metrics.record_bytes("out", len(getattr(msg, "data", b"")))
             yield msg
 

@@ -114,16 +114,26 @@ def warm_up(parts: Any, tree: Any, num_layers: int, chunk_tokens: int) -> None:
     through every layer. Without it the first long import pays kernel compilation and the
     allocator's growth (run 4: 825 ms). A failure only logs."""
     began = time.perf_counter()
+    shapes = warm_up_shapes(chunk_tokens, parts.req_to_token_pool.req_to_token.shape[1])
     try:
-        for tokens, prefix in ((chunk_tokens, 0), (chunk_tokens, chunk_tokens)):
+        for tokens, prefix in shapes:
             _warm_one(parts, tree, num_layers, tokens, prefix)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
     except Exception as exc:  # noqa: BLE001 - a warm-up must not stop the server
         logger.warning("droidspeak: engine warm-up failed (the first import pays it): %r", exc)
         return
-    logger.info("droidspeak: engine warmed up over %d-token chunks in %.1f ms", chunk_tokens,
+    logger.info("droidspeak: engine warmed up over %d-token chunks in %.1f ms", shapes[0][0],
                 1e3 * (time.perf_counter() - began))
+
+
+def warm_up_shapes(chunk_tokens: int, row_width: int) -> tuple[tuple[int, int], ...]:
+    """(tokens, prefix_len) of the warm-up's two forwards: a chunk from position 0, then a
+    chunk over a prefix of one chunk. Both fit a request-pool row of ``row_width``
+    positions (the model's context + a few): SmolLM2's 8196-wide rows refused the 2 x 8192
+    of the default chunk (H100 run 2026-12-06), which left the first import cold."""
+    tokens = max(1, min(chunk_tokens, row_width // 2))
+    return (tokens, 0), (tokens, tokens)
 
 
 def _warm_one(parts: Any, tree: Any, num_layers: int, num_tokens: int, prefix_len: int) -> None:

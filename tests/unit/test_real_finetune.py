@@ -134,3 +134,19 @@ def test_a_variant_that_did_not_learn_its_domain_is_failed_and_named():
     assert sorted(failed) == ["docs-lora", "lib-full"]
     assert failed["lib-full"] == "own domain lib: held-out loss 6.5100 >= the base's 1.8600"
     assert failed["docs-lora"].startswith("held-out loss not finite")
+
+
+def test_cuda_determinism_pins_attention_to_the_math_kernel_and_restores():
+    """The CUDA branch of the recipe's determinism (entered on CPU: it only sets flags)."""
+    from sglang_droidspeak.real.finetune import _determinism
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cuda.flash_sdp_enabled(),
+              torch.backends.cuda.cudnn_sdp_enabled())
+    with _determinism(RecipeConfig(device="cuda")):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cuda.math_sdp_enabled()
+        assert not torch.backends.cuda.flash_sdp_enabled()
+        assert not torch.backends.cuda.cudnn_sdp_enabled()  # its backward is non-deterministic
+        assert not torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cuda.flash_sdp_enabled(),
+            torch.backends.cuda.cudnn_sdp_enabled()) == before

@@ -22,6 +22,15 @@ def test_every_ordered_pair_once_base_pairs_first():
     assert pairs[:6] == [("b", "x"), ("b", "y"), ("b", "z"), ("x", "b"), ("y", "b"), ("z", "b")]
 
 
+def test_only_keeps_the_named_pairs_in_the_given_order_and_refuses_typos():
+    family = load_script("gpu/real_family.py")
+    pairs = family.ordered_pairs(["b", "x", "y"])
+    assert family.select_pairs(pairs, "") == pairs
+    assert family.select_pairs(pairs, "y__x, b__y") == [("y", "x"), ("b", "y")]
+    with pytest.raises(SystemExit, match="unknown pair"):
+        family.select_pairs(pairs, "b__q")
+
+
 def test_two_carries_of_equal_size_join_into_the_pinned_wheel_on_the_device(tmp_path, monkeypatch):
     stage_real = load_script("gpu/stage_real.py")
     downloads = tmp_path / "downloads"
