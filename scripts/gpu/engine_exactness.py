@@ -22,7 +22,9 @@ models on ragged flashinfer).
 Per context (1024 tokens, random ids) the sender prefills it; the receiver answers
 context + 16-token suffix natively first ("off": its own full prefill, the reference),
 its cache is flushed, then it answers under every plan (reuse, 0:2, 3:5 (a middle group),
-0:8 = all layers; 8 layers), each importing the context from the sender.
+0:8 = all layers; 8 layers; blend:0.3333@1 = CacheBlend-style recompute of a third of the
+tokens, selected at layer 1, through the engine: with sender = receiver weights it must
+equal the own prefill too), each importing the context from the sender.
 Checks: each plan's request reused the context (cached_tokens), its 16 greedy tokens equal
 the reference's, and its teacher-forced logprobs of suffix + the reference's tokens are
 within TF_TOLERANCE nats of the reference's; no fallback counted on any receiver.
@@ -48,7 +50,7 @@ TOKENIZER = Path(".cache/gpu-tok")  # carried: any tokenizer files (--skip-token
 ARCHS = ("llama3", "qwen2", "qwen3", "gemma2")
 BACKENDS = ("triton", "flashinfer", "flashinfer-paged")
 PAGED_ENV = {"SGLANG_FLASHINFER_USE_PAGED": "1"}
-PLANS = ("reuse", "0:2", "3:5", "0:8")
+PLANS = ("reuse", "0:2", "3:5", "0:8", "blend:0.3333@1")
 CONTEXT_LEN, SUFFIX_LEN, NEW_TOKENS, NUM_CONTEXTS, VOCAB = 1024, 16, 16, 2, 32000
 TF_TOLERANCE = 0.1  # nats, bf16 (as scripts/gpu/checks.py)
 DIMS = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=8,

@@ -1,55 +1,103 @@
 """A REMOTE hit under a BlendPlan (the CacheBlend-style baseline): full reuse, then
-selective token recompute (blend.py), as two steps of an import job (import_job.py).
+selective token recompute through the engine (blend.py), as steps of an import job
+(import_job.py, launched by import_queue.py on the lane's blend engine):
 
     step         what happens                                         k = plan.num_tokens(n)
     fetch        K/V of every layer (no E) -> written into the slots  always
-    select a     the receiver's V at select_layer over all n tokens   only 0 < k < n; launched
-                 (its layers 0..S-1, no KV writes)                    at once when pipelined
-    select b     token 0 + top-(k-1) squared V deviations vs the      only 0 < k < n
-                 sender's V at S (now in the slots)
-    recompute    the k tokens through every layer over the mixed K/V  k == n: all layers over
-                 (blend.blend_layers)                                 all tokens (own prefill);
+    select a     the receiver's layers [0, S] over all n tokens at    only 0 < k < n; launched
+                 scratch slots; its V at S copied out                 at once when pipelined
+    select b     token 0 + top-(k-1) squared V deviations vs the      only 0 < k < n; after
+                 sender's V at S (now in the slots); the positions    the fetch
+                 are copied to the host (the batch needs them there)
+    recompute    the k tokens through every layer, one segment per    once the positions are
+                 run of consecutive positions, over the mixed K/V     on the host; k == n: all
+                                                                      tokens (own prefill);
                                                                       k == 0: nothing (reuse)
+
+Slots held: the import's n (the job's) and, while 0 < k < n, n scratch slots for select a
+(``release``, called when the job is finished or abandoned, once its launches are done).
 Allocation, insert and fallbacks are the job's, exactly as for DroidSpeak plans.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
 from sglang_droidspeak.plan.blend_plan import BlendPlan
-from sglang_droidspeak.sglang.blend import blend_layers, receiver_v, recompute_group, select_positions
-from sglang_droidspeak.sglang.import_streams import ImportStreams
-from sglang_droidspeak.sglang.importer import ModelParts
+from sglang_droidspeak.sglang.blend import hkvd_select, receiver_v, recompute_tokens
+from sglang_droidspeak.sglang.import_job import PoolRow, record_event
+from sglang_droidspeak.sglang.importer import ModelParts, allocate
 
 
 class Blend:
-    """Selection and recompute for one prefix (``ids``, ``positions``: [n]; ``slots``: [n])."""
+    """Selection and recompute for one prefix: ``ids`` [n] at ``slots`` [n], the job's ``row``.
 
-    def __init__(self, parts: ModelParts, plan: BlendPlan, ids, positions, slots, streams: ImportStreams):
-        self.parts, self.plan, self.streams = parts, plan, streams
-        self.ids, self.positions, self.slots = ids, positions, slots
-        self.num_tokens = plan.num_tokens(ids.shape[0])
-        self.selecting = 0 < self.num_tokens < ids.shape[0]
-        self.v_receiver: Optional[torch.Tensor] = None  # [n, kv_size]
+    Allocating the scratch slots may raise ImportFailed("no_memory") (nothing then held).
+    """
 
-    def select_first(self) -> None:
+    def __init__(self, parts: ModelParts, plan: BlendPlan, ids, slots, row: PoolRow, tree: Any):
+        self.parts, self.plan, self.ids, self.slots, self.row = parts, plan, ids, slots, row
+        n = int(ids.shape[0])
+        self.num_tokens = plan.num_tokens(n)
+        self.selecting = 0 < self.num_tokens < n
+        self.scratch = allocate(parts, tree, n) if self.selecting else None  # [n] slots for select a
+        self.v_receiver: Optional[torch.Tensor] = None  # [n, Hkv, D]
+        self.positions: Optional[torch.Tensor] = None  # [k] on the host once ``chosen_ready``
+        self._chosen_event: Any = None
+
+    def launch(self, step: str, engine: Any, streams: Any) -> None:
+        """One of import_job.BLEND_STEPS on the current stream; 'choose' first waits for
+        every copy of the fetch (``streams``: the job's ImportStreams)."""
+        if step == "select":
+            self.select_first(engine)
+        elif step == "choose":
+            streams.wait_all()
+            self.choose(engine)
+        else:
+            self.recompute(engine)
+
+    def select_first(self, engine: Any) -> None:
         """Select a: needs nothing from the sender."""
         if self.selecting and self.v_receiver is None:
-            self.v_receiver = receiver_v(self.parts.layers, self.parts.embed(self.ids), self.positions,
+            self.v_receiver = receiver_v(engine, self.parts.kv_pool, self.ids, self.scratch, self.row.req_pool_idx,
                                          self.plan.select_layer)
 
-    def recompute(self) -> None:
-        """Select b and recompute, once every sender K/V row is in the slots."""
-        self.select_first()
-        parts, num_layers = self.parts, self.plan.num_layers
-        if self.num_tokens == self.ids.shape[0]:  # every token: the receiver's own prefill
-            recompute_group(parts.layers, 0, num_layers, parts.embed(self.ids), self.positions, self.slots,
-                            parts.kv_pool)
-        elif self.selecting:
-            v_sender = parts.kv_pool.get_value_buffer(self.plan.select_layer)[self.slots]  # [n, Hkv, D]
-            chosen = select_positions(self.v_receiver, v_sender, self.num_tokens)  # [k]
-            blend_layers(parts.layers, num_layers, parts.embed(self.ids[chosen]), chosen, self.slots,
-                         parts.kv_pool)
+    def choose(self, engine: Any) -> None:
+        """Select b, once every sender K/V row is in the slots: the positions, on their way
+        to the host (``chosen_ready``)."""
+        n = int(self.ids.shape[0])
+        if not self.selecting:
+            self.positions = torch.arange(n if self.num_tokens == n else 0)
+            return
+        self.select_first(engine)
+        v_sender = self.parts.kv_pool.get_value_buffer(self.plan.select_layer)[self.slots]  # [n, Hkv, D]
+        chosen = hkvd_select(self.v_receiver, v_sender, self.num_tokens)  # [k] on the device
+        self.positions = _to_host(chosen)
+        if chosen.is_cuda:
+            self._chosen_event = record_event(torch.cuda.current_stream())
+
+    def chosen_ready(self) -> bool:
+        return self.positions is not None and (self._chosen_event is None or self._chosen_event.query())
+
+    def recompute(self, engine: Any) -> None:
+        """The chosen tokens through every layer (nothing when k == 0)."""
+        positions = self.positions.tolist()
+        if positions:
+            recompute_tokens(engine, self.ids, self.slots, self.row.req_pool_idx, positions, self.plan.num_layers)
+
+    def release(self) -> None:
+        """Free the scratch slots (the caller knows select a has run)."""
+        if self.scratch is not None:
+            self.parts.allocator.free(self.scratch)
+            self.scratch = None
+
+
+def _to_host(positions: torch.Tensor) -> torch.Tensor:
+    """A host copy of ``positions`` [k]: pinned and asynchronous from a GPU."""
+    if not positions.is_cuda:
+        return positions.clone()
+    host = torch.empty(positions.shape, dtype=positions.dtype, pin_memory=True)
+    host.copy_(positions, non_blocking=True)
+    return host

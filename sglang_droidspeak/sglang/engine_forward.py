@@ -102,6 +102,12 @@ class EngineForward:
         engine.new_backend = lambda: runner._get_attention_backend(init_new_workspace=True)
         return engine
 
+    @property
+    def max_segments(self) -> int:
+        """Segments one forward may hold: the request pool's size (the backends size their
+        per-request metadata buffers by it; ``req_to_token`` has one padding row more)."""
+        return max(1, self.req_to_token.shape[0] - 1)
+
     def twin(self) -> "EngineForward":
         """The same model with an attention backend of its own (its own plan buffers and
         workspace), for launches on another stream: two streams must never share one
@@ -116,14 +122,25 @@ class EngineForward:
             capture: Sequence[int] = ()) -> dict[int, torch.Tensor]:
         """Layers [start, end) over ``segments`` (row i of the request pool for segment i).
 
-        Returns E entering each layer of ``capture`` (each in (start, end]; end only when
-        end < num_layers) as [sum n_i, hidden] tensors. K/V of layers [start, end) land at
-        each segment's slots; nothing else of the pool is written.
+        Segments may share a row only where their slots are prefixes of one slot array
+        (blend.py's runs): the row is written once, with the longest. Returns E entering
+        each layer of ``capture`` (each in (start, end]; end only when end < num_layers)
+        as [sum n_i, hidden] tensors. K/V of layers [start, end) land at each segment's
+        slots; nothing else of the pool is written.
         """
         with _FORWARD_LOCK:
-            return self._run(segments, rows, start, end, capture)
+            return self._run(segments, rows, start, end, capture)[0]
 
-    def _run(self, segments, rows, start: int, end: int, capture: Sequence[int]) -> dict[int, torch.Tensor]:
+    @torch.no_grad()
+    def logits(self, segments: Sequence[EngineSegment], rows: Sequence[int]) -> torch.Tensor:
+        """Every layer over ``segments`` (each from layer 0), then the model's logits processor:
+        the next-token logits after each segment's last token, [num_segments, vocab]. K/V land
+        at the segments' slots as in ``run``."""
+        with _FORWARD_LOCK:
+            return self._run(segments, rows, 0, self.num_layers, ())[1].next_token_logits
+
+    def _run(self, segments, rows, start: int, end: int, capture: Sequence[int]):
+        """(captured E, the last split's output: the logits processor's when end == num_layers)."""
         batch = self._extend_batch(segments, rows)
         self.backend.init_forward_metadata(batch)
         ids, positions = batch.input_ids, batch.positions
@@ -133,18 +150,29 @@ class EngineForward:
                 self.model.forward_split_prefill(ids, positions, batch, (0, 0))  # model-specific state
                 batch.hidden_states = torch.cat([seg.e_start for seg in segments]).to(self.dtype)
                 batch.residual = None
-            layer = start
+            layer, result = start, None
             for stop in sorted(set(capture) | {end}):
-                self.model.forward_split_prefill(ids, positions, batch, (layer, stop))
+                result = self.model.forward_split_prefill(ids, positions, batch, (layer, stop))
                 if stop in capture:
                     captured[stop] = _entering(batch)
                 layer = stop
-        return captured
+        return captured, result
 
     def _context(self):
         from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
 
         return forward_context(ForwardContext(attn_backend=self.backend))
+
+    def _write_rows(self, segments: Sequence[EngineSegment], rows: Sequence[int], seq_lens: list[int]) -> None:
+        """req_to_token[row, :seq_len] = slots, once per row (its longest segment)."""
+        longest: dict[int, int] = {}  # row -> index of its longest segment
+        for i, (seg, row, seq_len) in enumerate(zip(segments, rows, seq_lens)):
+            if seg.slots.shape[0] != seq_len:
+                raise ValueError(f"segment has {seg.slots.shape[0]} slots for {seq_len} positions")
+            if row not in longest or seq_len > seq_lens[longest[row]]:
+                longest[row] = i
+        for row, i in longest.items():
+            self.req_to_token[row, :seq_lens[i]] = segments[i].slots.to(self.req_to_token.dtype)
 
     def _extend_batch(self, segments: Sequence[EngineSegment], rows: Sequence[int]):
         from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardBatch, ForwardMode
@@ -153,12 +181,9 @@ class EngineForward:
         prefix_lens = [seg.prefix_len for seg in segments]
         extend_lens = [int(seg.token_ids.shape[0]) for seg in segments]
         seq_lens = [p + n for p, n in zip(prefix_lens, extend_lens)]
-        for seg, row, seq_len in zip(segments, rows, seq_lens):
-            if seg.slots.shape[0] != seq_len:
-                raise ValueError(f"segment has {seg.slots.shape[0]} slots for {seq_len} positions")
-            self.req_to_token[row, :seq_len] = seg.slots.to(self.req_to_token.dtype)
+        self._write_rows(segments, rows, seq_lens)
         out_cache_loc = torch.cat([seg.slots[p:] for seg, p in zip(segments, prefix_lens)])  # [sum n]
-        positions = torch.cat([torch.arange(p, s, device=device) for p, s in zip(prefix_lens, seq_lens)])
+        positions = torch.cat([torch.arange(p, s) for p, s in zip(prefix_lens, seq_lens)]).to(device)
         extend_start = torch.tensor([0] + extend_lens[:-1], device=device).cumsum(0)
         seq_lens_cpu = torch.tensor(seq_lens, dtype=torch.int64)
         return ForwardBatch(

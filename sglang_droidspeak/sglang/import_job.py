@@ -15,8 +15,10 @@ The scheduler thread owns the job and advances it a little on every loop tick
                            engine forwards on the compute stream;
                            pipelined: s = 0 at once, s > 0 once E_s
                            landed; serial: after the fetch
-    blend      scheduler   BlendPlan: selection pass at once          after the fetch
-                           (pipelined), blended layers after fetch
+    blend      scheduler   BlendPlan (BLEND_STEPS): select a at once  recompute launched
+                           (pipelined), select b after the fetch,     and its end event
+                           recompute once b's positions reached the   done
+                           host (blend_import.py)
     finished   scheduler   ``succeeded()``: insert under the derived namespace (import_queue)
     failed     scheduler   ``fail(reason)``; slots and row are freed only once ``drained()``
                            (worker returned, compute events done)
@@ -43,6 +45,9 @@ from sglang_droidspeak.sglang.engine_forward import EngineSegment
 from sglang_droidspeak.sglang.import_pipeline import ImportTimings
 from sglang_droidspeak.sglang.import_receiver import ImportFailed, _Receiver
 from sglang_droidspeak.sglang.import_streams import ImportStreams
+
+
+BLEND_STEPS = ("select", "choose", "blend")  # a BlendPlan job's steps; blend_steps counts those launched
 
 
 class PoolRow:
@@ -94,7 +99,7 @@ class ImportJob:
     next_token: dict = field(default_factory=dict)  # group start -> first token not yet launched
     e_ready: set = field(default_factory=set)
     last_event: Any = None  # compute-stream event after our latest launch
-    blend_steps: int = 0  # 0: nothing, 1: selection launched, 2: blended layers launched
+    blend_steps: int = 0  # how many of BLEND_STEPS were launched (3: done)
     yields: bool = True  # import mode async: small chunks while the server decodes (import_queue.py)
     overlap: bool = False  # import mode overlap: launched on the queue's overlap stream
     fence: Any = None  # event on the forward stream at allocation: the slots' last user is done
@@ -140,12 +145,15 @@ class ImportJob:
         self.last_event = event
 
     def blend_step(self) -> Optional[str]:
-        """The blend work to launch now: 'select' (pipelined, at once), 'blend' (after the fetch)."""
+        """The blend work to launch now: 'select' (pipelined, at once), 'choose' (after the
+        fetch), 'blend' (once the chosen positions are on the host)."""
         if self.failure is not None or self.blend is None:
             return None
         if self.blend_steps == 0 and self.pipelined:
             return "select"
         if self.blend_steps < 2 and self.fetched.is_set() and self.fetch_error is None:
+            return "choose"
+        if self.blend_steps == 2 and self.blend.chosen_ready():
             return "blend"
         return None
 
@@ -154,7 +162,7 @@ class ImportJob:
         if self.failure is not None or not self.fetched.is_set() or self.fetch_error is not None:
             return False
         if isinstance(self.plan, BlendPlan):
-            done = self.blend is None or self.blend_steps == 2
+            done = self.blend is None or self.blend_steps == len(BLEND_STEPS)
         else:
             done = all(begin >= self.num_tokens for begin in self.next_token.values())
         return done and _event_done(self.last_event)

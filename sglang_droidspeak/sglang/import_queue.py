@@ -47,7 +47,8 @@ from typing import Any, Optional
 import torch
 
 from sglang_droidspeak.radix.tags import KVOrigin
-from sglang_droidspeak.sglang.import_job import ImportJob, Lane, WorkItem
+from sglang_droidspeak.sglang.blend import exact_engine
+from sglang_droidspeak.sglang.import_job import BLEND_STEPS, ImportJob, Lane, WorkItem
 from sglang_droidspeak.sglang.import_streams import timed_recompute
 from sglang_droidspeak.sglang.request_options import request_options
 
@@ -66,6 +67,7 @@ class ImportQueue:
         self.forward = Lane()  # the scheduler's forward stream (None: the current stream, CPU)
         self.overlap = Lane()  # a stream of our own, for mode overlap
         self._overlap_engine: Any = None  # its engine (own attention backend), made at first use
+        self._blend_engines: dict[bool, Any] = {}  # per lane (overlap?): an engine exact for blends
 
     @property
     def compute_stream(self) -> Any:
@@ -233,13 +235,16 @@ class ImportQueue:
     def _launch_blend(self, job: ImportJob, step: str, lane: Lane) -> None:
         job.await_fence()
         with timed_recompute([job.streams]):
-            if step == "select":
-                job.blend.select_first()
-            else:
-                job.streams.wait_all()
-                job.blend.recompute()
-        job.blend_steps = 1 if step == "select" else 2
+            job.blend.launch(step, self._blend_engine(lane), job.streams)
+        job.blend_steps = BLEND_STEPS.index(step) + 1
         job.last_event = lane.record()
+
+    def _blend_engine(self, lane: Lane) -> Any:
+        """The lane's engine, or its paged-only twin (blend.py ``exact_engine``), made once."""
+        key = lane is self.overlap
+        if key not in self._blend_engines:
+            self._blend_engines[key] = exact_engine(self._engine(lane))
+        return self._blend_engines[key]
 
     def _engine(self, lane: Lane) -> Any:
         engine = self.runtime.parts.engine

@@ -6,8 +6,7 @@ runtime_imports.py; this module holds the pieces they share:
 
     piece           what
     ModelParts      the served model's pools, allocator, request pool and EngineForward
-                    (engine_forward.py), plus its layers and embedding for the
-                    CacheBlend-style baseline (blend.py)
+                    (engine_forward.py), which runs DroidSpeak plans and BlendPlans alike
     allocate        n KV slots for the prefix, evicting first when short;
                     ImportFailed("no_memory") when they are not free even then
     fetch_request   the FetchRequest of one import (E layers, reused layers)
@@ -18,7 +17,7 @@ The receiver's sink: import_receiver.py; ``ImportFailed``: transfer/errors.py.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -29,8 +28,6 @@ from sglang_droidspeak.transfer.frames import FetchRequest
 class ModelParts(NamedTuple):
     """What the importer and exporter need of the served model (SGLang objects, duck-typed)."""
 
-    layers: Any  # decoder layers, indexable by layer id (the CacheBlend-style baseline only)
-    embed: Callable[[torch.Tensor], torch.Tensor]  # [T] ids -> [T, hidden] (E_0; the baseline only)
     kv_pool: Any  # MHATokenToKVPool
     allocator: Any  # token_to_kv_pool_allocator
     hidden_size: int

@@ -45,9 +45,9 @@ def _unsupported(ctx: Any, runner: Any) -> Optional[str]:
 
 
 def _model_parts(ctx: Any, runner: Any) -> ModelParts:
-    model, kv_pool = runner.model, runner.token_to_kv_pool
+    kv_pool = runner.token_to_kv_pool
     device = kv_pool.get_key_buffer(0).device
-    return ModelParts(model.model.layers, model.model.embed_tokens, kv_pool, ctx.params.token_to_kv_pool_allocator,
+    return ModelParts(kv_pool, ctx.params.token_to_kv_pool_allocator,
                       ctx.model_config.hf_text_config.hidden_size, runner.dtype, device,
                       EngineForward.from_model_runner(runner), runner.req_to_token_pool)
 

@@ -3,15 +3,17 @@
     call                        when                          effect
     start_import(tree, req, h)  a waiting request's REMOTE    plan chosen (online policy or the
                                 hit (import_queue.scan)       pair's plan), checks, slots and a
-                                                              request-pool row held, fetch queued
+                                                              request-pool row held (a blend: its
+                                                              scratch slots too), fetch queued
                                                               on the worker; None = prefill
                                                               normally (reason logged + counted)
                                                               the choice or fallback also goes on
                                                               the request (response_info.py)
     finish_import(job)          the job succeeded             insert under the derived namespace
                                                               (duplicates freed), metrics, log
-    abandon_import(job)         the job failed and drained    slots and row freed, the request
-                                                              marked to prefill normally
+    abandon_import(job)         the job failed and drained    slots and row (and scratch) freed,
+                                                              the request marked to prefill
+                                                              normally
 
 ``ImportRole`` is a mixin: it uses the runtime's ``parts``, ``settings``, ``client``,
 ``chooser``, ``metrics``, ``worker``, ``model``, ``fingerprint``, ``num_layers`` and
@@ -72,10 +74,14 @@ class ImportRole:
         return job
 
     def _refusal(self, hit: ForeignHit, choice: Any) -> Optional[tuple[str, str]]:
+        from sglang_droidspeak.sglang.blend import blend_unsupported
+
         if choice.plan is None:
             return ("quality_guard" if choice.reason == GUARD_REASON else "policy"), choice.reason
         if choice.plan.num_layers != self.num_layers:
             return "bad_plan", f"plan for {choice.plan.num_layers} layers, model has {self.num_layers}"
+        if isinstance(choice.plan, BlendPlan) and (why := blend_unsupported(self.parts.engine)) is not None:
+            return "blend_unsupported", why
         if self.client is None or hit.peer not in self._peer_fetches:
             return "no_peer", f"no configured peer serves {hit.sender!r} at {hit.peer!r}"
         if time.monotonic() < self._backoff_until.get(hit.peer, 0.0):
@@ -92,18 +98,21 @@ class ImportRole:
         if parts.req_to_token_pool.alloc([row]) is None:
             parts.allocator.free(slots)
             raise ImportFailed("no_memory", "no free request-pool row for the import")
+        ids = torch.tensor(token_ids, dtype=torch.int64, device=parts.device)  # [n]
+        try:
+            blend = Blend(parts, plan, ids, slots, row, tree) if isinstance(plan, BlendPlan) else None
+        except ImportFailed:  # no scratch slots for its selection pass
+            parts.req_to_token_pool.free(row)
+            parts.allocator.free(slots)
+            raise
         pipelined = options.pipelined_or(self.settings.pipelined)
         streams = ImportStreams(parts.device, pipelined)
         layer_plan = LayerPlan.full_reuse(plan.num_layers) if isinstance(plan, BlendPlan) else plan
         receiver = CancellableReceiver(parts, layer_plan, slots, layer_plan.e_layers(), streams)
-        ids = torch.tensor(token_ids, dtype=torch.int64, device=parts.device)  # [n]
         job = ImportJob(getattr(req, "rid", "?"), req, hit, plan, tree.derived_namespace(hit.sender, plan, base),
                         token_ids, slots, row, ids, receiver, streams, pipelined,
-                        time.monotonic() + self.settings.import_deadline_s)
+                        time.monotonic() + self.settings.import_deadline_s, blend)
         receiver.job, receiver.on_e_ready = job, job.e_landed.append
-        if isinstance(plan, BlendPlan):
-            positions = torch.arange(len(token_ids), dtype=torch.int64, device=parts.device)
-            job.blend = Blend(parts, plan, ids, positions, slots, streams)
         return job
 
     def _request_of(self, job: ImportJob):
@@ -140,6 +149,8 @@ class ImportRole:
         result = self.tree.insert(InsertParams(key=RadixKey(array("q", job.token_ids), job.namespace),
                                                value=job.slots.to(torch.int64, copy=True)))
         parts.req_to_token_pool.free(job.row)
+        if job.blend is not None:
+            job.blend.release()
         if result.prefix_len > 0:
             parts.allocator.free(job.slots[: result.prefix_len])  # already in the tree
         timings = job.timings()
@@ -156,6 +167,8 @@ class ImportRole:
 
         self.parts.req_to_token_pool.free(job.row)
         self.parts.allocator.free(job.slots)
+        if job.blend is not None:
+            job.blend.release()
         setattr(job.req, FELL_BACK_ATTR, True)
         reason, message = job.failure
         record_fallback(job.req, reason)

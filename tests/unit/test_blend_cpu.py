@@ -116,7 +116,7 @@ def test_bad_blend_values_prefill_normally(pair, plan, caplog):
 
 
 @pytest.mark.parametrize("pair", ["different"], indirect=True)
-@pytest.mark.parametrize("where", ["select_positions", "blend_layers"])
+@pytest.mark.parametrize("where", ["receiver_v", "hkvd_select", "recompute_tokens"])
 def test_failure_midway_frees_the_slots(pair, where, monkeypatch):
     a, b = pair
     announce_and_wait(a, b, CONTEXT)
@@ -129,6 +129,31 @@ def test_failure_midway_frees_the_slots(pair, where, monkeypatch):
     req, match = import_with(b, "blend:0.25")
     assert len(match.device_indices) == 0 and req.extra_key is None and getattr(req, FELL_BACK_ATTR) is True
     assert b.metrics.fallbacks == ["internal"] and b.allocator.available_size() == available and leak_free(b)
+
+
+@pytest.mark.parametrize("pair", ["different"], indirect=True)
+def test_a_backend_that_reads_the_prefix_before_saving_refuses_blends(pair, monkeypatch):
+    a, b = pair
+    announce_and_wait(a, b, CONTEXT)
+    monkeypatch.setattr(b.runtime.parts.engine, "backend_name", "flashinfer")  # ragged, no twin factory
+    available = b.allocator.available_size()
+    req, match = import_with(b, "blend:0.25")
+    assert len(match.device_indices) == 0 and getattr(req, FELL_BACK_ATTR) is True
+    assert b.metrics.fallbacks == ["blend_unsupported"] and a.runtime.export_server.num_served == 0
+    assert b.allocator.available_size() == available and leak_free(b)
+
+
+@pytest.mark.parametrize("pair", ["different"], indirect=True)
+def test_no_room_for_the_selection_scratch_prefills_normally(pair):
+    a, b = pair
+    announce_and_wait(a, b, CONTEXT)
+    held = b.allocator.alloc(b.allocator.available_size() - len(CONTEXT) - 4)  # room for the slots only
+    available = b.allocator.available_size()
+    req, match = import_with(b, "blend:0.25")
+    assert len(match.device_indices) == 0 and getattr(req, FELL_BACK_ATTR) is True
+    assert b.metrics.fallbacks == ["no_memory"] and b.allocator.available_size() == available
+    b.allocator.free(held)
+    assert leak_free(b)
 
 
 def test_serial_import_matches_too(serial_pair):

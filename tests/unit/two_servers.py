@@ -74,8 +74,7 @@ class CountingMetrics(NullMetrics):
 def make_side(name, model, settings, fingerprint="fp", plane_backend=None):
     engine = cpu_engine(model, pool_size=POOL_SIZE, max_context_len=128, num_rows=8)
     kv_pool, allocator = engine.kv_pool, engine.allocator
-    layers = engine.model.model.layers
-    parts = ModelParts(layers, engine.model.model.embed_tokens, kv_pool, allocator, HIDDEN, torch.float32,
+    parts = ModelParts(kv_pool, allocator, HIDDEN, torch.float32,
                        torch.device("cpu"), engine.engine, engine.req_pool)
     metrics = CountingMetrics()
     settings = parse_settings({"model": name, **settings})
