@@ -105,20 +105,28 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--receiver", default="smollm2-lib-full", help="the fine-tune that reuses the base's KV: "
       "smollm2-{lib-full,test-lora,docs-lora} (the prefix may be left out)")
-    a("--models-dir", default=str(WORK / "models"))
     a("--profiles-dir", default=str(WORK / "results" / "profiles"),
       help="<sender>__<receiver>.yaml profiles (the receiver plugin's profiles_dir)")
     a("--num-prompts", type=int, default=64)
-    a("--context-len", type=int, default=3072, help="shared context tokens per prompt")
-    a("--query-len", type=int, default=32, help="the receiver's own suffix tokens per prompt")
-    a("--new-tokens", type=int, default=32, help="greedy tokens per answer")
-    a("--seed", type=int, default=0, help="example selection (tasks.build_task)")
     a("--plans", default=DEFAULT_PLANS, help="receiver plans, ';' or ',' separated (see the docstring)")
     a("--best-max-layers", type=int, default=0, help="'best': at most this many recomputed layers (0: a third)")
     a("--max-quality-drop", type=float, default=0.05, help="the receiver plugin's max_quality_drop ('auto')")
     a("--control", action=argparse.BooleanOptionalAction, default=True,
       help="the same-weights control receiver (base -> base)")
     a("--control-plans", default="reuse")
+    add_server_args(p)
+    return p
+
+
+def add_server_args(p: argparse.ArgumentParser) -> None:
+    """The prompt, server and run arguments real_serving shares with guard_check (its own
+    defaults: the caller's ``set_defaults`` changes them)."""
+    a = p.add_argument
+    a("--models-dir", default=str(WORK / "models"))
+    a("--context-len", type=int, default=3072, help="shared context tokens per prompt")
+    a("--query-len", type=int, default=32, help="the receiver's own suffix tokens per prompt")
+    a("--new-tokens", type=int, default=32, help="greedy tokens per answer")
+    a("--seed", type=int, default=0, help="example selection (tasks.build_task)")
     a("--backend", default="flashinfer", choices=BACKENDS,
       help="attention backend (flashinfer-paged: SGLANG_FLASHINFER_USE_PAGED=1, as engine_exactness)")
     a("--data-plane", default="cuda_ipc", choices=("cuda_ipc", "zmq"), help="one GPU: cuda_ipc or zmq")
@@ -131,11 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--startup-timeout", type=float, default=480.0)
     a("--budget-s", type=float, default=240.0, help="start no prompt after this many seconds of measuring")
     a("--request-timeout", type=float, default=120.0)
-    a("--out", default="", help="result JSON (default $OUT/real-serving.json)")
+    a("--out", default="", help="result JSON (default: under $OUT)")
     a("--work-dir", default="", help="server logs and configs (default $OUT/servers)")
     a("--tokenizer", default="", help="tokenizer.json (default: the receiver's; --dry-run falls back to the base's)")
     a("--dry-run", action="store_true", help="CPU: build the prompts, print the servers and plans; start nothing")
-    return p
 
 
 def model_name(name: str) -> str:
@@ -286,12 +293,12 @@ def prefill(server: Server, ids: list[int], timeout: float, plan: Optional[str] 
     post(server.url + "/generate", {"input_ids": ids, "sampling_params": params}, timeout)
 
 
-def counters(text: str) -> dict[str, float]:
-    """The DroidSpeak counters of a /metrics text: 'name{label=...}' (model label dropped) -> value."""
+def counters(text: str, names: Iterable[str] = COUNTERS) -> dict[str, float]:
+    """The DroidSpeak samples ``names`` of a /metrics text: 'name{label=...}' (model label dropped) -> value."""
     out: dict[str, float] = {}
     for line in metric_lines(text):
         m = re.match(r'^sglang:droidspeak_(\w+?)(\{[^}]*\})?\s+(\S+)$', line.strip())
-        if not m or m.group(1) not in COUNTERS:
+        if not m or m.group(1) not in names:
             continue
         labels = [kv for kv in re.findall(r'(\w+)="([^"]*)"', m.group(2) or "") if kv[0] != "model"]
         key = m.group(1) + ("{" + ",".join(f"{k}={v}" for k, v in labels) + "}" if labels else "")
@@ -605,11 +612,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         result["startup_s"] = round(time.perf_counter() - began, 1)
         measure(servers, receiver, plans, control_plans, examples, scorer, args, result, rows, out_path)
     except Exception as exc:
-        result["error"] = f"{type(exc).__name__}: {exc}"
-        print("ERROR", result["error"], flush=True)
-        for s in servers.values():
-            if not s.alive():
-                print(f"--- {s.name} died:\n{s.tail(40)}", flush=True)
+        record_error(result, servers, exc)
     finally:
         for name, server in servers.items():
             try:
@@ -622,6 +625,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(table(result["summary"]))
     print(f"written: {out_path} ({round(time.perf_counter() - began, 1)} s); error: {result.get('error')}")
     return 1 if result.get("error") else 0
+
+
+def record_error(result: dict, servers: dict, exc: Exception) -> None:
+    """``exc`` as the result's error, printed with the log tail of every server that died."""
+    result["error"] = f"{type(exc).__name__}: {exc}"
+    print("ERROR", result["error"], flush=True)
+    for s in servers.values():
+        if not s.alive():
+            print(f"--- {s.name} died:\n{s.tail(40)}", flush=True)
 
 
 def prompt_record(examples: list, split: str, args, tok_path: Path) -> dict:

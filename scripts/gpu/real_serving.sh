@@ -19,9 +19,5 @@
 #   real_serving:--receiver+smollm2-docs-lora
 # Results: $OUT/real-serving.json (copy to docs/results/real-serving-<receiver>-<date>.json), a table
 # on stdout, server logs and configs in $OUT/servers/.
-set -uo pipefail
-export DROIDSPEAK_REAL_DIR=${DS_REAL_DIR:-/tmp/ds-real}
-[ -f "$DROIDSPEAK_REAL_DIR/models/smollm2-base/config.json" ] \
-  || { echo "no real family under $DROIDSPEAK_REAL_DIR/models: run the real_family step on this machine first"; exit 1; }
-source scripts/gpu/device_env.sh || exit 1
+source scripts/gpu/real_sglang_env.sh || exit 1
 python3 scripts/gpu/real_serving.py "$@"
