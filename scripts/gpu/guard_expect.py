@@ -22,6 +22,7 @@ droidspeak keys and its own counter deltas), the counter deltas over its whole r
     priority     the "(priority X)" of the "quality guard on:" log lines
     last_reused  whether the extra request (sent after the trip) was served over foreign KV;
     last_hits    its foreign_hits_total delta
+    last_reason  its meta_info droidspeak_reason (a guard-blocked prefix: "quality_guard")
 
 No SGLang, no servers: tests/unit/test_guard_check.py runs it on made-up records.
 """
@@ -41,6 +42,7 @@ PRIORITY_ARGS = ("--enable-priority-scheduling", "--default-priority-value", "0"
 CUT = 4  # tokens each request's continuation is shorter than the one before
 LOWEST_PRIORITY = str(-sys.maxsize - 1)  # guard_shadow.ShadowEndpoint's, as the "guard on" line logs it
 REUSED_SYSTEMS = ("droidspeak", "cacheblend")  # response_info.py; "full_prefill" is a fallback
+GUARD_FALLBACK = "quality_guard"  # radix_cache.GUARD_FALLBACK: the reason a guard-blocked request carries
 GUARD_ON = re.compile(r"quality guard on: .*\(priority (\S+)\)")
 
 
@@ -102,6 +104,7 @@ def measured(rec: dict, sender: str, receiver: str) -> dict:
         "priority": [m.group(1) for m in map(GUARD_ON.search, lines) if m],
         "last_reused": bool(last) and reused(last.get("meta") or {}),
         "last_hits": sample(last.get("counters") or {}, "foreign_hits_total") if last else None,
+        "last_reason": first(last.get("meta") or {}, "droidspeak_reason") if last else None,
     }
 
 
@@ -136,6 +139,8 @@ def rules(role: str, cfg: dict) -> list[Rule]:
             ("live agreement mean", f"< {below:.3f}", "agreement", mean_is(lambda a: a < below)),
             ("extra request: not reused", "False", "last_reused", lambda g: not g["last_reused"]),
             ("extra request: foreign hits", "+0", "last_hits", lambda g: g["last_hits"] == 0),
+            ("extra request: meta_info reason", GUARD_FALLBACK, "last_reason",
+             lambda g: g["last_reason"] == GUARD_FALLBACK),
         ]
     if role == "control":
         return common + [

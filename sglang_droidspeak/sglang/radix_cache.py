@@ -40,11 +40,13 @@ from sglang_droidspeak.sglang.import_queue import JOB_ATTR
 from sglang_droidspeak.sglang.radix_lookup import ForeignLookup
 from sglang_droidspeak.sglang.radix_withdraw import WithdrawOnEvict
 from sglang_droidspeak.sglang.request_plan import OFF, PLAN_FORCED_ATTR, request_plan_choice
-from sglang_droidspeak.sglang.response_info import record_derived
+from sglang_droidspeak.sglang.response_info import record_derived, record_fallback
 from sglang_droidspeak.sglang.settings import PlanLookup
 
 FOREIGN_HIT_ATTR = "droidspeak_foreign_hit"
 FELL_BACK_ATTR = "droidspeak_fell_back"  # set once an import failed: no second attempt
+GUARD_NOTED_ATTR = "droidspeak_guard_noted"  # its guard-blocked prefix is counted once
+GUARD_FALLBACK = "quality_guard"  # fallbacks_total{reason} and meta_info's reason, as runtime_imports
 logger = logging.getLogger(__name__)
 
 
@@ -141,7 +143,10 @@ class DroidSpeakRadixCache(WithdrawOnEvict, ForeignLookup, RadixCache):
             setattr(req, FOREIGN_HIT_ATTR, None)
             return native
         choice = OFF if getattr(req, FELL_BACK_ATTR, False) else request_plan_choice(req, self.num_layers)
+        self.guard_blocked = None
         hit = None if choice is OFF else self._foreign_hit(params.key, len(native.device_indices), choice)
+        if hit is None and self.guard_blocked is not None:
+            self._note_guard_block(req)
         setattr(req, FOREIGN_HIT_ATTR, hit)
         setattr(req, PLAN_FORCED_ATTR, choice is not None)  # a LayerPlan or BlendPlan
         if hit is None or hit.tag.origin is not KVOrigin.DERIVED:
@@ -152,6 +157,16 @@ class DroidSpeakRadixCache(WithdrawOnEvict, ForeignLookup, RadixCache):
         req.extra_key = hit.namespace
         key = RadixKey(params.key.token_ids, hit.namespace, limit=params.key.limit, is_bigram=params.key.is_bigram)
         return super().match_prefix(dataclasses.replace(params, key=key))
+
+    def _note_guard_block(self, req: Any) -> None:
+        """Once per request: its foreign prefix was passed over because the quality guard
+        tripped the pair, so it prefills normally; /metrics and meta_info say so."""
+        if getattr(req, GUARD_NOTED_ATTR, False):
+            return  # SGLang matches a waiting request more than once
+        setattr(req, GUARD_NOTED_ATTR, True)
+        record_fallback(req, GUARD_FALLBACK)
+        if self.runtime is not None:
+            self.runtime.metrics.record_fallback(GUARD_FALLBACK)
 
     def cache_finished_req(self, req: Any, is_insert: bool = True, **kwargs: Any) -> None:
         """SGLang's, then the runtime's quality guard sees the finished request (it may

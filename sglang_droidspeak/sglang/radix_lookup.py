@@ -30,6 +30,7 @@ from sglang_droidspeak.radix.tags import reusable_by
 
 
 class ForeignLookup:
+    guard_blocked: Optional[str] = None  # the last lookup passed over this sender's prefix (quality guard)
     def _longest_planned_remote(
         self, tokens, base: Optional[str], forced: Optional[LayerPlan] = None
     ) -> tuple[Optional[RemoteMatch], Optional[LayerPlan]]:
@@ -44,6 +45,7 @@ class ForeignLookup:
                 return None, None
             if forced is None and self.runtime is not None and self.runtime.guard_blocks(remote.sender):
                 excluded.add(remote.sender)  # the quality guard tripped this pair: prefill normally
+                self.guard_blocked = remote.sender
                 continue
             plan = forced or self.plan_lookup(remote.sender, self.model)
             if plan is not None:
@@ -61,6 +63,7 @@ class ForeignLookup:
             if not reusable_by(tag, self.model) or (plan is not None and tag.plan != str(plan)):
                 continue
             if plan is None and self.runtime is not None and self.runtime.guard_blocks(tag.origin_sender):
+                self.guard_blocked = tag.origin_sender
                 continue  # tripped by the quality guard: its derived KV is not adopted either
             matched = self._peek_len(RadixKey(tokens, namespace))
             if matched > best_len:

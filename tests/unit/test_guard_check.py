@@ -22,6 +22,7 @@ gc = load_script("gpu/guard_check.py")
 ge = gc.ge
 LIAR = "smollm2-docs-lora"
 REUSED = {"droidspeak_system": ["droidspeak"], "droidspeak_plan": ["reuse-all"], "droidspeak_reason": ["static plan"]}
+GUARDED = {"droidspeak_system": ["full_prefill"], "droidspeak_plan": ["none"], "droidspeak_reason": ["quality_guard"]}
 TRIP = f"[2026-12-07 10:00:00] droidspeak: quality guard tripped for smollm2-base -> {LIAR}: live agreement 0.800"
 ON = "[2026-12-07 09:59:00] droidspeak: quality guard on: 1 of reused greedy requests re-run at http://x (priority {})"
 
@@ -40,7 +41,7 @@ def counts(checked=4, failed=0, trips=1, agreement=0.8):
 
 def liar_record(served=4, priority="None", **kw) -> dict:
     requests = [{"meta": dict(REUSED) if i < served else {}, "counters": {}} for i in range(6)]
-    requests.append({"meta": {}, "counters": {"foreign_hits_total{origin=remote}": 0.0}})
+    requests.append({"meta": dict(GUARDED), "counters": {"foreign_hits_total{origin=remote}": 0.0}})
     return {"requests": requests, "delta": counts(**kw), "log_lines": [ON.format(priority), TRIP]}
 
 
@@ -62,7 +63,8 @@ def test_the_liar_rows_pass_and_each_can_fail():
     rec["requests"][-1] = {"meta": dict(REUSED), "counters": {"foreign_hits_total{origin=remote}": 1.0}}
     rec["log_lines"] = rec["log_lines"][:1]
     assert failing(ge.evaluate("liar", rec, cfg(), LIAR)) == [
-        "trip warning in the log", "extra request: not reused", "extra request: foreign hits"]
+        "trip warning in the log", "extra request: not reused", "extra request: foreign hits",
+        "extra request: meta_info reason"]
     got = {r["check"]: r["got"] for r in ge.evaluate("liar", liar_record(), cfg(), LIAR)}
     assert got["live agreement mean"] == 0.8 and got["shadow priority (guard on line)"] == ["None"]
     assert ge.all_pass({"p": {LIAR: {"expect": ge.evaluate("liar", liar_record(), cfg(), LIAR)}}})
@@ -125,7 +127,8 @@ class FakeLiar:
             self.n += 1
             if self.n == 4:
                 self.log_path.write_text(self.log_path.read_text() + TRIP + "\n")
-        return {"ids": [7] * new_tokens, "cached": 0, "e2e_ms": 1.0, "meta": dict(REUSED) if reused else {}}
+        meta = dict(REUSED) if reused else dict(GUARDED) if self.n >= 4 else {}
+        return {"ids": [7] * new_tokens, "cached": 0, "e2e_ms": 1.0, "meta": meta}
 
 
 def test_run_receiver_waits_for_each_check_then_sends_the_extra_request(tmp_path, monkeypatch):
@@ -135,7 +138,7 @@ def test_run_receiver_waits_for_each_check_then_sends_the_extra_request(tmp_path
     args = types.SimpleNamespace(new_tokens=32, request_timeout=1.0, check_timeout=0.5, requests=6)
     rec = gc.run_receiver(fake, [[1] * 10] * 7, args, expect_trip=True)
     assert fake.flushes == 7 and rec["waits_met"] == [True] * 5  # 4 checks, then the trip before the extra one
-    assert [bool(r["meta"]) for r in rec["requests"]] == [True] * 4 + [False] * 3
+    assert [ge.reused(r["meta"]) for r in rec["requests"]] == [True] * 4 + [False] * 3
     assert failing(ge.evaluate("liar", rec, cfg(), LIAR)) == []
     assert rec["delta"]["guard_trips_total{sender=smollm2-base}"] == 1
 
@@ -158,7 +161,7 @@ def test_dry_run_prints_prompts_configs_and_expectations(monkeypatch, capsys):
     assert "the liar + --enable-priority-scheduling --default-priority-value 0" in out
     # lib-full (the synthetic corpus has lib files only): its committed profile's full reuse keeps the promise
     assert '"agreement": 0.9639, "note": "not clearly below the trip line 0.940: it may not trip' in out
-    assert out.count("\nexpect ") == 9 + 7 + 9
+    assert out.count("\nexpect ") == 10 + 7 + 10
     assert "expect priority     liar     shadow priority (guard on line)    [-9223372036854775808]" in out
     assert "expect no-priority  control  live agreement mean (noise floor)  >= 0.940" in out
     for bad in (["--liar", "base"], ["--requests", "3"], ["--query-len", "24"]):

@@ -20,11 +20,14 @@ from cpu_sglang import require_cpu_sglang
 require_cpu_sglang()
 
 from sglang.srt.managers.schedule_batch import FINISH_ABORT, FINISH_LENGTH, Req  # noqa: E402
+from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams  # noqa: E402
+from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
 from sglang.srt.sampling.sampling_params import SamplingParams  # noqa: E402
 
 from shadow_server import shadow_server  # noqa: E402
 from sglang_droidspeak.identity import fingerprint_from_config  # noqa: E402
 from sglang_droidspeak.plan import FrontierPoint, LayerPlan, ModelRef, Profile, save_profile  # noqa: E402
+from sglang_droidspeak.sglang.response_info import response_info  # noqa: E402
 from sglang_droidspeak.sglang.quality_guard import (GUARD_REASON, QualityGuard, ShadowEndpoint,  # noqa: E402
                                                    profile_bound)
 from two_servers import (CountingMetrics, NUM_LAYERS, announce_and_wait, import_and_match, leak_free,  # noqa: E402
@@ -135,16 +138,21 @@ def test_a_lying_profile_trips_the_guard_and_the_pair_prefills_normally(tmp_path
         after = greedy(CONTEXT + SUFFIX)
         match = serve(b, after)
         assert len(match.device_indices) == 0 and after.extra_key is None
+        # counted once per request (SGLang matches a waiting request again), and told in meta_info
+        b.tree.match_prefix(MatchPrefixParams(key=RadixKey(after.origin_input_ids), req=after))
+        assert response_info(after) == {"droidspeak_system": "full_prefill", "droidspeak_plan": "none",
+                                        "droidspeak_reason": "quality_guard"}
         other = greedy([t + 40 for t in CONTEXT] + SUFFIX)
         announce_and_wait(a, b, other.origin_input_ids[:len(CONTEXT)])
         assert len(serve(b, other).device_indices) == 0
-        assert b.metrics.fallbacks == [] and a.runtime.export_server.num_served == 1  # not even tried
+        assert b.metrics.fallbacks == ["quality_guard"] * 2  # the derived prefix, then the remote one
+        assert a.runtime.export_server.num_served == 1  # not even tried
         # a hit found just before the trip (the tree's lookup raced it): the plan choice refuses it
         b.runtime.guard_blocks = lambda sender: False
         raced = greedy([t + 60 for t in CONTEXT] + SUFFIX)
         announce_and_wait(a, b, raced.origin_input_ids[:len(CONTEXT)])
         assert len(serve(b, raced).device_indices) == 0
-        assert b.metrics.fallbacks == ["quality_guard"] and a.runtime.export_server.num_served == 1
+        assert b.metrics.fallbacks == ["quality_guard"] * 3 and a.runtime.export_server.num_served == 1
         del b.runtime.guard_blocks
         choice = b.runtime.chooser.choose("coder-a", PLAN, False, len(CONTEXT), 2, 0)
         assert (choice.plan, choice.reason) == (None, GUARD_REASON)
