@@ -12,6 +12,8 @@ the batched teacher-forced scorer (profiler/batched.py), each on the receiver's 
 domain (the base: lib), with CacheBlend-style token recompute scored at a few layer budgets
 beside the best group of as many layers (equal compute). Pairs go base -> each, each -> base, then the rest; past
 ``--budget-s`` the remaining pairs are skipped and listed (a rerun resumes from the work files).
+``--validate-examples N`` (0 = off) scores each profile's chosen points again on N other examples
+and records those qualities (profiler/validate.py): the next lease's ``--num-examples 32 --validate-examples 64``.
 
 Writes $OUT/real-family.json (everything, with card, date, versions, corpus hash) and
 $OUT/real-family.results.tar.gz (finetune.json, adapters/*.safetensors, profiles/*.yaml + plots,
@@ -45,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--eval-windows", type=int, default=32)
     p.add_argument("--num-examples", type=int, default=32)
+    p.add_argument("--validate-examples", type=int, default=0,
+                   help="score the chosen points again on this many other examples (0 = off; ProfileConfig)")
     p.add_argument("--context-len", type=int, default=768)
     p.add_argument("--query-len", type=int, default=32)
     p.add_argument("--granularity", type=int, default=2, choices=(1, 2))
@@ -148,12 +152,34 @@ def equal_budget(run) -> dict[str, dict[str, float]]:
     return out
 
 
+def profile_config(args, sender: str, receiver: str, split: str, results: Path, plots: bool):
+    """The ProfileConfig of one pair (batched teacher-forced agreement on the receiver's held-out split)."""
+    from sglang_droidspeak.profiler.runner import ProfileConfig
+
+    return ProfileConfig(sender=sender, receiver=receiver, dataset="lcc", corpus="django", split=split,
+                         num_examples=args.num_examples, validate_examples=args.validate_examples,
+                         context_len=args.context_len, query_len=args.query_len, granularity=args.granularity,
+                         metric="agreement", generate=False, device=args.device, batch_size=args.plan_batch,
+                         cacheblend_budgets=args.cacheblend_budgets, out_dir=str(results / "profiles"),
+                         work_dir=str(WORK / "work"), plots=plots, progress=False)
+
+
+def validation_report(run) -> dict:
+    """A validated profile's selection-set numbers, beside its validated ones ({} when not validated)."""
+    v = run.profile.validation
+    if v is None:
+        return {}
+    return {"validation": {**v.to_dict(), "scores": {k: round(q, 4) for k, q in run.validation_scores.items()},
+                           "selection_frontier": {pt.num_recomputed_layers: round(pt.selection_quality, 4)
+                                                  for pt in run.profile.frontier}}}
+
+
 def profile_pairs(args, names: list[str], corpus, results: Path, report: dict, lap, save) -> None:
     import torch
 
     from sglang_droidspeak.profiler.loading import load_model
-    from sglang_droidspeak.profiler.runner import ProfileConfig, profile_models
-    from sglang_droidspeak.tasks import build_task
+    from sglang_droidspeak.profiler.runner import profile_models
+    from sglang_droidspeak.profiler.validate import task_example_sets
 
     try:
         import matplotlib  # noqa: F401
@@ -169,20 +195,13 @@ def profile_pairs(args, names: list[str], corpus, results: Path, report: dict, l
             report["skipped_pairs"].append(key)
             continue
         split = HELDOUT[receiver.removeprefix("smollm2-")]
-        config = ProfileConfig(sender=sender, receiver=receiver, dataset="lcc", corpus="django", split=split,
-                               num_examples=args.num_examples, context_len=args.context_len,
-                               query_len=args.query_len, granularity=args.granularity, metric="agreement",
-                               generate=False, device=args.device, batch_size=args.plan_batch,
-                               cacheblend_budgets=args.cacheblend_budgets,
-                               out_dir=str(results / "profiles"), work_dir=str(WORK / "work"), plots=plots,
-                               progress=False)
-        if split not in examples:
-            examples[split] = build_task("lcc", models[receiver].tokenizer, split=split,
-                                         num_examples=args.num_examples, context_len=args.context_len,
-                                         query_len=args.query_len, seed=config.seed, corpus=corpus)
+        config = profile_config(args, sender, receiver, split, results, plots)
+        if split not in examples:  # (selection, validation); the tokenizer is the family's
+            examples[split] = task_example_sets(config, models[receiver].tokenizer, corpus)
         began = time.perf_counter()
         try:
-            run = profile_models(config, models[sender], models[receiver], corpus=corpus, examples=examples[split])
+            run = profile_models(config, models[sender], models[receiver], corpus=corpus, examples=examples[split][0],
+                                 validation_examples=examples[split][1])
         except Exception as exc:  # one failing pair must not cost the others (nor the fine-tunes)
             report["failed_pairs"][key] = f"{type(exc).__name__}: {exc}"
             print(f"{key}: FAILED {report['failed_pairs'][key]}", flush=True)
@@ -194,13 +213,15 @@ def profile_pairs(args, names: list[str], corpus, results: Path, report: dict, l
         report["profiles"][key] = {"split": split, "seconds": round(time.perf_counter() - began, 1),
                                    "receiver_quality": p.receiver_quality, "full_reuse_quality": p.full_reuse_quality,
                                    "frontier": best, "sensitivity": [round(x, 4) for x in p.sensitivity],
-                                   "equal_budget": equal_budget(run)}
+                                   "equal_budget": equal_budget(run), **validation_report(run)}
         (results / "scores").mkdir(parents=True, exist_ok=True)
         (results / "scores" / f"{key}.json").write_text(json.dumps({str(k): v for k, v in run.scores.items()}) + "\n")
         versus = "  ".join(f"k={k}: group {v['droidspeak_group']:.3f} / tokens {v['cacheblend']:.3f}"
                            for k, v in report["profiles"][key]["equal_budget"].items())
-        print(f"{key:<38} {split:<13} full reuse {p.full_reuse_quality:.3f}  frontier {best}  "
-              f"({report['profiles'][key]['seconds']} s)\n    equal compute (agreement): {versus}", flush=True)
+        on = f"  (validation set of {p.validation.examples})" if p.validation else ""
+        print(f"{key:<38} {split:<13} full reuse {p.full_reuse_quality:.3f}  frontier {best}{on}  "
+              f"({report['profiles'][key]['seconds']} s)\n    equal compute (agreement, selection set): {versus}",
+              flush=True)
         save()
 
 

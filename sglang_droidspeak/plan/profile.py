@@ -13,9 +13,16 @@ A profile is YAML (``profiles/<sender>__<receiver>.yaml``)::
     tool_version: 0.1.0
     receiver_quality: 0.61       # the receiver's own full prefill
     full_reuse_quality: 0.40     # reuse every layer of the sender
-    sensitivity: [...]           # optional: quality drop when only layer l is reused
+    validation:                  # optional (profiler --validate-examples): every quality in the file
+      examples: 64               # is measured on these examples, disjoint from the 32 selection ones
+      seed: 0                    # build_task seed; the validation examples follow the first `offset`
+      offset: 32                 # (the selection set) in that seed's order, skipping any prompt they hold
+      selection_receiver_quality: 0.60     # the selection set's receiver and full reuse, for the record
+      selection_full_reuse_quality: 0.43
+    sensitivity: [...]           # optional: quality drop when only layer l is reused (selection set)
     frontier:                    # Pareto frontier, by num_recomputed_layers ascending
       - {groups: [[0, 2]], num_recomputed_layers: 2, quality: 0.55, quality_drop: 0.06}
+        # + selection_quality: 0.58 on every point (frontier and systems) of a validated profile
     systems:                     # optional: other systems measured on the same examples
       cacheblend:                # token recompute at the compute of `budget` layers, served as
         - {budget: 2, select_layer: 1, quality: 0.58, quality_drop: 0.03}   # blend:(2/8)@1
@@ -31,7 +38,7 @@ Loading (``profile_io``) validates every field and names the file and field on e
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sglang_droidspeak.identity import ModelFingerprint
@@ -57,6 +64,7 @@ class FrontierPoint:
     plan: Plan
     quality: float
     quality_drop: float
+    selection_quality: float | None = None  # validated profiles: the score on the selection examples
 
     @property
     def num_recomputed_layers(self) -> int:
@@ -70,6 +78,20 @@ class FrontierPoint:
     def budget(self) -> float:
         """Layer-equivalents of prefix compute (plan.system_points)."""
         return layer_equivalents(self.plan)
+
+
+@dataclass(frozen=True)
+class Validation:
+    """How a validated profile's qualities were measured (profiler ``validate_examples``)."""
+
+    examples: int
+    seed: int
+    offset: int  # the selection set's size: validation examples come after it in the seed's order
+    selection_receiver_quality: float
+    selection_full_reuse_quality: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -87,6 +109,7 @@ class Profile:
     created: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     tool_version: str = ""
     systems: tuple[FrontierPoint, ...] = ()  # CacheBlend / hybrid points, by system then budget
+    validation: Validation | None = None  # None: measured on the examples the frontier was chosen on
 
     def points(self) -> tuple[FrontierPoint, ...]:
         """Every measured point: the DroidSpeak frontier, then the other systems'."""
@@ -118,11 +141,12 @@ class Profile:
             "receiver_quality": self.receiver_quality,
             "full_reuse_quality": self.full_reuse_quality,
         }
+        if self.validation is not None:
+            data["validation"] = self.validation.to_dict()
         if self.sensitivity is not None:
             data["sensitivity"] = list(self.sensitivity)
         data["frontier"] = [
-            {"groups": p.plan.to_list(), "num_recomputed_layers": p.num_recomputed_layers,
-             "quality": p.quality, "quality_drop": p.quality_drop}
+            {"groups": p.plan.to_list(), "num_recomputed_layers": p.num_recomputed_layers, **_qualities(p)}
             for p in self.frontier
         ]
         if self.systems:
@@ -139,4 +163,11 @@ def _system_point_dict(point: FrontierPoint) -> dict[str, Any]:
         head = {"groups": [[plan.group.start, plan.group.end]], "budget": plan.budget}
     else:
         raise ValueError(f"Profile.systems holds {CACHEBLEND} and {HYBRID} points, got {plan}")
-    return {**head, "quality": point.quality, "quality_drop": point.quality_drop}
+    return {**head, **_qualities(point)}
+
+
+def _qualities(point: FrontierPoint) -> dict[str, float]:
+    data = {"quality": point.quality, "quality_drop": point.quality_drop}
+    if point.selection_quality is not None:
+        data["selection_quality"] = point.selection_quality
+    return data

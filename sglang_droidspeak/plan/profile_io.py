@@ -5,7 +5,9 @@ key); qualities are finite numbers in [0, 1]; ``quality_drop`` is in [-1, 1] and
 ``receiver_quality - quality`` (a plan may beat the receiver's own prefill, never by a
 made-up margin); ``sensitivity`` holds ``num_layers`` finite numbers; the frontier's groups
 are valid LayerPlans on the granularity, sorted by recomputed layers; the optional
-``systems`` section follows ``plan.profile_systems``' rules.
+``systems`` section follows ``plan.profile_systems``' rules. The optional ``validation``
+section holds all of VALIDATION_KEYS (``examples`` >= 1, ``seed`` >= 0, ``offset`` >= 1,
+qualities in [0, 1]); with it every point carries ``selection_quality``, without it none does.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import yaml
 
 from sglang_droidspeak.identity import IncompatibleModels, ModelFingerprint, check_compatible
 from sglang_droidspeak.plan.layer_plan import LayerPlan, PlanError
-from sglang_droidspeak.plan.profile import FORMAT_VERSION, FrontierPoint, ModelRef, Profile
-from sglang_droidspeak.plan.profile_systems import measured_quality, parse_systems
+from sglang_droidspeak.plan.profile import FORMAT_VERSION, FrontierPoint, ModelRef, Profile, Validation
+from sglang_droidspeak.plan.profile_systems import OPTIONAL_POINT_KEYS, measured_quality, parse_systems
 from sglang_droidspeak.validation import FieldError, Section, is_number
 from sglang_droidspeak.yaml_io import FileLoadError, read_yaml_file
 
@@ -32,9 +34,11 @@ class _Section(Section):
 
 
 PROFILE_KEYS = ("format_version", "sender", "receiver", "num_layers", "dataset", "metric", "granularity", "created",
-                "tool_version", "receiver_quality", "full_reuse_quality", "sensitivity", "frontier", "systems")
-OPTIONAL_KEYS = ("granularity", "sensitivity", "systems")
-POINT_KEYS = ("groups", "num_recomputed_layers", "quality", "quality_drop")
+                "tool_version", "receiver_quality", "full_reuse_quality", "validation", "sensitivity", "frontier",
+                "systems")
+OPTIONAL_KEYS = ("granularity", "validation", "sensitivity", "systems")
+POINT_KEYS = ("groups", "num_recomputed_layers", "quality", "quality_drop", "selection_quality")
+VALIDATION_KEYS = ("examples", "seed", "offset", "selection_receiver_quality", "selection_full_reuse_quality")
 
 
 def _text(s: Section, key: str) -> str:
@@ -71,12 +75,14 @@ def _plan(point: Section, num_layers: int, granularity: int) -> LayerPlan:
     return plan
 
 
-def _frontier(top: Section, num_layers: int, granularity: int, receiver_quality: float) -> tuple[FrontierPoint, ...]:
+def _frontier(top: Section, num_layers: int, granularity: int, receiver_quality: float,
+              validated: bool) -> tuple[FrontierPoint, ...]:
     points = []
+    required = tuple(k for k in POINT_KEYS if k not in OPTIONAL_POINT_KEYS)
     for i in range(len(top.items("frontier"))):
-        point = top.item("frontier", i, POINT_KEYS, required=POINT_KEYS)
+        point = top.item("frontier", i, POINT_KEYS, required=required)
         plan = _plan(point, num_layers, granularity)
-        points.append(FrontierPoint(plan, *measured_quality(point, receiver_quality)))
+        points.append(FrontierPoint(plan, *measured_quality(point, receiver_quality, validated)))
     counts = [p.num_recomputed_layers for p in points]
     if counts != sorted(counts):
         top.fail("frontier", f"must be sorted by num_recomputed_layers, got {counts}")
@@ -90,6 +96,16 @@ def _sensitivity(top: Section, num_layers: int) -> tuple[float, ...] | None:
     if not isinstance(values, list) or len(values) != num_layers or not all(is_number(x) for x in values):
         top.fail("sensitivity", f"must be {num_layers} finite numbers", values)
     return tuple(float(x) for x in values)
+
+
+def _validation(top: Section) -> Validation | None:
+    if top.get("validation", None) is None:
+        return None
+    block = top.child("validation", VALIDATION_KEYS, required=VALIDATION_KEYS)
+    return Validation(examples=block.integer("examples", 1), seed=block.integer("seed", 0),
+                      offset=block.integer("offset", 1),
+                      selection_receiver_quality=block.number("selection_receiver_quality", 0.0, 1.0),
+                      selection_full_reuse_quality=block.number("selection_full_reuse_quality", 0.0, 1.0))
 
 
 def parse_profile(data: Any, where: str = "<profile>", lines: Optional[Mapping[str, int]] = None) -> Profile:
@@ -110,13 +126,16 @@ def parse_profile(data: Any, where: str = "<profile>", lines: Optional[Mapping[s
         top.fail("num_layers", f"is {num_layers}, fingerprints say {receiver.fingerprint.num_layers}")
     granularity = top.choice("granularity", 1, (1, 2))
     receiver_quality = top.number("receiver_quality", 0.0, 1.0)
+    validation = _validation(top)
+    validated = validation is not None
     return Profile(
         sender=sender, receiver=receiver, num_layers=num_layers,
         dataset=top.string("dataset"), metric=top.string("metric"), receiver_quality=receiver_quality,
         full_reuse_quality=top.number("full_reuse_quality", 0.0, 1.0),
-        frontier=_frontier(top, num_layers, granularity, receiver_quality), granularity=granularity,
+        frontier=_frontier(top, num_layers, granularity, receiver_quality, validated), granularity=granularity,
         sensitivity=_sensitivity(top, num_layers), created=_text(top, "created"),
-        tool_version=_text(top, "tool_version"), systems=parse_systems(top, num_layers, receiver_quality),
+        tool_version=_text(top, "tool_version"), systems=parse_systems(top, num_layers, receiver_quality, validated),
+        validation=validation,
     )
 
 

@@ -21,6 +21,8 @@ HELP = {
     "generate": "greedy answer per plan (task metrics); --no-generate: teacher-forced only, batched",
     "batch_size": "plans per batched extend (--no-generate)",
     "cacheblend_budgets": "also score CacheBlend-style token recompute at these layer budgets, e.g. 4,8,12",
+    "validate_examples": "score the chosen points again on this many other examples and record those qualities "
+                         "(0 = the selection examples' own)",
 }
 
 
@@ -36,11 +38,19 @@ def run(args: argparse.Namespace) -> int:
     print(f"profile written: {result.path}")
     for plot in result.plots:
         print(f"plot written:    {plot}")
+    if profile.validation is not None:
+        v = profile.validation
+        print(f"qualities on {v.examples} validation examples (seed {v.seed}, after the {v.offset} selection ones); "
+              f"selected: the selection examples' score")
     print(f"receiver full prefill {profile.metric} = {profile.receiver_quality:.4f}, "
           f"full reuse = {profile.full_reuse_quality:.4f}")
     for key, quality in result.baselines.items():
-        print(f"{key} {profile.metric} = {quality:.4f}")
-    print(f"{'groups':<16}{'layers':>7}{'quality':>10}{'drop':>9}")
-    for point in profile.frontier:
-        print(f"{str(point.plan):<16}{point.num_recomputed_layers:>7}{point.quality:>10.4f}{point.quality_drop:>9.4f}")
+        validated = result.validation_scores.get(key)
+        print(f"{key} {profile.metric} = " + (f"{quality:.4f}" if validated is None
+                                              else f"{validated:.4f} (selected: {quality:.4f})"))
+    selected_column = f"{'selected':>10}" if profile.validation else ""
+    print(f"{'groups':<16}{'layers':>7}{'quality':>10}{'drop':>9}{selected_column}")
+    for p in profile.frontier:
+        selected = "" if p.selection_quality is None else f"{p.selection_quality:>10.4f}"
+        print(f"{str(p.plan):<16}{p.num_recomputed_layers:>7}{p.quality:>10.4f}{p.quality_drop:>9.4f}{selected}")
     return 0

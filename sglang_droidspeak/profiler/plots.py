@@ -46,8 +46,13 @@ def plot_frontier(profile: Profile, scores: Mapping[LayerPlan, float], path: Pat
     fig, ax = plt.subplots(figsize=(6, 4))
     contiguous = [(p.num_recomputed_layers, q) for p, q in scores.items() if len(p.groups) <= 1]
     ax.scatter(*zip(*contiguous), s=14, color="0.6", label="contiguous groups")
-    ax.plot([p.num_recomputed_layers for p in profile.frontier], [p.quality for p in profile.frontier],
-            "o-", color="tab:blue", label="Pareto frontier")
+    layers = [p.num_recomputed_layers for p in profile.frontier]
+    validated = profile.validation is not None
+    ax.plot(layers, [p.quality for p in profile.frontier], "o-", color="tab:blue",
+            label="Pareto frontier" + (" (validation examples)" if validated else ""))
+    if validated:
+        ax.plot(layers, [p.selection_quality for p in profile.frontier], "x:", color="tab:blue",
+                label="the same plans on the selection examples")
     ax.axhline(profile.receiver_quality, ls="--", color="tab:green", label="receiver full prefill")
     ax.axhline(profile.full_reuse_quality, ls=":", color="tab:red", label="full reuse")
     ax.set(xlabel="recomputed layers", ylabel=profile.metric, title=_title(profile))

@@ -5,6 +5,8 @@
 Model arguments are Hugging Face directories, or names of the embedded micro family
 (built on first use). Scores are kept in a JSONL work file, so a run that is stopped
 resumes where it left off when started again with the same settings.
+``--validate-examples N`` scores the chosen points again on N other examples and records
+those qualities (profiler/validate.py; a second work file, ``...-validate-<hash>.jsonl``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ import torch
 from sglang_droidspeak import __version__
 from sglang_droidspeak.config_cli import at_least, check_fields, one_of
 from sglang_droidspeak.identity import check_compatible
-from sglang_droidspeak.plan import FrontierPoint, LayerPlan, ModelRef, Profile, profile_filename, save_profile
-from sglang_droidspeak.plan.profile_systems import points_from_scores
+from sglang_droidspeak.plan import LayerPlan, ModelRef, Profile, profile_filename, save_profile
 from sglang_droidspeak.profiler.batched import BatchedPlanScorer
 from sglang_droidspeak.profiler.evaluate import PairEvaluator
 from sglang_droidspeak.profiler.loading import LoadedModel, default_work_dir, load_model, run_header
@@ -27,8 +28,11 @@ from sglang_droidspeak.profiler.search import (
     ScoredPlan, candidate_plans, contiguous_plans, pareto_frontier, sensitivity_drops,
 )
 from sglang_droidspeak.profiler.store import ResultStore
-from sglang_droidspeak.profiler.systems import RECEIVER, SENDER, cacheblend_system, plan_system
-from sglang_droidspeak.tasks import TASKS, build_task
+from sglang_droidspeak.profiler.systems import RECEIVER, SENDER, System, cacheblend_system, plan_system
+from sglang_droidspeak.profiler.validate import (
+    Measured, checked_validation, profile_fields, task_example_sets, validate,
+)
+from sglang_droidspeak.tasks import TASKS
 from sglang_droidspeak.tasks.corpora import ALL_SPLITS, CORPORA, corpus_identity, load_corpus, split_problem
 
 FAST_METRICS = ("agreement", "target_acc")  # what the batched scorer's frontier can be built on
@@ -66,6 +70,9 @@ class ProfileConfig:
     # compute of k layers (ProfileRun.baselines), to compare with groups of k layers; the
     # profile records them under systems.cacheblend (served as blend:(k/L)@1)
     cacheblend_budgets: str = ""
+    # > 0: score the chosen points (frontier, full reuse, CacheBlend-style) and the receiver again
+    # on this many other examples of the same task, split and seed, and record those qualities
+    validate_examples: int = 0
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -85,6 +92,7 @@ class ProfileRun(NamedTuple):
     plots: tuple[Path, ...]
     scores: dict[LayerPlan, float]
     baselines: dict[str, float] = {}  # "cacheblend:<k>" -> mean metric (cacheblend_budgets)
+    validation_scores: dict[str, float] = {}  # system key -> mean metric on the validation examples
 
 
 def run_profile(config: ProfileConfig) -> ProfileRun:
@@ -94,48 +102,49 @@ def run_profile(config: ProfileConfig) -> ProfileRun:
     return profile_models(config, sender, receiver)
 
 
+def make_scorer(config: ProfileConfig, sender: LoadedModel, receiver: LoadedModel, examples: list):
+    """``config``'s scorer of ``examples``: PairEvaluator (greedy answers) or the batched one."""
+    max_new_tokens = config.max_new_tokens or None
+    if config.generate:
+        return PairEvaluator(sender.model, receiver.model, receiver.tokenizer, config.dataset, examples,
+                             max_new_tokens=max_new_tokens)
+    return BatchedPlanScorer(sender.model, receiver.model, receiver.tokenizer, config.dataset, examples,
+                             batch_size=config.batch_size, max_new_tokens=max_new_tokens)
+
+
 def profile_models(config: ProfileConfig, sender: LoadedModel, receiver: LoadedModel, corpus=None,
-                   examples: list | None = None) -> ProfileRun:
-    """``run_profile`` on models already loaded (``corpus`` and ``examples``: reuse them when
-    several pairs are profiled in one process; None = load / build from ``config``)."""
+                   examples: list | None = None, validation_examples: list | None = None) -> ProfileRun:
+    """``run_profile`` on models already loaded (``corpus``, ``examples`` and
+    ``validation_examples``: reuse them when several pairs are profiled in one process, e.g.
+    from validate.task_example_sets; None = load / build from ``config``)."""
     check_compatible(sender.fingerprint, receiver.fingerprint, sender.name, receiver.name)
-    spec = TASKS[config.dataset]
-    metric = config.metric or spec.primary_metric
+    metric = config.metric or TASKS[config.dataset].primary_metric
     corpus = corpus if corpus is not None else load_corpus(config.corpus)
     if examples is None:
-        examples = build_task(config.dataset, receiver.tokenizer, split=config.split, num_examples=config.num_examples,
-                              context_len=config.context_len, query_len=config.query_len, seed=config.seed,
-                              corpus=corpus)
+        examples, validation_examples = task_example_sets(config, receiver.tokenizer, corpus)
+    validation_examples = checked_validation(examples, validation_examples, config.validate_examples)
     header = run_header(config, sender, receiver, corpus_identity=corpus_identity(config.corpus, corpus),
                         exclude=("out_dir", "work_dir", "plots", "progress", "metric", "batch_size",
-                                 "cacheblend_budgets"))
-    work_dir = config.work_dir or default_work_dir()
-    store = ResultStore.for_run(work_dir, f"{sender.name}__{receiver.name}-{config.dataset}", header)
+                                 "cacheblend_budgets", "validate_examples"))
+    score = _scoring(config, sender, receiver, metric, header)
 
     num_layers = receiver.model.num_layers
     plans = candidate_plans(num_layers, config.granularity)
-    max_new_tokens = config.max_new_tokens or None
-    if config.generate:
-        evaluator = PairEvaluator(sender.model, receiver.model, receiver.tokenizer, config.dataset, examples,
-                                  max_new_tokens=max_new_tokens)
-    else:
-        evaluator = BatchedPlanScorer(sender.model, receiver.model, receiver.tokenizer, config.dataset, examples,
-                                      batch_size=config.batch_size, max_new_tokens=max_new_tokens)
     blends = [cacheblend_system(int(b)) for b in config.cacheblend_budgets.split(",") if b]
-    evaluator.run([RECEIVER, SENDER] + [plan_system(p) for p in plans] + blends, store, progress=config.progress)
-
-    scores = {p: store.mean(plan_system(p).key, metric) for p in plans}
-    receiver_quality = store.mean(RECEIVER.key, metric)
+    means = score(examples, [RECEIVER, SENDER] + [plan_system(p) for p in plans] + blends)
+    scores = {p: means[plan_system(p).key] for p in plans}
     on_grid = [LayerPlan.full_reuse(num_layers)] + contiguous_plans(num_layers, config.granularity)
-    frontier = pareto_frontier(ScoredPlan(p, scores[p]) for p in on_grid)
-    baselines = {b.key: store.mean(b.key, metric) for b in blends}
+    selected = Measured(len(examples), means[RECEIVER.key], pareto_frontier(ScoredPlan(p, scores[p]) for p in on_grid),
+                        {b.key: means[b.key] for b in blends})
+    validated, validation_scores = None, {}
+    if validation_examples:
+        validated, validation_scores = validate(selected, blends, len(validation_examples),
+                                                lambda systems: score(validation_examples, systems, "-validate"))
     profile = Profile(
         sender=ModelRef(sender.name, sender.fingerprint), receiver=ModelRef(receiver.name, receiver.fingerprint),
-        num_layers=num_layers, dataset=config.dataset, metric=metric, receiver_quality=receiver_quality,
-        full_reuse_quality=scores[LayerPlan.full_reuse(num_layers)],
-        frontier=tuple(FrontierPoint(s.plan, s.quality, receiver_quality - s.quality) for s in frontier),
-        granularity=config.granularity, sensitivity=tuple(sensitivity_drops(scores, num_layers)),
-        tool_version=__version__, systems=points_from_scores(baselines, receiver_quality, num_layers),
+        num_layers=num_layers, dataset=config.dataset, metric=metric, granularity=config.granularity,
+        sensitivity=tuple(sensitivity_drops(scores, num_layers)), tool_version=__version__,
+        **profile_fields(selected, validated, config.seed, num_layers),
     )
     path = save_profile(profile, Path(config.out_dir) / profile_filename(sender.name, receiver.name))
     plots: tuple[Path, ...] = ()
@@ -143,4 +152,19 @@ def profile_models(config: ProfileConfig, sender: LoadedModel, receiver: LoadedM
         from sglang_droidspeak.profiler.plots import write_profile_plots
 
         plots = write_profile_plots(profile, scores, path.with_suffix(""))
-    return ProfileRun(profile, path, plots, scores, baselines)
+    return ProfileRun(profile, path, plots, scores, selected.systems, validation_scores)
+
+
+def _scoring(config: ProfileConfig, sender: LoadedModel, receiver: LoadedModel, metric: str, header: dict):
+    """score(examples, systems, part) -> mean ``metric`` by system key, kept in the work file of
+    ``part`` ("": the selection examples, as before validation existed; "-validate")."""
+    work_dir = config.work_dir or default_work_dir()
+    stem = f"{sender.name}__{receiver.name}-{config.dataset}"
+
+    def score(examples: list, systems: list[System], part: str = "") -> dict[str, float]:
+        run = {**header, "validate_examples": config.validate_examples} if part else header
+        store = ResultStore.for_run(work_dir, stem + part, run)
+        make_scorer(config, sender, receiver, examples).run(systems, store, progress=config.progress)
+        return {s.key: store.mean(s.key, metric) for s in systems}
+
+    return score

@@ -9,7 +9,9 @@ Candidates for num_layers = L and granularity g (bounds on multiples of g, or L)
     contiguous    every [s, e), s < e, s, e on the grid          L(L+1)/2 = 36
 
 The frontier keeps, in order of num_recomputed_layers, each plan that scores strictly
-better than every plan with fewer recomputed layers.
+better than every plan with fewer recomputed layers. With validation examples
+(``validated_frontier``) the plans it kept are scored again on those, and the same rule
+is applied to those scores alone: no plan is picked on the validation set, some drop out.
 """
 
 from __future__ import annotations
@@ -65,6 +67,18 @@ def pareto_frontier(scored: Iterable[ScoredPlan], contiguous_only: bool = True) 
         if not frontier or best[k].quality > frontier[-1].quality:
             frontier.append(best[k])
     return frontier
+
+
+def validated_frontier(selected: Iterable[ScoredPlan], validation: Mapping[LayerPlan, float]) -> list[ScoredPlan]:
+    """The frontier over the ``selected`` frontier's plans scored on the validation examples.
+
+    Rule: keep, in order of num_recomputed_layers, each selected plan whose validation score
+    is strictly higher than that of every kept plan with fewer recomputed layers (the
+    selection rule, on validation scores). Full reuse, the cheapest, always stays; a plan
+    whose validation score does not beat a cheaper one's is dropped, never replaced by
+    another plan of its size (that would be a max over noisy estimates again).
+    """
+    return pareto_frontier(ScoredPlan(s.plan, validation[s.plan]) for s in selected)
 
 
 def sensitivity_drops(scores: Mapping[LayerPlan, float], num_layers: int) -> list[float]:

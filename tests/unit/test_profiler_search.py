@@ -3,6 +3,7 @@
 from sglang_droidspeak.plan import LayerPlan
 from sglang_droidspeak.profiler.search import (
     ScoredPlan, candidate_plans, contiguous_plans, pareto_frontier, sensitivity_drops, sensitivity_plans,
+    validated_frontier,
 )
 
 
@@ -45,3 +46,16 @@ def test_sensitivity_drops():
     L = 2
     scores = {LayerPlan.full_prefill(L): 1.0, LayerPlan.contiguous(L, 1, 2): 0.75, LayerPlan.contiguous(L, 0, 1): 0.5}
     assert sensitivity_drops(scores, L) == [0.25, 0.5]
+
+
+def test_validated_frontier_drops_beaten_points_and_picks_nothing_new():
+    L = 4
+    reuse, g01, g12, g03, g13 = (LayerPlan.full_reuse(L), LayerPlan.contiguous(L, 0, 1), LayerPlan.contiguous(L, 1, 2),
+                                 LayerPlan.contiguous(L, 0, 3), LayerPlan.contiguous(L, 1, 3))
+    selected = [ScoredPlan(reuse, 0.5), ScoredPlan(g01, 0.75), ScoredPlan(g03, 0.875)]
+    validation = {reuse: 0.5, g01: 0.375, g03: 0.625, g12: 0.9, g13: 0.95}  # g12, g13: never selected
+    frontier = validated_frontier(selected, validation)
+    assert frontier == [ScoredPlan(reuse, 0.5), ScoredPlan(g03, 0.625)]  # [0, 1) lost to full reuse
+    assert validated_frontier(selected, {reuse: 0.5, g01: 0.75, g03: 0.875}) == selected
+    tie = validated_frontier(selected, {reuse: 0.5, g01: 0.625, g03: 0.625})
+    assert tie == [ScoredPlan(reuse, 0.5), ScoredPlan(g01, 0.625)]  # a tie is no gain

@@ -75,3 +75,24 @@ def test_two_carries_of_equal_size_join_into_the_pinned_wheel_on_the_device(tmp_
 def test_the_gpu_scripts_name_their_device_calls(name):
     text = (REPO / "scripts" / "gpu" / name).read_text()
     assert 'carry [".device-smol/part1"]' in text and 'carry [".device-smol/part2"]' in text
+
+
+def test_validate_examples_passes_through_to_the_profile_config(tmp_path):
+    family = load_script("gpu/real_family.py")
+    for argv, want in (([], 0), (["--num-examples", "32", "--validate-examples", "64"], 64)):
+        args = family.build_parser().parse_args(argv)
+        config = family.profile_config(args, "smollm2-base", "smollm2-lib-full", "lib_heldout", tmp_path, False)
+        assert (config.validate_examples, config.num_examples, config.split) == (want, 32, "lib_heldout")
+
+
+def test_validation_report_is_empty_unless_validated_and_writes_as_json():
+    from collections import namedtuple
+
+    from test_profile import _profile
+    from test_profile_validation import _validated
+
+    family, run = load_script("gpu/real_family.py"), namedtuple("Run", "profile validation_scores")
+    assert family.validation_report(run(_profile(), {})) == {}
+    report = family.validation_report(run(_validated(), {"receiver": 0.61, "plan:[0, 2)": 0.55}))["validation"]
+    assert (report["examples"], report["offset"], report["selection_frontier"]) == (64, 32, {0: 0.5, 2: 0.625})
+    assert json.loads(json.dumps(report, sort_keys=True))["scores"] == {"receiver": 0.61, "plan:[0, 2)": 0.55}
