@@ -34,7 +34,9 @@ Per prompt: the sender prefills the context; per receiver:
 cheapest frontier point within ``--max-quality-drop``; none: it prefills normally and counts
 ``no_plan``), ``best`` = the profile's highest-quality frontier point recomputing at most
 ``--best-max-layers`` layers (default a third), ``reuse`` (full reuse), ``s:e`` groups,
-``blend:R`` (CacheBlend-style token recompute). The control receiver runs ``--control-plans``
+``blend:R`` (CacheBlend-style token recompute), ``group:K`` / ``cacheblend:K`` (the profile's
+group of K layers / the CacheBlend-style plan of the same budget: scripts/gpu/serving_latency.py,
+which also pairs them at equal measured TTFT). The control receiver runs ``--control-plans``
 (default ``reuse``): same weights, so its answer must equal its ``radix`` answer token for
 token (the exactness check) and should equal ``own`` up to bf16 noise.
 
@@ -81,6 +83,9 @@ from sglang_droidspeak.bench.servers import Server, argv_of, metric_lines, post,
 from sglang_droidspeak.bench.throughput_stats import percentile  # noqa: E402
 from sglang_droidspeak.profiler.quality_study import ci95_half_width  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import serving_latency  # noqa: E402
+
 WORK = Path(os.environ.get("DROIDSPEAK_REAL_DIR", "/tmp/ds-real"))
 # the receiver's own held-out domain, as scripts/gpu/real_family.py profiles it
 HELDOUT = {"base": "lib_heldout", "lib-full": "lib_heldout", "test-lora": "test_heldout", "docs-lora": "docs_heldout"}
@@ -90,7 +95,7 @@ CONTROL = "smollm2-base-ctl"
 OWN, RADIX = "own", "radix"
 BACKENDS = ("flashinfer", "flashinfer-paged", "triton")
 PAGED_ENV = {"SGLANG_FLASHINFER_USE_PAGED": "1"}
-DEFAULT_PLANS = "auto,best,reuse,0:10,blend:0.3333"
+DEFAULT_PLANS = "auto,best,reuse,group:2,group:4,group:8,cacheblend:2,cacheblend:4,cacheblend:8,0:10,blend:0.3333"
 META_KEYS = ("cached_tokens", "prompt_tokens", "completion_tokens", "e2e_latency", "queue_time",
              "forward_entry_time", "prefill_finished_time", "finish_reason",
              "droidspeak_system", "droidspeak_plan", "droidspeak_reason")  # the last three: response_info.py
@@ -196,6 +201,8 @@ def resolve_plans(text: str, num_layers: int, profile, best_max_layers: int, max
                 out.append({"label": label, "value": wire(point.plan), "note": (
                     f"profile's best with <= {max_layers} layers: quality {point.quality:.4f} "
                     f"(receiver {profile.receiver_quality:.4f}, full reuse {profile.full_reuse_quality:.4f})")})
+        elif label.startswith(("group:", "cacheblend:")):
+            out.append(serving_latency.budget_plan(label, profile, num_layers, wire))
         else:
             try:
                 choice = parse_plan_choice(label, num_layers)
@@ -621,8 +628,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 result.setdefault("metrics_end", {})[name] = f"unreadable: {exc}"
             server.stop()
         result["summary"] = summarize(rows, args.context_len)
+        result["equal_latency"] = {r: serving_latency.equal_latency(s) for r, s in result["summary"].items()}
         write(result, out_path)
     print(table(result["summary"]))
+    print(serving_latency.latency_table(result["summary"]))
     print(f"written: {out_path} ({round(time.perf_counter() - began, 1)} s); error: {result.get('error')}")
     return 1 if result.get("error") else 0
 

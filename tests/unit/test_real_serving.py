@@ -187,7 +187,11 @@ def test_dry_run_builds_prompts_and_plans(tmp_path, monkeypatch, capsys):
     assert "plan smollm2-lib-full   best          -> 10:20" in out
     assert ("plan smollm2-lib-full   auto          -> auto  plugin: cheapest frontier point within drop 0.05: "
             "10:20") in out
-    assert "requests: 13 per prompt, 52 in all" in out
+    assert "plan smollm2-lib-full   group:2       -> None  no frontier group of exactly 2 layers" in out
+    assert "plan smollm2-lib-full   group:10      -> 10:20  profile's frontier at 10 layers: quality 0.8600" not in out
+    assert "plan smollm2-lib-full   cacheblend:4  -> blend:0.133333@1  the plugin's plan for a cacheblend:4 point" in out
+    # sender prefill + (own, context, radix + 8 plans with a value) + control (own, context, radix + reuse)
+    assert "requests: 16 per prompt, 64 in all" in out
     with pytest.raises(SystemExit, match="--receiver"):
         rs.main(["--dry-run", "--receiver", "base"])
 
