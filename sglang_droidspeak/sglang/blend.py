@@ -5,8 +5,9 @@ run by the served model's own ``forward_split_prefill`` and the server's attenti
 backend, so it has the engine's kernels and every architecture the engine runs:
 
     step        what                                                  reads / writes
-    select a    the receiver's layers [0, S] over all n tokens at     writes n scratch slots
-                scratch slots (one segment); its V at S from there    (layers 0..S)
+    select a    the receiver's layers [0, S) over all n tokens at     writes n scratch slots
+                scratch slots (one segment), then layer S's V         (layers 0..S-1)
+                projection of E_S (``v_projection``)
     select b    squared V deviation from the sender's V at S, summed  the import's slots at S
                 over heads and head_dim; token 0 plus the top-(k-1)
                 (reference ``select_positions``), sorted by position
@@ -130,13 +131,42 @@ def exact_engine(engine: Any) -> Any:
 
 
 def receiver_v(engine: Any, kv_pool: Any, ids, scratch, row: int, select_layer: int) -> torch.Tensor:
-    """Select a: the receiver's V at ``select_layer`` over all n tokens, [n, Hkv, D].
+    """Select a: the receiver's V at ``select_layer`` S over all n tokens, [n, Hkv, D].
 
-    Runs layers [0, select_layer] at ``scratch`` (never the import's slots, where the
-    sender's K/V land meanwhile) and copies layer ``select_layer``'s V rows out.
+    Layers [0, S) run at ``scratch`` (never the import's slots, where the sender's K/V land
+    meanwhile); V at S is layer S's V projection of E_S (``v_projection``), so the selection
+    costs S layers and one projection, as the reference counts it. A layer without the
+    usual ``input_layernorm`` + ``self_attn.qkv_proj`` runs whole at ``scratch`` instead and
+    its V rows are copied out (one more layer's compute, the same V).
     """
-    engine.run([EngineSegment(ids, scratch)], [row], 0, select_layer + 1)
-    return kv_pool.get_value_buffer(select_layer)[scratch].clone()  # [n, Hkv, D]
+    project = v_projection(engine.model, select_layer)
+    if project is None or select_layer == 0:
+        engine.run([EngineSegment(ids, scratch)], [row], 0, select_layer + 1)
+        return kv_pool.get_value_buffer(select_layer)[scratch].clone()  # [n, Hkv, D]
+    e = engine.run([EngineSegment(ids, scratch)], [row], 0, select_layer, capture=(select_layer,))[select_layer]
+    return project(e.to(engine.dtype)).view(len(ids), *kv_pool.get_value_buffer(select_layer).shape[1:])
+
+
+def v_projection(model: Any, layer_id: int):
+    """E [n, hidden] -> V [n, Hkv * D] of decoder layer ``layer_id`` of an SGLang model whose
+    layers normalise their input with ``input_layernorm`` and project with a packed
+    ``self_attn.qkv_proj`` (q_size, kv_size columns; Llama, Qwen2/3, Mistral, Gemma 2 ...);
+    None for any other shape. V has no rotary embedding and no q/k norm."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None or not 0 <= layer_id < len(layers):
+        return None
+    layer = layers[layer_id]
+    attn = getattr(layer, "self_attn", None)
+    norm, qkv = getattr(layer, "input_layernorm", None), getattr(attn, "qkv_proj", None)
+    q_size, kv_size = getattr(attn, "q_size", None), getattr(attn, "kv_size", None)
+    if norm is None or qkv is None or not q_size or not kv_size:
+        return None
+
+    def project(e: torch.Tensor) -> torch.Tensor:
+        packed, _ = qkv(norm(e))  # [n, q_size + 2 * kv_size]
+        return packed[:, q_size + kv_size:q_size + 2 * kv_size]  # [n, kv_size]
+
+    return project
 
 
 def hkvd_select(v_receiver, v_sender, num_tokens: int) -> torch.Tensor:

@@ -215,3 +215,34 @@ def test_a_backend_that_reads_first_without_a_twin_is_refused(name):
     assert f"attention backend {name!r} reads a prefix's K/V before saving" in blend_unsupported(engine)
     with pytest.raises(RuntimeError, match="stale K/V"):
         exact_engine(engine)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma2"])
+@pytest.mark.parametrize("select_layer", [1, 3])
+def test_selection_v_by_projection_equals_running_the_whole_layer(arch, select_layer, monkeypatch):
+    """receiver_v's projection of E_S (layers [0, S) + layer S's V projection) gives the V that
+    running layer S whole writes, at one layer less compute; and the projection is really used."""
+    side = cpu_engine(tiny(arch))
+    row = PoolRow()
+    side.req_pool.alloc([row])
+    ids = torch.tensor(TOKENS)
+
+    def v_of():
+        scratch = side.allocator.alloc(N)
+        try:
+            return blend_module.receiver_v(side.engine, side.kv_pool, ids, scratch, row.req_pool_idx, select_layer)
+        finally:
+            side.allocator.free(scratch)
+
+    assert blend_module.v_projection(side.engine.model, select_layer) is not None
+    calls = []
+    real = side.engine.run
+    monkeypatch.setattr(side.engine, "run", lambda *a, **kw: calls.append(a[3]) or real(*a, **kw))
+    projected = v_of()
+    assert calls == [select_layer]  # layers [0, S) only
+    monkeypatch.setattr(blend_module, "v_projection", lambda model, layer: None)
+    whole = v_of()
+    assert calls == [select_layer, select_layer + 1]
+    assert projected.shape == whole.shape == (N, 2, 16)
+    torch.testing.assert_close(projected, whole, **TOL)
+    assert projected.abs().max() > 0.1  # not a trivially equal pair of zero tensors
