@@ -36,12 +36,20 @@ class FetchWorker:
         """Run ``fetch(request, job.receiver)`` for ``job`` once ``fence`` (a CUDA event) is done."""
         self._jobs.put((job, fetch, request, fence))
 
+    def call(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn()`` on the worker thread, in order with the fetches (the planes' sockets
+        are used only from here); an exception is logged, never raised."""
+        self._jobs.put((None, fn, None, None))
+
     def _run(self) -> None:
         while True:
             item = self._jobs.get()
             if item is _STOP:
                 return
             job, fetch, request, fence = item
+            if job is None:
+                _call_logged(fetch)
+                continue
             began = time.perf_counter()
             try:
                 if job.cancelled:
@@ -60,6 +68,13 @@ class FetchWorker:
     def close(self) -> None:
         self._jobs.put(_STOP)
         self._thread.join(timeout=5)
+
+
+def _call_logged(fn: Callable[[], Any]) -> None:
+    try:
+        fn()
+    except Exception:  # noqa: BLE001 - a set-up step is best effort; the fetch redoes it
+        logger.exception("droidspeak: a fetch-worker call failed")
 
 
 SLOW_FENCE_S = 0.25

@@ -95,6 +95,9 @@ class DroidSpeakRuntime(ImportRole, DirectoryRole):
         self.imports = ImportQueue(self, settings.import_chunk_tokens, settings.import_mode,
                                    settings.import_busy_token_layers)
         self.worker = FetchWorker() if self.client is not None else None
+        if self.worker is not None and self.planes.receiver is not None:
+            for endpoint in sorted(self._peer_fetches):  # e.g. offer our KV pool (cuda_ipc) before any import
+                self.worker.call(functools.partial(self.planes.receiver.prepare, endpoint))
 
     def attach(self, tree: Any) -> None:
         self.tree = tree

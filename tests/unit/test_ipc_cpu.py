@@ -9,6 +9,8 @@ slots freed and the pool accounting unchanged.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -106,11 +108,29 @@ def test_another_gpu_or_a_zmq_sender_falls_back_to_zmq_for_that_peer(ipc_pair):
     assert [k for k, _ in a.sent].count("fetch_error") == 1  # no second IPC attempt
 
 
-def test_a_pool_that_cannot_be_shared_uses_zmq(ipc_pair):
+def test_a_pool_that_cannot_be_shared_uses_zmq():
+    registry = {}
+    receiver_ipc = CpuIpc(registry)
+    receiver_ipc.fail_share = True  # from the start: the runtime's early offer already fails
+    with two_servers(tiny_llama(), tiny_llama(), data_planes=("cuda_ipc", "cuda_ipc"),
+                     backends=(CpuIpc(registry, gpu_uuid="GPU-cpu-stand-in"), receiver_ipc)) as (a, b):
+        a.sent = record_sent(a)
+        import_and_check(a, b, CONTEXT, "reuse")
+        assert ("layer_chunk", "k") in a.sent and b.runtime.planes.receiver.unavailable
+
+
+def test_the_receiver_offers_its_pool_at_start_and_the_sender_maps_it_before_any_import(ipc_pair):
     a, b = ipc_pair
-    b.runtime.planes.receiver.backend.fail_share = True
+    sender, receiver = a.runtime.planes.senders["cuda_ipc"], b.runtime.planes.receiver
+    deadline = time.monotonic() + 10
+    while not sender.offers and time.monotonic() < deadline:  # the offer crosses the fetch socket
+        a.runtime.answer_fetches()
+        time.sleep(0.01)
+    assert list(sender.offers) == [receiver.offer.offer_id] and sender.backend.num_opened == 1
+    assert receiver.offered == {a.runtime.export_server.endpoint}
     import_and_check(a, b, CONTEXT, "reuse")
-    assert ("layer_chunk", "k") in a.sent and b.runtime.planes.receiver.unavailable
+    assert a.sent == [("fetch_done", "")]  # no no_offer round, no second offer, no second open
+    assert sender.backend.num_opened == 1 and receiver.backend.num_shared == 1
 
 
 def fallback_case(a, b, reason, tokens=CONTEXT):
@@ -137,6 +157,7 @@ def test_an_offer_smaller_than_the_pool_is_refused_before_any_write(ipc_pair):
     a, b = ipc_pair
     announce_and_wait(a, b, CONTEXT)
     b.runtime.planes.receiver.backend.rows = 4  # the stand-in offers 4 rows; the allocator hands out more
+    b.runtime.planes.receiver.offer, b.runtime.planes.receiver.offered = None, set()  # offer again, smaller
     before = fallback_case(a, b, "bad_request")
     assert all(torch.equal(before[l], b.pool.get_key_buffer(l)) for l in range(NUM_LAYERS))
 

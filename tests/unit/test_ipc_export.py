@@ -210,9 +210,9 @@ def test_unknown_stale_and_unopenable_offers(sides):
     newer = [CpuIpc(s.ipc.backend.registry).share_pool("b", s.receiver, NUM_LAYERS) for _ in range(2)]
     s.ipc.accept(newer[0])  # a second replica of "b": both offers stay usable
     assert export(s, request(s)) == [FetchDone("r1", 0)]
-    s.ipc.accept(newer[1])  # a third: the least recently used (newer[0]) is dropped
-    assert single_error_after_reset(s, request(s, offer_id=newer[0].offer_id)).code == "no_offer"
     del s.ipc.backend.registry[newer[1].offer_id]  # the stand-in's cudaIpcOpenMemHandle fails
+    s.ipc.accept(newer[1])  # a third: the least recently used (newer[0]) is dropped; its early open fails
+    assert single_error_after_reset(s, request(s, offer_id=newer[0].offer_id)).code == "no_offer"
     assert single_error_after_reset(s, request(s, offer_id=newer[1].offer_id)).code == "ipc_unavailable"
     assert set(s.ipc.offers) == {s.offer.offer_id, newer[1].offer_id} and set(s.ipc._opened) == {s.offer.offer_id}
 
@@ -223,8 +223,9 @@ def single_error_after_reset(s, req):
     return single_error(s, req)
 
 
-def test_opens_each_offer_once(sides):
+def test_opens_each_offer_once_when_it_arrives(sides):
     s = sides
+    assert s.ipc.backend.num_opened == 1 and s.offer.offer_id in s.ipc._opened  # at accept, before any fetch
     for _ in range(3):
         export(s, request(s))
     assert s.ipc.backend.num_opened == 1

@@ -109,6 +109,11 @@ class PlaneReceiver(ABC):
               idle: Optional[Callable[[], None]] = None) -> FetchDone:
         """Fetch ``request`` from ``endpoint`` into ``sink``; FetchFailed unless it completes."""
 
+    def prepare(self, endpoint: str) -> None:
+        """Set up ahead of the first fetch from ``endpoint`` what that fetch would otherwise
+        pay for (an offer the sender maps, a channel); called on the fetch worker's thread
+        when the runtime starts. Best effort: the first fetch still does whatever is missing."""
+
     def close(self) -> None:
         pass
 

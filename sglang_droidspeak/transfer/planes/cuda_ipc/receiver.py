@@ -82,6 +82,16 @@ class IpcFetcher(PlaneReceiver):
             return done
         raise FetchFailed("no_offer", f"{endpoint} did not take our IPC offer")
 
+    def prepare(self, endpoint: str) -> None:
+        """Offer our pool to ``endpoint`` now (it maps it on receipt, sender.py), so the first
+        import does not pay the IPC handles' opening (51 ms at 8B shapes on an H100). A sender
+        not up yet gets the queued offer on connect; one that restarts later answers the first
+        fetch no_offer, and ``fetch`` offers again."""
+        offer = None if endpoint in self.zmq_peers else self._offer()
+        if offer is not None and endpoint not in self.offered:
+            self.client.send(endpoint, offer)
+            self.offered.add(endpoint)
+
     def _offer(self) -> Optional[IpcPoolOffer]:
         if self.offer is None and not self.unavailable:
             try:

@@ -80,6 +80,20 @@ class IpcExporter(PlaneSender):
         while len(self.offers) > self.max_offers:
             stale, _ = self.offers.popitem(last=False)
             self._opened.pop(stale, None)  # unmaps its buffers
+        self._open_early(offer)
+
+    def _open_early(self, offer: IpcPoolOffer) -> None:
+        """Map the offered pool now, not in the first fetch's ``refusal``: the receiver offers
+        when it starts (receiver.prepare). An offer that cannot be opened here (another GPU)
+        is kept; ``refusal`` opens it again and answers ipc_unavailable."""
+        if self._uuid is None:
+            self._uuid = self.backend.device_uuid(self.kv_pool.device)
+        if not self._uuid or offer.device_uuid != self._uuid:
+            return
+        try:
+            self._buffers(offer)
+        except IpcUnavailable as exc:
+            logger.info("droidspeak: IPC offer from %s not opened yet: %s", offer.receiver_model, exc)
 
     def refusal(self, request: FetchRequest) -> Optional[FetchError]:
         """Why ``request`` cannot be copied over IPC now (checked before anything is sent)."""
