@@ -40,8 +40,24 @@ def ipc_pair(request):
     backends = (CpuIpc(registry, gpu_uuid=gpu), CpuIpc(registry))
     with two_servers(tiny_llama(), tiny_llama(), data_planes=(sender_plane, "cuda_ipc"),
                      backends=backends) as (a, b):
+        settle_early_offer(a, "cuda_ipc")
         a.sent = record_sent(a)
         yield a, b
+
+
+def settle_early_offer(sender_side, plane: str, timeout_s: float = 10.0) -> None:
+    """Wait until the sender took (or dropped) the offer the receiver sends when it starts.
+    The sender's polling thread answers a fetch with the handler it read when its poll call
+    began, and taking an offer can make that call long (a NIXL agent starts): a fetch
+    arriving during it would bypass a ``record_sent`` installed meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    sender = sender_side.runtime.planes.senders.get(plane)
+    while time.monotonic() < deadline:
+        if (sender is not None and (sender.offers or getattr(sender, "refused", None))) or sender_side.metrics.drops:
+            time.sleep(0.05)  # the poll call that took it has returned
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the receiver's early {plane} offer never reached the sender")
 
 
 def record_sent(side):

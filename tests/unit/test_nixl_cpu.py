@@ -24,7 +24,7 @@ if os.environ.get("DROIDSPEAK_SKIP_NIXL_TESTS") == "1":
     pytest.skip("DROIDSPEAK_SKIP_NIXL_TESTS=1", allow_module_level=True)
 
 from sglang_droidspeak.transfer.planes.nixl.agent import _nixl  # noqa: E402
-from test_ipc_cpu import CONTEXT, OTHER, fallback_case, import_and_check, record_sent  # noqa: E402
+from test_ipc_cpu import CONTEXT, OTHER, fallback_case, import_and_check, record_sent, settle_early_offer  # noqa: E402
 from two_servers import announce_and_wait, tiny_llama, two_servers  # noqa: E402
 
 _nixl()  # NIXL missing fails these tests (PlaneUnavailable names the install)
@@ -35,6 +35,7 @@ DONE = ("fetch_done", "")
 def nixl_pair(request):
     """``request.param``: the sender's data plane (the receiver is on nixl)."""
     with two_servers(tiny_llama(), tiny_llama(), data_planes=(getattr(request, "param", "nixl"), "nixl")) as (a, b):
+        settle_early_offer(a, "nixl")
         a.sent = record_sent(a)
         yield a, b
 
