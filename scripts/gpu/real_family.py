@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan-batch", type=int, default=64, help="plans per batched extend")
     p.add_argument("--cacheblend-budgets", default="4,8,12", help="CacheBlend-style rows at these layer budgets")
     p.add_argument("--pairs", type=int, default=0, help="profile only the first N pairs (0 = all)")
+    p.add_argument("--adapters-dir", default="", help="LoRA variants whose adapter is in this folder (e.g. "
+                   "adapters, the committed ones) are loaded from it instead of trained (default: train all)")
     p.add_argument("--only", default="", help="comma-separated SENDER__RECEIVER pairs to profile (default: every "
                    "pair; e.g. the ones a lease's --budget-s skipped)")
     p.add_argument("--keep-failed", action="store_true",
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     report["seconds"]["convert_and_load"] = lap()
     config = RecipeConfig(device=args.device, seq_len=args.seq_len, batch_size=args.batch_size,
                           eval_windows=args.eval_windows, max_steps=args.max_steps, base=str(base),
-                          out_dir=str(results), models_dir=str(WORK / "models"))
+                          out_dir=str(results), models_dir=str(WORK / "models"), adapters_dir=args.adapters_dir)
     finetune = run_recipe(config, corpus=corpus, base_path=base, progress=False)
     report["finetune"] = finetune
     report["seconds"]["finetune"] = lap()

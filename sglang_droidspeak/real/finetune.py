@@ -33,7 +33,7 @@ from sglang_droidspeak.family.evaluate import evaluate
 from sglang_droidspeak.family.train import Schedule, TrainPhase, deterministic_torch, train_model
 from sglang_droidspeak.real.corpus import DOMAINS, RealCorpus, load_real_corpus
 from sglang_droidspeak.real.gguf_tokenizer import check_tokenizer
-from sglang_droidspeak.real.lora import apply_lora, merge_lora, round_adapter, save_adapter
+from sglang_droidspeak.real.lora import apply_lora, load_adapter, merge_lora, round_adapter, save_adapter
 from sglang_droidspeak.real.pins import file_sha256
 from sglang_droidspeak.real.recipe import VARIANTS, RecipeConfig, Variant
 
@@ -156,24 +156,38 @@ def run_recipe(config: RecipeConfig, corpus: RealCorpus | None = None, base_path
         del base
         for index, name in enumerate(config.variant_names, start=1):
             variant, seed = variants[name], config.seed * 1000 + index
-            model = load_base(base_path, config.device)
-            if variant.lora is not None:
-                apply_lora(model, variant.lora, seed=seed)
             record = {"domain": variant.domain, "method": variant.method, "lr": variant.lr,
-                      "lora": dataclasses.asdict(variant.lora) if variant.lora else None,
-                      **train_variant(model, variant, corpus, backend, eos, config, seed, progress)}
-            if variant.lora is not None:
-                round_adapter(model)
-                adapter = save_adapter(model, variant.lora, out_dir / "adapters" / f"smollm2-{name}.safetensors",
-                                       variant=name, base_weights_sha256=report["base"]["weights_sha256"])
-                record["adapter_sha256"], record["adapter_bytes"] = file_sha256(adapter), adapter.stat().st_size
-                merge_lora(model)
+                      "lora": dataclasses.asdict(variant.lora) if variant.lora else None}
+            committed = committed_adapter(config, name) if variant.lora is not None else None
+            if committed is not None:
+                model = load_adapter(load_base(base_path, config.device), committed)
+                record.update(from_adapter=str(committed), steps=0, seconds=0.0, adapter_sha256=file_sha256(committed),
+                              adapter_bytes=committed.stat().st_size)
+            else:
+                model = load_base(base_path, config.device)
+                if variant.lora is not None:
+                    apply_lora(model, variant.lora, seed=seed)
+                record.update(train_variant(model, variant, corpus, backend, eos, config, seed, progress))
+                if variant.lora is not None:
+                    round_adapter(model)
+                    adapter = save_adapter(model, variant.lora, out_dir / "adapters" / f"smollm2-{name}.safetensors",
+                                           variant=name, base_weights_sha256=report["base"]["weights_sha256"])
+                    record["adapter_sha256"], record["adapter_bytes"] = file_sha256(adapter), adapter.stat().st_size
+                    merge_lora(model)
             record["heldout_loss"] = domain_losses(model, windows, config)
             record["weights_sha256"] = save_variant(model, base_path, models_dir / f"smollm2-{name}")
             report["variants"][name] = record
             del model
     (out_dir / "finetune.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     return report
+
+
+def committed_adapter(config: RecipeConfig, name: str) -> Path | None:
+    """``config.adapters_dir``'s adapter of variant ``name`` when there is one (else None: train it)."""
+    if not config.adapters_dir:
+        return None
+    path = Path(config.adapters_dir) / f"smollm2-{name}.safetensors"
+    return path if path.is_file() else None
 
 
 def _machine(device: str) -> dict:

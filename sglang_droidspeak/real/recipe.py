@@ -64,6 +64,10 @@ class RecipeConfig:
     base: str = ""  # "" = the converted pinned base (real/base.py)
     out_dir: str = "out/real-family"  # results JSON and LoRA adapters (small)
     models_dir: str = ""  # "" = <out_dir>/models: every variant as a HF directory (540 MB each)
+    # "" = train every variant; a folder (e.g. the repo's adapters/): a LoRA variant whose
+    # smollm2-<name>.safetensors is there is loaded from it instead of trained, so a rerun
+    # rebuilds the committed adapters' models exactly (and profiles pairs of those)
+    adapters_dir: str = ""
 
     def __post_init__(self) -> None:
         check_fields(self)

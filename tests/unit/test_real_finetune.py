@@ -150,3 +150,19 @@ def test_cuda_determinism_pins_attention_to_the_math_kernel_and_restores():
         assert not torch.backends.cuda.mem_efficient_sdp_enabled()
     assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cuda.flash_sdp_enabled(),
             torch.backends.cuda.cudnn_sdp_enabled()) == before
+
+
+def test_a_rerun_with_the_committed_adapters_rebuilds_their_models_exactly_without_training(tiny_base, tmp_path):
+    first = _run(tiny_base, tmp_path / "a")
+    config = RecipeConfig(variants="lib-full,docs-lora", seq_len=32, batch_size=4, eval_windows=4, eval_batch_size=4,
+                          out_dir=str(tmp_path / "b"), adapters_dir=str(tmp_path / "a" / "adapters"))
+    again = run_recipe(config, corpus=_corpus(), base_path=tiny_base, variants=TINY_VARIANTS, progress=False)
+    lora, full = again["variants"]["docs-lora"], again["variants"]["lib-full"]
+    assert lora["steps"] == 0 and lora["from_adapter"].endswith("smollm2-docs-lora.safetensors")
+    assert lora["weights_sha256"] == first["variants"]["docs-lora"]["weights_sha256"]
+    assert lora["heldout_loss"] == first["variants"]["docs-lora"]["heldout_loss"]
+    assert lora["adapter_sha256"] == first["variants"]["docs-lora"]["adapter_sha256"]
+    assert full["steps"] > 0 and "from_adapter" not in full  # a full fine-tune has no adapter: trained again
+    missing = RecipeConfig(variants="docs-lora", adapters_dir=str(tmp_path / "nowhere"))
+    from sglang_droidspeak.real.finetune import committed_adapter
+    assert committed_adapter(missing, "docs-lora") is None  # no adapter there: it is trained
