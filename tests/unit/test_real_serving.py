@@ -13,6 +13,7 @@ from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.plan.profile import FrontierPoint, ModelRef, Profile
 
 rs = load_script("gpu/real_serving.py")
+ss = load_script("gpu/serving_summary.py")
 EXACT = 1e-12
 
 
@@ -116,23 +117,23 @@ def test_counters_and_deltas():
 
 
 def test_statistics_exact_values():
-    assert rs.first_divergence([1, 2, 3], [1, 2, 3]) is None
-    assert rs.first_divergence([1, 2, 3], [1, 9, 3]) == 1
-    assert rs.first_divergence([1, 2], [1, 2, 3]) == 2 and rs.first_divergence([], [4]) == 0
-    lo, hi = rs.wilson(32, 64)
+    assert ss.first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert ss.first_divergence([1, 2, 3], [1, 9, 3]) == 1
+    assert ss.first_divergence([1, 2], [1, 2, 3]) == 2 and ss.first_divergence([], [4]) == 0
+    lo, hi = ss.wilson(32, 64)
     half = 1.96 * math.sqrt(0.25 / 64 + 1.96 ** 2 / (4 * 64 ** 2)) / (1 + 1.96 ** 2 / 64)
     assert (lo, hi) == pytest.approx((0.5 - half, 0.5 + half), abs=EXACT)
-    assert rs.wilson(64, 64)[1] == 1.0 and rs.wilson(64, 64)[0] == pytest.approx(64 / (64 + 1.96 ** 2), abs=EXACT)
-    assert rs.wilson(0, 0) == (0.0, 1.0)
-    assert rs.mean_ci([1.0, 0.0, 1.0, 0.0]) == {"mean": 0.5, "ci95": round(1.96 * math.sqrt(1 / 3 / 4), 6), "n": 4}
-    assert rs.mean_ci([0.25]) == {"mean": 0.25, "ci95": 0.0, "n": 1}
-    assert rs.mean_ci([])["mean"] is None
-    assert rs.pcts([10.0, 20.0, 30.0, 40.0]) == {"p50": 25.0, "p90": 37.0, "mean": 25.0}
+    assert ss.wilson(64, 64)[1] == 1.0 and ss.wilson(64, 64)[0] == pytest.approx(64 / (64 + 1.96 ** 2), abs=EXACT)
+    assert ss.wilson(0, 0) == (0.0, 1.0)
+    assert ss.mean_ci([1.0, 0.0, 1.0, 0.0]) == {"mean": 0.5, "ci95": round(1.96 * math.sqrt(1 / 3 / 4), 6), "n": 4}
+    assert ss.mean_ci([0.25]) == {"mean": 0.25, "ci95": 0.0, "n": 1}
+    assert ss.mean_ci([])["mean"] is None
+    assert ss.pcts([10.0, 20.0, 30.0, 40.0]) == {"p50": 25.0, "p90": 37.0, "mean": 25.0}
 
 
 def _row(receiver, prompt, plan, ids, ttft, cached, own_ids=(1, 2, 3), **extra):
     r = {"receiver": receiver, "prompt": prompt, "plan": plan, "value": plan, "ids": list(ids), "ttft_ms": ttft,
-         "cached": cached, "exact": list(ids) == list(own_ids), "first_divergence": rs.first_divergence(
+         "cached": cached, "exact": list(ids) == list(own_ids), "first_divergence": ss.first_divergence(
              list(ids), list(own_ids)), "edit_sim": 1.0 if list(ids) == list(own_ids) else 0.5, "gen_sim": 0.8,
          "task_edit_sim": 0.6}
     r.update(extra)
@@ -150,7 +151,7 @@ def test_summary_per_plan():
     own, reuse = s["r"]["own"], s["r"]["reuse"]
     assert own["n"] == 2 and own["ttft_ms"] == {"p50": 50.0, "p90": 58.0, "mean": 50.0} and "exact" not in own
     assert (reuse["n"], reuse["errors"], reuse["reused"], reuse["exact"], reuse["exact_rate"]) == (2, 1, 2, 1, 0.5)
-    assert reuse["exact_ci95"] == [round(x, 6) for x in rs.wilson(1, 2)]
+    assert reuse["exact_ci95"] == [round(x, 6) for x in ss.wilson(1, 2)]
     assert reuse["first_divergence_mean"] == 1.0 and reuse["exact_vs_radix"] == 1
     assert reuse["edit_sim"] == {"mean": 0.75, "ci95": round(1.96 * math.sqrt(0.125 / 2), 6), "n": 2}
     assert reuse["ttft_ms"]["p50"] == 20.0 and reuse["own_ttft_ms"]["p50"] == 50.0 and reuse["ttft_speedup_p50"] == 2.5
@@ -251,7 +252,7 @@ class FakeSGLang:
     def answer(self, body):
         ids, params = body["input_ids"], body["sampling_params"]
         plan = (params.get("custom_params") or {}).get("droidspeak_plan", "auto")
-        prefix = lambda seen: max((rs.first_divergence(ids, p) or len(p) for p in seen), default=0)  # noqa: E731
+        prefix = lambda seen: max((ss.first_divergence(ids, p) or len(p) for p in seen), default=0)  # noqa: E731
         if self.sender_seen is None:  # the sender
             self.sender_seen_list.append(list(ids))
             cached = 0
