@@ -118,6 +118,33 @@ class PlaneReceiver(ABC):
         pass
 
 
+class OfferingReceiver(PlaneReceiver):
+    """A receiver whose sender must hold its pool offer before a fetch (cuda_ipc, nixl). It has
+    ``client`` (the FetchClient), ``offered`` (endpoints holding the current offer) and
+    ``zmq_peers`` (endpoints that cannot take one), and makes its offer in ``_startup_offer``."""
+
+    client: Any
+    offered: set
+    zmq_peers: set
+
+    def _startup_offer(self) -> Optional[Message]:
+        """The offer ``prepare`` sends (None: this receiver cannot make one)."""
+        return None
+
+    def prepare(self, endpoint: str) -> None:
+        """Send the offer to ``endpoint`` now, so the sender takes it (maps the pool, adds the
+        agent) before any import instead of during the first fetch."""
+        offer = None if endpoint in self.zmq_peers else self._startup_offer()
+        if offer is not None:
+            self._send_offer(endpoint, offer)
+
+    def _send_offer(self, endpoint: str, offer: Message) -> None:
+        """``offer`` to ``endpoint`` unless it holds it already (a no_offer answer discards it)."""
+        if endpoint not in self.offered:
+            self.client.send(endpoint, offer)
+            self.offered.add(endpoint)
+
+
 @dataclass(frozen=True)
 class PlaneSpec:
     """One plane: its name, how to build each side, the answer to one of its control

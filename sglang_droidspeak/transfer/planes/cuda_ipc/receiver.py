@@ -29,13 +29,13 @@ from typing import Any, Callable, Optional
 from sglang_droidspeak.transfer.planes.cuda_ipc.backend import IpcUnavailable, now_ms
 from sglang_droidspeak.transfer.fetch import FetchClient, FetchFailed
 from sglang_droidspeak.transfer.frames import FetchDone, FetchRequest
-from sglang_droidspeak.transfer.planes.base import PlaneReceiver
+from sglang_droidspeak.transfer.planes.base import OfferingReceiver
 from sglang_droidspeak.transfer.planes.cuda_ipc.frames import IpcPoolOffer
 
 logger = logging.getLogger(__name__)
 
 
-class IpcFetcher(PlaneReceiver):
+class IpcFetcher(OfferingReceiver):
     """Fetches over the cuda_ipc plane where it can, over ZMQ where it cannot.
 
     ``backend.share_pool(model, kv_pool, num_layers)`` makes the offer (cuda_ipc.CudaIpc on
@@ -61,9 +61,7 @@ class IpcFetcher(PlaneReceiver):
         ipc_request = dataclasses.replace(request, plane="cuda_ipc", session=offer.offer_id, dst_slots=slots,
                                           deadline_ms=deadline_ms)
         for attempt in range(2):
-            if endpoint not in self.offered:
-                self.client.send(endpoint, offer)
-                self.offered.add(endpoint)
+            self._send_offer(endpoint, offer)
             try:
                 done = self.client.fetch(endpoint, ipc_request, receiver, _left_s(deadline_ms), idle)
             except FetchFailed as exc:
@@ -82,15 +80,12 @@ class IpcFetcher(PlaneReceiver):
             return done
         raise FetchFailed("no_offer", f"{endpoint} did not take our IPC offer")
 
-    def prepare(self, endpoint: str) -> None:
-        """Offer our pool to ``endpoint`` now (it maps it on receipt, sender.py), so the first
+    def _startup_offer(self) -> Optional[IpcPoolOffer]:
+        """What ``prepare`` sends: the sender maps our pool on receipt (sender.py), so the first
         import does not pay the IPC handles' opening (51 ms at 8B shapes on an H100). A sender
         not up yet gets the queued offer on connect; one that restarts later answers the first
         fetch no_offer, and ``fetch`` offers again."""
-        offer = None if endpoint in self.zmq_peers else self._offer()
-        if offer is not None and endpoint not in self.offered:
-            self.client.send(endpoint, offer)
-            self.offered.add(endpoint)
+        return self._offer()
 
     def _offer(self) -> Optional[IpcPoolOffer]:
         if self.offer is None and not self.unavailable:

@@ -86,14 +86,18 @@ class IpcExporter(PlaneSender):
         """Map the offered pool now, not in the first fetch's ``refusal``: the receiver offers
         when it starts (receiver.prepare). An offer that cannot be opened here (another GPU)
         is kept; ``refusal`` opens it again and answers ipc_unavailable."""
-        if self._uuid is None:
-            self._uuid = self.backend.device_uuid(self.kv_pool.device)
-        if not self._uuid or offer.device_uuid != self._uuid:
+        if not self._same_gpu(offer):
             return
         try:
             self._buffers(offer)
         except IpcUnavailable as exc:
             logger.info("droidspeak: IPC offer from %s not opened yet: %s", offer.receiver_model, exc)
+
+    def _same_gpu(self, offer: IpcPoolOffer) -> bool:
+        """The offered pool is on this sender's GPU (its UUID, read once)."""
+        if self._uuid is None:
+            self._uuid = self.backend.device_uuid(self.kv_pool.device)
+        return bool(self._uuid) and offer.device_uuid == self._uuid
 
     def refusal(self, request: FetchRequest) -> Optional[FetchError]:
         """Why ``request`` cannot be copied over IPC now (checked before anything is sent)."""
@@ -102,9 +106,7 @@ class IpcExporter(PlaneSender):
             return FetchError(rid, "bad_request", "the cuda_ipc plane needs one dst slot per token and a deadline")
         if offer is None or offer.receiver_model != request.receiver_model:
             return FetchError(rid, "no_offer", f"no IPC offer {request.session[:12]} from {request.receiver_model}")
-        if self._uuid is None:
-            self._uuid = self.backend.device_uuid(self.kv_pool.device)
-        if not self._uuid or offer.device_uuid != self._uuid:
+        if not self._same_gpu(offer):
             return FetchError(rid, "ipc_unavailable", f"offer is on GPU {offer.device_uuid[:40]}, "
                               f"this sender on {self._uuid[:40] or self.kv_pool.device}")
         self.offers.move_to_end(offer.offer_id)

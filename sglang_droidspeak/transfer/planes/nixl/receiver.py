@@ -31,7 +31,7 @@ import torch
 
 from sglang_droidspeak.transfer.errors import FetchFailed, ImportFailed
 from sglang_droidspeak.transfer.frames import FetchDone, FetchRequest
-from sglang_droidspeak.transfer.planes.base import KvSink, PlaneReceiver, PlaneUnavailable
+from sglang_droidspeak.transfer.planes.base import KvSink, OfferingReceiver, PlaneUnavailable
 from sglang_droidspeak.transfer.planes.nixl.agent import Agent, mem_of
 from sglang_droidspeak.transfer.planes.nixl.frames import NixlPoolOffer
 
@@ -40,7 +40,7 @@ E_ROWS = 4096  # the E staging area's first size, in rows of hidden_size (it gro
 logger = logging.getLogger(__name__)
 
 
-class NixlFetcher(PlaneReceiver):
+class NixlFetcher(OfferingReceiver):
     def __init__(self, client: Any, model: str, kv_pool: Any, num_layers: int, hidden_size: int,
                  e_dtype: torch.dtype, agent_factory: Callable[[str], Any] = Agent):
         self.client, self.model, self.kv_pool, self.num_layers = client, model, kv_pool, num_layers
@@ -61,9 +61,7 @@ class NixlFetcher(PlaneReceiver):
         if offer is None:
             return self.client.fetch(endpoint, request, sink, timeout_s, idle)
         for attempt in range(2):
-            if endpoint not in self.offered:
-                self.client.send(endpoint, offer)
-                self.offered.add(endpoint)
+            self._send_offer(endpoint, offer)
             try:
                 return self._fetch_on(offer, endpoint, request, sink, deadline, idle)
             except FetchFailed as exc:
@@ -114,13 +112,10 @@ class NixlFetcher(PlaneReceiver):
                     sink.landed("v", layer)
                 # anything else: a late notification of an abandoned fetch
 
-    def prepare(self, endpoint: str) -> None:
-        """Send our offer to ``endpoint`` now, so that the sender adds our agent (the metadata
-        exchange of a first fetch: 1.3 s on an H100, docs/BENCHMARKS.md) before any import."""
-        offer = None if endpoint in self.zmq_peers else self._offer(E_ROWS)
-        if offer is not None and endpoint not in self.offered:
-            self.client.send(endpoint, offer)
-            self.offered.add(endpoint)
+    def _startup_offer(self) -> Optional[NixlPoolOffer]:
+        """What ``prepare`` sends: the sender adds our agent on receipt, before any import (in
+        the first fetch that metadata exchange took 1.3 s on an H100, docs/BENCHMARKS.md)."""
+        return self._offer(E_ROWS)
 
     def _offer(self, e_rows: int) -> Optional[NixlPoolOffer]:
         if self.unavailable:
