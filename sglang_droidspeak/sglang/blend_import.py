@@ -4,8 +4,8 @@ selective token recompute through the engine (blend.py), as steps of an import j
 
     step         what happens                                         k = plan.num_tokens(n)
     fetch        K/V of every layer (no E) -> written into the slots  always
-    select a     the receiver's layers [0, S] over all n tokens at    only 0 < k < n; launched
-                 scratch slots; its V at S copied out                 at once when pipelined
+    select a     the receiver's layers [0, S) over all n tokens at    only 0 < k < n; launched
+                 scratch slots, then layer S's V projection of E_S    at once when pipelined
     select b     token 0 + top-(k-1) squared V deviations vs the      only 0 < k < n; after
                  sender's V at S (now in the slots); the positions    the fetch
                  are copied to the host (the batch needs them there)

@@ -31,6 +31,7 @@ from sglang_droidspeak.radix.tags import reusable_by
 
 class ForeignLookup:
     guard_blocked: Optional[str] = None  # the last lookup passed over this sender's prefix (quality guard)
+
     def _longest_planned_remote(
         self, tokens, base: Optional[str], forced: Optional[LayerPlan] = None
     ) -> tuple[Optional[RemoteMatch], Optional[LayerPlan]]:
