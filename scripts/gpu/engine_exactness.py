@@ -45,6 +45,7 @@ from pathlib import Path
 
 from sglang_droidspeak.bench.prefill_model import flush
 from sglang_droidspeak.bench.servers import Server, metric_sum, post, wait_healthy
+from sglang_droidspeak.plan.system_points import CACHEBLEND, DROIDSPEAK
 
 TOKENIZER = Path(".cache/gpu-tok")  # carried: any tokenizer files (--skip-tokenizer-init: ids in and out)
 ARCHS = ("llama3", "qwen2", "qwen3", "gemma2")
@@ -111,7 +112,7 @@ def generate(server: Server, ids: list, plan: str, new_tokens: int, start: int) 
 def foreign(got: dict) -> bool:
     """The request's context came from the sender (imported, or adopted from an import),
     not from a fallback's own prefill (meta_info droidspeak_system, response_info.py)."""
-    return got["system"] in ("droidspeak", "cacheblend") and (got["cached"] or 0) >= CONTEXT_LEN - 1
+    return got["system"] in (DROIDSPEAK, CACHEBLEND) and (got["cached"] or 0) >= CONTEXT_LEN - 1
 
 
 def max_abs_diff(a: dict, b: dict) -> float:

@@ -33,6 +33,9 @@ import re
 import sys
 from typing import Any, Callable, Optional
 
+from sglang_droidspeak.plan.system_points import CACHEBLEND, DROIDSPEAK
+from sglang_droidspeak.sglang.quality_guard import GUARD_FALLBACK  # imports no SGLang
+
 GUARD_SAMPLES = ("guard_checks_total", "guard_trips_total", "guard_agreement_sum", "guard_agreement_count")
 GUARD = {"guard_fraction": 1.0, "guard_min_checks": 4, "guard_window": 8, "guard_margin": 0.05,
          "guard_min_output_tokens": 8}  # both receivers' guard settings (settings_fields.GUARD_KEYS)
@@ -41,8 +44,7 @@ ROLES = {"no-priority": ("liar", "control"), "priority": ("liar",)}  # who runs 
 PRIORITY_ARGS = ("--enable-priority-scheduling", "--default-priority-value", "0")  # phase "priority"'s liar
 CUT = 4  # tokens each request's continuation is shorter than the one before
 LOWEST_PRIORITY = str(-sys.maxsize - 1)  # guard_shadow.ShadowEndpoint's, as the "guard on" line logs it
-REUSED_SYSTEMS = ("droidspeak", "cacheblend")  # response_info.py; "full_prefill" is a fallback
-GUARD_FALLBACK = "quality_guard"  # radix_cache.GUARD_FALLBACK: the reason a guard-blocked request carries
+REUSED_SYSTEMS = (DROIDSPEAK, CACHEBLEND)  # response_info.py; FULL_PREFILL is a fallback
 GUARD_ON = re.compile(r"quality guard on: .*\(priority (\S+)\)")
 
 

@@ -56,6 +56,7 @@ from sglang_droidspeak.radix.tags import KVOrigin
 
 logger = logging.getLogger(__name__)
 GUARD_REASON = "quality guard"  # PlanChooser's reason for a blocked pair
+GUARD_FALLBACK = "quality_guard"  # the fallback reason (/metrics, meta_info) of a request the guard turns away
 QUEUE_SIZE = 16  # shadow checks waiting for the guard thread; more are dropped and counted
 OUTCOMES = ("checked", "dropped", "failed")  # guard_checks_total{outcome}
 

@@ -38,6 +38,7 @@ from sglang_droidspeak.radix.remote_index import RemotePrefixIndex
 from sglang_droidspeak.radix.tags import KVOrigin, ModelTag, exportable_to
 from sglang_droidspeak.sglang.import_queue import JOB_ATTR
 from sglang_droidspeak.sglang.radix_lookup import ForeignLookup
+from sglang_droidspeak.sglang.quality_guard import GUARD_FALLBACK
 from sglang_droidspeak.sglang.radix_withdraw import WithdrawOnEvict
 from sglang_droidspeak.sglang.request_plan import OFF, PLAN_FORCED_ATTR, request_plan_choice
 from sglang_droidspeak.sglang.response_info import record_derived, record_fallback
@@ -46,7 +47,6 @@ from sglang_droidspeak.sglang.settings import PlanLookup
 FOREIGN_HIT_ATTR = "droidspeak_foreign_hit"
 FELL_BACK_ATTR = "droidspeak_fell_back"  # set once an import failed: no second attempt
 GUARD_NOTED_ATTR = "droidspeak_guard_noted"  # its guard-blocked prefix is counted once
-GUARD_FALLBACK = "quality_guard"  # fallbacks_total{reason} and meta_info's reason, as runtime_imports
 logger = logging.getLogger(__name__)
 
 

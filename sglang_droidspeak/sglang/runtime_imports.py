@@ -36,7 +36,7 @@ from sglang_droidspeak.radix.hits import ForeignHit
 from sglang_droidspeak.sglang.import_job import CancellableReceiver, ImportJob, PoolRow, record_event
 from sglang_droidspeak.sglang.import_streams import ImportStreams
 from sglang_droidspeak.sglang.importer import allocate, fetch_request
-from sglang_droidspeak.sglang.quality_guard import GUARD_REASON
+from sglang_droidspeak.sglang.quality_guard import GUARD_FALLBACK, GUARD_REASON
 from sglang_droidspeak.sglang.request_options import request_options
 from sglang_droidspeak.sglang.response_info import record_choice, record_fallback
 from sglang_droidspeak.transfer.errors import FetchFailed, ImportFailed
@@ -77,7 +77,7 @@ class ImportRole:
         from sglang_droidspeak.sglang.blend import blend_unsupported
 
         if choice.plan is None:
-            return ("quality_guard" if choice.reason == GUARD_REASON else "policy"), choice.reason
+            return (GUARD_FALLBACK if choice.reason == GUARD_REASON else "policy"), choice.reason
         if choice.plan.num_layers != self.num_layers:
             return "bad_plan", f"plan for {choice.plan.num_layers} layers, model has {self.num_layers}"
         if isinstance(choice.plan, BlendPlan) and (why := blend_unsupported(self.parts.engine)) is not None:
