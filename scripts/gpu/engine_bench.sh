@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # TTFT at 16K and 32K, 8B shapes, one H200/H100, cuda_ipc: full prefill, DroidSpeak 0:8 and
-# the CacheBlend-style blend:0.25 (the same budget), on the triton and on the flashinfer
+# the CacheBlend-style blend:0.21875 (the same budget), on the triton and on the flashinfer
 # backend, one after the other in the same call (the baseline is each backend's own full
 # prefill). The first import after each pair's start-up is kept (warmup_samples: cold start).
 # blend:0.21875 is the equal-compute point with the selection pass counted: layer 0 over every
 # token (S = 1) and layer 1's V projection, then 0.21875 x 32 = 7 layers' worth of tokens:
-# about 8 layers in all, as 0:8; blend:0.25 spends about 9.
+# about 8 layers in all, as 0:8 (blend:0.25, run before 2026-12-06 evening, spends about 9).
 # Here (CPU):   bash ../shared/device/stage.sh && python3 scripts/gpu/prepare.py && mkdir -p .cache/gpu-tok && cp .cache/gpu-models/libwriter/tokenizer*.json .cache/gpu-tok/
 # Device call:  carry [".device", ".cache/gpu-tok"], command `bash scripts/gpu/engine_bench.sh`
 #               (DS_BACKENDS=flashinfer for one backend only)
@@ -14,7 +14,7 @@ source scripts/gpu/device_env.sh || exit 1
 for backend in ${DS_BACKENDS:-triton flashinfer}; do
   python3 -m sglang_droidspeak.cli bench-prefill --out "$OUT/bench-prefill-$backend-$(date +%F).json" \
     --work-dir "/tmp/ds-bench-$backend" --tokenizer-from .cache/gpu-tok \
-    --lengths 16384,32768 --plans 0:8,blend:0.25,blend:0.21875 --data-plane cuda_ipc --repeats 3 --warmup 1 \
+    --lengths 16384,32768 --plans 0:8,blend:0.21875 --data-plane cuda_ipc --repeats 3 --warmup 1 \
     --fetch-timeout 120 --server-args="--attention-backend=$backend" --port-base $((30700 + ${#backend})) \
     || echo "bench-prefill $backend failed"
 done

@@ -17,7 +17,8 @@ cuda_ipc: sender ``a`` and receiver ``b`` (plugin, requests force their plan).
               import_busy_token_layers per tick), overlap (whole chunks on a second
               stream, beside the decode steps), eager (async, whole chunks: run 7's
               async), blocking (the old synchronous path), in the same run; the contexts
-              are prefilled on a before each window
+              are prefilled on a before each window. Windows: none, overlap, async,
+              blocking (DS_HOL_WINDOWS, comma-separated, picks others)
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from sglang_droidspeak.bench.servers import Server, post, wait_healthy
 BACKEND = os.environ.get("DS_BACKEND", "flashinfer")
 VOCAB, SUFFIX = 120000, 16
 HOL_IMPORTS = int(os.environ.get("DS_HOL_IMPORTS", "6"))  # imports per window, one a second
+# measured windows in order (DS_HOL_WINDOWS=none,async,overlap,eager,blocking,async for run 8's and eager)
+WINDOWS = tuple(os.environ.get("DS_HOL_WINDOWS", "none,overlap,async,blocking").split(","))
 NUM_DECODES = 32
 
 
@@ -153,7 +156,7 @@ def phase_hol(a: Server, b: Server, rng: random.Random) -> dict:
     decodes stalled every decode for 70 s once (2026-12-06, H100; SGLang's own kernels'
     first use under that mix, not the import), which must not land in a measured window."""
     warmup = window(a, b, rng, "blocking")
-    rows = [window(a, b, rng, mode) for mode in ("none", "async", "overlap", "eager", "blocking", "async")]
+    rows = [window(a, b, rng, mode) for mode in WINDOWS]
     base = rows[0]["itl_p99_ms"]
     return {"warmup": warmup, "windows": rows, "p99_over_none": [(r["mode"], r["itl_p99_ms"] / base) for r in rows]}
 

@@ -11,10 +11,16 @@ backend, so it has the engine's kernels and every architecture the engine runs:
     select b    squared V deviation from the sender's V at S, summed  the import's slots at S
                 over heads and head_dim; token 0 plus the top-(k-1)
                 (reference ``select_positions``), sorted by position
-    recompute   the k selected tokens through every layer, one EXTEND writes their K/V at
-                segment per run of consecutive positions (below)      their slots; reads all
+    recompute   the k selected tokens through every layer: masked     writes their K/V at
+                groups of many tokens where the backend takes a       their slots; reads all
+                custom mask (blend_mask.py: triton, paged
+                flashinfer), else one EXTEND segment per run of
+                consecutive positions (below: torch_native, and
+                sliding-window models on any backend)
 
-The selected tokens as an EXTEND batch, no custom mask (n = 10, k = 6):
+The runs path, the selected tokens as an EXTEND batch with no custom mask (n = 10, k = 6).
+Each run re-reads its whole prefix (a 25% selection of 16K scattered over ~3000 runs reads
+~100 GB of K/V per layer), which is why masked groups come first where a backend takes them:
 
     selected positions   0 1 2 . . 5 6 . . 9
     runs [a, b)          [0, 3)    [5, 7)  [9, 10)
@@ -64,12 +70,17 @@ is refused (``blend_unsupported``: fallback reason ``blend_unsupported``).
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any, Optional, Sequence
 
 import torch
 
+from sglang_droidspeak.sglang import attention_mask
+from sglang_droidspeak.sglang.blend_mask import recompute_masked
 from sglang_droidspeak.sglang.engine_forward import EngineSegment
 
+logger = logging.getLogger(__name__)
 SAVES_FIRST = ("torch_native", "triton")  # backends that save an extend's K/V before reading its prefix
 KV_INDEX_BUDGET = 1 << 24  # sum of b over one forward's runs: the backends' K/V index arrays (16M entries)
 
@@ -184,7 +195,23 @@ def hkvd_select(v_receiver, v_sender, num_tokens: int) -> torch.Tensor:
 def recompute_tokens(engine: Any, ids, slots, row: int, positions: Sequence[int], num_layers: int,
                      max_kv: Optional[int] = None) -> None:
     """The tokens at ``positions`` (sorted ints) through every layer over the pool's K/V at
-    ``slots``; their K/V replace what those slots held. One forward per ``forward_groups``
-    group (the engine's ``max_segments``; ``max_kv``, default KV_INDEX_BUDGET)."""
+    ``slots``; their K/V replace what those slots held. Masked groups (blend_mask.py) where
+    the backend takes a custom mask (attention_mask.py), else one forward per
+    ``forward_groups`` group of runs (the engine's ``max_segments``; ``max_kv``, default
+    KV_INDEX_BUDGET): sliding-window models and torch_native."""
+    why_not = attention_mask.unsupported(engine)
+    _say_path(engine.backend_name, why_not)
+    if why_not is None:
+        recompute_masked(engine, ids, slots, row, positions, num_layers)
+        return
     for group in forward_groups(runs(positions), engine.max_segments, max_kv or KV_INDEX_BUDGET):
         engine.run(run_segments(ids, slots, group), [row] * len(group), 0, num_layers)
+
+
+@functools.lru_cache(maxsize=None)
+def _say_path(backend_name: str, why_not: Optional[str]) -> None:
+    """Log once per process and path which way token recompute runs."""
+    if why_not is None:
+        logger.info("DroidSpeak token recompute: masked groups on %s (blend_mask.py)", backend_name)
+    else:
+        logger.info("DroidSpeak token recompute: one segment per run on %s (%s)", backend_name, why_not)

@@ -49,6 +49,7 @@ class EngineSegment(NamedTuple):
     slots: torch.Tensor  # [prefix_len + n] int64 KV slots from position 0
     prefix_len: int = 0  # tokens before this chunk (their K/V for [s, e) already written)
     e_start: Optional[torch.Tensor] = None  # [n, hidden] E entering ``start``; None: start at 0
+    positions: Optional[torch.Tensor] = None  # [n] int64 rotary positions; None: prefix_len + arange(n)
 
 
 def engine_unsupported(model: Any, backend_name: str, tp_size: int = 1, pp_size: int = 1,
@@ -119,17 +120,19 @@ class EngineForward:
 
     @torch.no_grad()
     def run(self, segments: Sequence[EngineSegment], rows: Sequence[int], start: int, end: int,
-            capture: Sequence[int] = ()) -> dict[int, torch.Tensor]:
+            capture: Sequence[int] = (), mask: Optional[torch.Tensor] = None) -> dict[int, torch.Tensor]:
         """Layers [start, end) over ``segments`` (row i of the request pool for segment i).
 
         Segments may share a row only where their slots are prefixes of one slot array
         (blend.py's runs): the row is written once, with the longest. Returns E entering
         each layer of ``capture`` (each in (start, end]; end only when end < num_layers)
         as [sum n_i, hidden] tensors. K/V of layers [start, end) land at each segment's
-        slots; nothing else of the pool is written.
+        slots; nothing else of the pool is written. ``mask``: a custom attention mask in
+        place of causal (attention_mask.py: each segment's [n_i, p_i + n_i] bool block,
+        flattened and concatenated), on backends that take one (``attention_mask.unsupported``).
         """
         with _FORWARD_LOCK:
-            return self._run(segments, rows, start, end, capture)[0]
+            return self._run(segments, rows, start, end, capture, mask)[0]
 
     @torch.no_grad()
     def logits(self, segments: Sequence[EngineSegment], rows: Sequence[int]) -> torch.Tensor:
@@ -139,10 +142,14 @@ class EngineForward:
         with _FORWARD_LOCK:
             return self._run(segments, rows, 0, self.num_layers, ())[1].next_token_logits
 
-    def _run(self, segments, rows, start: int, end: int, capture: Sequence[int]):
+    def _run(self, segments, rows, start: int, end: int, capture: Sequence[int], mask=None):
         """(captured E, the last split's output: the logits processor's when end == num_layers)."""
         batch = self._extend_batch(segments, rows)
         self.backend.init_forward_metadata(batch)
+        if mask is not None:
+            from sglang_droidspeak.sglang.attention_mask import install
+
+            install(self, segments, mask)
         ids, positions = batch.input_ids, batch.positions
         captured: dict[int, torch.Tensor] = {}
         with self._context():
@@ -183,7 +190,8 @@ class EngineForward:
         seq_lens = [p + n for p, n in zip(prefix_lens, extend_lens)]
         self._write_rows(segments, rows, seq_lens)
         out_cache_loc = torch.cat([seg.slots[p:] for seg, p in zip(segments, prefix_lens)])  # [sum n]
-        positions = torch.cat([torch.arange(p, s) for p, s in zip(prefix_lens, seq_lens)]).to(device)
+        positions = torch.cat([torch.arange(p, s, device=device) if seg.positions is None
+                               else seg.positions.to(device) for seg, p, s in zip(segments, prefix_lens, seq_lens)])
         extend_start = torch.tensor([0] + extend_lens[:-1], device=device).cumsum(0)
         seq_lens_cpu = torch.tensor(seq_lens, dtype=torch.int64)
         return ForwardBatch(
