@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     out, results = Path(os.environ.get("OUT", "/tmp/out")), WORK / "results"
     start = time.perf_counter()
     lap = lambda: round(time.perf_counter() - start, 1)  # noqa: E731
-    from real_family import HELDOUT, ordered_pairs
+    from real_family import HELDOUT, ordered_pairs, select_pairs
 
     from sglang_droidspeak.real.recipe import VARIANTS
 
@@ -122,13 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     report["corpus"] = corpus.describe()
     from sglang_droidspeak.profiler.loading import load_model
 
-    pairs = ordered_pairs(names)[: args.pairs or None]
-    if args.only:  # e.g. the LoRA pairs on a CPU, where no full fine-tune exists
-        wanted = args.only.split(",")
-        unknown = [k for k in wanted if k not in {f"{a}__{b}" for a, b in pairs}]
-        if unknown:
-            raise SystemExit(f"--only: unknown pair(s) {unknown}; pairs are SENDER__RECEIVER of {', '.join(names)}")
-        pairs = [(a, b) for a, b in pairs if f"{a}__{b}" in wanted]
+    # --only: e.g. the LoRA pairs on a CPU, where no full fine-tune exists (in the order given)
+    pairs = select_pairs(ordered_pairs(names)[: args.pairs or None], args.only)
     needed = sorted({n for pair in pairs for n in pair})
     models = {n: load_model(str(WORK / "models" / n), args.device, getattr(torch, args.dtype)) for n in needed}
     report["seconds"]["load"] = lap()
