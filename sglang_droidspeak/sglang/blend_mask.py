@@ -22,8 +22,9 @@ Query g_i thus sees exactly the slots of positions <= g_i: the sender's K/V for 
 outside the selection, this forward's or an earlier group's recomputed K/V inside it, as
 CacheBlend does (the extend's K/V are saved before the kernel reads, as for every extend).
 A group's mask has k * m entries; ``mask_groups`` keeps each under ``MASK_BUDGET`` (the
-mask is built per group, on the device), so the cost stays near k * m / 2 key reads with
-no kernel skipping over masked tiles, and the mask memory stays bounded.
+mask is built per group, on the device, so its memory stays bounded) and splits the
+selection into at least MIN_GROUPS groups (``group_tokens``), so the keys read stay near
+causal's k * n / 2 even where the kernel skips no masked tile.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ import torch
 
 from sglang_droidspeak.sglang.engine_forward import EngineSegment
 
-MASK_BUDGET = 1 << 25  # mask entries (queries x keys) of one group: 32 MiB as bool
+MASK_BUDGET = 1 << 24  # mask entries (queries x keys) of one group: 16 MiB as bool
+MIN_GROUPS, MIN_GROUP_TOKENS = 4, 256  # group_tokens
 
 
 class MaskedGroup(NamedTuple):
@@ -42,18 +44,28 @@ class MaskedGroup(NamedTuple):
     mask: torch.Tensor  # [k, m] bool
 
 
-def mask_groups(positions: Sequence[int], budget: int = MASK_BUDGET) -> list[tuple[int, int]]:
-    """Index ranges [i, j) of ``positions`` (sorted ints), in order, each with
-    (j - i) * (positions[j - 1] + 1) <= ``budget`` (a single position always fits)."""
+def mask_groups(positions: Sequence[int], budget: int = MASK_BUDGET,
+                max_tokens: Optional[int] = None) -> list[tuple[int, int]]:
+    """Index ranges [i, j) of ``positions`` (sorted ints), in order, each with at most
+    ``max_tokens`` positions (None: no limit) and (j - i) * (positions[j - 1] + 1) <=
+    ``budget`` (a single position always fits)."""
     groups: list[tuple[int, int]] = []
     start = 0
     for end in range(1, len(positions) + 1):
-        if end - start > 1 and (end - start) * (positions[end - 1] + 1) > budget:
+        size = end - start
+        if size > 1 and (size * (positions[end - 1] + 1) > budget or (max_tokens and size > max_tokens)):
             groups.append((start, end - 1))
             start = end - 1
     if positions:
         groups.append((start, len(positions)))
     return groups
+
+
+def group_tokens(num_tokens: int) -> int:
+    """Tokens per group: a quarter of the selection, at least MIN_GROUP_TOKENS. Without
+    tile skipping (flashinfer's custom mask) a group reads all k_g x m of its keys; G equal
+    groups read (G + 1) / (2G) of k x n, 0.625 of it at G = 4 against causal's 0.5."""
+    return max(MIN_GROUP_TOKENS, -(-num_tokens // MIN_GROUPS))
 
 
 def masked_group(ids: torch.Tensor, slots: torch.Tensor, chosen: torch.Tensor) -> MaskedGroup:
@@ -75,9 +87,10 @@ def masked_group(ids: torch.Tensor, slots: torch.Tensor, chosen: torch.Tensor) -
 def recompute_masked(engine, ids, slots, row: int, positions: Sequence[int], num_layers: int,
                      budget: Optional[int] = None) -> int:
     """The tokens at ``positions`` through every layer, one masked forward per group
-    (``budget``, default MASK_BUDGET); returns the number of forwards."""
+    (``mask_groups`` with ``budget``, default MASK_BUDGET, and ``group_tokens``); returns
+    the number of forwards."""
     chosen = torch.tensor(list(positions), dtype=torch.int64)  # [k] on the host
-    groups = mask_groups(positions, budget or MASK_BUDGET)
+    groups = mask_groups(positions, budget or MASK_BUDGET, group_tokens(len(positions)))
     for i, j in groups:
         group = masked_group(ids, slots, chosen[i:j])
         engine.run([group.segment], [row], 0, num_layers, mask=group.mask)

@@ -37,6 +37,12 @@ def test_mask_groups_stay_within_the_budget_in_order():
     assert mask_groups(positions, 30) == [(0, 3), (3, 5), (5, 6), (6, 7)]  # 3*5, 2*11, 1*12, 1*31 (alone)
     assert mask_groups(positions, 1) == [(i, i + 1) for i in range(7)]
     assert mask_groups([], 8) == []
+    assert mask_groups(positions, 1000, max_tokens=3) == [(0, 3), (3, 6), (6, 7)]
+    assert mask_groups(positions, 30, max_tokens=2) == [(0, 2), (2, 4), (4, 6), (6, 7)]  # 2*4, 2*10, 2*12, 31
+
+
+def test_a_selection_splits_into_at_least_four_groups_of_256_tokens_or_more():
+    assert [blend_mask.group_tokens(k) for k in (1, 256, 1024, 1025, 3584)] == [256, 256, 256, 257, 896]
 
 
 def test_the_docstrings_group_layout():
@@ -114,7 +120,7 @@ def test_masked_groups_give_the_reference_cacheblend(arch, k, budget, masked_tor
     assert attention_mask.unsupported(side.engine) is None
     slots, positions, _ = blend_through_engine(side, sent, k)
     assert_pool_equals(side, slots, cacheblend_receiver_cache(ref, sent, torch.tensor(TOKENS), k, SELECT_LAYER))
-    groups = mask_groups(positions.tolist(), budget or blend_mask.MASK_BUDGET)
+    groups = mask_groups(positions.tolist(), budget or blend_mask.MASK_BUDGET, blend_mask.group_tokens(k))
     assert [rows for (rows, _), in masked_torch_native] == [j - i for i, j in groups]
     assert len(groups) > 1 if budget else len(groups) == 1
 
