@@ -50,19 +50,22 @@ class FetchWorker:
             if job is None:
                 _call_logged(fetch)
                 continue
-            began = time.perf_counter()
+            began = fenced = planed = time.perf_counter()
             try:
                 if job.cancelled:
                     raise RuntimeError("cancelled before the fetch began")
                 if fence is not None:
                     fence.synchronize()
-                    _note_slow_fence(job, time.perf_counter() - began)
+                    fenced = time.perf_counter()
+                    _note_slow_fence(job, fenced - began)
                 fetch(request, job.receiver)
+                planed = time.perf_counter()
             except BaseException as exc:  # noqa: BLE001 - the scheduler decides; never lose the job
                 job.fetch_error = exc
             finally:
                 _sync_copies(job)
                 job.fetch_s = time.perf_counter() - began
+                _note_slow_fetch(job, began, fenced, planed)
                 job.fetched.set()
 
     def close(self) -> None:
@@ -85,6 +88,20 @@ def _note_slow_fence(job: Any, waited_s: float) -> None:
     if waited_s >= SLOW_FENCE_S:
         logger.warning("droidspeak: import %s waited %.1f ms for its slots' fence before fetching",
                        getattr(job, "rid", "?"), 1e3 * waited_s)
+
+
+SLOW_FETCH_S = 0.25
+
+
+def _note_slow_fetch(job: Any, began: float, fenced: float, planed: float) -> None:
+    """Where a slow fetch's time went: the fence, the plane's fetch (request -> FetchDone),
+    the copies' sync (fenced/planed stay at ``began`` when that step did not finish)."""
+    if job.fetch_s >= SLOW_FETCH_S:
+        ms = lambda a, b: 1e3 * max(0.0, b - a)  # noqa: E731
+        logger.warning("droidspeak: import %s fetch took %.1f ms: fence %.1f, plane %.1f, copies synced %.1f%s",
+                       getattr(job, "rid", "?"), 1e3 * job.fetch_s, ms(began, fenced), ms(fenced, planed),
+                       ms(max(fenced, planed), began + job.fetch_s), "" if job.fetch_error is None else
+                       f" (failed: {job.fetch_error!r})")
 
 
 def _sync_copies(job: Any) -> None:

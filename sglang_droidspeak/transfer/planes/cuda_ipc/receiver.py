@@ -56,8 +56,11 @@ class IpcFetcher(OfferingReceiver):
         offer = None if endpoint in self.zmq_peers else self._offer()
         if offer is None:
             return self.client.fetch(endpoint, request, receiver, timeout_s, idle)
-        deadline_ms = now_ms() + int(timeout_s * 1000)
+        began_ms = now_ms()
+        deadline_ms = began_ms + int(timeout_s * 1000)
         slots = tuple(int(s) for s in receiver.slots.tolist())  # [n] our KV slots, one per token
+        if now_ms() - began_ms > SLOW_HOST_COPY_MS:  # .tolist() waits for the device
+            logger.warning("droidspeak: cuda_ipc fetch waited %d ms for its slot list", now_ms() - began_ms)
         ipc_request = dataclasses.replace(request, plane="cuda_ipc", session=offer.offer_id, dst_slots=slots,
                                           deadline_ms=deadline_ms)
         for attempt in range(2):
@@ -95,6 +98,9 @@ class IpcFetcher(OfferingReceiver):
                 self.unavailable = True
                 logger.warning("droidspeak: data_plane cuda_ipc unavailable, using ZMQ: %s", exc)
         return self.offer
+
+
+SLOW_HOST_COPY_MS = 100
 
 
 def _left_s(deadline_ms: int) -> float:

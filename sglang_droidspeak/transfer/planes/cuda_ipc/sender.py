@@ -43,6 +43,7 @@ from sglang_droidspeak.transfer.planes.cuda_ipc.frames import IpcPoolOffer
 DEADLINE_MARGIN_S = 0.25
 MAX_DEADLINE_AHEAD_S = 3600.0
 MAX_OFFERS = 16
+SLOW_COPY_MS = 100
 logger = logging.getLogger(__name__)
 
 
@@ -160,6 +161,7 @@ class IpcExporter(PlaneSender):
         error = self._deadline(request)
         if error is not None:
             return error
+        began_ms = self.clock_ms()
         k_buffers, v_buffers = self._buffers(self.offers[request.session])
         device = self.kv_pool.device
         src = src_slots.to(device=device, dtype=torch.int64)  # [n]
@@ -174,6 +176,10 @@ class IpcExporter(PlaneSender):
             self.num_bytes_out += num_bytes
         if torch.device(device).type == "cuda":
             torch.cuda.current_stream(device).synchronize()
+        if self.clock_ms() - began_ms > SLOW_COPY_MS:
+            logger.warning("droidspeak: IPC copy of %d layers x %d tokens for %s took %d ms (launch and sync)",
+                           len(request.reused_layers), len(src_slots), request.receiver_model,
+                           self.clock_ms() - began_ms)
         late_ms = self.clock_ms() - request.deadline_ms
         if late_ms >= 0:
             self.num_late += 1
