@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import torch
 
+from sglang_droidspeak.sglang.stall_watch import StackWatch
+
 logger = logging.getLogger(__name__)
 _STOP = object()
 
@@ -29,6 +31,7 @@ _STOP = object()
 class FetchWorker:
     def __init__(self, name: str = "droidspeak-fetch"):
         self._jobs: queue.Queue = queue.Queue()
+        self.stall = StackWatch()  # a fetch still running after 1 s logs every thread's stack
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -51,6 +54,7 @@ class FetchWorker:
                 _call_logged(fetch)
                 continue
             began = fenced = planed = time.perf_counter()
+            timer = self.stall.start(f"fetch of import {getattr(job, 'rid', '?')}")
             try:
                 if job.cancelled:
                     raise RuntimeError("cancelled before the fetch began")
@@ -64,6 +68,7 @@ class FetchWorker:
                 job.fetch_error = exc
             finally:
                 _sync_copies(job)
+                StackWatch.stop(timer)
                 job.fetch_s = time.perf_counter() - began
                 _note_slow_fetch(job, began, fenced, planed)
                 job.fetched.set()

@@ -38,6 +38,7 @@ from sglang_droidspeak.sglang.runtime_directory import DirectoryRole
 from sglang_droidspeak.sglang.runtime_e import PendingE, compute_e, launch_e
 from sglang_droidspeak.sglang.runtime_imports import BACKOFF_REASONS, PEER_BACKOFF_S, ImportRole  # noqa: F401
 from sglang_droidspeak.sglang.settings import DroidSpeakSettings
+from sglang_droidspeak.sglang.stall_watch import TickGapWatch
 from sglang_droidspeak.transfer.directory import Announcer, DirectoryListener
 from sglang_droidspeak.transfer.fetch import PENDING, FetchClient, FetchServer
 from sglang_droidspeak.transfer.frames import FetchDone, FetchError
@@ -84,6 +85,7 @@ class DroidSpeakRuntime(ImportRole, DirectoryRole):
         self.planes = build_planes(settings, context, self.export_server, self.client)
         self.tree: Any = None
         self.scheduler: Any = None
+        self.tick_gap = TickGapWatch()  # a sender whose ticks stall logs the gap (stall_watch.py)
         self._warned: set[str] = set()
         self._backoff_until: dict[str, float] = {}  # peer fetch endpoint -> monotonic time
         self.chooser = PlanChooser(settings, model, num_layers, metrics)
@@ -128,6 +130,8 @@ class DroidSpeakRuntime(ImportRole, DirectoryRole):
                 import zmq
 
                 sleeper.poller.register(self.export_server.socket, zmq.POLLIN)  # wake on fetches
+        if self.export_server is not None:
+            self.tick_gap.tick()
         self.answer_fetches()
         self.imports.tick(scheduler)
 
