@@ -15,7 +15,7 @@ Beside a session already running real_family (own ports 31520-31522, ZMQ 5970-59
 Alone (real family already there): `bash scripts/gpu/guard_check.sh [--liar smollm2-test-lora] ...`;
   as a session step, '+' separates the args: guard_check:--liar+smollm2-test-lora
 
-Servers (real_serving.server_specs: bf16, one GPU, cuda_ipc, a small --max-total-tokens), started
+Servers (serving_requests.server_specs: bf16, one GPU, cuda_ipc, a small --max-total-tokens), started
 together: smollm2-base, the sender of one held-out context; ``--liar`` and smollm2-base-ctl (the
 sender's weights), both with an inline full-reuse plan from it (``guard_specs``), no profiles,
 ``--max-quality-drop`` (bound 1 - it) and guard_expect.GUARD. The liar's promise is one full reuse
@@ -44,18 +44,21 @@ from typing import Any, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import guard_expect as ge  # noqa: E402
 import real_serving as rs  # noqa: E402  (also puts the checkout on sys.path)
+import serving_measure as sm  # noqa: E402
+import serving_plans as sp  # noqa: E402
+import serving_requests as sr  # noqa: E402
 
 from sglang_droidspeak.bench import prefill_model as pm  # noqa: E402
 from sglang_droidspeak.bench.servers import argv_of, wait_healthy  # noqa: E402
 
 GUARD, PHASES, CUT, PRIORITY_ARGS = ge.GUARD, ge.PHASES, ge.CUT, ge.PRIORITY_ARGS
-SAMPLES = rs.COUNTERS + ge.GUARD_SAMPLES
+SAMPLES = sr.COUNTERS + ge.GUARD_SAMPLES
 SESSION = "bash scripts/gpu/session.sh start 540 real_family guard_check"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--liar", default="smollm2-docs-lora", help="the lying receiver (real_serving.model_name)")
+    p.add_argument("--liar", default="smollm2-docs-lora", help="the lying receiver (serving_plans.model_name)")
     p.add_argument("--max-quality-drop", type=float, default=0.01, help="both receivers' promise: bound 1 - this")
     p.add_argument("--requests", type=int, default=6, help="greedy requests per receiver before the extra one")
     p.add_argument("--check-timeout", type=float, default=45.0, help="seconds to wait for one shadow check")
@@ -70,23 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
 def guard_specs(args, liar: str, models_dir: Path, num_layers: int) -> list[dict]:
     """real_serving's sender, liar (as its receiver) and control, the receivers' configs made
     guard configs: an inline full-reuse plan from the sender, no profiles, ``GUARD``."""
-    specs = rs.server_specs(args, liar, models_dir, Path("."))
+    specs = sr.server_specs(args, liar, models_dir, Path("."))
     for spec in specs[1:]:
         config = spec["config"]
         config.pop("profiles_dir", None)
         config.update(max_quality_drop=args.max_quality_drop, plans=[
-            {"sender": rs.SENDER, "receiver": config["model"], "num_layers": num_layers, "groups": []}], **GUARD)
+            {"sender": sp.SENDER, "receiver": config["model"], "num_layers": num_layers, "groups": []}], **GUARD)
     return specs
 
 
 def cfg_of(args, role: str, phase: str) -> dict:  # guard_expect.rules' cfg
-    return ge.expected(rs.SENDER, args.requests, args.max_quality_drop, role, phase)
+    return ge.expected(sp.SENDER, args.requests, args.max_quality_drop, role, phase)
 
 
 def wait_until(server, start: dict, done, timeout: float) -> bool:
     """Poll ``server``'s counters until ``done(delta since start)`` or ``timeout`` seconds."""
     deadline = time.perf_counter() + timeout
-    while not done(rs.counter_delta(start, rs.counters(server.metrics(), SAMPLES))):
+    while not done(sr.counter_delta(start, sr.counters(server.metrics(), SAMPLES))):
         if time.perf_counter() > deadline:
             return False
         time.sleep(0.2)
@@ -96,38 +99,38 @@ def wait_until(server, start: dict, done, timeout: float) -> bool:
 def run_receiver(server, prompts: list[list[int]], args, expect_trip: bool) -> dict:
     """Each prompt on a flushed cache; after each reused one, wait for its shadow check (or the
     trip); the last one once the trip is in (liar) or right away (control)."""
-    start, rows, eligible, waits = rs.counters(server.metrics(), SAMPLES), [], 0, []
-    checks = lambda d: ge.sample(d, "guard_checks_total", sender=rs.SENDER)  # noqa: E731
-    trips = lambda d: ge.sample(d, "guard_trips_total", sender=rs.SENDER)  # noqa: E731
+    start, rows, eligible, waits = sr.counters(server.metrics(), SAMPLES), [], 0, []
+    checks = lambda d: ge.sample(d, "guard_checks_total", sender=sp.SENDER)  # noqa: E731
+    trips = lambda d: ge.sample(d, "guard_trips_total", sender=sp.SENDER)  # noqa: E731
     for i, ids in enumerate(prompts):
         if i == len(prompts) - 1 and expect_trip:
             waits.append(wait_until(server, start, lambda d: trips(d) >= 1, args.check_timeout))
         pm.flush(server)
-        before = rs.counters(server.metrics(), SAMPLES)
-        got = rs.generate(server, ids, "auto", args.new_tokens, args.request_timeout)
+        before = sr.counters(server.metrics(), SAMPLES)
+        got = sr.generate(server, ids, "auto", args.new_tokens, args.request_timeout)
         rows.append({"receiver": server.name, "request": i, "prompt_len": len(ids), "cached": got["cached"],
                      "output_len": len(got["ids"]), "e2e_ms": got["e2e_ms"],
                      "meta": {k: v for k, v in got["meta"].items() if k.startswith("droidspeak")},
-                     "counters": rs.counter_delta(before, rs.counters(server.metrics(), SAMPLES))})
+                     "counters": sr.counter_delta(before, sr.counters(server.metrics(), SAMPLES))})
         if i < len(prompts) - 1 and ge.reused(got["meta"]) and len(got["ids"]) >= GUARD["guard_min_output_tokens"]:
             eligible += 1
             waits.append(wait_until(server, start, lambda d: checks(d) >= eligible or trips(d) >= 1,
                                     args.check_timeout))
     lines = [ln for ln in server.log_path.read_text(errors="replace").splitlines() if "quality guard" in ln]
     return {"requests": rows, "waits_met": waits, "log_lines": lines,
-            "delta": rs.counter_delta(start, rs.counters(server.metrics(), SAMPLES))}
+            "delta": sr.counter_delta(start, sr.counters(server.metrics(), SAMPLES))}
 
 
 def run_phase(phase: str, sender, receivers: dict, warm, prompts: list[list[int]], args) -> dict:
     """Warm-up (a forced plan: never checked), the context on the sender, every receiver's run."""
     pm.flush(sender)
-    rs.prefill(sender, list(warm.context_ids), args.request_timeout)
+    sr.prefill(sender, list(warm.context_ids), args.request_timeout)
     time.sleep(args.announce_wait)
     for server in receivers.values():
-        rs.generate(server, list(warm.prompt_ids), "reuse", args.new_tokens, args.request_timeout)
+        sr.generate(server, list(warm.prompt_ids), "reuse", args.new_tokens, args.request_timeout)
         pm.flush(server)
     pm.flush(sender)
-    rs.prefill(sender, prompts[0][:args.context_len], args.request_timeout)
+    sr.prefill(sender, prompts[0][:args.context_len], args.request_timeout)
     time.sleep(args.announce_wait)
     out = {}
     for role, server in receivers.items():
@@ -149,20 +152,20 @@ def measure(servers: dict, specs: list[dict], liar: str, warm, prompts: list[lis
         if phase == "priority":
             servers[liar].stop()
             (work / phase).mkdir(parents=True, exist_ok=True)
-            servers[liar] = rs.start(ge.with_priority(specs[1]), work / phase)
+            servers[liar] = sr.start(ge.with_priority(specs[1]), work / phase)
             wait_healthy([servers[liar]], timeout=args.startup_timeout)
             result["server_args"][phase] = argv_of([servers[liar]])
         if not all(s.alive() for s in servers.values()):
             raise RuntimeError("a server died")  # main prints its log's tail
-        receivers = {role: servers[liar if role == "liar" else rs.CONTROL] for role in ge.ROLES[phase]}
-        result["phases"][phase] = run_phase(phase, servers[rs.SENDER], receivers, warm, prompts, args)
-        rs.write(result, out_path)
+        receivers = {role: servers[liar if role == "liar" else sp.CONTROL] for role in ge.ROLES[phase]}
+        result["phases"][phase] = run_phase(phase, servers[sp.SENDER], receivers, warm, prompts, args)
+        sm.write(result, out_path)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        liar = rs.model_name(args.liar)
+        liar = sp.model_name(args.liar)
     except ValueError as exc:
         raise SystemExit(str(exc).replace("--receiver", "--liar")) from None
     if args.requests < GUARD["guard_min_checks"] or args.query_len <= CUT * args.requests or args.context_len < 16:
@@ -172,17 +175,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     out_path, work = Path(args.out or out_dir / "guard-check.json"), Path(args.work_dir or out_dir / "servers")
     profiles = Path(args.profiles_dir) if args.profiles_dir else next(
         (d for d in (rs.WORK / "results" / "profiles", rs.ROOT / "profiles") if d.is_dir()), rs.ROOT / "profiles")
-    profile, profile_path = rs.load_pair_profile(profiles, liar)
+    profile, profile_path = sp.load_pair_profile(profiles, liar)
     measured = {"profile": str(profile_path), "agreement": profile and round(profile.full_reuse_quality, 4)}
     measured["note"] = ge.liar_note(measured["agreement"], cfg_of(args, "liar", PHASES[0])["trip_below"])
     print(f"{liar}'s full-reuse agreement: {json.dumps(measured)}", flush=True)
-    num_layers = rs.num_layers_of(models_dir, liar, profile)
+    num_layers = sp.num_layers_of(models_dir, liar, profile)
     specs = guard_specs(args, liar, models_dir, num_layers)
     step = " ".join(["bash scripts/gpu/guard_check.sh", *(argv if argv is not None else sys.argv[1:])])
     result: dict[str, Any] = {
         "date": dt.date.today().isoformat(), "command": step.strip(), "session_command": SESSION,
-        "card": None if args.dry_run else pm.card(), "versions": rs.versions(), "args": vars(args),
-        "sender": rs.SENDER, "liar": liar, "control": rs.CONTROL, "num_layers": num_layers, "guard": GUARD,
+        "card": None if args.dry_run else pm.card(), "versions": sm.versions(), "args": vars(args),
+        "sender": sp.SENDER, "liar": liar, "control": sp.CONTROL, "num_layers": num_layers, "guard": GUARD,
         "liar_full_reuse_agreement": measured,
         "droidspeak_config": {s["name"]: s["config"] for s in specs}, "priority_args": PRIORITY_ARGS,
         "expected": {f"{role}/{phase}": cfg_of(args, role, phase) for phase in PHASES for role in ge.ROLES[phase]},
@@ -193,7 +196,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise SystemExit(f"{[s['model'] for s in specs]}: a config.json is missing (run real_family here first)")
     work.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    servers = {s["name"]: rs.start(s, work) for s in specs}
+    servers = {s["name"]: sr.start(s, work) for s in specs}
     result["server_args"] = argv_of(list(servers.values()))
     try:
         examples, prompts, result["prompts"] = load_prompts(args, liar, models_dir)  # while the servers start
@@ -201,11 +204,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         result["startup_s"] = round(time.perf_counter() - began, 1)
         measure(servers, specs, liar, examples[-1], prompts, args, result, work, out_path)
     except Exception as exc:
-        rs.record_error(result, servers, exc)
+        sm.record_error(result, servers, exc)
     finally:
         for server in servers.values():
             server.stop()
-        rs.write(result, out_path)
+        sm.write(result, out_path)
     print(ge.table(result["phases"]))
     ok = ge.all_pass(result["phases"]) and not result.get("error") and "cut_short" not in result
     print(f"written: {out_path} ({time.perf_counter() - began:.0f} s): {'PASS' if ok else 'FAIL'}, "
@@ -216,8 +219,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 def load_prompts(args, liar: str, models_dir: Path) -> tuple[list, list[list[int]], dict]:
     """The liar's held-out lcc examples (the first: the requests' context; the last: the warm-up),
     the requests (guard_expect.requests_of) and their record."""
-    tokenizer, tok_path = rs.load_tokenizer(args, liar, models_dir)
-    examples = rs.build_prompts(tokenizer, rs.HELDOUT[liar.removeprefix(rs.PREFIX)], args)
+    tokenizer, tok_path = sp.load_tokenizer(args, liar, models_dir)
+    examples = sp.build_prompts(tokenizer, sp.HELDOUT[liar.removeprefix(sp.PREFIX)], args)
     prompts = ge.requests_of(examples[0], args.query_len, args.requests)
     return examples, prompts, {"task": "lcc", "example": examples[0].example_id, "warm_up": examples[-1].example_id,
                                "context_len": len(examples[0].context_ids), "prompt_lens": [len(x) for x in prompts],

@@ -11,7 +11,7 @@ then carry the lowest priority (LOWEST_PRIORITY) and must not abort.
 
 A receiver's record (guard_check.run_receiver) holds its requests (each with its meta_info
 droidspeak keys and its own counter deltas), the counter deltas over its whole run
-(real_serving.counters: 'name{label=value,...}' with the model label dropped) and the plugin's
+(serving_requests.counters: 'name{label=value,...}' with the model label dropped) and the plugin's
 "quality guard" log lines. ``evaluate`` reads from them:
 
     got key      what

@@ -65,38 +65,28 @@ import argparse
 import datetime as dt
 import json
 import os
-import re
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
 from sglang_droidspeak.bench import prefill_model as pm  # noqa: E402
-from sglang_droidspeak.bench import sweep_report as sweep  # noqa: E402
-from sglang_droidspeak.bench.servers import Server, argv_of, metric_lines, post, wait_healthy  # noqa: E402
+from sglang_droidspeak.bench.servers import argv_of, metric_lines, wait_healthy  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serving_latency  # noqa: E402
-from serving_summary import OWN, RADIX, Scorer, summarize, table  # noqa: E402
+from serving_measure import measure, record_error, versions, write  # noqa: E402
+from serving_plans import CONTROL, HELDOUT, PREFIX, SENDER, build_prompts, load_pair_profile  # noqa: E402
+from serving_plans import load_tokenizer, model_name, num_layers_of, prompt_record, resolve_plans, wire  # noqa: E402
+from serving_requests import server_specs, start  # noqa: E402
+from serving_summary import Scorer, summarize, table  # noqa: E402
 
 WORK = Path(os.environ.get("DROIDSPEAK_REAL_DIR", "/tmp/ds-real"))
-# the receiver's own held-out domain, as scripts/gpu/real_family.py profiles it
-HELDOUT = {"base": "lib_heldout", "lib-full": "lib_heldout", "test-lora": "test_heldout", "docs-lora": "docs_heldout"}
-PREFIX = "smollm2-"
-SENDER = "smollm2-base"
-CONTROL = "smollm2-base-ctl"
 BACKENDS = ("flashinfer", "flashinfer-paged", "triton")
-PAGED_ENV = {"SGLANG_FLASHINFER_USE_PAGED": "1"}
 DEFAULT_PLANS = "auto,best,reuse,group:2,group:4,group:8,cacheblend:2,cacheblend:4,cacheblend:8,0:10,blend:0.3333"
-META_KEYS = ("cached_tokens", "prompt_tokens", "completion_tokens", "e2e_latency", "queue_time",
-             "forward_entry_time", "prefill_finished_time", "finish_reason",
-             "droidspeak_system", "droidspeak_plan", "droidspeak_reason")  # the last three: response_info.py
-COUNTERS = ("foreign_hits_total", "tokens_reused_total", "layers_recomputed_total", "fallbacks_total")
 
 
 # ---------------------------------------------------------------- arguments
@@ -144,295 +134,6 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     a("--work-dir", default="", help="server logs and configs (default $OUT/servers)")
     a("--tokenizer", default="", help="tokenizer.json (default: the receiver's; --dry-run falls back to the base's)")
     a("--dry-run", action="store_true", help="CPU: build the prompts, print the servers and plans; start nothing")
-
-
-def model_name(name: str) -> str:
-    """'lib-full' or 'smollm2-lib-full' -> 'smollm2-lib-full' (ValueError for other names)."""
-    short = name.removeprefix(PREFIX)
-    if short not in HELDOUT or short == "base":
-        raise ValueError(f"--receiver must be one of {[PREFIX + k for k in HELDOUT if k != 'base']}, got {name!r}")
-    return PREFIX + short
-
-
-def split_list(text: str) -> list[str]:
-    """';' separated if there is one (plans with several groups: '0:2,6:8;reuse'), else ','."""
-    return [p.strip() for p in (text.split(";") if ";" in text else text.split(",")) if p.strip()]
-
-
-# ---------------------------------------------------------------- plans
-
-def wire(plan) -> str:
-    """A LayerPlan as its droidspeak_plan value: 'reuse' or 's:e,s:e'."""
-    return ",".join(f"{g.start}:{g.end}" for g in plan.groups) if plan.groups else "reuse"
-
-
-def best_point(profile, max_layers: int):
-    """The frontier point of highest quality recomputing at most ``max_layers`` layers
-    (ties: fewer layers), or None."""
-    points = [p for p in profile.frontier if p.num_recomputed_layers <= max_layers]
-    return max(points, key=lambda p: (p.quality, -p.num_recomputed_layers)) if points else None
-
-
-def resolve_plans(text: str, num_layers: int, profile, best_max_layers: int, max_quality_drop: float) -> list[dict]:
-    """Each of ``text``'s plans as {label, value (droidspeak_plan), note}; 'auto' stays 'auto'
-    (the plugin chooses; its expected choice goes in the note); 'best' without a profile or a
-    point is dropped with a note (value None). ValueError names a plan the plugin would refuse."""
-    from sglang_droidspeak.sglang.request_plan import parse_plan_choice
-
-    out, max_layers = [], best_max_layers or num_layers // 3
-    for label in dict.fromkeys(split_list(text)):
-        if label == "auto":
-            point = profile.cheapest_within(max_quality_drop) if profile else None
-            note = (f"plugin: cheapest frontier point within drop {max_quality_drop}: " +
-                    (f"{wire(point.plan)} (quality {point.quality:.4f}, drop {point.quality_drop:.4f})" if point
-                     else "none (it prefills normally, fallback no_plan)")) if profile else "no profile: no_plan"
-            out.append({"label": label, "value": "auto", "note": note,
-                        "expected": wire(point.plan) if point else None})
-        elif label == "best":
-            point = best_point(profile, max_layers) if profile else None
-            if point is None:
-                out.append({"label": label, "value": None, "note": "no profile" if profile is None else
-                            f"no frontier point with <= {max_layers} layers"})
-            else:
-                out.append({"label": label, "value": wire(point.plan), "note": (
-                    f"profile's best with <= {max_layers} layers: quality {point.quality:.4f} "
-                    f"(receiver {profile.receiver_quality:.4f}, full reuse {profile.full_reuse_quality:.4f})")})
-        elif label.startswith(("group:", "cacheblend:")):
-            out.append(serving_latency.budget_plan(label, profile, num_layers, wire))
-        else:
-            try:
-                choice = parse_plan_choice(label, num_layers)
-            except ValueError as exc:
-                raise ValueError(f"--plans: {exc}") from None
-            if choice is None or choice == "off":
-                raise ValueError(f"--plans: {label!r} is not a reuse plan (own prefill is always measured)")
-            out.append({"label": label, "value": label, "note": ""})
-    return out
-
-
-# ---------------------------------------------------------------- servers
-
-def server_specs(args, receiver: str, models_dir: Path, profiles_dir: Path) -> list[dict]:
-    """Sender, receiver and (with --control) the control receiver: name, model dir, port,
-    plugin config, extra launch args and env, as bench.servers.Server takes them."""
-    export, announce = f"tcp://127.0.0.1:{args.zmq_base}", f"tcp://127.0.0.1:{args.zmq_base + 1}"
-    peers = [{"model": SENDER, "fetch": export, "announce": announce}]
-    extra = ("--dtype", "bfloat16", "--skip-tokenizer-init", "--mem-fraction-static", str(args.mem_fraction),
-             "--max-total-tokens", str(args.max_total_tokens), "--cuda-graph-max-bs-decode", "4",
-             "--cuda-graph-max-bs-prefill", "512", "--log-level", "info")
-    env = PAGED_ENV if args.backend == "flashinfer-paged" else {}
-    receiver_cfg = {"model": receiver, "data_plane": args.data_plane, "fetch_timeout_s": args.fetch_timeout,
-                    "min_foreign_tokens": 16, "profiles_dir": str(profiles_dir),
-                    "max_quality_drop": args.max_quality_drop, "peers": peers}
-    specs = [
-        {"name": SENDER, "model": str(models_dir / SENDER), "port": args.port_base,
-         "config": {"model": SENDER, "export_bind": export, "announce_bind": announce, "data_plane": args.data_plane}},
-        {"name": receiver, "model": str(models_dir / receiver), "port": args.port_base + 1, "config": receiver_cfg},
-    ]
-    if args.control:
-        specs.append({"name": CONTROL, "model": str(models_dir / SENDER), "port": args.port_base + 2,
-                      "config": {"model": CONTROL, "data_plane": args.data_plane, "fetch_timeout_s": args.fetch_timeout,
-                                 "min_foreign_tokens": 16, "peers": peers}})
-    for spec in specs:
-        spec.update(extra=extra, env=env, backend=args.backend.removesuffix("-paged"))
-    return specs
-
-
-def start(spec: dict, work: Path) -> Server:
-    return Server(spec["name"], spec["model"], spec["port"], work, plugin=True, config=spec["config"],
-                  extra=spec["extra"], env=spec["env"], backend=spec["backend"])
-
-
-# ---------------------------------------------------------------- requests
-
-def read_stream(lines: Iterable[bytes], clock: Callable[[], float]) -> dict:
-    """SGLang's streaming /generate answer (``data: {json}`` lines, ``data: [DONE]``) ->
-    {ids, meta, first_token_at}. Chunks carry output_ids cumulatively (SGLang's default) or
-    as deltas (--incremental-streaming-output): told apart by meta_info.completion_tokens."""
-    ids: list[int] = []
-    meta: dict = {}
-    first = None
-    for raw in lines:
-        line = raw.strip()
-        if not line.startswith(b"data:"):
-            continue
-        payload = line[5:].strip()
-        if payload == b"[DONE]":
-            break
-        chunk = json.loads(payload)
-        if "error" in chunk:
-            raise RuntimeError(f"error chunk: {json.dumps(chunk['error'])[:300]}")
-        meta = chunk.get("meta_info") or meta
-        got = list(chunk.get("output_ids") or [])
-        total = meta.get("completion_tokens")
-        ids = got if total is None or len(got) >= total else ids + got  # cumulative ids never fall short
-        if first is None and ids:
-            first = clock()
-    return {"ids": ids, "meta": meta, "first_token_at": first}
-
-
-def generate(server: Server, ids: list[int], plan: str, new_tokens: int, timeout: float) -> dict:
-    """One streaming greedy request: {ids, cached, ttft_ms, e2e_ms, meta}."""
-    body = {"input_ids": ids, "stream": True, "sampling_params": {
-        "max_new_tokens": new_tokens, "temperature": 0, "custom_params": {"droidspeak_plan": plan}}}
-    req = urllib.request.Request(server.url + "/generate", json.dumps(body).encode(),
-                                 {"content-type": "application/json"})
-    start_t = time.perf_counter()
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        got = read_stream(r, time.perf_counter)
-    end_t = time.perf_counter()
-    meta = {k: got["meta"][k] for k in META_KEYS if k in got["meta"]}
-    first = got["first_token_at"]
-    return {"ids": got["ids"], "cached": meta.get("cached_tokens"), "meta": meta,
-            "ttft_ms": None if first is None else round((first - start_t) * 1e3, 3),
-            "e2e_ms": round((end_t - start_t) * 1e3, 3)}
-
-
-def prefill(server: Server, ids: list[int], timeout: float, plan: Optional[str] = None) -> None:
-    """Cache ``ids`` on ``server`` (one greedy token); ``plan``: its droidspeak_plan ("off": no import)."""
-    params: dict[str, Any] = {"max_new_tokens": 1, "temperature": 0}
-    if plan is not None:
-        params["custom_params"] = {"droidspeak_plan": plan}
-    post(server.url + "/generate", {"input_ids": ids, "sampling_params": params}, timeout)
-
-
-def counters(text: str, names: Iterable[str] = COUNTERS) -> dict[str, float]:
-    """The DroidSpeak samples ``names`` of a /metrics text: 'name{label=...}' (model label dropped) -> value."""
-    out: dict[str, float] = {}
-    for line in metric_lines(text):
-        m = re.match(r'^sglang:droidspeak_(\w+?)(\{[^}]*\})?\s+(\S+)$', line.strip())
-        if not m or m.group(1) not in names:
-            continue
-        labels = [kv for kv in re.findall(r'(\w+)="([^"]*)"', m.group(2) or "") if kv[0] != "model"]
-        key = m.group(1) + ("{" + ",".join(f"{k}={v}" for k, v in labels) + "}" if labels else "")
-        out[key] = out.get(key, 0.0) + float(m.group(3))
-    return out
-
-
-def counter_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {k: v - before.get(k, 0.0) for k, v in sorted(after.items()) if v - before.get(k, 0.0)}
-
-
-# ---------------------------------------------------------------- prompts
-
-def build_prompts(tokenizer, split: str, args) -> list:
-    """``--num-prompts`` + 1 lcc examples (the last one is the warm-up)."""
-    from sglang_droidspeak.real.corpus import load_real_corpus
-    from sglang_droidspeak.tasks import build_task
-
-    return build_task("lcc", tokenizer, split=split, num_examples=args.num_prompts + 1, context_len=args.context_len,
-                      query_len=args.query_len, seed=args.seed, corpus=load_real_corpus())
-
-
-def load_tokenizer(args, receiver: str, models_dir: Path):
-    from tokenizers import Tokenizer
-
-    path = Path(args.tokenizer) if args.tokenizer else models_dir / receiver / "tokenizer.json"
-    if not path.is_file() and args.dry_run and not args.tokenizer:
-        from sglang_droidspeak.real.base import base_dir
-        path = base_dir() / "tokenizer.json"  # every variant carries the base's tokenizer files
-    return Tokenizer.from_file(str(path)), path
-
-
-def load_pair_profile(profiles_dir: Path, receiver: str):
-    from sglang_droidspeak.plan.profile_io import load_profile, profile_filename
-
-    path = profiles_dir / profile_filename(SENDER, receiver)
-    return (load_profile(path), path) if path.is_file() else (None, path)
-
-
-def num_layers_of(models_dir: Path, receiver: str, profile) -> int:
-    config = models_dir / receiver / "config.json"
-    if config.is_file():
-        return int(json.loads(config.read_text())["num_hidden_layers"])
-    if profile is not None:
-        return profile.num_layers
-    from sglang_droidspeak.real.base import base_dir
-    return int(json.loads((base_dir() / "config.json").read_text())["num_hidden_layers"])
-
-
-# ---------------------------------------------------------------- measuring
-
-def run_receiver(server: Server, name: str, plans: list[dict], ex, index: int, scorer: Scorer, args,
-                 sender_done_at: float) -> list[dict]:
-    """own, radix and every plan for one prompt on one receiver (its cache flushed around each)."""
-    ctx, prompt, target = list(ex.context_ids), list(ex.prompt_ids), ex.target
-    t = args.request_timeout
-    rows = []
-
-    def row(plan: str, value: Optional[str], got: dict, **extra) -> dict:
-        """One request's record; its token ids only where they differ from ``own``'s (kept small)."""
-        r = {"receiver": name, "prompt": index, "plan": plan, "value": value, "cached": got["cached"],
-             "ttft_ms": got["ttft_ms"], "e2e_ms": got["e2e_ms"], "meta": got["meta"], **extra}
-        if plan == OWN or not r["exact"]:
-            r["ids"] = got["ids"]
-        rows.append(r)
-        return r
-
-    own = generate(server, prompt, "off", args.new_tokens, t)
-    own_answer, own_text = scorer.answer(own["ids"]), scorer.text(own["ids"])
-    row(OWN, "off", own, **scorer.compare(own["ids"], own["ids"], own_answer, own_text, target))
-    pm.flush(server)
-    prefill(server, ctx, t, "off")  # its own copy of the context, alone: the boundary a reused prefix has
-    radix = generate(server, prompt, "off", args.new_tokens, t)
-    row(RADIX, "off", radix, **scorer.compare(radix["ids"], own["ids"], own_answer, own_text, target))
-    pm.flush(server)
-    wait = args.announce_wait - (time.perf_counter() - sender_done_at)
-    if wait > 0:
-        time.sleep(wait)  # the sender's announcement crosses PUB/SUB
-    for plan in plans:
-        if plan["value"] is None:
-            continue
-        text0 = server.metrics()
-        before, stages0 = counters(text0), sweep.stage_sums(text0, name)
-        try:
-            got = generate(server, prompt, plan["value"], args.new_tokens, t)
-        except Exception as exc:  # one failed request must not cost the prompt's other plans
-            rows.append({"receiver": name, "prompt": index, "plan": plan["label"], "value": plan["value"],
-                         "error": f"{type(exc).__name__}: {exc}"[:400]})
-            pm.flush(server)
-            continue
-        text1 = server.metrics()
-        scores = scorer.compare(got["ids"], own["ids"], own_answer, own_text, target)
-        row(plan["label"], plan["value"], got, **scores, exact_radix=got["ids"] == radix["ids"],
-            counters=counter_delta(before, counters(text1)),
-            **{"import": sweep.stage_ms(stages0, sweep.stage_sums(text1, name))})
-        pm.flush(server)
-    return rows
-
-
-def versions() -> dict:
-    from importlib import metadata
-
-    out = {}
-    for dist in ("sglang", "sglang-kernel", "sgl-kernel", "flashinfer-python", "torch", "transformers", "tokenizers"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    try:
-        out["repo_commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
-                                            text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.TimeoutExpired):
-        out["repo_commit"] = None
-    return out
-
-
-def dumps(result: dict) -> str:
-    """``result`` as JSON: indented, except ``rows``: one compact line per row."""
-    items = [f" {json.dumps(k)}: " + json.dumps(v, indent=1).replace("\n", "\n ")
-             for k, v in result.items() if k != "rows"]
-    if "rows" in result:
-        rows = ",\n".join("  " + json.dumps(r, separators=(",", ":")) for r in result["rows"])
-        items.append(' "rows": [' + (f"\n{rows}\n ]" if rows else "]"))
-    return "{\n" + ",\n".join(items) + "\n}\n" if items else "{}\n"
-
-
-def write(result: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(dumps(result))
-    tmp.replace(path)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -509,66 +210,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(serving_latency.latency_table(result["summary"]))
     print(f"written: {out_path} ({round(time.perf_counter() - began, 1)} s); error: {result.get('error')}")
     return 1 if result.get("error") else 0
-
-
-def record_error(result: dict, servers: dict, exc: Exception) -> None:
-    """``exc`` as the result's error, printed with the log tail of every server that died."""
-    result["error"] = f"{type(exc).__name__}: {exc}"
-    print("ERROR", result["error"], flush=True)
-    for s in servers.values():
-        if not s.alive():
-            print(f"--- {s.name} died:\n{s.tail(40)}", flush=True)
-
-
-def prompt_record(examples: list, split: str, args, tok_path: Path) -> dict:
-    return {"task": "lcc", "split": split, "num": len(examples), "context_len": args.context_len,
-            "query_len": args.query_len, "new_tokens": args.new_tokens, "seed": args.seed, "tokenizer": str(tok_path),
-            "files": len({e.source for e in examples}), "examples": [e.example_id for e in examples]}
-
-
-def measure(servers: dict, receiver: str, plans: list[dict], control_plans: list[dict], examples: list,
-            scorer: Scorer, args, result: dict, rows: list, out_path: Path) -> None:
-    sender, result["rows"] = servers[SENDER], rows
-    receivers = [(receiver, plans)] + ([(CONTROL, control_plans)] if CONTROL in servers else [])
-
-    def one_prompt(index: int, ex) -> list[dict]:
-        prefill(sender, list(ex.context_ids), args.request_timeout)
-        done_at, got = time.perf_counter(), []
-        for name, its_plans in receivers:
-            got += run_receiver(servers[name], name, its_plans, ex, index, scorer, args, done_at)
-        pm.flush(sender)
-        return got
-
-    t0 = time.perf_counter()
-    one_prompt(-1, examples[-1])  # warm-up: first-use kernels and import paths; not recorded
-    result["warmup_s"] = round(time.perf_counter() - t0, 1)
-    print(f"[{time.strftime('%X')}] warm-up {result['warmup_s']} s", flush=True)
-    t0, failures = time.perf_counter(), 0
-    for index, ex in enumerate(examples[:-1]):
-        if time.perf_counter() - t0 > args.budget_s:
-            result["cut_short"] = f"--budget-s {args.budget_s}: {index} of {len(examples) - 1} prompts"
-            break
-        dead = [s.name for s in servers.values() if not s.alive()]
-        if dead:
-            raise RuntimeError(f"server(s) died: {dead}")
-        try:
-            rows += one_prompt(index, ex)
-            failures = 0
-        except Exception as exc:  # a failed own/radix request or flush: note it, go on to the next prompt
-            failures += 1
-            error = f"{type(exc).__name__}: {exc}"[:400]
-            result.setdefault("prompt_errors", []).append({"prompt": index, "error": error})
-            print(f"prompt {index}: {error}", flush=True)
-            if failures >= 3:
-                raise RuntimeError("3 prompts in a row failed") from exc
-            for server in servers.values():
-                pm.flush(server)
-            continue
-        result["measure_s"] = round(time.perf_counter() - t0, 1)
-        result["summary"] = summarize(rows, args.context_len)
-        write(result, out_path)
-        if index % 8 == 7:
-            print(f"[{time.strftime('%X')}] {index + 1} prompts, {result['measure_s']} s", flush=True)
 
 
 def dry_run(args, receiver: str, models_dir: Path, split: str, specs: list[dict], plans: list[dict],

@@ -28,7 +28,7 @@ from sglang_droidspeak.plan.system_points import cacheblend_plan
 
 def budget_plan(label: str, profile: Any, num_layers: int, wire) -> Optional[dict]:
     """{label, value, note} for ``group:K`` / ``cacheblend:K`` (None: not such a label);
-    ``wire`` turns a LayerPlan into its droidspeak_plan text (real_serving.wire)."""
+    ``wire`` turns a LayerPlan into its droidspeak_plan text (serving_plans.wire)."""
     kind, _, k_text = label.partition(":")
     if kind not in ("group", "cacheblend"):
         return None

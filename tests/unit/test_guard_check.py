@@ -76,9 +76,9 @@ def test_the_liar_rows_pass_and_each_can_fail():
 def test_the_control_rows():
     rec = liar_record(served=6, trips=0, checked=7, agreement=0.99)
     rec["requests"][-1]["meta"], rec["log_lines"] = dict(REUSED), [ON.format("None")]
-    assert failing(ge.evaluate("control", rec, cfg("control"), gc.rs.CONTROL)) == []
+    assert failing(ge.evaluate("control", rec, cfg("control"), gc.sp.CONTROL)) == []
     rec["delta"] = counts(checked=7, trips=1, agreement=0.9)
-    assert failing(ge.evaluate("control", rec, cfg("control"), gc.rs.CONTROL)) == [
+    assert failing(ge.evaluate("control", rec, cfg("control"), gc.sp.CONTROL)) == [
         "trips", "live agreement mean (noise floor)"]
     with pytest.raises(ValueError, match="role"):
         ge.rules("sender", cfg())
@@ -133,7 +133,7 @@ class FakeLiar:
 
 def test_run_receiver_waits_for_each_check_then_sends_the_extra_request(tmp_path, monkeypatch):
     fake = FakeLiar(tmp_path)
-    monkeypatch.setattr(gc.rs, "generate", fake.generate)
+    monkeypatch.setattr(gc.sr, "generate", fake.generate)
     monkeypatch.setattr(gc.pm, "flush", lambda server: setattr(fake, "flushes", fake.flushes + 1))
     args = types.SimpleNamespace(new_tokens=32, request_timeout=1.0, check_timeout=0.5, requests=6)
     rec = gc.run_receiver(fake, [[1] * 10] * 7, args, expect_trip=True)

@@ -1,4 +1,5 @@
-"""scripts/gpu/real_serving.py on CPU: arguments, plans, servers, the stream reader, scoring and summary math."""
+"""scripts/gpu/real_serving.py (+ serving_plans, serving_requests, serving_measure) on CPU: arguments, plans,
+servers, the stream reader, scoring and summary math."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.plan.profile import FrontierPoint, ModelRef, Profile
 
 rs = load_script("gpu/real_serving.py")
+sp = load_script("gpu/serving_plans.py")
+sr = load_script("gpu/serving_requests.py")
+sm = load_script("gpu/serving_measure.py")
 ss = load_script("gpu/serving_summary.py")
 EXACT = 1e-12
 
@@ -29,36 +33,36 @@ def test_defaults_and_receiver_names():
     args = rs.build_parser().parse_args([])
     assert (args.receiver, args.num_prompts, args.context_len, args.backend, args.data_plane, args.control) == (
         "smollm2-lib-full", 64, 3072, "flashinfer", "cuda_ipc", True)
-    assert rs.model_name("docs-lora") == rs.model_name("smollm2-docs-lora") == "smollm2-docs-lora"
+    assert sp.model_name("docs-lora") == sp.model_name("smollm2-docs-lora") == "smollm2-docs-lora"
     for bad in ("base", "smollm2-base", "lib"):
         with pytest.raises(ValueError, match="--receiver"):
-            rs.model_name(bad)
-    assert rs.HELDOUT == load_script("gpu/real_family.py").HELDOUT  # the profiles' own split per receiver
-    assert rs.split_list("auto, reuse,0:10") == ["auto", "reuse", "0:10"]
-    assert rs.split_list("0:2,6:8; reuse;") == ["0:2,6:8", "reuse"]
+            sp.model_name(bad)
+    assert sp.HELDOUT == load_script("gpu/real_family.py").HELDOUT  # the profiles' own split per receiver
+    assert sp.split_list("auto, reuse,0:10") == ["auto", "reuse", "0:10"]
+    assert sp.split_list("0:2,6:8; reuse;") == ["0:2,6:8", "reuse"]
 
 
 def test_plans_auto_best_and_fixed():
     p = profile([([], 0.5), ([[20, 22]], 0.6), ([[10, 18]], 0.84), ([[10, 20]], 0.86), ([[0, 30]], 0.9)])
-    plans = rs.resolve_plans("auto,best,reuse,0:10,blend:0.3333", 30, p, 0, 0.05)
+    plans = sp.resolve_plans("auto,best,reuse,0:10,blend:0.3333", 30, p, 0, 0.05)
     assert [(x["label"], x["value"]) for x in plans] == [
         ("auto", "auto"), ("best", "10:20"), ("reuse", "reuse"), ("0:10", "0:10"), ("blend:0.3333", "blend:0.3333")]
     assert plans[0]["expected"] == "10:20"  # cheapest within drop 0.05: 0.86 (drop 0.04); 0:30 costs more
-    assert rs.resolve_plans("best", 30, p, 8, 0.05)[0]["value"] == "10:18"  # at most 8 layers
-    assert rs.resolve_plans("auto", 30, p, 0, 0.01)[0]["expected"] == "0:30"
-    none = rs.resolve_plans("auto;best", 30, None, 0, 0.05)
+    assert sp.resolve_plans("best", 30, p, 8, 0.05)[0]["value"] == "10:18"  # at most 8 layers
+    assert sp.resolve_plans("auto", 30, p, 0, 0.01)[0]["expected"] == "0:30"
+    none = sp.resolve_plans("auto;best", 30, None, 0, 0.05)
     assert none[0]["expected"] is None and none[1]["value"] is None and "no profile" in none[1]["note"]
-    assert rs.resolve_plans("best", 30, profile([([[0, 30]], 0.9)]), 0, 0.05)[0]["value"] is None
+    assert sp.resolve_plans("best", 30, profile([([[0, 30]], 0.9)]), 0, 0.05)[0]["value"] is None
     with pytest.raises(ValueError, match="--plans"):
-        rs.resolve_plans("0:40", 30, None, 0, 0.05)
+        sp.resolve_plans("0:40", 30, None, 0, 0.05)
     with pytest.raises(ValueError, match="not a reuse plan"):
-        rs.resolve_plans("off", 30, None, 0, 0.05)
-    assert rs.wire(LayerPlan(30, ((0, 2), (6, 8)))) == "0:2,6:8" and rs.wire(LayerPlan(30, ())) == "reuse"
+        sp.resolve_plans("off", 30, None, 0, 0.05)
+    assert sp.wire(LayerPlan(30, ((0, 2), (6, 8)))) == "0:2,6:8" and sp.wire(LayerPlan(30, ())) == "reuse"
 
 
 def test_server_specs(tmp_path):
     args = rs.build_parser().parse_args(["--backend", "flashinfer-paged", "--port-base", "100", "--zmq-base", "200"])
-    specs = rs.server_specs(args, "smollm2-test-lora", tmp_path / "m", tmp_path / "p")
+    specs = sr.server_specs(args, "smollm2-test-lora", tmp_path / "m", tmp_path / "p")
     assert [(s["name"], s["port"], s["model"]) for s in specs] == [
         ("smollm2-base", 100, str(tmp_path / "m/smollm2-base")),
         ("smollm2-test-lora", 101, str(tmp_path / "m/smollm2-test-lora")),
@@ -75,7 +79,7 @@ def test_server_specs(tmp_path):
     for s in specs:  # the plugin accepts every config
         parse_settings(json.loads(json.dumps(s["config"])), where=s["name"])
     no_ctl = rs.build_parser().parse_args(["--no-control", "--backend", "triton"])
-    specs = rs.server_specs(no_ctl, "smollm2-lib-full", tmp_path, tmp_path)
+    specs = sr.server_specs(no_ctl, "smollm2-lib-full", tmp_path, tmp_path)
     assert len(specs) == 2 and specs[0]["env"] == {} and specs[0]["backend"] == "triton"
 
 
@@ -88,30 +92,30 @@ def test_read_stream_cumulative_and_incremental():
     cumulative = [b'data: {"output_ids": [5], "meta_info": {"completion_tokens": 1}}', b"",
                   b'data: {"output_ids": [5, 5, 7], "meta_info": {"completion_tokens": 3, "cached_tokens": 9}}',
                   b"data: [DONE]", b'data: {"output_ids": [1]}']
-    got = rs.read_stream(cumulative, _clock([2.0, 3.0]))
+    got = sr.read_stream(cumulative, _clock([2.0, 3.0]))
     assert got == {"ids": [5, 5, 7], "meta": {"completion_tokens": 3, "cached_tokens": 9}, "first_token_at": 2.0}
     incremental = [b'data: {"output_ids": [], "meta_info": {"completion_tokens": 0}}',
                    b'data: {"output_ids": [5], "meta_info": {"completion_tokens": 1}}',
                    b'data: {"output_ids": [5], "meta_info": {"completion_tokens": 2}}',
                    b'data: {"output_ids": [7, 8], "meta_info": {"completion_tokens": 4}}', b"data: [DONE]"]
-    got = rs.read_stream(incremental, _clock([1.5, 9, 9]))
+    got = sr.read_stream(incremental, _clock([1.5, 9, 9]))
     assert got["ids"] == [5, 5, 7, 8] and got["first_token_at"] == 1.5
     ahead = [b'data: {"output_ids": [1, 2, 3], "meta_info": {"completion_tokens": 2}}']  # reference grew meanwhile
-    assert rs.read_stream(ahead, _clock([0]))["ids"] == [1, 2, 3]
+    assert sr.read_stream(ahead, _clock([0]))["ids"] == [1, 2, 3]
     with pytest.raises(RuntimeError, match="error chunk"):
-        rs.read_stream([b'data: {"error": {"message": "boom"}}'], _clock([]))
+        sr.read_stream([b'data: {"error": {"message": "boom"}}'], _clock([]))
 
 
 def test_counters_and_deltas():
-    before = rs.counters('# HELP x\nsglang:droidspeak_fallbacks_total{model="r",reason="no_plan"} 1.0\n'
+    before = sr.counters('# HELP x\nsglang:droidspeak_fallbacks_total{model="r",reason="no_plan"} 1.0\n'
                          'sglang:droidspeak_tokens_reused_total{model="r"} 100.0\n'
                          'sglang:droidspeak_exports_total{model="r"} 4.0\n')
     assert before == {"fallbacks_total{reason=no_plan}": 1.0, "tokens_reused_total": 100.0}
-    after = rs.counters('sglang:droidspeak_fallbacks_total{model="r",reason="no_plan"} 1.0\n'
+    after = sr.counters('sglang:droidspeak_fallbacks_total{model="r",reason="no_plan"} 1.0\n'
                         'sglang:droidspeak_fallbacks_total{model="r",reason="fetch_timeout"} 1.0\n'
                         'sglang:droidspeak_foreign_hits_total{model="r",origin="remote"} 2.0\n'
                         'sglang:droidspeak_tokens_reused_total{model="r"} 3172.0\n')
-    assert rs.counter_delta(before, after) == {"fallbacks_total{reason=fetch_timeout}": 1.0,
+    assert sr.counter_delta(before, after) == {"fallbacks_total{reason=fetch_timeout}": 1.0,
                                                "foreign_hits_total{origin=remote}": 2.0,
                                                "tokens_reused_total": 3072.0}
 
@@ -200,8 +204,8 @@ def test_dry_run_builds_prompts_and_plans(tmp_path, monkeypatch, capsys):
 def test_dumps_indents_all_but_the_rows():
     for x in ({"a": {"z": [1, 2]}, "rows": [{"b": [1, 2]}, {"c": None}]}, {"a": 1, "rows": []},
               {"rows": [{"x": 1}]}, {}):
-        assert json.loads(rs.dumps(x)) == x
-    assert rs.dumps({"a": 1, "rows": [{"b": [1, 2]}]}) == '{\n "a": 1,\n "rows": [\n  {"b":[1,2]}\n ]\n}\n'
+        assert json.loads(sm.dumps(x)) == x
+    assert sm.dumps({"a": 1, "rows": [{"b": [1, 2]}]}) == '{\n "a": 1,\n "rows": [\n  {"b":[1,2]}\n ]\n}\n'
 
 
 class FakeSGLang:
@@ -289,18 +293,18 @@ def test_measure_against_fake_servers(tmp_path):
     from sglang_droidspeak.tasks import TaskExample
 
     seen: list = []
-    sender = FakeSGLang(rs.SENDER, None)
+    sender = FakeSGLang(sp.SENDER, None)
     sender.sender_seen_list = seen
-    servers = {rs.SENDER: sender, "smollm2-lib-full": FakeSGLang("smollm2-lib-full", seen),
-               rs.CONTROL: FakeSGLang(rs.CONTROL, seen)}
+    servers = {sp.SENDER: sender, "smollm2-lib-full": FakeSGLang("smollm2-lib-full", seen),
+               sp.CONTROL: FakeSGLang(sp.CONTROL, seen)}
     examples = [TaskExample("lcc", f"f{i}.py", tuple(range(10 + i, 74 + i)), (5, 6, 7), "x = 1", 3, 10)
                 for i in range(3)]
     args = rs.build_parser().parse_args(["--announce-wait", "0", "--context-len", "64", "--new-tokens", "6"])
-    plans = rs.resolve_plans("auto,reuse,0:10", 30, None, 0, 0.05)
-    control = rs.resolve_plans("reuse", 30, None, 0, 0.05)
+    plans = sp.resolve_plans("auto,reuse,0:10", 30, None, 0, 0.05)
+    control = sp.resolve_plans("reuse", 30, None, 0, 0.05)
     result, rows, out = {"date": "d"}, [], tmp_path / "r.json"
     scorer = rs.Scorer(Tokenizer.from_file(str(real_base_dir() / "tokenizer.json")))
-    rs.measure(servers, "smollm2-lib-full", plans, control, examples, scorer, args, result, rows, out)
+    sm.measure(servers, "smollm2-lib-full", plans, control, examples, scorer, args, result, rows, out)
     try:
         assert sorted({r["prompt"] for r in rows}) == [0, 1]  # the warm-up (examples[-1]) is not recorded
         main = [r for r in rows if r["receiver"] == "smollm2-lib-full"]
@@ -316,7 +320,7 @@ def test_measure_against_fake_servers(tmp_path):
         s = result["summary"]
         assert s["smollm2-lib-full"]["reuse"]["exact"] == 2 and s["smollm2-lib-full"]["reuse"]["reused"] == 2
         assert s["smollm2-lib-full"]["0:10"]["exact"] == 0 and s["smollm2-lib-full"]["auto"]["reused"] == 0
-        assert s[rs.CONTROL]["reuse"]["exact_vs_radix"] == 2
+        assert s[sp.CONTROL]["reuse"]["exact_vs_radix"] == 2
         saved = json.loads(out.read_text())
         assert saved["summary"] == s and len(saved["rows"]) == len(rows) == 2 * (5 + 3)
     finally:

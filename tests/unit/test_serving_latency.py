@@ -8,7 +8,7 @@ from script_module import load_script
 from sglang_droidspeak.plan import FrontierPoint, LayerPlan
 
 sl = load_script("gpu/serving_latency.py")
-rs = load_script("gpu/real_serving.py")
+sp = load_script("gpu/serving_plans.py")
 
 
 class Profile:
@@ -16,13 +16,13 @@ class Profile:
 
 
 def test_budget_labels_resolve_to_the_profiles_group_and_the_served_blend():
-    assert sl.budget_plan("group:4", Profile(), 30, rs.wire)["value"] == "20:24"
-    assert sl.budget_plan("group:8", Profile(), 30, rs.wire)["value"] is None
-    assert sl.budget_plan("group:4", None, 30, rs.wire)["note"] == "no profile"
-    assert sl.budget_plan("cacheblend:6", None, 30, rs.wire)["value"] == "blend:0.2@1"
-    assert sl.budget_plan("reuse", Profile(), 30, rs.wire) is None
+    assert sl.budget_plan("group:4", Profile(), 30, sp.wire)["value"] == "20:24"
+    assert sl.budget_plan("group:8", Profile(), 30, sp.wire)["value"] is None
+    assert sl.budget_plan("group:4", None, 30, sp.wire)["note"] == "no profile"
+    assert sl.budget_plan("cacheblend:6", None, 30, sp.wire)["value"] == "blend:0.2@1"
+    assert sl.budget_plan("reuse", Profile(), 30, sp.wire) is None
     with pytest.raises(ValueError, match="1..30"):
-        sl.budget_plan("cacheblend:31", None, 30, rs.wire)
+        sl.budget_plan("cacheblend:31", None, 30, sp.wire)
 
 
 def row(value, ttft, sim, ci=0.01):
