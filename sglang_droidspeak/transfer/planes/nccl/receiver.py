@@ -37,7 +37,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from sglang_droidspeak.transfer.errors import FetchFailed, ImportFailed
-from sglang_droidspeak.transfer.fetch import FetchClient
+from sglang_droidspeak.transfer.fetch_client import FetchClient
 from sglang_droidspeak.transfer.frames import DTYPES, FetchDone, FetchError, FetchRequest
 from sglang_droidspeak.transfer.planes.base import PlaneReceiver
 from sglang_droidspeak.transfer.planes.nccl.channel import ChannelError, PairChannel, wait_all
