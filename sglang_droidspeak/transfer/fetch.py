@@ -26,9 +26,10 @@ import zmq
 
 from sglang_droidspeak.transfer import wire
 from sglang_droidspeak.transfer.drops import DropLog
-from sglang_droidspeak.transfer.frames import MESSAGE_TYPES, FetchError, FetchRequest, Message, WireError
+from sglang_droidspeak.transfer.frames import MESSAGE_TYPES, FetchError, FetchRequest, Message
 from sglang_droidspeak.transfer.pacing import PacerPolicy
 from sglang_droidspeak.transfer.replay import ReplayGuard
+from sglang_droidspeak.transfer.schema import WireError
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[FetchRequest], Iterable[Message]]

@@ -26,7 +26,8 @@ import zmq
 from sglang_droidspeak.transfer import wire
 from sglang_droidspeak.transfer.errors import FetchFailed
 from sglang_droidspeak.transfer.fetch import _is_control
-from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, LayerChunk, Message, WireError
+from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, LayerChunk, Message
+from sglang_droidspeak.transfer.schema import WireError
 
 
 class FetchClient:
