@@ -77,7 +77,7 @@ def measure(args, plane: str) -> dict:
     from sglang_droidspeak.sglang.import_receiver import _Receiver
     from sglang_droidspeak.sglang.importer import fetch_request
     from sglang_droidspeak.sglang.planes import build_planes
-    from sglang_droidspeak.transfer.fetch import FetchClient
+    from sglang_droidspeak.transfer.fetch_client import FetchClient
 
     ready = mp.get_context("spawn").Queue()
     proc = mp.get_context("spawn").Process(target=sender, args=(args, plane, ready), daemon=True)

@@ -30,7 +30,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from sglang_droidspeak.transfer.frames import DTYPES, LayerChunk
+from sglang_droidspeak.transfer.frames import LayerChunk
+from sglang_droidspeak.transfer.schema import DTYPES
 
 Key = tuple[str, int]
 

@@ -40,7 +40,8 @@ from sglang_droidspeak.sglang.runtime_imports import BACKOFF_REASONS, PEER_BACKO
 from sglang_droidspeak.sglang.settings import DroidSpeakSettings
 from sglang_droidspeak.sglang.stall_watch import TickGapWatch
 from sglang_droidspeak.transfer.directory import Announcer, DirectoryListener
-from sglang_droidspeak.transfer.fetch import PENDING, FetchClient, FetchServer
+from sglang_droidspeak.transfer.fetch import PENDING, FetchServer
+from sglang_droidspeak.transfer.fetch_client import FetchClient
 from sglang_droidspeak.transfer.frames import FetchDone, FetchError
 from sglang_droidspeak.transfer.pacing import LinkPacer, PacerPolicy
 

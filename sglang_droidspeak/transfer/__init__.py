@@ -7,9 +7,10 @@ registry, for the settings' ``data_plane`` choices) does not import torch.
 from importlib import import_module
 
 _HOMES = {
-    **{name: "frames" for name in ("DTYPES", "ERROR_CODES", "FetchDone", "FetchError", "FetchRequest", "LayerChunk",
-                                   "Message", "OversizedFrame", "PrefixAnnounce", "ReplayedMessage", "StaleMessage",
-                                   "Unauthenticated", "WireError")},
+    **{name: "frames" for name in ("ERROR_CODES", "FetchDone", "FetchError", "FetchRequest", "LayerChunk", "Message",
+                                   "PrefixAnnounce")},
+    **{name: "schema" for name in ("DTYPES", "OversizedFrame", "ReplayedMessage", "StaleMessage", "Unauthenticated",
+                                   "WireError")},
     "ReplayGuard": "replay", "WireLimits": "wire", "decode": "wire", "encode": "wire",
 }
 __all__ = sorted(_HOMES)

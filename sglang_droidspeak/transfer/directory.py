@@ -19,8 +19,9 @@ import zmq
 
 from sglang_droidspeak.transfer import wire
 from sglang_droidspeak.transfer.drops import DropLog, RateLimitedWarning
-from sglang_droidspeak.transfer.frames import PrefixAnnounce, WireError
+from sglang_droidspeak.transfer.frames import PrefixAnnounce
 from sglang_droidspeak.transfer.replay import ReplayGuard
+from sglang_droidspeak.transfer.schema import WireError
 from sglang_droidspeak.transfer.wire import WireLimits
 
 logger = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from typing import Callable
 
-from sglang_droidspeak.transfer.frames import ReplayedMessage, StaleMessage
+from sglang_droidspeak.transfer.schema import ReplayedMessage, StaleMessage
 
 NONCE_LEN = 16
 DEFAULT_WINDOW_S = 30.0

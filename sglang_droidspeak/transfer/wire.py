@@ -20,7 +20,7 @@ well-formedness under ``WireLimits``, kind and version, the MAC again on the par
 (it must be exactly what was signed), the exact
 field set, field types, limits, payload length == prod(shape) * itemsize, and last ``ts``
 and ``nonce`` (against the receiver's ``ReplayGuard`` when it passes one). Every failure
-raises ``WireError`` (its subclass and ``reason`` say which class: frames.py); nothing else
+raises ``WireError`` (its subclass and ``reason`` say which class: schema.py); nothing else
 escapes for malformed input.
 """
 
@@ -34,11 +34,10 @@ from typing import Any, Optional, Sequence
 
 import msgpack
 
-from sglang_droidspeak.transfer.frames import (
-    INT_LIMIT, MESSAGE_TYPES, FetchRequest, LayerChunk, Message, OversizedFrame, PrefixAnnounce, Unauthenticated,
-    WireError)
+from sglang_droidspeak.transfer.frames import MESSAGE_TYPES, FetchRequest, LayerChunk, Message, PrefixAnnounce
 from sglang_droidspeak.transfer.planes import registry
 from sglang_droidspeak.transfer.replay import NONCE_LEN, ReplayGuard, now_ms
+from sglang_droidspeak.transfer.schema import INT_LIMIT, OversizedFrame, Unauthenticated, WireError
 
 MAC_LEN = 32
 KINDS: dict[str, type] = {**MESSAGE_TYPES, **{cls.KIND: cls for cls in registry.frame_types()}}

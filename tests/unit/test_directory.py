@@ -12,7 +12,8 @@ import zmq
 
 from sglang_droidspeak.transfer import wire
 from sglang_droidspeak.transfer.directory import POLL_MS, Announcer, DirectoryListener
-from sglang_droidspeak.transfer.frames import FetchDone, PrefixAnnounce, WireError
+from sglang_droidspeak.transfer.frames import FetchDone, PrefixAnnounce
+from sglang_droidspeak.transfer.schema import WireError
 from sglang_droidspeak.transfer.wire import WireLimits
 
 SECRET = b"0123456789abcdef-dir-secret"

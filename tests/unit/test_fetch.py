@@ -11,7 +11,9 @@ import zmq
 
 from fetch_serving import Serving
 from sglang_droidspeak.transfer import wire
-from sglang_droidspeak.transfer.fetch import PENDING, FetchClient, FetchFailed, FetchServer
+from sglang_droidspeak.transfer.errors import FetchFailed
+from sglang_droidspeak.transfer.fetch import PENDING, FetchServer
+from sglang_droidspeak.transfer.fetch_client import FetchClient
 from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, LayerChunk
 
 SECRET = b"s" * 32

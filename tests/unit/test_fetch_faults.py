@@ -24,7 +24,8 @@ import torch
 import zmq
 
 from sglang_droidspeak.transfer import wire
-from sglang_droidspeak.transfer.fetch import FetchClient, FetchFailed
+from sglang_droidspeak.transfer.errors import FetchFailed
+from sglang_droidspeak.transfer.fetch_client import FetchClient
 from sglang_droidspeak.transfer.frames import FetchDone, FetchRequest, LayerChunk
 from sglang_droidspeak.transfer.wire import WireLimits
 

@@ -12,7 +12,7 @@ import pytest
 from fetch_serving import Serving
 from sglang_droidspeak.sglang.settings import SettingsError, parse_settings
 from sglang_droidspeak.transfer import wire
-from sglang_droidspeak.transfer.fetch import FetchClient
+from sglang_droidspeak.transfer.fetch_client import FetchClient
 from sglang_droidspeak.transfer.frames import FetchDone
 from sglang_droidspeak.transfer.pacing import LinkPacer, PacerPolicy
 from test_fetch import SECRET, chunks_for, request

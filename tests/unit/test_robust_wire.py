@@ -12,7 +12,8 @@ from sglang_droidspeak.transfer import (
     FetchDone, FetchRequest, ReplayedMessage, ReplayGuard, StaleMessage, Unauthenticated, WireLimits, decode, encode)
 from sglang_droidspeak.transfer import wire
 from sglang_droidspeak.transfer.directory import Announcer, DirectoryListener
-from sglang_droidspeak.transfer.fetch import FetchClient, FetchServer
+from sglang_droidspeak.transfer.fetch import FetchServer
+from sglang_droidspeak.transfer.fetch_client import FetchClient
 
 SECRET = b"robust-wire-secret-16+"
 LOCAL = "tcp://127.0.0.1:*"

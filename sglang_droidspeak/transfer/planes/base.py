@@ -59,7 +59,7 @@ class KvSink(Protocol):
 
 @dataclass(frozen=True)
 class PlaneContext:
-    """What a plane is built from. ``client`` (transfer.fetch.FetchClient) is the receiver's
+    """What a plane is built from. ``client`` (transfer.fetch_client.FetchClient) is the receiver's
     fetch socket (None on a sender-only server); ``host`` the address peers reach this
     server's plane listeners at (settings ``nccl_host``); ``backend`` a stand-in the tests
     pass (None: the plane's real one)."""

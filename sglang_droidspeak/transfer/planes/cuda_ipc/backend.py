@@ -22,8 +22,8 @@ from typing import Any, Sequence
 
 import torch
 
-from sglang_droidspeak.transfer.frames import DTYPES
 from sglang_droidspeak.transfer.planes.cuda_ipc.frames import IpcPoolOffer
+from sglang_droidspeak.transfer.schema import DTYPES
 
 
 def now_ms() -> int:

@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sglang_droidspeak.transfer.frames import DTYPES, OversizedFrame, WireError, _Message
+from sglang_droidspeak.transfer.schema import DTYPES, OversizedFrame, WireError, _Message
 
 MAX_HANDLE_BYTES = 1024  # legacy handles are 65 bytes; expandable segments carry more
 EVENT_HANDLE_BYTES = 64  # CUDA_IPC_HANDLE_SIZE

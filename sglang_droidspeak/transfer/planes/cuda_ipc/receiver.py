@@ -27,7 +27,8 @@ import logging
 from typing import Any, Callable, Optional
 
 from sglang_droidspeak.transfer.planes.cuda_ipc.backend import IpcUnavailable, now_ms
-from sglang_droidspeak.transfer.fetch import FetchClient, FetchFailed
+from sglang_droidspeak.transfer.errors import FetchFailed
+from sglang_droidspeak.transfer.fetch_client import FetchClient
 from sglang_droidspeak.transfer.frames import FetchDone, FetchRequest
 from sglang_droidspeak.transfer.planes.base import OfferingReceiver
 from sglang_droidspeak.transfer.planes.cuda_ipc.frames import IpcPoolOffer

@@ -34,11 +34,12 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from sglang_droidspeak.transfer.planes.cuda_ipc.backend import IpcUnavailable, now_ms
-from sglang_droidspeak.transfer.frames import DTYPES, FetchDone, FetchError, FetchRequest, Message
+from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, Message
 from sglang_droidspeak.transfer.pacing import PacerPolicy
 from sglang_droidspeak.transfer.planes.base import PlaneSender
 from sglang_droidspeak.transfer.planes.chunks import e_chunks
 from sglang_droidspeak.transfer.planes.cuda_ipc.frames import IpcPoolOffer
+from sglang_droidspeak.transfer.schema import DTYPES
 
 DEADLINE_MARGIN_S = 0.25
 MAX_DEADLINE_AHEAD_S = 3600.0

@@ -30,7 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sglang_droidspeak.transfer.frames import FetchRequest, OversizedFrame, WireError, _Message
+from sglang_droidspeak.transfer.frames import FetchRequest
+from sglang_droidspeak.transfer.schema import OversizedFrame, WireError, _Message
 
 PAIR_WORLD_SIZE = 2
 

@@ -37,11 +37,12 @@ from typing import Any, Callable, Optional
 import torch
 
 from sglang_droidspeak.transfer.errors import FetchFailed, ImportFailed
-from sglang_droidspeak.transfer.fetch import FetchClient
-from sglang_droidspeak.transfer.frames import DTYPES, FetchDone, FetchError, FetchRequest
+from sglang_droidspeak.transfer.fetch_client import FetchClient
+from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest
 from sglang_droidspeak.transfer.planes.base import PlaneReceiver
 from sglang_droidspeak.transfer.planes.nccl.channel import ChannelError, PairChannel, wait_all
 from sglang_droidspeak.transfer.planes.nccl.frames import NcclPairOffer, NcclSendStart, tensor_order
+from sglang_droidspeak.transfer.schema import DTYPES
 
 OPEN_SHARE = 0.5  # of the first fetch's budget spent waiting for the channel to open
 REOFFER_S = 30.0

@@ -27,10 +27,11 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-from sglang_droidspeak.transfer.frames import DTYPES, FetchDone, FetchError, FetchRequest, Message
+from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, Message
 from sglang_droidspeak.transfer.planes.base import PlaneSender
 from sglang_droidspeak.transfer.planes.nccl.channel import ChannelError, PairChannel, wait_all
 from sglang_droidspeak.transfer.planes.nccl.frames import NcclPairAccept, NcclPairOffer, NcclSendStart, tensor_order
+from sglang_droidspeak.transfer.schema import DTYPES
 
 MAX_CHANNELS = 16
 WINDOW = 4  # sends in flight (each holds one gathered [num_tokens, ...] buffer)

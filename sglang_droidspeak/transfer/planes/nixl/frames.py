@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sglang_droidspeak.transfer.frames import OversizedFrame, WireError, _Message
+from sglang_droidspeak.transfer.schema import OversizedFrame, WireError, _Message
 
 MAX_METADATA_BYTES = 1 << 16
 MEM_TYPES = ("DRAM", "VRAM")

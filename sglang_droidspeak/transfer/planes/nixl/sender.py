@@ -29,10 +29,11 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 import torch
 
-from sglang_droidspeak.transfer.frames import DTYPES, FetchDone, FetchError, FetchRequest, Message
+from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchRequest, Message
 from sglang_droidspeak.transfer.planes.base import PlaneSender
 from sglang_droidspeak.transfer.planes.nixl.agent import Agent, mem_of
 from sglang_droidspeak.transfer.planes.nixl.frames import NixlPoolOffer
+from sglang_droidspeak.transfer.schema import DTYPES
 
 MAX_OFFERS = 16
 logger = logging.getLogger(__name__)
