@@ -61,7 +61,6 @@ class FetchWorker:
                 if fence is not None:
                     fence.synchronize()
                     fenced = time.perf_counter()
-                    _note_slow_fence(job, fenced - began)
                 fetch(request, job.receiver)
                 planed = time.perf_counter()
             except BaseException as exc:  # noqa: BLE001 - the scheduler decides; never lose the job
@@ -85,22 +84,13 @@ def _call_logged(fn: Callable[[], Any]) -> None:
         logger.exception("droidspeak: a fetch-worker call failed")
 
 
-SLOW_FENCE_S = 0.25
-
-
-def _note_slow_fence(job: Any, waited_s: float) -> None:
-    """The fetch waited this long for the slots' last user (part of the job's fetch time)."""
-    if waited_s >= SLOW_FENCE_S:
-        logger.warning("droidspeak: import %s waited %.1f ms for its slots' fence before fetching",
-                       getattr(job, "rid", "?"), 1e3 * waited_s)
-
-
 SLOW_FETCH_S = 0.25
 
 
 def _note_slow_fetch(job: Any, began: float, fenced: float, planed: float) -> None:
-    """Where a slow fetch's time went: the fence, the plane's fetch (request -> FetchDone),
-    the copies' sync (fenced/planed stay at ``began`` when that step did not finish)."""
+    """Where a slow fetch's time went: the fence (the slots' last user), the plane's fetch
+    (request -> FetchDone), the copies' sync (fenced/planed stay at ``began`` when that step
+    did not finish)."""
     if job.fetch_s >= SLOW_FETCH_S:
         ms = lambda a, b: 1e3 * max(0.0, b - a)  # noqa: E731
         logger.warning("droidspeak: import %s fetch took %.1f ms: fence %.1f, plane %.1f, copies synced %.1f%s",

@@ -33,6 +33,8 @@ import torch
 from sglang_droidspeak.plan.blend_plan import BlendPlan
 from sglang_droidspeak.plan.layer_plan import LayerPlan
 from sglang_droidspeak.radix.hits import ForeignHit
+from sglang_droidspeak.sglang.blend import blend_unsupported
+from sglang_droidspeak.sglang.blend_import import Blend
 from sglang_droidspeak.sglang.import_job import CancellableReceiver, ImportJob, PoolRow, record_event
 from sglang_droidspeak.sglang.import_streams import ImportStreams
 from sglang_droidspeak.sglang.importer import allocate, fetch_request
@@ -74,8 +76,6 @@ class ImportRole:
         return job
 
     def _refusal(self, hit: ForeignHit, choice: Any) -> Optional[tuple[str, str]]:
-        from sglang_droidspeak.sglang.blend import blend_unsupported
-
         if choice.plan is None:
             return (GUARD_FALLBACK if choice.reason == GUARD_REASON else "policy"), choice.reason
         if choice.plan.num_layers != self.num_layers:
@@ -89,8 +89,6 @@ class ImportRole:
         return None
 
     def _new_job(self, tree: Any, req: Any, hit: ForeignHit, plan: Any, token_ids: list, options) -> ImportJob:
-        from sglang_droidspeak.sglang.blend_import import Blend
-
         parts = self.parts
         base = _base_of(req, tree)
         slots = allocate(parts, tree, len(token_ids))

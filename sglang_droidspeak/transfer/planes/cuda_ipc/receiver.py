@@ -60,8 +60,9 @@ class IpcFetcher(OfferingReceiver):
         began_ms = now_ms()
         deadline_ms = began_ms + int(timeout_s * 1000)
         slots = tuple(int(s) for s in receiver.slots.tolist())  # [n] our KV slots, one per token
-        if now_ms() - began_ms > SLOW_HOST_COPY_MS:  # .tolist() waits for the device
-            logger.warning("droidspeak: cuda_ipc fetch waited %d ms for its slot list", now_ms() - began_ms)
+        waited_ms = now_ms() - began_ms
+        if waited_ms > SLOW_HOST_COPY_MS:  # .tolist() waits for the device
+            logger.warning("droidspeak: cuda_ipc fetch waited %d ms for its slot list", waited_ms)
         ipc_request = dataclasses.replace(request, plane="cuda_ipc", session=offer.offer_id, dst_slots=slots,
                                           deadline_ms=deadline_ms)
         for attempt in range(2):

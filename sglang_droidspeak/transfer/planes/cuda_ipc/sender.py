@@ -177,11 +177,11 @@ class IpcExporter(PlaneSender):
             self.num_bytes_out += num_bytes
         if torch.device(device).type == "cuda":
             torch.cuda.current_stream(device).synchronize()
-        if self.clock_ms() - began_ms > SLOW_COPY_MS:
+        ended_ms = self.clock_ms()
+        if ended_ms - began_ms > SLOW_COPY_MS:
             logger.warning("droidspeak: IPC copy of %d layers x %d tokens for %s took %d ms (launch and sync)",
-                           len(request.reused_layers), len(src_slots), request.receiver_model,
-                           self.clock_ms() - began_ms)
-        late_ms = self.clock_ms() - request.deadline_ms
+                           len(request.reused_layers), len(src_slots), request.receiver_model, ended_ms - began_ms)
+        late_ms = ended_ms - request.deadline_ms
         if late_ms >= 0:
             self.num_late += 1
             logger.error("droidspeak: IPC copy for %s ended %d ms past its deadline (raise the margin)",
