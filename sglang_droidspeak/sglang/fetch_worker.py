@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from sglang_droidspeak.sglang.stall_watch import StackWatch
+from sglang_droidspeak.sglang.stall_watch import TRACE_FETCHES, StackWatch
 
 logger = logging.getLogger(__name__)
 _STOP = object()
@@ -91,12 +91,23 @@ def _note_slow_fetch(job: Any, began: float, fenced: float, planed: float) -> No
     """Where a slow fetch's time went: the fence (the slots' last user), the plane's fetch
     (request -> FetchDone), the copies' sync (fenced/planed stay at ``began`` when that step
     did not finish)."""
-    if job.fetch_s >= SLOW_FETCH_S:
+    if job.fetch_s >= SLOW_FETCH_S or TRACE_FETCHES:
         ms = lambda a, b: 1e3 * max(0.0, b - a)  # noqa: E731
-        logger.warning("droidspeak: import %s fetch took %.1f ms: fence %.1f, plane %.1f, copies synced %.1f%s",
+        logger.warning("droidspeak: import %s fetch took %.1f ms: fence %.1f, plane %.1f, copies synced %.1f%s%s",
                        getattr(job, "rid", "?"), 1e3 * job.fetch_s, ms(began, fenced), ms(fenced, planed),
                        ms(max(fenced, planed), began + job.fetch_s), "" if job.fetch_error is None else
-                       f" (failed: {job.fetch_error!r})")
+                       f" (failed: {job.fetch_error!r})", _details(job))
+
+
+def _details(job: Any) -> str:
+    """The exchange's timeline and the chunk staging's split, where the job has them."""
+    parts = []
+    if getattr(job, "exchange", None) is not None:
+        parts.append(f"exchange {job.exchange.log_text()}")
+    staging = getattr(getattr(job, "streams", None), "staging_s", None)
+    if staging and any(staging):
+        parts.append("chunk staging: pin %.1f, fill %.1f, launch %.1f ms" % tuple(1e3 * s for s in staging))
+    return "".join(f"; {p}" for p in parts)
 
 
 def _sync_copies(job: Any) -> None:

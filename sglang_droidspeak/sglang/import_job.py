@@ -93,6 +93,7 @@ class ImportJob:
     fetched: threading.Event = field(default_factory=threading.Event)
     fetch_error: Optional[BaseException] = None
     fetch_s: float = 0.0
+    exchange: Any = None  # the fetch's fetch_client.ExchangeTimes (for the slow-fetch log)
     e_landed: deque = field(default_factory=deque)  # E layers complete on the copy stream (worker)
     cancelled: bool = False  # read by the receiver on the worker: stop taking chunks
     failure: Optional[tuple[str, str]] = None

@@ -45,6 +45,7 @@ class ImportStreams:
         self.events: dict[Key, Any] = {}
         self.timers: list[tuple[Any, Any]] = []  # (start, end) CUDA events per recompute group
         self.cpu_recompute_s = 0.0  # without CUDA: wall time of the recompute calls
+        self.staging_s = [0.0, 0.0, 0.0]  # to_device's pinned allocation, host fill, launch (wall)
 
     def copying(self):
         """Context for work on the copy stream (a no-op without one)."""
@@ -54,10 +55,15 @@ class ImportStreams:
         """The chunk as a device tensor of its shape; asynchronous on the copy stream."""
         if self.side is None:
             return chunk.to_tensor(self.device)
+        began = time.perf_counter()
         host = torch.empty(len(chunk.data), dtype=torch.uint8, pin_memory=True)  # [nbytes]
+        pinned = time.perf_counter()
         host.numpy()[:] = np.frombuffer(chunk.data, dtype=np.uint8)
+        filled = time.perf_counter()
         with self.copying():
             raw = host.to(self.device, non_blocking=True)  # [nbytes]
+        for i, (a, b) in enumerate(((began, pinned), (pinned, filled), (filled, time.perf_counter()))):
+            self.staging_s[i] += b - a
         return raw.view(DTYPES[chunk.dtype]).reshape(chunk.shape)
 
     def mark(self, key: Key) -> None:

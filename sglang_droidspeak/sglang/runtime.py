@@ -38,7 +38,7 @@ from sglang_droidspeak.sglang.runtime_directory import DirectoryRole
 from sglang_droidspeak.sglang.runtime_e import PendingE, compute_e, launch_e
 from sglang_droidspeak.sglang.runtime_imports import BACKOFF_REASONS, PEER_BACKOFF_S, ImportRole  # noqa: F401
 from sglang_droidspeak.sglang.settings import DroidSpeakSettings
-from sglang_droidspeak.sglang.stall_watch import TickGapWatch
+from sglang_droidspeak.sglang.stall_watch import TRACE_FETCHES, GilLagProbe, TickGapWatch
 from sglang_droidspeak.transfer.directory import Announcer, DirectoryListener
 from sglang_droidspeak.transfer.fetch import PENDING, FetchServer
 from sglang_droidspeak.transfer.fetch_client import FetchClient
@@ -52,13 +52,14 @@ SLOW_EXPORT_MS = 250.0  # an export slower than this is logged with its shape (t
 # saw 1-5 s fetches on cuda_ipc for every plan but 0:10 while a training job shared the GPU)
 
 
-def _log_slow_export(request: Any, end: Any, elapsed_ms: float, parked_ticks: int) -> None:
-    if elapsed_ms < SLOW_EXPORT_MS:
+def _log_slow_export(request: Any, end: Any, elapsed_ms: float, parked_ticks: int, received_ms: float) -> None:
+    if elapsed_ms < SLOW_EXPORT_MS and not TRACE_FETCHES:
         return
     outcome = "done" if isinstance(end, FetchDone) else f"error {end.code}"
-    logger.warning("droidspeak: slow export to %s over %s: %.1f ms (%s) for %d tokens, %d K/V layers, E at %s, "
-                   "%d ticks parked on E", request.receiver_model, request.plane, elapsed_ms, outcome,
-                   len(request.token_ids), len(request.reused_layers), list(request.e_layers), parked_ticks)
+    logger.warning("droidspeak: %s export to %s over %s: %.1f ms (%s) for %d tokens, %d K/V layers, E at %s, "
+                   "%d ticks parked on E; received at %.1f (monotonic)", "slow" if elapsed_ms >= SLOW_EXPORT_MS
+                   else "traced", request.receiver_model, request.plane, elapsed_ms, outcome, len(request.token_ids),
+                   len(request.reused_layers), list(request.e_layers), parked_ticks, received_ms)
 
 
 class DroidSpeakRuntime(ImportRole, DirectoryRole):
@@ -87,6 +88,8 @@ class DroidSpeakRuntime(ImportRole, DirectoryRole):
         self.tree: Any = None
         self.scheduler: Any = None
         self.tick_gap = TickGapWatch()  # a sender whose ticks stall logs the gap (stall_watch.py)
+        if TRACE_FETCHES:
+            GilLagProbe().start()
         self._warned: set[str] = set()
         self._backoff_until: dict[str, float] = {}  # peer fetch endpoint -> monotonic time
         self.chooser = PlanChooser(settings, model, num_layers, metrics)
@@ -149,12 +152,13 @@ class DroidSpeakRuntime(ImportRole, DirectoryRole):
     def _export(self, request):
         self.metrics.record_export()
         planes_before, began, parked = self.planes.bytes_out(), time.perf_counter(), 0
+        received_ms = 1e3 * time.monotonic()
         for msg in export_messages(request, model=self.model, fingerprint=self.fingerprint, tree=self.tree,
                                    compute_e=self.launch_e, num_layers=self.num_layers,
                                    senders=self.planes.senders):
             if isinstance(msg, (FetchDone, FetchError)):  # the last message: the plane's moves are done
                 self.metrics.record_bytes("out", self.planes.bytes_out() - planes_before)
-                _log_slow_export(request, msg, 1e3 * (time.perf_counter() - began), parked)
+                _log_slow_export(request, msg, 1e3 * (time.perf_counter() - began), parked, received_ms)
             parked += msg is PENDING
             self.metrics.record_bytes("out", len(getattr(msg, "data", b"")))
             yield msg

@@ -10,13 +10,19 @@ logging at most once per ``quiet_s``.
                    ``gap_s`` apart (the hook's own calls)      scheduler thread held elsewhere:
                                                                no fetch is answered meanwhile)
 
-Both exist for the 1.5-8 s fetches of every layer's K/V seen on 2026-12-06 (H100, cuda_ipc,
+    GilLagProbe    a thread that sleeps 2 ms at a time wakes     the lag and the scheduler
+                   ``lag_s`` late (the GIL or the interpreter    thread's stack at that moment
+                   held elsewhere; only with                     (what held it)
+                   DROIDSPEAK_TRACE_FETCHES=1)
+
+All exist for the 1.5-8 s fetches of every layer's K/V seen on 2026-12-06 (H100, cuda_ipc,
 docs/BENCHMARKS.md run 10); they cost a timer per fetch and a clock read per tick.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -24,6 +30,7 @@ import traceback
 from typing import Callable, Optional
 
 logger = logging.getLogger(__name__)
+TRACE_FETCHES = os.environ.get("DROIDSPEAK_TRACE_FETCHES", "") == "1"  # every fetch/export logs its timeline
 
 
 def thread_stacks(limit: int = 12) -> str:
@@ -88,3 +95,33 @@ class TickGapWatch:
         logger.warning("droidspeak: %.0f ms between two scheduler ticks (a long batch, or the scheduler held "
                        "elsewhere): fetches to this sender waited as long", 1e3 * (now - last))
         return now - last
+
+
+class GilLagProbe:
+    """A daemon thread measuring how late its 2 ms sleeps wake; ``start()`` once."""
+
+    def __init__(self, lag_s: float = 0.05, quiet_s: float = 1.0, clock: Callable[[], float] = time.perf_counter):
+        self.lag_s, self.clock, self.limit = lag_s, clock, _RateLimit(quiet_s, time.monotonic)
+        self.max_lag_s = 0.0
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._run, name="droidspeak-gil-probe", daemon=True)
+        thread.start()
+        return thread
+
+    def _run(self) -> None:
+        while True:
+            self.check(0.002)
+
+    def check(self, sleep_s: float) -> float:
+        """Sleep ``sleep_s``; the lag beyond it (logged when at least ``lag_s``)."""
+        began = self.clock()
+        time.sleep(sleep_s)
+        lag = self.clock() - began - sleep_s
+        self.max_lag_s = max(self.max_lag_s, lag)
+        if lag >= self.lag_s and self.limit.ready():
+            main = sys._current_frames().get(threading.main_thread().ident)
+            where = "".join(traceback.format_stack(main, limit=8)) if main is not None else "?"
+            logger.warning("droidspeak: a 2 ms sleep woke %.1f ms late (the GIL held elsewhere); main thread:\n%s",
+                           1e3 * lag, where)
+        return lag

@@ -19,7 +19,7 @@ what is left of that stream never reaches the next exchange. No SGLang imports.
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import zmq
 
@@ -30,14 +30,31 @@ from sglang_droidspeak.transfer.frames import FetchDone, FetchError, FetchReques
 from sglang_droidspeak.transfer.schema import WireError
 
 
+class ExchangeTimes(NamedTuple):
+    """Where one fetch exchange's time went (ms after the request was sent; ``sent_ms`` is
+    CLOCK_MONOTONIC, which every process of a host shares, to line up with the sender's log)."""
+
+    sent_ms: float
+    first_ms: float  # the first answer frame decoded (-1: none)
+    done_ms: float  # the terminal frame decoded (-1: none)
+    num_chunks: int
+    chunk_ms: float  # spent inside ``on_chunk``
+
+    def log_text(self) -> str:
+        return (f"sent at {self.sent_ms:.1f} (monotonic), first answer +{self.first_ms:.1f}, "
+                f"done +{self.done_ms:.1f}, {self.num_chunks} chunks taking {self.chunk_ms:.1f}")
+
+
 class FetchClient:
-    """Fetches from sender endpoints; one DEALER per endpoint, reused across fetches."""
+    """Fetches from sender endpoints; one DEALER per endpoint, reused across fetches.
+    ``last_exchange`` holds the latest fetch's ExchangeTimes (also a failed one's)."""
 
     def __init__(self, secret: bytes, context: Optional[zmq.Context] = None,
                  limits: wire.WireLimits = wire.WireLimits()):
         self.secret, self.limits = secret, limits
         self.context = context or zmq.Context.instance()
         self._sockets: dict[str, zmq.Socket] = {}
+        self.last_exchange: Optional[ExchangeTimes] = None
 
     def send(self, endpoint: str, msg: Message) -> None:
         """Send one control frame that gets no answer (a pool offer) ahead of the next fetch."""
@@ -91,26 +108,36 @@ class FetchClient:
                   on_chunk: Callable[[LayerChunk], None], timeout_s: float,
                   idle: Optional[Callable[[], None]], on_start=None) -> FetchDone | FetchError:
         socket.send_multipart(wire.encode(request, self.secret))
-        deadline, num_chunks = time.monotonic() + timeout_s, 0
-        while True:
-            msg = self._recv(socket, deadline, idle)
-            if msg is None:
-                raise FetchFailed("timeout", f"no answer from {endpoint} within {timeout_s:.3g} s")
-            if getattr(msg, "request_id", None) != request.request_id:
-                continue  # a late answer to an earlier, abandoned request
-            if isinstance(msg, LayerChunk):
-                on_chunk(msg)
-                num_chunks += 1
-            elif _is_control(msg) and on_start is not None:
-                on_start(msg)
-            elif isinstance(msg, FetchError):
-                return msg
-            elif isinstance(msg, FetchDone):
-                if msg.num_chunks != num_chunks:
-                    raise FetchFailed("protocol", f"{num_chunks} chunks arrived, sender says {msg.num_chunks}")
-                return msg
-            else:
-                raise FetchFailed("protocol", f"unexpected {msg.kind}")
+        sent, sent_mono = time.perf_counter(), time.monotonic()
+        deadline, num_chunks, stamps, chunk_s = sent_mono + timeout_s, 0, {}, 0.0
+        try:
+            while True:
+                msg = self._recv(socket, deadline, idle)
+                if msg is None:
+                    raise FetchFailed("timeout", f"no answer from {endpoint} within {timeout_s:.3g} s")
+                stamps.setdefault("first", time.perf_counter())
+                if getattr(msg, "request_id", None) != request.request_id:
+                    continue  # a late answer to an earlier, abandoned request
+                if isinstance(msg, LayerChunk):
+                    began = time.perf_counter()
+                    try:
+                        on_chunk(msg)
+                    finally:
+                        chunk_s += time.perf_counter() - began
+                    num_chunks += 1
+                elif _is_control(msg) and on_start is not None:
+                    on_start(msg)
+                elif isinstance(msg, (FetchError, FetchDone)):
+                    stamps["done"] = time.perf_counter()
+                    if isinstance(msg, FetchDone) and msg.num_chunks != num_chunks:
+                        raise FetchFailed("protocol", f"{num_chunks} chunks arrived, sender says {msg.num_chunks}")
+                    return msg
+                else:
+                    raise FetchFailed("protocol", f"unexpected {msg.kind}")
+        finally:
+            ms = {k: 1e3 * (t - sent) for k, t in stamps.items()}
+            self.last_exchange = ExchangeTimes(1e3 * sent_mono, ms.get("first", -1.0), ms.get("done", -1.0),
+                                               num_chunks, 1e3 * chunk_s)
 
     def _recv(self, socket: zmq.Socket, deadline: float, idle) -> Optional[Message]:
         while True:
