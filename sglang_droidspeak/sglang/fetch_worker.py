@@ -35,6 +35,21 @@ class FetchWorker:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
+    @property
+    def in_flight(self) -> bool:
+        """A fetch or call is queued or running (the scheduler then hands it the GIL: ``yield_gil``)."""
+        return self._jobs.unfinished_tasks > 0
+
+    def yield_gil(self) -> None:
+        """Called by the scheduler thread once per tick: while this thread has work, sleep
+        ``GIL_HANDOFF_S`` so it can take the GIL. Without it, a scheduler loop that drops and
+        retakes the GIL thousands of times a second (every zmq poll and CUDA call) wins every
+        handoff, and CPython never forces a switch (it does so only when no switch happened
+        in 5 ms): fetches that should take 20 ms took 1.5-3 s (H200, 2026-12-06, 50-500 ms
+        lags of a 2 ms sleep in the same process)."""
+        if self.in_flight:
+            time.sleep(GIL_HANDOFF_S)
+
     def submit(self, job: Any, fetch: Callable[[Any, Any], Any], request: Any, fence: Any = None) -> None:
         """Run ``fetch(request, job.receiver)`` for ``job`` once ``fence`` (a CUDA event) is done."""
         self._jobs.put((job, fetch, request, fence))
@@ -49,28 +64,33 @@ class FetchWorker:
             item = self._jobs.get()
             if item is _STOP:
                 return
-            job, fetch, request, fence = item
-            if job is None:
-                _call_logged(fetch)
-                continue
-            began = fenced = planed = time.perf_counter()
-            timer = self.stall.start(f"fetch of import {getattr(job, 'rid', '?')}")
             try:
-                if job.cancelled:
-                    raise RuntimeError("cancelled before the fetch began")
-                if fence is not None:
-                    fence.synchronize()
-                    fenced = time.perf_counter()
-                fetch(request, job.receiver)
-                planed = time.perf_counter()
-            except BaseException as exc:  # noqa: BLE001 - the scheduler decides; never lose the job
-                job.fetch_error = exc
+                self._one(*item)
             finally:
-                _sync_copies(job)
-                StackWatch.stop(timer)
-                job.fetch_s = time.perf_counter() - began
-                _note_slow_fetch(job, began, fenced, planed)
-                job.fetched.set()
+                self._jobs.task_done()
+
+    def _one(self, job: Any, fetch: Callable[[Any, Any], Any], request: Any, fence: Any) -> None:
+        if job is None:
+            _call_logged(fetch)
+            return
+        began = fenced = planed = time.perf_counter()
+        timer = self.stall.start(f"fetch of import {getattr(job, 'rid', '?')}")
+        try:
+            if job.cancelled:
+                raise RuntimeError("cancelled before the fetch began")
+            if fence is not None:
+                fence.synchronize()
+                fenced = time.perf_counter()
+            fetch(request, job.receiver)
+            planed = time.perf_counter()
+        except BaseException as exc:  # noqa: BLE001 - the scheduler decides; never lose the job
+            job.fetch_error = exc
+        finally:
+            _sync_copies(job)
+            StackWatch.stop(timer)
+            job.fetch_s = time.perf_counter() - began
+            _note_slow_fetch(job, began, fenced, planed)
+            job.fetched.set()
 
     def close(self) -> None:
         self._jobs.put(_STOP)
@@ -85,6 +105,7 @@ def _call_logged(fn: Callable[[], Any]) -> None:
 
 
 SLOW_FETCH_S = 0.25
+GIL_HANDOFF_S = 0.0002
 
 
 def _note_slow_fetch(job: Any, began: float, fenced: float, planed: float) -> None:

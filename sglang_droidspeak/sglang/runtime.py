@@ -138,6 +138,8 @@ class DroidSpeakRuntime(ImportRole, DirectoryRole):
             self.tick_gap.tick()
         self.answer_fetches()
         self.imports.tick(scheduler)
+        if self.worker is not None:
+            self.worker.yield_gil()  # the fetch thread gets the GIL at least once per tick
 
     def busy(self) -> bool:
         """Work in flight that holds slots: an import, or an export parked on its E."""

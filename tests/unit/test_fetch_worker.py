@@ -59,3 +59,30 @@ def test_a_slow_fetch_is_split_into_fence_plane_and_copies(worker, monkeypatch, 
     parts = dict(p.strip().rsplit(" ", 1) for p in lines[0].split(": ", 2)[2].split(","))
     assert 40 <= float(parts["fence"]) < 140 and 140 <= float(parts["plane"]) < 400
     assert float(parts["copies synced"]) < 50
+
+
+def test_yield_gil_sleeps_only_while_the_worker_has_work(monkeypatch):
+    """The scheduler thread hands the fetch thread the GIL once per tick, but only while a
+    fetch is queued or running (an idle server's loop is never slowed)."""
+    import threading as _threading
+
+    from sglang_droidspeak.sglang import fetch_worker as fw
+
+    slept = []
+    monkeypatch.setattr(fw.time, "sleep", lambda s: slept.append(s))
+    worker = fw.FetchWorker()
+    try:
+        worker.yield_gil()
+        assert slept == [] and not worker.in_flight
+        release = _threading.Event()
+        worker.call(release.wait)  # occupies the worker until released
+        assert worker.in_flight
+        worker.yield_gil()
+        assert slept == [fw.GIL_HANDOFF_S]
+        release.set()
+        worker._jobs.join()
+        assert not worker.in_flight
+        worker.yield_gil()
+        assert slept == [fw.GIL_HANDOFF_S]
+    finally:
+        worker.close()
