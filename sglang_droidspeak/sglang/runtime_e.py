@@ -118,6 +118,7 @@ def warm_up(parts: Any, tree: Any, num_layers: int, chunk_tokens: int) -> None:
     try:
         for tokens, prefix in shapes:
             _warm_one(parts, tree, num_layers, tokens, prefix)
+        _warm_blend(parts, tree, num_layers, shapes[0][0])
         if torch.cuda.is_available():
             torch.cuda.synchronize()
     except Exception as exc:  # noqa: BLE001 - a warm-up must not stop the server
@@ -143,3 +144,22 @@ def _warm_one(parts: Any, tree: Any, num_layers: int, num_tokens: int, prefix_le
         e = parts.engine.run([EngineSegment(ids, slots[:total], prefix_len)], [row.req_pool_idx], 0, 1,
                              capture=(1,))[1]
         parts.engine.run([EngineSegment(ids, slots[:total], prefix_len, e)], [row.req_pool_idx], 1, num_layers)
+
+
+WARM_BLEND_EVERY = 4  # the warm-up's token recompute takes every 4th position
+
+
+def _warm_blend(parts: Any, tree: Any, num_layers: int, num_tokens: int) -> None:
+    """Token recompute once (the path a BlendPlan takes, on its exact engine): its kernels
+    are variants of their own (a custom mask: flashinfer JIT-compiles one, triton another
+    specialisation), which cost the first blend of a fresh H200 14 s, past its deadline
+    (2026-12-06). Nothing where the backend takes no BlendPlans."""
+    from sglang_droidspeak.sglang.blend import blend_unsupported, exact_engine, recompute_tokens
+
+    if blend_unsupported(parts.engine) is not None:
+        return
+    ids = torch.zeros(num_tokens, dtype=torch.int64, device=parts.device)
+    with scratch(parts, tree, num_tokens) as (slots, row):
+        positions = list(range(WARM_BLEND_EVERY - 1, num_tokens, WARM_BLEND_EVERY))
+        recompute_tokens(exact_engine(parts.engine), ids, slots[:num_tokens], row.req_pool_idx, positions,
+                         num_layers)

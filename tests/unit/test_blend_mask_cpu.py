@@ -192,3 +192,22 @@ def test_flashinfer_plans_its_paged_wrapper_again_with_the_mask():
     engine.backend.forward_metadata.use_ragged = True
     with pytest.raises(RuntimeError, match="ragged"):
         attention_mask.install(engine, two_segments(), mask)
+
+
+@pytest.mark.parametrize("masks", [True, False])
+def test_the_warm_up_runs_token_recompute_once_and_frees_its_scratch(masks, request):
+    """runtime_e._warm_blend: one token recompute over every 4th of 64 scratch positions, on
+    the masked path where the backend takes masks (its own kernel variants, compiled at
+    start-up instead of in the first blend), else on the runs path; the scratch comes back."""
+    from sglang_droidspeak.sglang.runtime_e import _warm_blend
+
+    installs = request.getfixturevalue("masked_torch_native") if masks else None
+    _, receiver = pair("llama")
+    side = cpu_engine(receiver)
+    parts = SimpleNamespace(engine=side.engine, allocator=side.allocator, req_to_token_pool=side.req_pool,
+                            device="cpu")
+    free_before = side.allocator.available_size()
+    _warm_blend(parts, None, side.num_layers, 64)
+    assert side.allocator.available_size() == free_before
+    if masks:
+        assert [rows for (rows, _), in installs] == [16]  # one masked forward through every layer
