@@ -65,3 +65,17 @@ def test_tick_gaps_are_logged_above_the_threshold_and_rate_limited(caplog):
     assert gaps == [None, None, 1.5, None, None, 29.0, None]  # 2.0 and 3.0 fall in a quiet period
     assert [r.getMessage().split(" between")[0] for r in caplog.records] == ["droidspeak: 1500 ms",
                                                                               "droidspeak: 29000 ms"]
+
+
+def test_the_gil_probe_reports_a_late_wake_with_the_main_threads_stack(monkeypatch, caplog):
+    from sglang_droidspeak.sglang import stall_watch
+
+    clock = iter([0.0, 0.003, 1.0, 1.102]).__next__  # a 2 ms sleep waking 1 ms late, then 100 ms late
+    monkeypatch.setattr(stall_watch.time, "sleep", lambda s: None)
+    probe = stall_watch.GilLagProbe(lag_s=0.05, clock=clock)
+    with caplog.at_level("WARNING"):
+        assert abs(probe.check(0.002) - 0.001) < 1e-9
+        assert caplog.records == []
+        assert abs(probe.check(0.002) - 0.1) < 1e-9
+    assert "woke 100.0 ms late" in caplog.text and "main thread" in caplog.text and "test_stall_watch" in caplog.text
+    assert abs(probe.max_lag_s - 0.1) < 1e-9
