@@ -66,6 +66,9 @@ def test_roundtrip_delivers_chunks_in_order(client):
         assert [(c.what, c.layer) for c in got] == [("e", 1), ("k", 1)]
         assert got[1].to_tensor().tolist() == [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
         assert eventually(lambda: serving.server.num_served == 1)
+        times = client.last_exchange  # the exchange's timeline, for the slow-fetch log
+        assert times.num_chunks == 2 and 0 <= times.first_ms <= times.done_ms
+        assert abs(times.sent_ms - 1e3 * time.monotonic()) < 5000 and times.chunk_ms >= 0
     finally:
         serving.close()
 
@@ -146,6 +149,7 @@ def test_silent_peer_times_out_and_idle_runs(client):
             client.fetch(server.endpoint, request(), lambda c: None, timeout_s=0.2, idle=lambda: ticks.append(1))
         assert info.value.code == "timeout"
         assert len(ticks) >= 5  # idle ran while waiting
+        assert client.last_exchange[1:4] == (-1.0, -1.0, 0)  # no answer, no end, no chunk
     finally:
         server.close()
 
