@@ -59,7 +59,7 @@ class IpcFetcher(OfferingReceiver):
             return self.client.fetch(endpoint, request, receiver, timeout_s, idle)
         began_ms = now_ms()
         deadline_ms = began_ms + int(timeout_s * 1000)
-        slots = tuple(int(s) for s in receiver.slots.tolist())  # [n] our KV slots, one per token
+        slots = tuple(receiver.slots.tolist())  # [n] our KV slots, one per token (ints already)
         waited_ms = now_ms() - began_ms
         if waited_ms > SLOW_HOST_COPY_MS:  # .tolist() waits for the device
             logger.warning("droidspeak: cuda_ipc fetch waited %d ms for its slot list", waited_ms)
