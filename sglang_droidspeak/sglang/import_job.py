@@ -47,6 +47,7 @@ from sglang_droidspeak.sglang.import_receiver import ImportFailed, _Receiver
 from sglang_droidspeak.sglang.import_streams import ImportStreams
 
 
+PEER_REASONS = ("timeout", "protocol", "internal", "deadline", "nccl_error", "nixl_error")  # back the peer off
 BLEND_STEPS = ("select", "choose", "blend")  # a BlendPlan job's steps; blend_steps counts those launched
 
 
@@ -105,6 +106,7 @@ class ImportJob:
     overlap: bool = False  # import mode overlap: launched on the queue's overlap stream
     fence: Any = None  # event on the forward stream at allocation: the slots' last user is done
     fenced: bool = False  # our launches' stream has waited for ``fence``
+    fetch_was_done: bool = False  # at ``fail``: the fetch had finished cleanly
 
     def __post_init__(self) -> None:
         if not isinstance(self.plan, BlendPlan):
@@ -172,6 +174,14 @@ class ImportJob:
         if self.failure is None:
             self.failure = (reason, message)
             self.cancelled = True
+            self.fetch_was_done = self.fetched.is_set() and self.fetch_error is None
+
+    def peer_to_blame(self) -> bool:
+        """Whether the failure says the sender is unwell (back it off): not a deadline that
+        passed after the fetch had finished (the time went to this server's recompute, e.g.
+        a kernel compiling)."""
+        reason = self.failure[0] if self.failure else ""
+        return reason in PEER_REASONS and not (reason == "deadline" and self.fetch_was_done)
 
     def drained(self) -> bool:
         """Nothing may still write the slots: the worker returned and our launches finished."""

@@ -36,7 +36,7 @@ from sglang_droidspeak.sglang.planes import build_planes
 from sglang_droidspeak.transfer.planes.base import PlaneContext
 from sglang_droidspeak.sglang.runtime_directory import DirectoryRole
 from sglang_droidspeak.sglang.runtime_e import PendingE, compute_e, launch_e
-from sglang_droidspeak.sglang.runtime_imports import BACKOFF_REASONS, PEER_BACKOFF_S, ImportRole  # noqa: F401
+from sglang_droidspeak.sglang.runtime_imports import PEER_BACKOFF_S, ImportRole  # noqa: F401
 from sglang_droidspeak.sglang.settings import DroidSpeakSettings
 from sglang_droidspeak.sglang.stall_watch import TRACE_FETCHES, GilLagProbe, TickGapWatch
 from sglang_droidspeak.transfer.directory import Announcer, DirectoryListener

@@ -45,7 +45,6 @@ from sglang_droidspeak.transfer.errors import FetchFailed, ImportFailed
 
 logger = logging.getLogger(__name__)
 PEER_BACKOFF_S = 10.0  # after a timeout or protocol error, skip that peer for this long
-BACKOFF_REASONS = ("timeout", "protocol", "internal", "deadline", "nccl_error", "nixl_error")
 
 
 class ImportRole:
@@ -175,7 +174,7 @@ class ImportRole:
         setattr(job.req, FELL_BACK_ATTR, True)
         reason, message = job.failure
         record_fallback(job.req, reason)
-        if reason in BACKOFF_REASONS:
+        if job.peer_to_blame():
             self._backoff_until[job.hit.peer] = time.monotonic() + PEER_BACKOFF_S
         self._fallback(reason, job.rid, message)
 

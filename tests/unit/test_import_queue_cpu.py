@@ -91,6 +91,21 @@ def test_a_parked_request_past_its_deadline_prefills_normally_and_the_slots_come
         assert len(req.prefix_indices) == 0 and getattr(req, FELL_BACK_ATTR) is True
         assert b.allocator.available_size() == available and leak_free(b)
         assert b.req_pool.available_size() == 8
+        assert b.runtime.backed_off_peers()  # the sender never answered in time: skip it a while
+
+
+def test_a_deadline_passed_in_our_own_recompute_does_not_back_the_sender_off(monkeypatch):
+    """The fetch finished; the time went to this server (a kernel compiling in the first blend
+    took 14 s on a fresh H200, 2026-12-06): the request prefills normally, the next import
+    from the same sender is still tried."""
+    with servers(import_deadline_s=0.2) as (a, b):
+        announce_and_wait(a, b, CONTEXT)
+        monkeypatch.setattr(b.runtime.imports, "_launch_ready", lambda *args, **kwargs: None)  # never launches
+        req = request(CONTEXT + SUFFIX)
+        b.scheduler.waiting_queue.append(req)
+        loop_until(b.scheduler, lambda: req in b.scheduler.scheduled)
+        assert b.metrics.fallbacks == ["deadline"] and getattr(req, FELL_BACK_ATTR) is True
+        assert b.runtime.backed_off_peers() == () and leak_free(b)
 
 
 def test_an_aborted_parked_request_releases_its_import():
