@@ -93,17 +93,42 @@ def import_and_check(a, b, tokens, plan):
 def test_same_weights_receiver_gets_the_reference_kv_without_kv_frames(ipc_pair, plan):
     a, b = ipc_pair
     layer_plan = import_and_check(a, b, CONTEXT, plan)
-    e_chunks = [("layer_chunk", "e")] * len(layer_plan.e_layers())
-    assert a.sent == e_chunks + [("fetch_done", "")]  # K/V went through the (stand-in) IPC copy
+    assert a.sent == [("fetch_done", "")]  # K/V and E went through the (stand-in) IPC copy: no frames
     assert b.metrics.hits == [("remote", len(CONTEXT), layer_plan.num_recomputed_layers)]
     row_bytes = b.pool.get_key_buffer(0)[0].numel() * 4  # fp32 K or V row
     e_bytes = len(layer_plan.e_layers()) * len(CONTEXT) * b.runtime.parts.hidden_size * 4
     assert b.metrics.bytes["in"] == 2 * len(layer_plan.reused_layers()) * len(CONTEXT) * row_bytes + e_bytes
-    # the sender counts what it copied into our pool as well as its frames (E, stand-in fp32)
-    assert a.metrics.bytes["out"] >= b.metrics.bytes["in"] - e_bytes
-    assert a.runtime.planes.senders["cuda_ipc"].num_bytes_out == 2 * len(layer_plan.reused_layers()) * len(CONTEXT) * row_bytes
+    # the sender counts what it copied into our pool and staging area (stand-in fp32)
+    assert a.metrics.bytes["out"] >= b.metrics.bytes["in"]
+    assert a.runtime.planes.senders["cuda_ipc"].num_bytes_out == \
+        2 * len(layer_plan.reused_layers()) * len(CONTEXT) * row_bytes + e_bytes
     import_and_check(a, b, OTHER, plan)
     assert b.runtime.planes.receiver.backend.num_shared == 1 and a.runtime.planes.senders["cuda_ipc"].backend.num_opened == 1
+
+
+def test_e_outgrowing_the_staging_area_makes_a_larger_offer_and_beyond_the_cap_goes_as_chunks(monkeypatch):
+    """The receiver starts with a 16-row staging area (here; 8192 in production): a 32-token
+    E needs a new, larger offer (the sender opens it once more); two E layers need 64 rows;
+    past MAX_E_ROWS the area stays as it is and E comes as chunks. Every import is exact."""
+    from sglang_droidspeak.transfer.planes.cuda_ipc import receiver as ipc_receiver
+
+    monkeypatch.setattr(ipc_receiver, "E_ROWS", 16)
+    registry = {}
+    with two_servers(tiny_llama(), tiny_llama(), data_planes=("cuda_ipc", "cuda_ipc"),
+                     backends=(CpuIpc(registry), CpuIpc(registry))) as (a, b):
+        settle_early_offer(a, "cuda_ipc")
+        a.sent = record_sent(a)
+        fetcher, sender = b.runtime.planes.receiver, a.runtime.planes.senders["cuda_ipc"]
+        assert fetcher.offer.e_rows == 16
+        import_and_check(a, b, CONTEXT, "2:3")
+        assert fetcher.offer.e_rows == 32 and fetcher.backend.num_shared == 2 and sender.backend.num_opened == 2
+        import_and_check(a, b, OTHER, "1:2,3:4")  # E_1 and E_3: 64 rows
+        assert fetcher.offer.e_rows == 64 and a.sent == [("fetch_done", "")] * 2
+        monkeypatch.setattr(ipc_receiver, "MAX_E_ROWS", 64)
+        third = list(range(92, 128)) + list(range(0, 20)) + list(range(100, 108))  # 64 tokens, two E layers: 128 rows
+        import_and_check(a, b, third, "1:2,3:4")
+        assert fetcher.offer.e_rows == 64 and fetcher.backend.num_shared == 3
+        assert a.sent[2:] == [("layer_chunk", "e")] * 2 + [("fetch_done", "")]
 
 
 def test_a_sender_that_forgot_the_offer_gets_it_again(ipc_pair):

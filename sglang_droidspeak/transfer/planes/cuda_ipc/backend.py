@@ -1,9 +1,11 @@
 """CUDA IPC for the cuda_ipc data plane: share a KV pool's buffers, open a peer's.
 
     receiver (owns the pool)                          sender (same GPU, other process)
-    CudaIpc.share_pool(model, kv_pool, num_layers)
+    CudaIpc.share_pool(model, kv_pool, num_layers,
+                       e_stage)
         -> IpcPoolOffer  ---- fetch socket ---->     CudaIpc.open_pool(offer, device)
-                                                         -> ([K_0..K_{n-1}], [V_0..V_{n-1}])
+                                                         -> ([K_0..K_{n-1}], [V_0..V_{n-1}],
+                                                             E staging area or None)
 
 ``share_pool`` calls ``UntypedStorage._share_cuda_()`` on each layer's K and V buffer (what
 ``torch.multiprocessing`` does for a CUDA tensor) and puts the result in typed frame fields;
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -72,8 +74,10 @@ def share_buffer(tensor: torch.Tensor) -> tuple:
             bytes(ref_handle), int(ref_offset), bytes(event_handle), int(bool(event_sync)))
 
 
-def share_pool(receiver_model: str, kv_pool: Any, num_layers: int) -> IpcPoolOffer:
-    """An offer of every layer's K and V buffer of ``kv_pool`` (SGLang's MHATokenToKVPool)."""
+def share_pool(receiver_model: str, kv_pool: Any, num_layers: int,
+               e_stage: Optional[torch.Tensor] = None) -> IpcPoolOffer:
+    """An offer of every layer's K and V buffer of ``kv_pool`` (SGLang's MHATokenToKVPool),
+    and of ``e_stage`` [rows, hidden] (the E staging area) where given."""
     k_buffers = [kv_pool.get_key_buffer(layer) for layer in range(num_layers)]  # [slots, heads, dim] each
     v_buffers = [kv_pool.get_value_buffer(layer) for layer in range(num_layers)]
     k_shape, k_stride = _uniform_layout(k_buffers, "K")
@@ -81,15 +85,17 @@ def share_pool(receiver_model: str, kv_pool: Any, num_layers: int) -> IpcPoolOff
     if k_buffers[0].dtype != v_buffers[0].dtype or k_buffers[0].device != v_buffers[0].device:
         raise IpcUnavailable("K and V buffers differ in dtype or device")
     try:
-        records = [share_buffer(b) for pair in zip(k_buffers, v_buffers) for b in pair]  # K0, V0, K1, ...
+        buffers = [b for pair in zip(k_buffers, v_buffers) for b in pair] + ([e_stage] if e_stage is not None else [])
+        records = [share_buffer(b) for b in buffers]  # K0, V0, K1, ..., then E
     except Exception as exc:  # e.g. memory from an allocator without IPC support
         if isinstance(exc, IpcUnavailable):
             raise
         raise IpcUnavailable(f"cannot share the KV pool over CUDA IPC: {exc}") from exc
     columns = [tuple(column) for column in zip(*records)]
+    e_layout = ((), ()) if e_stage is None else (tuple(e_stage.shape), tuple(e_stage.stride()))
     return IpcPoolOffer(uuid.uuid4().hex, receiver_model, device_uuid(k_buffers[0].device),
                         _dtype_name(k_buffers[0].dtype), num_layers, k_shape, k_stride, v_shape, v_stride,
-                        *columns)
+                        *columns, *e_layout)
 
 
 def open_buffer(offer: IpcPoolOffer, index: int, device_index: int) -> torch.Tensor:
@@ -104,17 +110,19 @@ def open_buffer(offer: IpcPoolOffer, index: int, device_index: int) -> torch.Ten
         offer.event_handles[index], bool(offer.event_sync_required[index]))
 
 
-def open_pool(offer: IpcPoolOffer, device: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """(K buffers, V buffers) of the offered pool, one per layer, mapped on ``device``."""
+def open_pool(offer: IpcPoolOffer, device: Any) -> tuple[list, list, Optional[torch.Tensor]]:
+    """(K buffers, V buffers, the E staging area or None) of the offered pool, one K and V
+    per layer, mapped on ``device``."""
     device = torch.device(device)
     if device.type != "cuda":
         raise IpcUnavailable(f"CUDA IPC needs a CUDA device, this pool is on {device}")
     index = device.index if device.index is not None else torch.cuda.current_device()
     try:
-        buffers = [open_buffer(offer, i, index) for i in range(2 * offer.num_layers)]
+        buffers = [open_buffer(offer, i, index) for i in range(offer.num_buffers)]
     except Exception as exc:  # cudaIpcOpenMemHandle failed: other GPU, same process, driver
         raise IpcUnavailable(f"cannot open {offer.receiver_model}'s KV pool: {exc}") from exc
-    return buffers[0::2], buffers[1::2]
+    kv = buffers[:2 * offer.num_layers]
+    return kv[0::2], kv[1::2], buffers[-1] if offer.e_shape else None
 
 
 class CudaIpc:

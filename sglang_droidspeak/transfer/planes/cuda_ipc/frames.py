@@ -23,8 +23,11 @@ copy K/V straight into ``dst_slots`` of these buffers (backend.py opens them).
     ref_counter_offsets   tuple[int, ...]    slot in that file
     event_handles         tuple[bytes, ...]  CUDA IPC event handle (64 bytes; unused if no sync)
     event_sync_required   tuple[int, ...]    0 | 1
+    e_shape, e_stride     tuple[int, ...]    () or rank 2: the E staging area [rows, hidden]
 
-Every per-buffer tuple has 2 * num_layers entries. The offer is rejected unless each
+Every per-buffer tuple has 2 * num_layers entries, one more (the last) with an E staging
+area: the sender then writes E of a request's i-th E layer into its rows [i*n, (i+1)*n)
+instead of sending it as chunks, when the area holds them all. The offer is rejected unless each
 buffer's view (tensor offset + extent of shape/stride) lies inside its storage, so a
 sender that opens it can never address memory past what the receiver shared.
 """
@@ -72,6 +75,17 @@ class IpcPoolOffer(_Message):
     ref_counter_offsets: tuple[int, ...]
     event_handles: tuple[bytes, ...]
     event_sync_required: tuple[int, ...]
+    e_shape: tuple[int, ...] = ()
+    e_stride: tuple[int, ...] = ()
+
+    @property
+    def num_buffers(self) -> int:
+        """K0, V0, ..., K(L-1), V(L-1), then the E staging area where there is one."""
+        return 2 * self.num_layers + (1 if self.e_shape else 0)
+
+    @property
+    def e_rows(self) -> int:
+        return self.e_shape[0] if self.e_shape else 0
 
     def _check(self) -> None:
         self._nonempty("offer_id", "receiver_model", "device_uuid")
@@ -81,10 +95,13 @@ class IpcPoolOffer(_Message):
         for name in ("k_shape", "k_stride", "v_shape", "v_stride"):
             if len(getattr(self, name)) != 3:
                 raise WireError(f"IpcPoolOffer.{name} must have rank 3, got {getattr(self, name)[:8]}")
+        if len(self.e_shape) not in (0, 2) or len(self.e_stride) != len(self.e_shape):
+            raise WireError(f"IpcPoolOffer.e_shape/e_stride must both be empty or rank 2, got "
+                            f"{self.e_shape[:8]}/{self.e_stride[:8]}")
         for name in PER_BUFFER:
-            if len(getattr(self, name)) != 2 * self.num_layers:
-                raise WireError(f"IpcPoolOffer.{name} needs {2 * self.num_layers} entries "
-                                f"(K and V of {self.num_layers} layers), got {len(getattr(self, name))}")
+            if len(getattr(self, name)) != self.num_buffers:
+                raise WireError(f"IpcPoolOffer.{name} needs {self.num_buffers} entries (K and V of "
+                                f"{self.num_layers} layers, then E's if offered), got {len(getattr(self, name))}")
         self._check_handles()
         self._check_views()
 
@@ -101,7 +118,7 @@ class IpcPoolOffer(_Message):
 
     def _check_views(self) -> None:
         itemsize = DTYPES[self.dtype].itemsize
-        for i in range(2 * self.num_layers):
+        for i in range(self.num_buffers):
             shape, stride = self.buffer_layout(i)
             end_bytes = (self.tensor_offsets[i] + view_extent(shape, stride)) * itemsize
             if end_bytes > self.storage_sizes[i]:
@@ -109,11 +126,15 @@ class IpcPoolOffer(_Message):
                                 f"{self.storage_sizes[i]}-byte storage")
 
     def check_limits(self, limits) -> None:
-        if self.num_layers > limits.max_layers or any(d > limits.max_dim for d in self.k_shape + self.v_shape):
+        if self.num_layers > limits.max_layers or \
+                any(d > limits.max_dim for d in self.k_shape + self.v_shape + self.e_shape):
             raise OversizedFrame(f"IpcPoolOffer num_layers {self.num_layers} or shape exceeds limits")
 
     def buffer_layout(self, index: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """(shape, stride) of buffer ``index`` (even: K of layer index // 2, odd: V)."""
+        """(shape, stride) of buffer ``index`` (even: K of layer index // 2, odd: V; index
+        2 * num_layers: the E staging area)."""
+        if index == 2 * self.num_layers:
+            return self.e_shape, self.e_stride
         return (self.k_shape, self.k_stride) if index % 2 == 0 else (self.v_shape, self.v_stride)
 
 

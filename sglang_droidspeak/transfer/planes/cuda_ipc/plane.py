@@ -1,6 +1,6 @@
 """The cuda_ipc plane (two servers on one GPU): the receiver offers its KV pool's CUDA IPC
-handles (frames.IpcPoolOffer), the sender copies K/V into its slots (sender.py); E comes
-as LayerChunks. backend.CudaIpc shares and opens the buffers (a stand-in on the CPU)."""
+handles (frames.IpcPoolOffer) and an E staging area's, the sender copies K/V into its slots
+and E into the staging area (sender.py). backend.CudaIpc shares and opens the buffers (a stand-in on the CPU)."""
 
 from __future__ import annotations
 
@@ -17,5 +17,6 @@ def _backend(ctx: PlaneContext):
 PLANE = PlaneSpec(
     "cuda_ipc",
     build_sender=lambda ctx: IpcExporter(_backend(ctx), ctx.kv_pool, pacing=ctx.pacing),
-    build_receiver=lambda ctx: IpcFetcher(_backend(ctx), ctx.client, ctx.model, ctx.kv_pool, ctx.num_layers),
+    build_receiver=lambda ctx: IpcFetcher(_backend(ctx), ctx.client, ctx.model, ctx.kv_pool, ctx.num_layers,
+                                          ctx.hidden_size, ctx.e_dtype),
     unavailable_code="ipc_unavailable")

@@ -6,7 +6,9 @@ be evicted during the tick), writes K/V straight into the receiver's offered buf
 answers FetchDone. No cross-process lock: the deadline is the contract. The receiver frees
 its slots only once the deadline has passed without a FetchDone, so the sender starts the
 copy only while ``now < deadline - margin_s`` (``DEADLINE_MARGIN_S``, the budget for the
-copy itself) and reports a copy that ended late.
+copy itself) and reports a copy that ended late. E of the request's E layers goes the same
+way into the receiver's E staging area where its offer has one that takes them all (else as
+LayerChunks on the fetch socket, before the copy).
 
     check, before anything is sent          answer when it fails
     dst_slots (one per token), a deadline   bad_request
@@ -64,7 +66,7 @@ class IpcExporter(PlaneSender):
         self.margin_ms = int(margin_s * 1000)
         self.max_offers = max_offers
         self.offers: OrderedDict[str, IpcPoolOffer] = OrderedDict()  # offer id -> offer, LRU first
-        self._opened: dict[str, tuple[list, list]] = {}  # offer id -> (K buffers, V buffers)
+        self._opened: dict[str, tuple] = {}  # offer id -> (K buffers, V buffers, E staging area or None)
         self._uuid: Optional[str] = None
         self.num_late = 0
         self.num_bytes_out = 0  # K/V bytes copied into receivers' pools (bytes_moved{out})
@@ -118,7 +120,7 @@ class IpcExporter(PlaneSender):
             return FetchError(rid, "ipc_unavailable", str(exc)[:200])
         return self._fit(request, offer) or self._deadline(request)
 
-    def _buffers(self, offer: IpcPoolOffer) -> tuple[list, list]:
+    def _buffers(self, offer: IpcPoolOffer) -> tuple[list, list, Optional[torch.Tensor]]:
         if offer.offer_id not in self._opened:
             self._opened[offer.offer_id] = self.backend.open_pool(offer, self.kv_pool.device)
         return self._opened[offer.offer_id]
@@ -146,15 +148,27 @@ class IpcExporter(PlaneSender):
         return None
 
     def export(self, request: FetchRequest, slots: torch.Tensor, e: dict) -> Iterator[Message]:
-        """E as chunks, then the K/V copy; FetchDone(number of E chunks) or the copy's error."""
+        """E into the receiver's staging area where it fits (else as chunks), then the K/V
+        copy; FetchDone(number of E chunks: 0 when staged) or the copy's error."""
+        staged = self._stage_fits(request, e)
         num_chunks = 0
-        for chunk in e_chunks(request, e):
+        for chunk in () if staged else e_chunks(request, e):
             yield chunk
             num_chunks += 1
-        yield self.copy(request, slots) or FetchDone(request.request_id, num_chunks)
+        yield self.copy(request, slots, e if staged else None) or FetchDone(request.request_id, num_chunks)
 
-    def copy(self, request: FetchRequest, src_slots: torch.Tensor) -> Optional[FetchError]:
-        """Write K/V of ``reused_layers`` at ``src_slots`` [n] into the receiver's ``dst_slots``.
+    def _stage_fits(self, request: FetchRequest, e: dict) -> bool:
+        """The offer's E staging area takes every E layer of ``request`` (rows and width)."""
+        stage = self._buffers(self.offers[request.session])[2]
+        if not request.e_layers or stage is None:
+            return False
+        n = len(request.token_ids)
+        return stage.shape[0] >= n * len(request.e_layers) and all(
+            tuple(e[layer].shape) == (n, stage.shape[1]) for layer in request.e_layers)
+
+    def copy(self, request: FetchRequest, src_slots: torch.Tensor, e: Optional[dict] = None) -> Optional[FetchError]:
+        """Write E (``e``, where given: into the staging area, E layer i at rows [i*n, (i+1)*n))
+        and K/V of ``reused_layers`` at ``src_slots`` [n] into the receiver's ``dst_slots``.
 
         Call after ``refusal`` returned None; the deadline is checked again (E may have taken
         a while). Returns a FetchError instead of copying when it has passed.
@@ -163,7 +177,11 @@ class IpcExporter(PlaneSender):
         if error is not None:
             return error
         began_ms = self.clock_ms()
-        k_buffers, v_buffers = self._buffers(self.offers[request.session])
+        k_buffers, v_buffers, stage = self._buffers(self.offers[request.session])
+        n = len(request.token_ids)
+        for i, layer in enumerate(request.e_layers if e is not None else ()):
+            stage[i * n:(i + 1) * n] = e[layer].to(device=stage.device, dtype=stage.dtype)  # [n, hidden]
+            self.num_bytes_out += e[layer].numel() * stage.element_size()
         device = self.kv_pool.device
         src = src_slots.to(device=device, dtype=torch.int64)  # [n]
         dst = torch.tensor(request.dst_slots, dtype=torch.int64).to(device)  # [n]
