@@ -21,8 +21,9 @@
 The deadline is the whole safety contract: we wait for the answer until ``deadline_ms``
 and free the slots only after that; the sender never starts a copy within its margin of
 the deadline (sender.py). The staging area is one per receiver: the fetch thread runs one
-fetch at a time and synchronizes the copies out of it before the next one. Refusals (no_offer, ipc_unavailable) come before any chunk,
-so a retry never sees a half-received stream. Imports no SGLang.
+fetch at a time and synchronizes the copies out of it before the next one. Refusals
+(no_offer, ipc_unavailable) come before any chunk, so a retry never sees a half-received
+stream. Imports no SGLang.
 """
 
 from __future__ import annotations
