@@ -127,8 +127,12 @@ def test_the_engine_is_warmed_up_over_chunk_shapes_and_a_failure_only_logs(tmp_p
     ctx = make_ctx(tmp_path)
     cache = build_droidspeak_cache(ctx, sender_settings())
     cache.runtime.close()
-    # a first chunk and a later one (over a prefix), each from layer 0 and from an E at layer 1
-    assert calls == [([(CHUNK, 0)], 0, 1), ([(CHUNK, 0)], 1, 4), ([(CHUNK, CHUNK)], 0, 1), ([(CHUNK, CHUNK)], 1, 4)]
+    # a first chunk and a later one (over a prefix), each from layer 0 and from an E at layer 1;
+    # then one token recompute over every 4th position of a chunk (torch_native: the runs path,
+    # its forward groups of one-token runs, each over its own prefix)
+    assert calls[:4] == [([(CHUNK, 0)], 0, 1), ([(CHUNK, 0)], 1, 4), ([(CHUNK, CHUNK)], 0, 1), ([(CHUNK, CHUNK)], 1, 4)]
+    runs = [segment for segments, start, end in calls[4:] for segment in segments]
+    assert runs == [(1, p) for p in range(3, CHUNK, 4)] and all((s, e) == (0, 4) for _, s, e in calls[4:])
     assert ctx.params.token_to_kv_pool_allocator.available_size() == 64  # scratch slots freed
 
     def broken(self, *args, **kwargs):
