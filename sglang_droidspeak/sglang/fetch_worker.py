@@ -43,10 +43,10 @@ class FetchWorker:
     def yield_gil(self) -> None:
         """Called by the scheduler thread once per tick: while this thread has work, sleep
         ``GIL_HANDOFF_S`` so it can take the GIL. Without it, a scheduler loop that drops and
-        retakes the GIL thousands of times a second (every zmq poll and CUDA call) wins every
-        handoff, and CPython never forces a switch (it does so only when no switch happened
-        in 5 ms): fetches that should take 20 ms took 1.5-3 s (H200, 2026-12-06, 50-500 ms
-        lags of a 2 ms sleep in the same process)."""
+        retakes the GIL thousands of times a second (every zmq poll and CUDA call) takes it
+        back before this thread runs, and each give-back resets this thread's 5 ms wait for a
+        forced switch: fetches that should take 20 ms took 1.5-3 s (H200, 2026-12-06, 50-500
+        ms lags of a 2 ms sleep in the same process; docs/BENCHMARKS.md run 11)."""
         if self.in_flight:
             time.sleep(GIL_HANDOFF_S)
 
