@@ -6,7 +6,8 @@ One ``DroidSpeakRuntime`` lives next to the tree cache in each scheduler process
     sender     FetchServer   (export_bind)   scheduler thread, from the loop hook
     sender     Announcer     (announce_bind) scheduler thread, on native inserts
     receiver   FetchClient   (peers[].fetch) the fetch worker's thread (fetch_worker.py)
-    receiver   DirectoryListener (peers[].announce)  its own thread -> RemotePrefixIndex
+    receiver   DirectoryListener (peers[].announce)  scheduler thread, from the loop hook (no
+                                                 thread of its own: one would wait for the GIL)
 
 A receiver's imports are asynchronous jobs (import_queue.py, runtime_imports.py): a request
 with a REMOTE hit is parked while its fetch runs on the worker and its recompute runs as
@@ -96,7 +97,7 @@ class DroidSpeakRuntime(ImportRole, DirectoryRole):
         self.guard: Any = None  # QualityGuard (set_guard); None: no live quality guard
         # one listener per peer: an announcement is credited to the replica it came from
         self.listeners = [DirectoryListener([peer.announce], secret, functools.partial(self._on_announce, peer=peer),
-                                            on_drop=metrics.record_drop)
+                                            on_drop=metrics.record_drop, threaded=False)  # read in the tick
                           for peer in self.peers]
         self.imports = ImportQueue(self, settings.import_chunk_tokens, settings.import_mode,
                                    settings.import_busy_token_layers)
@@ -125,21 +126,29 @@ class DroidSpeakRuntime(ImportRole, DirectoryRole):
 
     def on_scheduler_tick(self, scheduler: Any) -> None:
         """Called after every ``Scheduler.process_input_requests``: answer queued fetches,
-        start and advance imports."""
+        take the peers' announcements, start and advance imports."""
         if self.scheduler is None:
             self.scheduler = scheduler
             self.imports.bind(scheduler)  # before the first export: E runs on the forward stream
             sleeper = getattr(scheduler, "idle_sleeper", None)
-            if sleeper is not None and self.export_server is not None:
+            if sleeper is not None:
                 import zmq
 
-                sleeper.poller.register(self.export_server.socket, zmq.POLLIN)  # wake on fetches
+                sockets = [listener.socket for listener in self.listeners]  # wake on announcements
+                for socket in sockets + ([self.export_server.socket] if self.export_server else []):
+                    sleeper.poller.register(socket, zmq.POLLIN)  # and on fetches
         if self.export_server is not None:
             self.tick_gap.tick()
         self.answer_fetches()
+        self.poll_directory()
         self.imports.tick(scheduler)
         if self.worker is not None:
             self.worker.yield_gil()  # the fetch thread gets the GIL at least once per tick
+
+    def poll_directory(self) -> None:
+        """Take the peers' announcements that have arrived (never blocks)."""
+        for listener in self.listeners:
+            listener.poll()
 
     def busy(self) -> bool:
         """Work in flight that holds slots: an import, or an export parked on its E."""

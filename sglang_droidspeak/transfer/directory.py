@@ -107,7 +107,10 @@ class Announcer:
 
 
 class DirectoryListener:
-    """A daemon thread subscribed to every endpoint in ``endpoints``.
+    """A SUB socket subscribed to every endpoint in ``endpoints``, read by a daemon thread,
+    or (``threaded=False``) by whoever calls ``poll()``: a server's scheduler tick, where no
+    second Python thread has to win the GIL from SGLang's scheduler loop (docs/BENCHMARKS.md
+    run 11: such threads waited 50-500 ms for a turn).
 
     Each received message is decoded with ``wire.decode(frames, secret, limits, replay)``;
     one that fails (bad MAC, garbage, wrong frame count, stale or replayed), is of another
@@ -117,14 +120,14 @@ class DirectoryListener:
     us (MAXMSGSIZE: ZMQ disconnects the peer). A valid one counts in ``num_received`` and is passed to
     ``on_announce`` on the listener thread; an exception from it is logged and counted in
     ``num_callback_errors`` and the thread goes on. ``close()`` returns within about
-    POLL_MS plus the running callback.
+    POLL_MS plus the running callback (at once without a thread).
     """
 
     def __init__(self, endpoints: Sequence[str], secret: bytes,
                  on_announce: Callable[[PrefixAnnounce], None],
                  limits: WireLimits = WireLimits(),
                  context: Optional[zmq.Context] = None, replay: Optional[ReplayGuard] = None,
-                 on_drop: Optional[Callable[[str], None]] = None) -> None:
+                 on_drop: Optional[Callable[[str], None]] = None, threaded: bool = True) -> None:
         wire._check_secret(secret)
         if isinstance(endpoints, str):
             raise TypeError("endpoints must be a sequence of endpoint strings, not one string")
@@ -136,9 +139,26 @@ class DirectoryListener:
         self._warn_callback = RateLimitedWarning(log=logger)
         self._stop = threading.Event()
         self._socket = self._make_socket(context or zmq.Context.instance(), endpoints)
-        self._thread = threading.Thread(target=self._run, name="droidspeak-directory",
-                                        daemon=True)
-        self._thread.start()
+        self._thread: Optional[threading.Thread] = None
+        if threaded:
+            self._thread = threading.Thread(target=self._run, name="droidspeak-directory", daemon=True)
+            self._thread.start()
+
+    @property
+    def socket(self) -> zmq.Socket:
+        """The SUB socket (e.g. for an idle sleeper's poller; read it only through ``poll``)."""
+        return self._socket
+
+    def poll(self) -> None:
+        """Handle what has arrived, without blocking (``threaded=False`` only)."""
+        if self._thread is not None:
+            raise RuntimeError("a threaded DirectoryListener reads its socket on its own thread")
+        if not self._stop.is_set():
+            try:
+                self._drain()
+            except zmq.ZMQError as exc:  # e.g. the context was terminated under us
+                logger.warning("prefix directory listener stopped: %s", exc)
+                self.close()
 
     def _make_socket(self, context: zmq.Context, endpoints: Sequence[str]) -> zmq.Socket:
         socket = context.socket(zmq.SUB)
@@ -194,9 +214,14 @@ class DirectoryListener:
         return self.drops.total
 
     def close(self) -> None:
-        """Stop the thread and join it (which closes the socket); idempotent."""
+        """Stop the thread and join it (which closes the socket), or close the socket;
+        idempotent."""
+        already = self._stop.is_set()
         self._stop.set()
-        if threading.current_thread() is not self._thread:
+        if self._thread is None:
+            if not already:
+                self._socket.close(linger=0)
+        elif threading.current_thread() is not self._thread:
             self._thread.join()
 
     def __enter__(self) -> "DirectoryListener":

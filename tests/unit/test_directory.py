@@ -204,3 +204,39 @@ def test_bad_arguments():
         DirectoryListener("tcp://127.0.0.1:1", SECRET, lambda m: None)
     with pytest.raises(zmq.ZMQError):
         DirectoryListener(["nonsense://x"], SECRET, lambda m: None)
+
+
+def test_a_listener_without_a_thread_takes_announcements_only_when_polled(collected):
+    """threaded=False (the runtime's listeners, read in the scheduler tick): nothing is taken
+    between polls, everything that arrived is taken by one poll, in order; after close a
+    poll does nothing."""
+    got, make = collected
+    announcer = Announcer(LOCAL, SECRET)
+    listener = make([announcer.endpoint], threaded=False)
+    try:
+        def send_and_poll(msg):
+            announcer.publish(msg)
+            time.sleep(0.005)
+            listener.poll()
+
+        _connect(send_and_poll, got)
+        msgs = [_announce(i) for i in range(1, 6)]
+        for msg in msgs:
+            announcer.publish(msg)
+        time.sleep(0.2)  # delivered to the socket, not taken: no thread reads it
+        assert got == []
+        assert _wait(lambda: listener.poll() or got == msgs)
+        listener.close()
+        listener.close()  # idempotent
+        announcer.publish(_announce(7))
+        listener.poll()
+        assert got == msgs and listener.num_received >= 5
+    finally:
+        announcer.close()
+
+
+def test_a_threaded_listener_refuses_a_poll_from_outside(collected):
+    _, make = collected
+    with Announcer(LOCAL, SECRET) as announcer:
+        with pytest.raises(RuntimeError, match="own thread"):
+            make([announcer.endpoint]).poll()

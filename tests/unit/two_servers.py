@@ -85,7 +85,32 @@ def make_side(name, model, settings, fingerprint="fp", plane_backend=None):
     side = SimpleNamespace(name=name, model=model, pool=kv_pool, allocator=allocator, tree=tree,
                            runtime=runtime, metrics=metrics, req_pool=engine.req_pool)
     side.scheduler = SchedulerStandIn(tree)
+    _poll_directory_in_background(runtime)
     return side
+
+
+def _poll_directory_in_background(runtime) -> None:
+    """Stands in for the scheduler ticks that read the peers' announcements (the runtime's
+    listeners have no thread of their own): a thread calls ``poll_directory`` every 2 ms
+    until the runtime closes. The tests drive everything else of the tick themselves."""
+    if not runtime.listeners:
+        return
+    stop, close = threading.Event(), runtime.close
+
+    def run():
+        while not stop.is_set():
+            runtime.poll_directory()
+            stop.wait(0.002)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def closing():
+        stop.set()
+        thread.join()
+        close()
+
+    runtime.close = closing
 
 
 class SchedulerStandIn:
