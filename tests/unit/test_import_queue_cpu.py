@@ -14,6 +14,7 @@ import time
 
 import pytest
 import torch
+import zmq
 
 from cpu_sglang import require_cpu_sglang
 
@@ -24,8 +25,8 @@ from sglang_droidspeak.reference import ReferenceModel  # noqa: E402
 from sglang_droidspeak.sglang.import_queue import JOB_ATTR  # noqa: E402
 from sglang_droidspeak.sglang.radix_cache import FELL_BACK_ATTR  # noqa: E402
 from two_servers import (  # noqa: E402
-    NUM_LAYERS, PLAN_GROUPS, announce_and_wait, assert_pool_holds, import_and_match, leak_free, request,
-    tiny_pair_models, two_servers)
+    NUM_LAYERS, PLAN_GROUPS, announce_and_wait, assert_pool_holds, import_and_match, leak_free, remote_len, request,
+    sender_prefill, tiny_pair_models, two_servers)
 
 CONTEXT, OTHER = list(range(20, 52)), list(range(60, 92))  # 32 tokens each
 SUFFIX = [3, 4, 5]
@@ -229,3 +230,25 @@ def test_a_bug_in_a_launch_falls_back_instead_of_killing_the_scheduler(monkeypat
         monkeypatch.setattr(b.runtime.parts.engine, "run", broken)
         match = import_and_match(b, request(CONTEXT + SUFFIX))
         assert len(match.device_indices) == 0 and b.metrics.fallbacks == ["internal"] and leak_free(b)
+
+
+def test_the_tick_reads_announcements_and_the_idle_sleeper_wakes_on_them():
+    """The receiver's listeners have no thread: its scheduler tick drains them, and SGLang's
+    IdleSleeper (a zmq.Poller over the scheduler's sockets) gets their sockets at the first
+    tick, so a sleeping idle server wakes for an announcement (as for a fetch)."""
+    with servers() as (a, b):
+        sched = b.scheduler
+        sched.idle_sleeper = type("IdleSleeper", (), {"poller": zmq.Poller()})()
+        sched.loop_once()
+        registered = {socket for socket, _ in sched.idle_sleeper.poller.sockets}
+        assert {listener.socket for listener in b.runtime.listeners} <= registered
+        assert all(listener._thread is None for listener in b.runtime.listeners)
+        announce_and_wait(a, b, CONTEXT)  # the harness's stand-in ticks take it (two_servers.py)
+        b.runtime.listeners[0].close()
+        tokens = [t + 1 for t in CONTEXT]
+        sender_prefill(a, tokens)
+        for _ in range(20):
+            a.runtime.announce(tokens, None)
+            sched.loop_once()
+            time.sleep(0.01)
+        assert remote_len(b, tokens) == 0  # a closed listener takes nothing, and nothing raises
