@@ -26,7 +26,7 @@ class CpuIpc:
     def device_uuid(self, device) -> str:
         return self.gpu_uuid
 
-    def share_pool(self, receiver_model: str, kv_pool, num_layers: int, e_stage=None) -> IpcPoolOffer:
+    def share_pool(self, receiver_model: str, kv_pool, num_layers: int, e_stage=None, pool_id="") -> IpcPoolOffer:
         if self.fail_share:
             raise IpcUnavailable("stand-in: this pool cannot be shared")
         k_buffers = [kv_pool.get_key_buffer(layer) for layer in range(num_layers)]  # [slots, heads, dim]
@@ -34,7 +34,8 @@ class CpuIpc:
         offer_id = uuid.uuid4().hex
         self.registry[offer_id] = (k_buffers, v_buffers, e_stage)
         self.num_shared += 1
-        return offer_for(offer_id, receiver_model, self.gpu_uuid, k_buffers[0], num_layers, self.rows, e_stage)
+        return offer_for(offer_id, receiver_model, self.gpu_uuid, k_buffers[0], num_layers, self.rows, e_stage,
+                         pool_id)
 
     def open_pool(self, offer: IpcPoolOffer, device):
         if offer.offer_id not in self.registry:
@@ -43,7 +44,8 @@ class CpuIpc:
         return self.registry[offer.offer_id]
 
 
-def offer_for(offer_id, receiver_model, gpu_uuid, buffer, num_layers, rows=None, e_stage=None) -> IpcPoolOffer:
+def offer_for(offer_id, receiver_model, gpu_uuid, buffer, num_layers, rows=None, e_stage=None,
+              pool_id="") -> IpcPoolOffer:
     """An offer whose per-buffer fields describe ``buffer`` (K and V alike; then ``e_stage``,
     where given) with fake handles."""
     shape = (rows if rows is not None else buffer.shape[0], *buffer.shape[1:])
@@ -55,4 +57,5 @@ def offer_for(offer_id, receiver_model, gpu_uuid, buffer, num_layers, rows=None,
         shape, stride, shape, stride,
         handles=tuple(b"h%d" % i for i in range(n)), storage_sizes=(nbytes,) * n, storage_offsets=(0,) * n,
         tensor_offsets=(0,) * n, ref_counter_handles=(b"/torch_refcount",) * n, ref_counter_offsets=(0,) * n,
-        event_handles=(b"\0" * 64,) * n, event_sync_required=(0,) * n, e_shape=e_layout[0], e_stride=e_layout[1])
+        event_handles=(b"\0" * 64,) * n, event_sync_required=(0,) * n, e_shape=e_layout[0], e_stride=e_layout[1],
+        pool_id=pool_id)

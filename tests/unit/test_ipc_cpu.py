@@ -122,6 +122,7 @@ def test_e_outgrowing_the_staging_area_makes_a_larger_offer_and_beyond_the_cap_g
         assert fetcher.offer.e_rows == 16
         import_and_check(a, b, CONTEXT, "2:3")
         assert fetcher.offer.e_rows == 32 and fetcher.backend.num_shared == 2 and sender.backend.num_opened == 2
+        assert list(sender.offers) == list(sender._opened) == [fetcher.offer.offer_id]  # the old one let go
         import_and_check(a, b, OTHER, "1:2,3:4")  # E_1 and E_3: 64 rows
         assert fetcher.offer.e_rows == 64 and a.sent == [("fetch_done", "")] * 2
         monkeypatch.setattr(ipc_receiver, "MAX_E_ROWS", 64)

@@ -75,9 +75,10 @@ def share_buffer(tensor: torch.Tensor) -> tuple:
 
 
 def share_pool(receiver_model: str, kv_pool: Any, num_layers: int,
-               e_stage: Optional[torch.Tensor] = None) -> IpcPoolOffer:
+               e_stage: Optional[torch.Tensor] = None, pool_id: str = "") -> IpcPoolOffer:
     """An offer of every layer's K and V buffer of ``kv_pool`` (SGLang's MHATokenToKVPool),
-    and of ``e_stage`` [rows, hidden] (the E staging area) where given."""
+    and of ``e_stage`` [rows, hidden] (the E staging area) where given; ``pool_id`` names
+    the pool across its offers."""
     k_buffers = [kv_pool.get_key_buffer(layer) for layer in range(num_layers)]  # [slots, heads, dim] each
     v_buffers = [kv_pool.get_value_buffer(layer) for layer in range(num_layers)]
     k_shape, k_stride = _uniform_layout(k_buffers, "K")
@@ -95,7 +96,7 @@ def share_pool(receiver_model: str, kv_pool: Any, num_layers: int,
     e_layout = ((), ()) if e_stage is None else (tuple(e_stage.shape), tuple(e_stage.stride()))
     return IpcPoolOffer(uuid.uuid4().hex, receiver_model, device_uuid(k_buffers[0].device),
                         _dtype_name(k_buffers[0].dtype), num_layers, k_shape, k_stride, v_shape, v_stride,
-                        *columns, *e_layout)
+                        *columns, *e_layout, pool_id)
 
 
 def open_buffer(offer: IpcPoolOffer, index: int, device_index: int) -> torch.Tensor:

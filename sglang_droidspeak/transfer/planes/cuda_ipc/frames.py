@@ -24,6 +24,9 @@ copy K/V straight into ``dst_slots`` of these buffers (backend.py opens them).
     event_handles         tuple[bytes, ...]  CUDA IPC event handle (64 bytes; unused if no sync)
     event_sync_required   tuple[int, ...]    0 | 1
     e_shape, e_stride     tuple[int, ...]    () or rank 2: the E staging area [rows, hidden]
+    pool_id               str                the offering pool, the same in every offer it
+                                             makes ("": unknown): a newer offer replaces
+                                             the older ones of its pool at the sender
 
 Every per-buffer tuple has 2 * num_layers entries, one more (the last) with an E staging
 area: the sender then writes E of a request's i-th E layer into its rows [i*n, (i+1)*n)
@@ -77,6 +80,7 @@ class IpcPoolOffer(_Message):
     event_sync_required: tuple[int, ...]
     e_shape: tuple[int, ...] = ()
     e_stride: tuple[int, ...] = ()
+    pool_id: str = ""
 
     @property
     def num_buffers(self) -> int:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 from typing import Any, Callable, Optional
 
 from sglang_droidspeak.transfer.planes.cuda_ipc.backend import IpcUnavailable, now_ms
@@ -56,6 +57,7 @@ class IpcFetcher(OfferingReceiver):
         self.kv_pool, self.num_layers = kv_pool, num_layers
         self.hidden_size, self.e_dtype = hidden_size, e_dtype  # 0: no E staging area (E as chunks)
         self.e_stage: Any = None  # [rows, hidden] on the pool's device, shared in the offer
+        self.pool_id = uuid.uuid4().hex  # the same in each offer we make: a new one replaces the old
         self.offer: Optional[IpcPoolOffer] = None
         self.unavailable = False  # our pool cannot be shared: ZMQ for everyone
         self.offered: set[str] = set()  # endpoints that got the current offer
@@ -121,7 +123,8 @@ class IpcFetcher(OfferingReceiver):
         rows = max(e_rows, 2 * (self.offer.e_rows if self.offer is not None else 0), E_ROWS)
         try:
             self.e_stage = self._new_stage(rows)
-            self.offer = self.backend.share_pool(self.model, self.kv_pool, self.num_layers, self.e_stage)
+            self.offer = self.backend.share_pool(self.model, self.kv_pool, self.num_layers, self.e_stage,
+                                                 self.pool_id)
             self.offered.clear()  # every peer needs the new offer
         except IpcUnavailable as exc:
             self.unavailable = True

@@ -21,7 +21,8 @@ LayerChunks on the fetch socket, before the copy).
 
 Offers are kept by offer id (several replicas of one receiver model each have their own),
 at most ``max_offers``, least recently used dropped first together with its opened
-buffers (a restarted receiver's stale offer ages out this way). With ``pacing``
+buffers (a restarted receiver's stale offer ages out this way); a new offer of a pool
+(``pool_id``: its E staging area grew) replaces that pool's older ones at once. With ``pacing``
 (transfer/pacing.py: the sender's ``throttle_gbps``, or the request's ``link_gbps`` where
 ``allow_request_throttle`` permits it) each layer's copy waits for its K+V bytes, so the
 copy takes as long as on that link (the bandwidth sweep). Imports no SGLang.
@@ -79,6 +80,10 @@ class IpcExporter(PlaneSender):
             logger.warning("droidspeak: ignoring a different IPC offer under a known id from %s",
                            offer.receiver_model)
             return
+        for older in [o.offer_id for o in self.offers.values() if offer.pool_id and o.pool_id == offer.pool_id
+                      and o.offer_id != offer.offer_id]:  # the pool offered again (its E area grew)
+            self.offers.pop(older)
+            self._opened.pop(older, None)  # unmaps its buffers, so the receiver's old area is freed
         self.offers[offer.offer_id] = offer
         self.offers.move_to_end(offer.offer_id)
         while len(self.offers) > self.max_offers:
