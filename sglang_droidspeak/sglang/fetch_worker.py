@@ -63,6 +63,7 @@ class FetchWorker:
         while True:
             item = self._jobs.get()
             if item is _STOP:
+                self._jobs.task_done()  # nothing in flight after close: ``yield_gil`` no longer sleeps
                 return
             try:
                 self._one(*item)

@@ -133,7 +133,6 @@ class ImportRole:
                 if getattr(receiver, "job", None) is not None:  # where a slow fetch's time went
                     receiver.job.exchange = self.client.last_exchange
 
-
         return fetch
 
     def failure_of(self, exc: BaseException) -> tuple[str, str]:

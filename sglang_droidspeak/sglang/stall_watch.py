@@ -9,14 +9,13 @@ logging at most once per ``quiet_s``.
     TickGapWatch   two scheduler ticks of a sender lie         the gap (a long batch, or the
                    ``gap_s`` apart (the hook's own calls)      scheduler thread held elsewhere:
                                                                no fetch is answered meanwhile)
-
     GilLagProbe    a thread that sleeps 2 ms at a time wakes     the lag and the scheduler
                    ``lag_s`` late (the GIL or the interpreter    thread's stack at that moment
                    held elsewhere; only with                     (what held it)
                    DROIDSPEAK_TRACE_FETCHES=1)
 
 All exist for the 1.5-8 s fetches of every layer's K/V seen on 2026-12-06 (H100, cuda_ipc,
-docs/BENCHMARKS.md run 10); they cost a timer per fetch and a clock read per tick.
+docs/BENCHMARKS.md runs 10 and 11); the first two cost a timer per fetch and a clock read per tick.
 """
 
 from __future__ import annotations
@@ -122,6 +121,6 @@ class GilLagProbe:
         if lag >= self.lag_s and self.limit.ready():
             main = sys._current_frames().get(threading.main_thread().ident)
             where = "".join(traceback.format_stack(main, limit=8)) if main is not None else "?"
-            logger.warning("droidspeak: a 2 ms sleep woke %.1f ms late (the GIL held elsewhere); main thread:\n%s",
-                           1e3 * lag, where)
+            logger.warning("droidspeak: a %.0f ms sleep woke %.1f ms late (the GIL held elsewhere); main thread:\n%s",
+                           1e3 * sleep_s, 1e3 * lag, where)
         return lag

@@ -84,5 +84,7 @@ def test_yield_gil_sleeps_only_while_the_worker_has_work(monkeypatch):
         assert not worker.in_flight
         worker.yield_gil()
         assert slept == [fw.GIL_HANDOFF_S]
+        worker.close()
+        assert not worker.in_flight  # a closed worker never makes the scheduler sleep
     finally:
         worker.close()

@@ -85,32 +85,10 @@ def make_side(name, model, settings, fingerprint="fp", plane_backend=None):
     side = SimpleNamespace(name=name, model=model, pool=kv_pool, allocator=allocator, tree=tree,
                            runtime=runtime, metrics=metrics, req_pool=engine.req_pool)
     side.scheduler = SchedulerStandIn(tree)
-    _poll_directory_in_background(runtime)
+    if runtime.listeners:  # they have no thread of their own: stand in for the ticks that read them
+        poller, close = Polling(side, step=runtime.poll_directory), runtime.close
+        runtime.close = lambda: (poller.close(), close())
     return side
-
-
-def _poll_directory_in_background(runtime) -> None:
-    """Stands in for the scheduler ticks that read the peers' announcements (the runtime's
-    listeners have no thread of their own): a thread calls ``poll_directory`` every 2 ms
-    until the runtime closes. The tests drive everything else of the tick themselves."""
-    if not runtime.listeners:
-        return
-    stop, close = threading.Event(), runtime.close
-
-    def run():
-        while not stop.is_set():
-            runtime.poll_directory()
-            stop.wait(0.002)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-
-    def closing():
-        stop.set()
-        thread.join()
-        close()
-
-    runtime.close = closing
 
 
 class SchedulerStandIn:
@@ -177,16 +155,18 @@ def wait_for(predicate, what, timeout=5.0, poke=None):
 
 
 class Polling:
-    """The sender's scheduler loop, reduced to its fetch-answering hook."""
+    """A scheduler loop reduced to one part of its tick, every 2 ms: by default the sender's
+    fetch answering; ``step`` another (a receiver's ``poll_directory``: make_side)."""
 
-    def __init__(self, side):
+    def __init__(self, side, step=None):
         self.stop, self.side = threading.Event(), side
+        self.step = step if step is not None else lambda: side.runtime.answer_fetches()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self):
         while not self.stop.is_set():
-            self.side.runtime.answer_fetches()
+            self.step()
             self.stop.wait(0.002)
 
     def close(self):
