@@ -12,7 +12,10 @@
 # Here (CPU):   bash ../shared/device/stage.sh && python3 scripts/gpu/prepare.py && mkdir -p .cache/gpu-tok && cp .cache/gpu-models/libwriter/tokenizer*.json .cache/gpu-tok/
 # Device call:  carry [".device", ".cache/gpu-tok"], command `bash scripts/gpu/engine_bench.sh`
 #               (DS_BACKENDS=flashinfer for one backend only; DS_PLANS=0:8,1:8,reuse for other plans;
-#               DS_LENGTHS=16384 for one length)
+#               DS_LENGTHS=16384 for one length; DS_PROFILE_PLANS= for no profiled requests)
+# At the first length one more receiver request per DS_PROFILE_PLANS system (default: full
+# prefill, 0:8 and the blend) runs under SGLang's profiler: GPU kernel time by kind, busy and idle
+# (bench/kernel_profile.py), in the JSON's "profiles" and the .md's last table.
 # Results: $OUT/bench-prefill-<backend>-DATE.{json,md}; the servers' logs under $OUT/work-<backend>.
 source scripts/gpu/device_env.sh || exit 1
 export DROIDSPEAK_TRACE_FETCHES=${DROIDSPEAK_TRACE_FETCHES:-1}  # every fetch and export logs its timeline
@@ -20,6 +23,7 @@ for backend in ${DS_BACKENDS:-triton flashinfer}; do
   python3 -m sglang_droidspeak.cli bench-prefill --out "$OUT/bench-prefill-$backend-$(date +%F).json" \
     --work-dir "$OUT/work-$backend" --tokenizer-from .cache/gpu-tok \
     --lengths ${DS_LENGTHS:-16384,32768} --plans ${DS_PLANS:-0:8,1:8,reuse,blend:0.21875} --data-plane cuda_ipc --repeats 3 --warmup 1 \
+    --profile-plans "${DS_PROFILE_PLANS-off,0:8,blend:0.21875}" \
     --fetch-timeout 120 --server-args="--attention-backend=$backend" --port-base $((30700 + ${#backend})) \
     || echo "bench-prefill $backend failed"
 done

@@ -19,50 +19,21 @@ Results: $OUT/suffix-profile.json and a table; server logs under $OUT/work.
 from __future__ import annotations
 
 import argparse
-import glob
-import gzip
 import json
 import os
 import random
 import statistics
 import sys
 import time
-import urllib.request
-from collections import defaultdict
 from pathlib import Path
 
 from sglang_droidspeak.bench import prefill_model
+from sglang_droidspeak.bench.kernel_profile import recording
 from sglang_droidspeak.bench.prefill import SUFFIX_LEN
 from sglang_droidspeak.bench.servers import Server, wait_healthy
 
 MICRO = Path(".cache/gpu-models/libwriter")
 VOCAB_LIMIT, REPEATS = 120000, 3  # ids below the 8B config's vocabulary (run 6 used these)
-KINDS = (("attention", ("attention", "attn", "fwd_kernel", "flash", "prefill")),
-         ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "sm90")))
-
-
-def kind_of(kernel: str) -> str:
-    low = kernel.lower()
-    return next((kind for kind, keys in KINDS if any(k in low for k in keys)), "other")
-
-
-def kernel_summary(trace_path: str, top: int = 12) -> dict:
-    """Sum GPU kernel time (µs -> ms) by name and by kind from a torch chrome trace."""
-    opener = gzip.open if trace_path.endswith(".gz") else open
-    with opener(trace_path, "rt") as f:
-        events = json.load(f).get("traceEvents", [])
-    by_name: dict[str, float] = defaultdict(float)
-    for e in events:
-        if e.get("cat") == "kernel" and "dur" in e:
-            by_name[e["name"]] += e["dur"] / 1000
-    by_kind: dict[str, float] = defaultdict(float)
-    for name, ms in by_name.items():
-        by_kind[kind_of(name)] += ms
-    ranked = sorted(by_name.items(), key=lambda kv: -kv[1])[:top]
-    return {"total_kernel_ms": sum(by_name.values()), "by_kind_ms": dict(by_kind),
-            "top_kernels_ms": [[name[:120], ms] for name, ms in ranked]}
-
-
 def random_ids(rng: random.Random, n: int) -> list[int]:
     return [rng.randrange(3, VOCAB_LIMIT) for _ in range(n)]
 
@@ -84,26 +55,13 @@ def measure(server: Server, length: int, rng: random.Random) -> dict:
             "prefill_all_ms": prefill, "suffix_all_ms": suffix}
 
 
-def post_text(url: str, body: dict, timeout: float) -> str:
-    """POST JSON, return the text answer (/start_profile and /stop_profile answer plain text)."""
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return r.read().decode()
-
-
 def profile_suffix(server: Server, length: int, rng: random.Random, trace_dir: Path) -> dict:
     ctx = random_ids(rng, length)
     timed(server, ctx)
-    post_text(server.url + "/start_profile", {"output_dir": str(trace_dir), "activities": ["CPU", "GPU"]}, 60)
-    wall_ms = timed(server, ctx + random_ids(rng, SUFFIX_LEN))
-    post_text(server.url + "/stop_profile", {}, 300)
-    deadline = time.time() + 120
-    while time.time() < deadline and not glob.glob(str(trace_dir / "*.json*")):
-        time.sleep(2)
-    traces = sorted(glob.glob(str(trace_dir / "*.json*")))
+    with recording(server, trace_dir, activities=("CPU", "GPU")) as rec:
+        wall_ms = timed(server, ctx + random_ids(rng, SUFFIX_LEN))
     prefill_model.flush(server)
-    summary = kernel_summary(traces[-1]) if traces else {"error": "no trace written"}
-    return {"length": length, "wall_ms": wall_ms, **summary}
+    return {"length": length, "wall_ms": wall_ms, **rec.summary}
 
 
 def run_backend(backend: str, args, model: Path, work: Path) -> dict:

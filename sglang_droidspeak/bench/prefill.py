@@ -37,12 +37,15 @@ Also spelled ``droidspeak bench prefill``. Run on the GPU machine through
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shlex
 import time
 from pathlib import Path
+from typing import Optional
 
+from sglang_droidspeak.bench import kernel_profile as kp
 from sglang_droidspeak.bench import prefill_model as pm
 from sglang_droidspeak.bench import prefill_report as rep
 from sglang_droidspeak.bench import sweep_report as sweep
@@ -93,6 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--server-args", default="", help="extra sglang.launch_server args for both (later flags win)")
     a("--startup-timeout", type=float, default=600.0)
     a("--seed", type=int, default=0)
+    a("--profile-plans", default="", help="systems (e.g. off,0:8,blend:0.21875) whose receiver request gets one "
+      "more run at the first length, recorded with SGLang's profiler: GPU kernel time by kind, busy and idle "
+      "(bench/kernel_profile.py; traces under --work-dir/profiles)")
     a("--replot", default=None, help="no servers: rewrite the .md and .png of this result JSON; "
       "A.json,B.json merges runs (e.g. short and long lengths) into --out")
 
@@ -166,8 +172,29 @@ def bench(servers, lengths: list[int], plans: list[str], args, result: dict, out
             for plan in plans:
                 sample = measure(servers, plan, length, rng, args.announce_wait, config)
                 result["samples"].append({"repeat": repeat, **sample, **config.__dict__})
+        if length == lengths[0] and config == sweep.Config(True, None):
+            profile_plans(servers, profile_targets(args.profile_plans, plans), length, rng, args, result)
         write_outputs(result, out, plot=False)
         print(f"[{time.strftime('%X')}] {config.label()}: length {length} done", flush=True)
+
+
+def profile_targets(text: str, plans: list[str]) -> list[str]:
+    """The systems of ``plans`` that ``text`` (--profile-plans, split as --plans) names."""
+    named = {p.strip() for p in (text.split(";") if ";" in text else text.split(","))}
+    return [p for p in plans if p in named]
+
+
+def profile_plans(servers, plans: list[str], length: int, rng: random.Random, args, result: dict) -> None:
+    """One more (untimed) round per plan with the receiver's request profiled: its kernel
+    summary in ``result["profiles"]`` (a failed recording is kept as its error)."""
+    for plan in plans:
+        trace_dir = Path(args.work_dir) / "profiles" / f"{length}-{plan.replace(':', '_')}"
+        try:
+            sample = measure(servers, plan, length, rng, args.announce_wait, profile_dir=trace_dir)
+        except Exception as exc:  # the timed samples stand without it
+            sample = {"length": length, "plan": plan, "profile": {"error": repr(exc)}}
+        result.setdefault("profiles", []).append(sample)
+        print(f"[{time.strftime('%X')}] profiled {plan} at {length}: {kp.one_line(sample['profile'])}", flush=True)
 
 
 def attention_backend(server_args: str) -> str:
@@ -187,9 +214,10 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def measure(servers, plan: str, length: int, rng: random.Random, wait_s: float,
-            config: sweep.Config = sweep.Config(True, None)) -> dict:
+            config: sweep.Config = sweep.Config(True, None), profile_dir: Optional[Path] = None) -> dict:
     """One fresh context: sender prefill, wait, timed receiver request with ``plan`` and
-    ``config``'s options (sweep.Config.custom_params), flush both."""
+    ``config``'s options (sweep.Config.custom_params), flush both. With ``profile_dir`` the
+    receiver's request is recorded (kernel_profile.recording): ``profile`` in the sample."""
     sender, receiver = servers
     ctx = [rng.randrange(3, VOCAB_LIMIT) for _ in range(length)]
     suffix = [rng.randrange(3, VOCAB_LIMIT) for _ in range(SUFFIX_LEN)]
@@ -200,13 +228,15 @@ def measure(servers, plan: str, length: int, rng: random.Random, wait_s: float,
     body = {"input_ids": ctx + suffix, "sampling_params": {
         "max_new_tokens": 1, "temperature": 0, "custom_params": {"droidspeak_plan": plan, **config.custom_params()}}}
     before = sweep.stage_sums(receiver.metrics())
-    start = time.perf_counter()
-    meta = receiver.generate(body).get("meta_info", {})
-    ttft_ms = (time.perf_counter() - start) * 1000
+    with (kp.recording(receiver, profile_dir) if profile_dir else contextlib.nullcontext()) as rec:
+        start = time.perf_counter()
+        meta = receiver.generate(body).get("meta_info", {})
+        ttft_ms = (time.perf_counter() - start) * 1000
     stages = sweep.stage_ms(before, sweep.stage_sums(receiver.metrics()))
     for server in servers:
         pm.flush(server)
     cached = meta.get("cached_tokens")
     return {"length": length, "plan": plan, "ttft_ms": ttft_ms, "sender_ms": sender_ms, "cached_tokens": cached,
             "reused_context": cached is not None and cached >= length - 1,
-            "meta": {k: meta[k] for k in META_KEYS if k in meta}, **stages}
+            "meta": {k: meta[k] for k in META_KEYS if k in meta}, **stages,
+            **({"profile": rec.summary} if profile_dir else {})}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sglang_droidspeak.bench import kernel_profile
 from sglang_droidspeak.bench import prefill_report as rep
 from sglang_droidspeak.bench import sweep_report as sweep
 
@@ -46,6 +47,8 @@ def write_outputs(result: dict, out: Path, plot: bool = True, json_too: bool = T
     result["warnings"] = reuse_warnings(result["samples"])
     md, png = out.with_suffix(".md"), out.with_suffix(".png")
     report = rep.markdown_report(result, rows) + sweep_section(result, out, plot)
+    if result.get("profiles"):
+        report += kernel_profile.markdown_section(result["profiles"])
     if result["warnings"]:
         report += "\nWarnings (these samples did not run the named system):\n\n" + "".join(
             f"- {w}\n" for w in result["warnings"])

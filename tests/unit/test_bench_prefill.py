@@ -31,7 +31,7 @@ args, _ = p.parse_known_args()
 layers = json.load(open(os.path.join(args.model_path, "config.json")))["num_hidden_layers"]
 settings = json.load(open(os.environ["DROIDSPEAK_CONFIG"]))
 shared, unit = os.environ["FAKE_SGLANG_SHARED"], float(os.environ["FAKE_SGLANG_UNIT_S"])
-tree = {}
+tree, profiling = {}, {}
 digest = lambda ids: hashlib.sha1(json.dumps(ids).encode()).hexdigest()
 def longest(ids, known):
     return max([n for h, n in known.items() if n <= len(ids) and digest(ids[:n]) == h], default=0)
@@ -73,6 +73,16 @@ class H(BaseHTTPRequestHandler):
         if self.path == "/flush_cache":
             tree.clear()
             return self.send(b"{}")
+        if self.path == "/start_profile":
+            profiling["dir"] = body["output_dir"]
+            return self.send(b"Start profiling.", "text/plain")
+        if self.path == "/stop_profile":  # one tiny trace: 1 ms of gemm, 2 ms idle, 0.5 ms of attention
+            events = [{"cat": "kernel", "name": "nvjet_gemm", "ts": 0.0, "dur": 1000.0},
+                      {"cat": "kernel", "name": "flash_prefill", "ts": 3000.0, "dur": 500.0}]
+            out_dir = profiling.pop("dir")
+            os.makedirs(out_dir, exist_ok=True)
+            json.dump({"traceEvents": events}, open(os.path.join(out_dir, "fake.trace.json"), "w"))
+            return self.send(b"Stop profiling.", "text/plain")
         self.send(json.dumps(generate(body)).encode())
 server = ThreadingHTTPServer((args.host, int(args.port)), H)
 try:
@@ -144,6 +154,40 @@ def test_end_to_end_against_fake_sglang(tmp_path, monkeypatch):
     assert table[-1].startswith("| 128 | cacheblend 0.25 | ") and " | 8 | 4.00 | " in table[-1]  # no TODO row
     assert result["todo"] == []
     assert json.loads((tmp_path / "work" / "llama-3.1-8b-shape" / "config.json").read_text())["hidden_size"] == 4096
+
+
+def test_profile_plans_record_one_more_request_each_at_the_first_length(tmp_path, monkeypatch):
+    (tmp_path / "fake" / "sglang").mkdir(parents=True)
+    (tmp_path / "fake" / "sglang" / "__init__.py").write_text("")
+    (tmp_path / "fake" / "sglang" / "launch_server.py").write_text(FAKE)
+    (tmp_path / "shared").mkdir()
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path / 'fake'}:{Path(__file__).resolve().parents[2]}")
+    monkeypatch.setenv("FAKE_SGLANG_SHARED", str(tmp_path / "shared"))
+    monkeypatch.setenv("FAKE_SGLANG_UNIT_S", str(UNIT_S))
+    out = tmp_path / "res" / "bench.json"
+    code = main(["bench-prefill", "--lengths", "64,128", "--plans", "0:8,reuse", "--repeats", "1", "--warmup", "0",
+                 "--announce-wait", "0", "--out", str(out), "--tokenizer-from", str(tokenizer_dir(tmp_path)),
+                 "--work-dir", str(tmp_path / "work"), "--port-base", str(free_base()), "--zmq-base", "5999",
+                 "--startup-timeout", "30", "--profile-plans", "off,0:8,1:8"])  # 1:8 is not benched: skipped
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert len(result["samples"]) == 6  # the profiled runs are not timed samples
+    assert [(s["length"], s["plan"], s["cached_tokens"]) for s in result["profiles"]] == [(64, "off", 0), (64, "0:8", 64)]
+    for s in result["profiles"]:
+        p = s["profile"]
+        assert (p["total_kernel_ms"], p["busy_ms"], p["span_ms"], p["idle_ms"]) == (1.5, 1.5, 3.5, 2.0)
+        assert p["by_kind_ms"] == {"gemm": 1.0, "attention": 0.5} and p["largest_gaps_ms"] == [[1.0, 2.0]]
+        assert s["ttft_ms"] > 0
+    assert sorted(p.name for p in (tmp_path / "work" / "profiles").iterdir()) == ["64-0_8", "64-off"]
+    md = out.with_suffix(".md").read_text()
+    assert "## Profiled receiver requests" in md and "| 64 | 0:8 | " in md and " | 1.5 | 0.5 | 1.0 | 0.0 | 1.5 | 3.5 | 2.0 | 2 |" in md
+
+
+def test_profile_targets_keep_the_benched_order():
+    plans = ["off", "0:8", "reuse", "blend:0.25"]
+    assert prefill.profile_targets("blend:0.25,off,1:8", plans) == ["off", "blend:0.25"]
+    assert prefill.profile_targets("", plans) == []
+    assert prefill.profile_targets("0:8;reuse", plans) == ["0:8", "reuse"]
 
 
 def test_recomputed_layers_and_ideal():
