@@ -50,8 +50,8 @@ wait_for() {
 collect() {
   local out=${OUT:-/tmp/out}; mkdir -p "$out"
   for json in "$ROOT"/*/*.json; do [ -f "$json" ] && cp "$json" "$out/"; done
-  # logs of every step that ended, small files only (server logs, bench logs, step stdout)
-  (cd "$ROOT" && find . -type f -size -4M ! -name '*.png' -print0 | tar czf "$out/session-logs.tar.gz" --null -T -)
+  # logs of every step that ended, small files only (server logs, bench logs, step stdout; no profiler traces)
+  (cd "$ROOT" && find . -type f -size -4M ! -name '*.png' ! -name '*.trace.json*' -print0 | tar czf "$out/session-logs.tar.gz" --null -T -)
   for png in "$ROOT"/*/*.png; do [ -f "$png" ] && cp "$png" "$out/"; done
   for tgz in "$ROOT"/*/*.results.tar.gz; do [ -f "$tgz" ] && cp "$tgz" "$out/"; done  # a step's packed results
   ls -la "$out"
