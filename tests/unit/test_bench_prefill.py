@@ -31,7 +31,8 @@ args, _ = p.parse_known_args()
 layers = json.load(open(os.path.join(args.model_path, "config.json")))["num_hidden_layers"]
 settings = json.load(open(os.environ["DROIDSPEAK_CONFIG"]))
 shared, unit = os.environ["FAKE_SGLANG_SHARED"], float(os.environ["FAKE_SGLANG_UNIT_S"])
-tree, profiling = {}, {}
+tree = {}
+profiling = {}
 digest = lambda ids: hashlib.sha1(json.dumps(ids).encode()).hexdigest()
 def longest(ids, known):
     return max([n for h, n in known.items() if n <= len(ids) and digest(ids[:n]) == h], default=0)
@@ -117,14 +118,19 @@ def tokenizer_dir(tmp_path: Path) -> Path:
     return tok
 
 
-def test_end_to_end_against_fake_sglang(tmp_path, monkeypatch):
+def use_fake_sglang(tmp_path: Path, monkeypatch, fake: str = FAKE, unit_s: float = UNIT_S) -> None:
+    """The ``fake`` SGLang package first on PYTHONPATH, with its shared announce dir and cost unit."""
     (tmp_path / "fake" / "sglang").mkdir(parents=True)
     (tmp_path / "fake" / "sglang" / "__init__.py").write_text("")
-    (tmp_path / "fake" / "sglang" / "launch_server.py").write_text(FAKE)
+    (tmp_path / "fake" / "sglang" / "launch_server.py").write_text(fake)
     (tmp_path / "shared").mkdir()
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path / 'fake'}:{Path(__file__).resolve().parents[2]}")
     monkeypatch.setenv("FAKE_SGLANG_SHARED", str(tmp_path / "shared"))
-    monkeypatch.setenv("FAKE_SGLANG_UNIT_S", str(UNIT_S))
+    monkeypatch.setenv("FAKE_SGLANG_UNIT_S", str(unit_s))
+
+
+def test_end_to_end_against_fake_sglang(tmp_path, monkeypatch):
+    use_fake_sglang(tmp_path, monkeypatch)
     out = tmp_path / "res" / "bench.json"
     code = main(["bench-prefill", "--lengths", "64,128", "--repeats", "1", "--warmup", "0", "--announce-wait", "0",
                  "--out", str(out), "--tokenizer-from", str(tokenizer_dir(tmp_path)), "--work-dir",
@@ -157,13 +163,7 @@ def test_end_to_end_against_fake_sglang(tmp_path, monkeypatch):
 
 
 def test_profile_plans_record_one_more_request_each_at_the_first_length(tmp_path, monkeypatch):
-    (tmp_path / "fake" / "sglang").mkdir(parents=True)
-    (tmp_path / "fake" / "sglang" / "__init__.py").write_text("")
-    (tmp_path / "fake" / "sglang" / "launch_server.py").write_text(FAKE)
-    (tmp_path / "shared").mkdir()
-    monkeypatch.setenv("PYTHONPATH", f"{tmp_path / 'fake'}:{Path(__file__).resolve().parents[2]}")
-    monkeypatch.setenv("FAKE_SGLANG_SHARED", str(tmp_path / "shared"))
-    monkeypatch.setenv("FAKE_SGLANG_UNIT_S", str(UNIT_S))
+    use_fake_sglang(tmp_path, monkeypatch)
     out = tmp_path / "res" / "bench.json"
     code = main(["bench-prefill", "--lengths", "64,128", "--plans", "0:8,reuse", "--repeats", "1", "--warmup", "0",
                  "--announce-wait", "0", "--out", str(out), "--tokenizer-from", str(tokenizer_dir(tmp_path)),

@@ -13,7 +13,7 @@ from sglang_droidspeak.bench import sweep_report as sweep
 from sglang_droidspeak.cli import main
 from sglang_droidspeak.sglang.request_options import parse_request_options
 from sglang_droidspeak.sglang.settings import parse_settings
-from test_bench_prefill import FAKE, free_base, tokenizer_dir
+from test_bench_prefill import FAKE, free_base, tokenizer_dir, use_fake_sglang
 
 STAGE_LINES = '''sglang:droidspeak_import_stage_seconds_sum{model="b",stage="fetch"} 1.5
 sglang:droidspeak_import_stage_seconds_sum{model="b",stage="recompute"} 0.25
@@ -103,14 +103,7 @@ STAGED_FAKE = FAKE.replace("tree = {}\n", "tree = {}\nstages = {'fetch': 0.0, 'r
 
 def test_sweep_end_to_end_against_fake_sglang(tmp_path, monkeypatch):
     assert all(part in STAGED_FAKE for part in ("stages = {", "stages[s] += v", "stages.items()", "FAKE_SGLANG_PARAMS"))
-    (tmp_path / "fake" / "sglang").mkdir(parents=True)
-    (tmp_path / "fake" / "sglang" / "__init__.py").write_text("")
-    (tmp_path / "fake" / "sglang" / "launch_server.py").write_text(STAGED_FAKE)
-    (tmp_path / "shared").mkdir()
-    from pathlib import Path
-    monkeypatch.setenv("PYTHONPATH", f"{tmp_path / 'fake'}:{Path(__file__).resolve().parents[2]}")
-    monkeypatch.setenv("FAKE_SGLANG_SHARED", str(tmp_path / "shared"))
-    monkeypatch.setenv("FAKE_SGLANG_UNIT_S", "0.001")
+    use_fake_sglang(tmp_path, monkeypatch, STAGED_FAKE, unit_s=0.001)
     monkeypatch.setenv("FAKE_SGLANG_PARAMS", str(tmp_path / "params.jsonl"))
     out = tmp_path / "res" / "sweep.json"
     code = main(["bench-prefill", "--lengths", "64", "--plans", "reuse,0:8", "--repeats", "1", "--warmup", "0",
