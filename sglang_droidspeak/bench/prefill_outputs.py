@@ -16,6 +16,7 @@ from pathlib import Path
 from sglang_droidspeak.bench import kernel_profile
 from sglang_droidspeak.bench import prefill_report as rep
 from sglang_droidspeak.bench import sweep_report as sweep
+from sglang_droidspeak.bench import ttft_split
 
 
 def reuse_warnings(samples: list[dict]) -> list[str]:
@@ -47,6 +48,8 @@ def write_outputs(result: dict, out: Path, plot: bool = True, json_too: bool = T
     result["warnings"] = reuse_warnings(result["samples"])
     md, png = out.with_suffix(".md"), out.with_suffix(".png")
     report = rep.markdown_report(result, rows) + sweep_section(result, out, plot)
+    report += ttft_split.markdown_section(first_config_samples(result), rep.FULL,
+                                          lambda plan: rep.recomputed_layers(plan, result["num_layers"]))
     if result.get("profiles"):
         report += kernel_profile.markdown_section(result["profiles"])
     if result["warnings"]:
