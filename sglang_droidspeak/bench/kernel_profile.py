@@ -110,18 +110,22 @@ def recording(server: Any, trace_dir: Path, activities: tuple[str, ...] = ("GPU"
         yield rec
     finally:
         post_text(server.url + "/stop_profile", {}, 300)
-    deadline = time.time() + wait_s
-    new: list[str] = []
-    while time.time() < deadline and not new:
+    rec.trace, rec.summary = finished_trace(trace_dir, before, wait_s)
+
+
+def finished_trace(trace_dir: Path, before: set, wait_s: float) -> tuple[Optional[str], dict]:
+    """The newest trace under ``trace_dir`` not in ``before`` and its summary, once it reads
+    whole (the profiler may still be writing it): (None, {"error": ...}) after ``wait_s``."""
+    deadline, problem = time.time() + wait_s, "none written"
+    while time.time() < deadline:
         new = sorted(set(glob.glob(str(trace_dir / "*.json*"))) - before)
-        if not new:
-            time.sleep(1)
-    if not new:
-        rec.summary = {"error": f"no trace written under {trace_dir} within {wait_s:.0f} s"}
-        return
-    time.sleep(1)  # the writer may still be closing the file
-    rec.trace = new[-1]
-    rec.summary = kernel_summary(rec.trace)
+        if new:
+            try:
+                return new[-1], kernel_summary(new[-1])
+            except (EOFError, OSError, ValueError) as exc:  # partly written: gzip or JSON cut short
+                problem = f"{new[-1]} unreadable ({exc!r})"
+        time.sleep(1)
+    return None, {"error": f"no whole trace under {trace_dir} within {wait_s:.0f} s: {problem}"}
 
 
 def one_line(summary: dict) -> str:

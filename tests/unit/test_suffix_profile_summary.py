@@ -64,3 +64,22 @@ def test_one_line_and_markdown_section_name_the_numbers():
                                  {"length": 16, "plan": "off", "profile": {"error": "no trace"}}])
     assert "| 16 | 0:8 | 20.0 | 12.5 | 4.5 | 8.0 | 0.0 | 10.0 | 14.0 | 4.0 | 7 |" in table
     assert "| 16 | off | - | no trace |" in table
+
+
+def test_finished_trace_waits_for_a_whole_file(tmp_path):
+    import threading
+
+    events = {"traceEvents": [{"cat": "kernel", "name": "nvjet", "ts": 0.0, "dur": 1000.0}]}
+    whole = gzip.compress(json.dumps(events).encode())
+    path = tmp_path / "1-TP-0.trace.json.gz"
+    path.write_bytes(whole[: len(whole) // 2])  # the profiler is still writing it
+    threading.Timer(1.5, path.write_bytes, args=(whole,)).start()
+    trace, summary = kp.finished_trace(tmp_path, set(), wait_s=10)
+    assert trace == str(path) and summary["total_kernel_ms"] == 1.0
+
+
+def test_finished_trace_ignores_old_files_and_gives_up(tmp_path):
+    old = tmp_path / "old.trace.json"
+    old.write_text(json.dumps({"traceEvents": []}))
+    trace, summary = kp.finished_trace(tmp_path, {str(old)}, wait_s=1)
+    assert trace is None and summary["error"].startswith("no whole trace under")
