@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         sweep_plans = parse_plans(args.sweep_plans, num_layers)[1:] if args.sweep_plans else plans[1:]
         for index, config in enumerate(configs):
             if index == 0:
-                bench(servers, lengths, plans, args, result, out, config)
+                bench(servers, lengths, plans, args, result, out, config, profile=True)
             else:
                 bench(servers, sweep_lengths, sweep_plans, args, result, out, config)
         result["receiver_metrics"] = pm.metric_lines(servers[1].metrics())
@@ -159,9 +159,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def bench(servers, lengths: list[int], plans: list[str], args, result: dict, out: Path,
-          config: sweep.Config = sweep.Config(True, None)) -> None:
+          config: sweep.Config = sweep.Config(True, None), profile: bool = False) -> None:
     """Per length: warm-up rounds (discarded), then timed rounds into ``result["samples"]``;
-    the outputs are rewritten after each length, so a run cut short keeps what it measured."""
+    the outputs are rewritten after each length, so a run cut short keeps what it measured.
+    ``profile``: after the first length's rounds, the --profile-plans requests (``profile_plans``)."""
     rng = random.Random(args.seed)
     for length in lengths:
         for _ in range(args.warmup):  # kept apart: the first import after start-up is the cold one
@@ -172,8 +173,8 @@ def bench(servers, lengths: list[int], plans: list[str], args, result: dict, out
             for plan in plans:
                 sample = measure(servers, plan, length, rng, args.announce_wait, config)
                 result["samples"].append({"repeat": repeat, **sample, **config.__dict__})
-        if length == lengths[0] and config == sweep.Config(True, None):
-            profile_plans(servers, profile_targets(args.profile_plans, plans), length, rng, args, result)
+        if profile and length == lengths[0]:
+            profile_plans(servers, profile_targets(args.profile_plans, plans), length, rng, args, result, config)
         write_outputs(result, out, plot=False)
         print(f"[{time.strftime('%X')}] {config.label()}: length {length} done", flush=True)
 
@@ -184,13 +185,14 @@ def profile_targets(text: str, plans: list[str]) -> list[str]:
     return [p for p in plans if p in named]
 
 
-def profile_plans(servers, plans: list[str], length: int, rng: random.Random, args, result: dict) -> None:
-    """One more (untimed) round per plan with the receiver's request profiled: its kernel
-    summary in ``result["profiles"]`` (a failed recording is kept as its error)."""
+def profile_plans(servers, plans: list[str], length: int, rng: random.Random, args, result: dict,
+                  config: sweep.Config = sweep.Config(True, None)) -> None:
+    """One more (untimed) round per plan with ``config`` and the receiver's request profiled:
+    its kernel summary in ``result["profiles"]`` (a failed recording is kept as its error)."""
     for plan in plans:
         trace_dir = Path(args.work_dir) / "profiles" / f"{length}-{plan.replace(':', '_')}"
         try:
-            sample = measure(servers, plan, length, rng, args.announce_wait, profile_dir=trace_dir)
+            sample = measure(servers, plan, length, rng, args.announce_wait, config, profile_dir=trace_dir)
         except Exception as exc:  # the timed samples stand without it
             sample = {"length": length, "plan": plan, "profile": {"error": repr(exc)}}
         result.setdefault("profiles", []).append(sample)
