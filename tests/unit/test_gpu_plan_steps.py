@@ -21,8 +21,14 @@ def planned_steps() -> list[str]:
     steps = []
     for match in START.finditer(PLAN):
         for token in match.group(1).split():
-            steps += [part for part in token.split("&") if part]
+            steps += [part for part in token.strip("'\"").split("&") if part]  # 'a&b': quoted for the shell
     return steps
+
+
+def test_quoted_parallel_steps_are_two_steps(monkeypatch):
+    monkeypatch.setitem(globals(), "PLAN", "`DS_SESSION=sg bash scripts/gpu/session.sh start 3 'gpu_tests&engine_receiver' "
+                        "engine_bench`")
+    assert planned_steps() == ["gpu_tests", "engine_receiver", "engine_bench"]
 
 
 def test_the_plan_names_steps():
