@@ -8,6 +8,8 @@ from pathlib import Path
 
 import serving_latency
 
+from sglang_droidspeak.bench.prefill_report import split_plans
+
 # the receiver's own held-out domain, as scripts/gpu/real_family.py profiles it
 HELDOUT = {"base": "lib_heldout", "lib-full": "lib_heldout", "test-lora": "test_heldout", "docs-lora": "docs_heldout"}
 PREFIX = "smollm2-"
@@ -23,9 +25,7 @@ def model_name(name: str) -> str:
     return PREFIX + short
 
 
-def split_list(text: str) -> list[str]:
-    """';' separated if there is one (plans with several groups: '0:2,6:8;reuse'), else ','."""
-    return [p.strip() for p in (text.split(";") if ";" in text else text.split(",")) if p.strip()]
+split_list = split_plans  # ';' separated if there is one (plans with several groups), else ','
 
 
 # ---------------------------------------------------------------- plans

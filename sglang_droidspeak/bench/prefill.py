@@ -105,7 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_plans(text: str, num_layers: int) -> list[str]:
     """Systems in order: "off" first, then each of ``text`` (validated; ValueError names a bad one)."""
-    parts = [p.strip() for p in (text.split(";") if ";" in text else text.split(",")) if p.strip()]
+    parts = rep.split_plans(text)
     for plan in parts:
         rep.recomputed_layers(plan, num_layers)
     return [rep.FULL] + [p for p in dict.fromkeys(parts) if p != rep.FULL]
@@ -181,7 +181,7 @@ def bench(servers, lengths: list[int], plans: list[str], args, result: dict, out
 
 def profile_targets(text: str, plans: list[str]) -> list[str]:
     """The systems of ``plans`` that ``text`` (--profile-plans, split as --plans) names."""
-    named = {p.strip() for p in (text.split(";") if ";" in text else text.split(","))}
+    named = set(rep.split_plans(text))
     return [p for p in plans if p in named]
 
 

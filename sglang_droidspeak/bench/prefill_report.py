@@ -44,6 +44,12 @@ def has_blend(plans: Iterable[str]) -> bool:
     return any(is_blend(plan) for plan in plans)
 
 
+def split_plans(text: str) -> list[str]:
+    """A list of plans: ';' separated if there is one (plans with several groups:
+    '0:2,6:8;reuse'), else ','; blanks dropped, order kept."""
+    return [p.strip() for p in (text.split(";") if ";" in text else text.split(",")) if p.strip()]
+
+
 def recomputed_layers(plan: str, num_layers: int) -> float:
     """k for ``plan`` ("off", "reuse", "s:e,s:e" or "blend:R[@S]": R * L layer-equivalents);
     ValueError naming the plan if it is malformed."""

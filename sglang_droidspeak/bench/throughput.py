@@ -111,8 +111,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_systems(text: str, num_layers: int) -> list[str]:
     """Plans in order, deduplicated; ValueError naming a malformed one."""
-    from sglang_droidspeak.bench.prefill_report import recomputed_layers
-    parts = [p.strip() for p in (text.split(";") if ";" in text else text.split(",")) if p.strip()]
+    from sglang_droidspeak.bench.prefill_report import recomputed_layers, split_plans
+    parts = split_plans(text)
     for plan in parts:
         if plan != "auto":
             recomputed_layers(plan, num_layers)
