@@ -39,27 +39,35 @@ def kind_of(kernel: str) -> str:
     return next((kind for kind, keys in KINDS if any(k in low for k in keys)), "other")
 
 
-def busy_ms(intervals: list[tuple[float, float]]) -> float:
-    """Length of the union of [start, end) intervals (µs in, ms out)."""
-    total, reach = 0.0, float("-inf")
-    for start, end in sorted(intervals):
-        if end > reach:
-            total += end - max(start, reach)
-            reach = end
-    return total / 1000
-
-
-def largest_gaps(intervals: list[tuple[float, float]], top: int = 5) -> list[list[float]]:
-    """The ``top`` longest stretches with no kernel running, as [offset from the first
-    kernel's start, length] in ms, longest first (µs in)."""
-    gaps: list[list[float]] = []
-    reach, first = float("-inf"), None
-    for start, end in sorted(intervals):
-        first = start if first is None else first
-        if start > reach > float("-inf"):
-            gaps.append([(reach - first) / 1000, (start - reach) / 1000])
+def idle_gaps(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The stretches with no [start, end) interval running, in time order, as (offset from
+    the first start, length), in the intervals' unit."""
+    gaps: list[tuple[float, float]] = []
+    ordered = sorted(intervals)
+    reach = ordered[0][1] if ordered else 0.0
+    for start, end in ordered[1:]:
+        if start > reach:
+            gaps.append((reach - ordered[0][0], start - reach))
         reach = max(reach, end)
-    return sorted(gaps, key=lambda g: -g[1])[:top]
+    return gaps
+
+
+def span(intervals: list[tuple[float, float]]) -> float:
+    """First start to last end (0 for none), in the intervals' unit."""
+    return max(b for _, b in intervals) - min(a for a, _ in intervals) if intervals else 0.0
+
+
+def busy_ms(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end) intervals (µs in, ms out): the span less its gaps."""
+    return (span(intervals) - sum(length for _, length in idle_gaps(intervals))) / 1000
+
+
+def largest_gaps(intervals: list[tuple[float, float]], top: int = 5,
+                 gaps: Optional[list[tuple[float, float]]] = None) -> list[list[float]]:
+    """The ``top`` longest stretches with no kernel running, as [offset from the first
+    kernel's start, length] in ms, longest first (µs in; ``gaps``: ``idle_gaps`` of them)."""
+    gaps = idle_gaps(intervals) if gaps is None else gaps
+    return [[offset / 1000, length / 1000] for offset, length in sorted(gaps, key=lambda g: -g[1])[:top]]
 
 
 def kernel_summary(trace_path: str, top: int = 12) -> dict:
@@ -75,11 +83,12 @@ def kernel_summary(trace_path: str, top: int = 12) -> dict:
     for name, ms in by_name.items():
         by_kind[kind_of(name)] += ms
     intervals = [(e["ts"], e["ts"] + e["dur"]) for e in kernels if "ts" in e]
-    span = (max(b for _, b in intervals) - min(a for a, _ in intervals)) / 1000 if intervals else 0.0
-    busy = busy_ms(intervals)
+    gaps = idle_gaps(intervals)
+    span_ms, idle_ms = span(intervals) / 1000, sum(length for _, length in gaps) / 1000
     ranked = sorted(by_name.items(), key=lambda kv: -kv[1])[:top]
-    return {"total_kernel_ms": sum(by_name.values()), "busy_ms": busy, "span_ms": span, "idle_ms": span - busy,
-            "num_kernels": len(kernels), "by_kind_ms": dict(by_kind), "largest_gaps_ms": largest_gaps(intervals),
+    return {"total_kernel_ms": sum(by_name.values()), "busy_ms": span_ms - idle_ms, "span_ms": span_ms,
+            "idle_ms": idle_ms, "num_kernels": len(kernels), "by_kind_ms": dict(by_kind),
+            "largest_gaps_ms": largest_gaps(intervals, gaps=gaps),
             "top_kernels_ms": [[name[:120], ms] for name, ms in ranked]}
 
 
