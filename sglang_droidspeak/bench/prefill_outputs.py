@@ -43,12 +43,13 @@ def replot(paths: list[Path], out: Path) -> list[Path]:
 
 def write_outputs(result: dict, out: Path, plot: bool = True, json_too: bool = True) -> list[Path]:
     """``out`` (JSON, with rows and warnings), ``out``.md and, if ``plot``, ``out``.png."""
-    rows = rep.table_rows(rep.median_ttft(first_config_samples(result)), result["plans"], result["num_layers"])
+    main = first_config_samples(result)
+    rows = rep.table_rows(rep.median_ttft(main), result["plans"], result["num_layers"])
     result["rows"] = rep.rows_to_json(rows)
     result["warnings"] = reuse_warnings(result["samples"])
     md, png = out.with_suffix(".md"), out.with_suffix(".png")
     report = rep.markdown_report(result, rows) + sweep_section(result, out, plot)
-    report += ttft_split.markdown_section(first_config_samples(result), rep.FULL,
+    report += ttft_split.markdown_section(main, rep.FULL,
                                           lambda plan: rep.recomputed_layers(plan, result["num_layers"]))
     if result.get("profiles"):
         report += kernel_profile.markdown_section(result["profiles"])

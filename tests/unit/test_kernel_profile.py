@@ -10,12 +10,7 @@ import pytest
 from sglang_droidspeak.bench import kernel_profile as kp
 
 
-def load():
-    return kp
-
-
 def test_kernel_summary_sums_gpu_kernels_by_name_and_kind(tmp_path):
-    sp = load()
     events = [{"cat": "kernel", "name": "_fwd_kernel", "ts": 0.0, "dur": 1500.0},
               {"cat": "kernel", "name": "_fwd_kernel", "ts": 4000.0, "dur": 500.0},
               {"cat": "kernel", "name": "nvjet_tst_128x64", "ts": 1000.0, "dur": 250.0},  # inside the first
@@ -25,7 +20,7 @@ def test_kernel_summary_sums_gpu_kernels_by_name_and_kind(tmp_path):
     path = tmp_path / "t.trace.json.gz"
     with gzip.open(path, "wt") as f:
         json.dump({"traceEvents": events}, f)
-    summary = sp.kernel_summary(str(path), top=2)
+    summary = kp.kernel_summary(str(path), top=2)
     assert summary["total_kernel_ms"] == pytest.approx(2.375)
     assert summary["by_kind_ms"] == {"attention": 2.0, "gemm": 0.25, "other": 0.125}
     assert summary["top_kernels_ms"] == [["_fwd_kernel", 2.0], ["nvjet_tst_128x64", 0.25]]
@@ -42,8 +37,7 @@ def test_busy_ms_is_the_union_of_intervals():
 
 
 def test_kind_of_names():
-    sp = load()
-    assert [sp.kind_of(n) for n in ("BatchPrefillWithPagedKVCacheKernel", "sm90_xmma_gemm_bf16", "act_and_mul")] \
+    assert [kp.kind_of(n) for n in ("BatchPrefillWithPagedKVCacheKernel", "sm90_xmma_gemm_bf16", "act_and_mul")] \
         == ["attention", "gemm", "other"]
 
 
